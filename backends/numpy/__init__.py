@@ -1,0 +1,138 @@
+"""The ``numpy`` backend: the executable specification of pruneplug.
+
+Short and obviously right: stable sorts, explicit loops where summation order is part of the
+contract, no cleverness. Every other backend is tested bit for bit against it. It is slow on large
+inputs on purpose; the ``cpu`` backend is the fast one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pruneplug.errors import NonFiniteError
+from pruneplug.hookspecs import hookimpl
+from pruneplug.types import FLOAT_DTYPES, BackendInfo
+
+NAME = "numpy"
+
+
+@hookimpl
+def pruneplug_backend_info() -> BackendInfo:
+    return BackendInfo(
+        name=NAME,
+        priority=0,
+        array_types={"numpy"},
+        dtypes=FLOAT_DTYPES | {"int8"},
+        operations={"importance", "unstructured_mask", "nm_mask", "block_mask", "apply_mask"},
+        description="pure NumPy reference implementation (the specification)",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# scores
+# ---------------------------------------------------------------------------------------------
+def score_dtype(dtype: np.dtype) -> np.dtype:
+    """float32 for float16/bfloat16 weights, otherwise the weights' dtype."""
+    return np.dtype(np.float32) if np.dtype(dtype).itemsize == 2 else np.dtype(dtype)
+
+
+def check_finite(values: np.ndarray, transform: str) -> None:
+    """Raise NonFiniteError for NaN/Inf weights, or NaN scores (``identity``)."""
+    as_float = values.astype(np.float64).ravel()  # exact for every supported dtype
+    bad = np.isnan(as_float) if transform == "identity" else ~np.isfinite(as_float)
+    if bad.any():
+        bad_indices = np.flatnonzero(bad)
+        raise NonFiniteError.for_values(transform, int(bad_indices.size), int(bad_indices[0]))
+
+
+def scores_of(values: np.ndarray, transform: str) -> np.ndarray:
+    """Scores for ``transform`` ("abs", "square", "identity"), after the finiteness check.
+
+    Half-precision inputs are widened to float32 first (exactly), so ``identity`` scores compare
+    as their float32 values and ``-0.0 == +0.0`` everywhere.
+    """
+    check_finite(values, transform)
+    x = values.astype(score_dtype(values.dtype))  # a copy: never write into the caller's array
+    if transform == "abs":
+        return np.abs(x)
+    if transform == "square":
+        return x * x
+    return x
+
+
+@hookimpl
+def pruneplug_importance(weights: np.ndarray, method: str):
+    scores = scores_of(weights, {"l1": "abs", "l2": "square"}[method])
+    if scores.size == 0:
+        return scores, (float("nan"),) * 4
+    stats = (
+        float(scores.min()),
+        float(scores.max()),
+        float(scores.mean(dtype=np.float64)),
+        float(scores.std(dtype=np.float64)),
+    )
+    return scores, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# masks
+# ---------------------------------------------------------------------------------------------
+def _into(out: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
+    if out is None:
+        return mask
+    out[...] = mask
+    return out
+
+
+@hookimpl
+def pruneplug_unstructured_mask(values: np.ndarray, k: int, transform: str, out=None) -> np.ndarray:
+    scores = scores_of(values, transform).ravel()
+    order = np.argsort(scores, kind="stable")  # equal scores: lower flat index first
+    keep = np.ones(scores.size, dtype=bool)
+    keep[order[:k]] = False
+    return _into(out, keep.reshape(values.shape))
+
+
+@hookimpl
+def pruneplug_nm_mask(values: np.ndarray, n: int, m: int, axis: int, transform: str, out=None) -> np.ndarray:
+    scores = scores_of(values, transform)
+    shape = values.shape
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    groups = scores.reshape(outer, shape[axis] // m, m, inner)
+    # Descending stable order inside each group: the n largest are kept, ties keep the lower index.
+    order = np.argsort(-groups, axis=2, kind="stable")
+    keep = np.zeros(groups.shape, dtype=bool)
+    np.put_along_axis(keep, order[:, :, :n, :], True, axis=2)
+    return _into(out, keep.reshape(shape))
+
+
+def block_sums(scores: np.ndarray, block_shape: tuple[int, int]) -> np.ndarray:
+    """Float64 sum of each block, accumulated from 0.0 in row-major order inside the block.
+
+    The loop is explicit (one vectorised add per position in the block) because the summation
+    order is part of the contract: NumPy's pairwise ``sum`` would give other last bits.
+    """
+    bh, bw = block_shape
+    wide = scores.astype(np.float64)
+    sums = np.zeros((scores.shape[0] // bh, scores.shape[1] // bw), dtype=np.float64)
+    for i in range(bh):
+        for j in range(bw):
+            sums += wide[i::bh, j::bw]
+    return sums
+
+
+@hookimpl
+def pruneplug_block_mask(values: np.ndarray, block_shape, k: int, transform: str, out=None) -> np.ndarray:
+    bh, bw = block_shape
+    sums = block_sums(scores_of(values, transform), (bh, bw))
+    order = np.argsort(sums.ravel(), kind="stable")  # NaN sums sort last (rank highest)
+    keep_blocks = np.ones(sums.size, dtype=bool)
+    keep_blocks[order[:k]] = False
+    keep = np.repeat(np.repeat(keep_blocks.reshape(sums.shape), bh, axis=0), bw, axis=1)
+    return _into(out, keep)
+
+
+@hookimpl
+def pruneplug_apply_mask(weights: np.ndarray, mask: np.ndarray) -> None:
+    weights[~mask] = 0  # +0.0, whatever was there (NaN and -0.0 included)

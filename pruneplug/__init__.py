@@ -1,0 +1,55 @@
+"""pruneplug: magnitude pruning of neural-network weights, fast on the CPU and the GPU, behind a
+plugin registry.
+
+Example::
+
+    >>> import numpy as np, pruneplug as pp
+    >>> w = np.array([[0.5, -2.0, 0.1, 3.0]], dtype=np.float32)
+    >>> pp.prune(w, pattern="2:4")
+    array([[ 0., -2.,  0.,  3.]], dtype=float32)
+"""
+
+from pruneplug.api import (
+    MagnitudeImportance,
+    apply_mask,
+    backends,
+    count_to_prune,
+    generate_block_mask,
+    generate_column_mask,
+    generate_nm_mask,
+    generate_row_mask,
+    generate_unstructured_mask,
+    importance,
+    is_nm_sparse,
+    prune,
+    register_backend,
+    unregister_backend,
+)
+from pruneplug.hookspecs import hookimpl, hookspec
+from pruneplug.types import BackendInfo, BackendStatus, ImportanceScores, Mask, ScoreStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendInfo",
+    "BackendStatus",
+    "ImportanceScores",
+    "MagnitudeImportance",
+    "Mask",
+    "ScoreStats",
+    "apply_mask",
+    "backends",
+    "count_to_prune",
+    "generate_block_mask",
+    "generate_column_mask",
+    "generate_nm_mask",
+    "generate_row_mask",
+    "generate_unstructured_mask",
+    "hookimpl",
+    "hookspec",
+    "importance",
+    "is_nm_sparse",
+    "prune",
+    "register_backend",
+    "unregister_backend",
+]

@@ -1,0 +1,130 @@
+"""Array adapters: turn user arrays (NumPy, CuPy, PyTorch) into what backends take, and back.
+
+Backends only ever see NumPy arrays (array type ``"numpy"``) or CuPy arrays (``"cupy"``).
+PyTorch tensors are viewed as one of those without copying where possible (CPU tensors through
+``Tensor.numpy()``, CUDA tensors through DLPack) and results are turned back into tensors.
+Nothing here imports torch or cupy unless the user handed us one of their arrays.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from pruneplug.errors import ReadOnlyError, UnsupportedArrayError, UnsupportedDtypeError
+from pruneplug.types import FLOAT_DTYPES
+
+
+@dataclass(frozen=True)
+class Adapted:
+    """A user array seen by the core: ``array`` is NumPy or CuPy; ``wrap`` turns a backend result
+    array of the same array type back into the user's type (a tensor for a tensor)."""
+
+    array: Any
+    array_type: str
+    wrap: Callable[[Any], Any]
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _module_root(obj: Any) -> str:
+    return type(obj).__module__.split(".", 1)[0]
+
+
+def is_torch_tensor(obj: Any) -> bool:
+    return _module_root(obj) == "torch" and "torch" in sys.modules and isinstance(obj, sys.modules["torch"].Tensor)
+
+
+def adapt(obj: Any, argname: str) -> Adapted:
+    """View ``obj`` as a NumPy or CuPy array without copying where possible."""
+    if isinstance(obj, np.ndarray):
+        return Adapted(obj, "numpy", _identity)
+    if _module_root(obj) == "cupy":
+        return Adapted(obj, "cupy", _identity)
+    if is_torch_tensor(obj):
+        return _adapt_torch(obj)
+    if isinstance(obj, (list, tuple, float, int, np.generic)) or hasattr(obj, "__array__"):
+        return Adapted(np.asarray(obj), "numpy", _identity)
+    raise UnsupportedArrayError(
+        f"{argname}: expected a NumPy array, CuPy array or PyTorch tensor, got {type(obj).__name__}"
+    )
+
+
+def _adapt_torch(tensor: Any) -> Adapted:
+    import torch
+
+    tensor = tensor.detach()
+    if tensor.device.type == "cpu":
+        if tensor.dtype == torch.bfloat16:
+            # NumPy has no bfloat16: view the bits as int16, then as ml_dtypes.bfloat16 (no copy).
+            import ml_dtypes
+
+            array = tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        else:
+            array = tensor.numpy()
+        return Adapted(array, "numpy", _numpy_to_torch)
+    if tensor.device.type == "cuda":
+        import cupy
+
+        return Adapted(cupy.from_dlpack(tensor), "cupy", _cupy_to_torch)
+    raise UnsupportedArrayError(f"tensors on device {tensor.device} are not supported (CPU and CUDA are)")
+
+
+def _numpy_to_torch(array: Any) -> Any:
+    import torch
+
+    if dtype_name(array) == "bfloat16":
+        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def _cupy_to_torch(array: Any) -> Any:
+    import torch
+
+    return torch.from_dlpack(array)
+
+
+def dtype_name(array: Any) -> str:
+    """The dtype's name: ``"float32"``, ``"bfloat16"``, ``"bool"``, ..."""
+    return np.dtype(array.dtype).name
+
+
+def check_float_dtype(array: Any, argname: str) -> str:
+    name = dtype_name(array)
+    if name not in FLOAT_DTYPES:
+        raise UnsupportedDtypeError(
+            f"{argname}: dtype {name} is not supported; expected one of {sorted(FLOAT_DTYPES)}"
+        )
+    return name
+
+
+def score_dtype(weights_dtype: str) -> str:
+    """Scores of float16/bfloat16 weights are float32; otherwise the weights' dtype."""
+    return "float32" if weights_dtype in ("float16", "bfloat16") else weights_dtype
+
+
+def contiguous(array: Any) -> Any:
+    """A C-contiguous version of a NumPy or CuPy array (the array itself when it already is)."""
+    if array.flags.c_contiguous:
+        return array
+    return array.copy(order="C")
+
+
+def check_writable(array: Any, argname: str) -> None:
+    flags = array.flags
+    writeable = getattr(flags, "writeable", True)
+    if not writeable:
+        raise ReadOnlyError(f"{argname}: the array is read-only; in-place pruning needs a writable array")
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    """A NumPy copy/view of any supported array (for tests, reports and the CLI)."""
+    adapted = adapt(array, "array")
+    if adapted.array_type == "cupy":
+        return adapted.array.get()
+    return adapted.array

@@ -1,0 +1,161 @@
+"""The hooks a pruneplug backend implements: the whole extension surface, documented here.
+
+A backend is a plugin: a module or object with functions marked ``@pruneplug.hookimpl``, found
+through the ``pruneplug`` entry-point group (or registered with :func:`pruneplug.register_backend`).
+The built-in ``numpy``, ``cpu`` and ``cuda`` backends are plugins like any third party's.
+
+How the core calls a backend
+----------------------------
+The core validates every argument (dtype, shape, sparsity, axis, ...) before it calls a hook, picks
+*one* backend, and calls that backend's implementation alone (other plugins are not consulted).
+So every operation hook may assume:
+
+* array arguments are arrays of the backend's own array type (``"numpy"`` -> ``numpy.ndarray``,
+  ``"cupy"`` -> ``cupy.ndarray``), C-contiguous, of a dtype the backend declared; bfloat16 arrays
+  are ``ml_dtypes.bfloat16`` on NumPy and ``uint16``-backed views are the backend's business;
+* ``k``, ``n``, ``m``, ``axis`` are in range (``axis`` is non-negative);
+* ``out``, when given, is a C-contiguous ``bool`` array of the result's shape, to be filled.
+
+Callers pass keywords only, so an implementation may accept fewer arguments than the spec names.
+
+Scores and the ``transform`` argument
+-------------------------------------
+Mask hooks receive ``values`` and a ``transform`` that says how to turn them into scores:
+
+* ``"abs"``: ``values`` are weights; score = ``|w|`` (magnitude L1),
+* ``"square"``: ``values`` are weights; score = ``w * w`` (magnitude L2),
+* ``"identity"``: ``values`` are already scores.
+
+Scores of float16/bfloat16 weights are computed in float32 (``|w|`` and ``w*w`` are then exact for
+float16); otherwise in the weights' dtype, with one IEEE round-to-nearest multiply for ``square``.
+A backend may select on the magnitude bits directly instead of materialising scores, as long as the
+result is the same. ``-0.0`` and ``+0.0`` are equal scores.
+
+Weights (``abs``/``square``) that contain NaN or +-Inf, and scores (``identity``) that contain NaN,
+are an error: raise ``pruneplug.errors.NonFiniteError.for_values(transform, count, first_index)``
+(how many, and the first flat C-order index) *before writing anything*.
+
+Results must be identical, bit for bit, to the ``numpy`` reference backend
+(``pruneplug_backends.numpy``), which is the executable specification; ``pruneplug.testing`` checks it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+PROJECT_NAME = "pruneplug"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+Array = Any  # numpy.ndarray or cupy.ndarray, per the backend's declared array types
+
+
+@hookspec
+def pruneplug_backend_info() -> "Any":
+    """Declare the backend this plugin provides.
+
+    Return a :class:`pruneplug.BackendInfo`: its ``name`` (what users pass as ``backend=``), its
+    ``priority`` (``backend="auto"`` picks the highest-priority available backend that supports the
+    array type, dtype and operation), the ``array_types`` it takes (``"numpy"``, ``"cupy"``), the
+    ``dtypes`` (``"float16"``, ``"bfloat16"``, ``"float32"``, ``"float64"``, ``"int8"``), the
+    ``operations`` it implements (names of the hooks below without the ``pruneplug_`` prefix), and
+    whether it is ``available`` here, with the ``reason`` when it is not.
+
+    Called lazily (the first time a backend is needed) and cached, so it may import heavy
+    libraries or probe a device; it must not raise: report a failure as ``available=False``.
+    """
+
+
+@hookspec(firstresult=True)
+def pruneplug_importance(weights: Array, method: str) -> "tuple[Array, tuple[float, float, float, float]]":
+    """Magnitude importance scores of ``weights`` and their statistics.
+
+    ``method`` is ``"l1"`` (score ``|w|``) or ``"l2"`` (score ``w*w``); scores have the weights'
+    shape and the score dtype described in the module docstring. Return
+    ``(scores, (min, max, mean, std))`` where the statistics are Python floats over all scores
+    (``std`` is the population standard deviation; mean and std accumulated in float64; all four
+    NaN for an empty array). Raise ``NonFiniteError`` for NaN or Inf weights.
+
+    Example (what the numpy reference returns)::
+
+        scores, (lo, hi, mean, std) = impl(weights=np.array([-2.0, 1.0]), method="l1")
+        # scores == [2.0, 1.0]; lo == 1.0, hi == 2.0, mean == 1.5, std == 0.5
+    """
+
+
+@hookspec(firstresult=True)
+def pruneplug_unstructured_mask(values: Array, k: int, transform: str, out: "Array | None") -> Array:
+    """Keep-mask that prunes exactly ``k`` entries (``0 <= k <= values.size``).
+
+    The pruned entries are the first ``k`` of a *stable* ascending sort of the scores over the
+    flat C-order index: among equal scores the lower index is pruned first. Return a ``bool`` array
+    of ``values``' shape, ``True`` = keep (``out`` when given). Raise ``NonFiniteError`` as
+    described in the module docstring.
+    """
+
+
+@hookspec(firstresult=True)
+def pruneplug_nm_mask(values: Array, n: int, m: int, axis: int, transform: str, out: "Array | None") -> Array:
+    """N:M keep-mask: in every group of ``m`` consecutive elements along ``axis``, keep the ``n``
+    largest scores; among equal scores the lower index is kept.
+
+    ``values.shape[axis]`` is a multiple of ``m`` and ``0 <= n <= m``. Elements of a group are
+    ``values.shape[axis+1:]``-strided apart in the C-contiguous array: handle the stride, do not
+    transpose. Return a ``bool`` array of ``values``' shape (``out`` when given).
+    """
+
+
+@hookspec(firstresult=True)
+def pruneplug_block_mask(
+    values: Array, block_shape: "tuple[int, int]", k: int, transform: str, out: "Array | None"
+) -> Array:
+    """Keep-mask of a 2-D array pruned in whole ``block_shape`` blocks: exactly ``k`` blocks pruned.
+
+    A block's score is the float64 sum of its scores, accumulated from ``0.0`` in row-major order
+    inside the block (this order is part of the contract: it makes sums bit-identical everywhere).
+    Blocks are ranked by a stable ascending sort of their sums over the row-major block index (a
+    NaN sum ranks highest, as NumPy sorts it); the first ``k`` are pruned. Row masks are blocks of
+    ``(1, columns)``, column masks blocks of ``(rows, 1)``.
+    """
+
+
+@hookspec(firstresult=True)
+def pruneplug_apply_mask(weights: Array, mask: Array) -> None:
+    """Set ``weights[~mask]`` to ``+0.0`` in place (NaN and ``-0.0`` included); kept entries keep
+    their exact bits. ``weights`` is writable and C-contiguous; ``mask`` is a C-contiguous ``bool``
+    array of the same shape."""
+
+
+@hookspec(firstresult=True)
+def pruneplug_prune_unstructured(weights: Array, k: int, transform: str) -> None:
+    """Optional fused operation: prune ``weights`` in place to the same result as
+    ``pruneplug_unstructured_mask`` followed by ``pruneplug_apply_mask``, without materialising the
+    mask. Raise ``NonFiniteError`` before writing anything."""
+
+
+@hookspec(firstresult=True)
+def pruneplug_prune_nm(weights: Array, n: int, m: int, axis: int, transform: str) -> None:
+    """Optional fused operation: prune ``weights`` in place to the same result as
+    ``pruneplug_nm_mask`` followed by ``pruneplug_apply_mask``."""
+
+
+@hookspec(firstresult=True)
+def pruneplug_compress_24(weights: Array, layout: str) -> "tuple[Array, Array]":
+    """Compress a 2-D weight that is already 2:4 sparse along its last axis (1:2 for float32)
+    into ``(values, metadata)``.
+
+    ``layout`` is ``"ptx"`` (logical row-major metadata) or ``"cutlass"`` (CUTLASS
+    ``ColumnMajorInterleaved<2>`` reordering); see ``pruneplug.sparse24`` for the exact format,
+    which the numpy reference implements. The core has checked ndim, dtype and the layout's shape
+    rules. Raise ``NotNMSparseError`` naming the first offending row and group if a group has more
+    nonzeros than the pattern allows.
+    """
+
+
+@hookspec(firstresult=True)
+def pruneplug_decompress_24(values: Array, metadata: Array, shape: "tuple[int, int]", layout: str) -> Array:
+    """Inverse of ``pruneplug_compress_24``: the dense ``shape`` array. Raise ``InvalidArgumentError``
+    naming the row and group of the first invalid metadata nibble (0x0, 0x5, 0xA, 0xF)."""
