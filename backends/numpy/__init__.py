@@ -56,7 +56,8 @@ def scores_of(values: np.ndarray, transform: str) -> np.ndarray:
     if transform == "abs":
         return np.abs(x)
     if transform == "square":
-        return x * x
+        with np.errstate(over="ignore", under="ignore"):  # squares may overflow to inf: valid scores
+            return x * x
     return x
 
 
@@ -65,13 +66,17 @@ def pruneplug_importance(weights: np.ndarray, method: str):
     scores = scores_of(weights, {"l1": "abs", "l2": "square"}[method])
     if scores.size == 0:
         return scores, (float("nan"),) * 4
-    stats = (
+    with np.errstate(invalid="ignore", over="ignore"):  # inf scores give inf/NaN statistics
+        return scores, _stats(scores)
+
+
+def _stats(scores: np.ndarray) -> tuple[float, float, float, float]:
+    return (
         float(scores.min()),
         float(scores.max()),
         float(scores.mean(dtype=np.float64)),
         float(scores.std(dtype=np.float64)),
     )
-    return scores, stats
 
 
 # ---------------------------------------------------------------------------------------------
