@@ -1,0 +1,249 @@
+"""The public API: argument validation, error types and messages, array types, the registry's
+selection rules. Backend results themselves are covered by the conformance kit."""
+
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import pruneplug as pp
+from pruneplug import errors
+from pruneplug.registry import get_registry
+
+
+@pytest.fixture
+def weights():
+    return np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+
+
+# --- importance -----------------------------------------------------------------------------
+def test_importance_l1_l2_values_and_stats(weights):
+    l1 = pp.importance(weights, "l1")
+    l2 = pp.MagnitudeImportance.l2().compute(weights)
+    np.testing.assert_array_equal(l1.values, np.abs(weights))
+    np.testing.assert_array_equal(l2.values, weights * weights)
+    assert (l1.method, l2.method) == ("magnitude_l1", "magnitude_l2")
+    assert l1.stats.min == float(np.abs(weights).min()) and l1.stats.max == float(np.abs(weights).max())
+    assert math.isclose(l1.stats.std, float(np.abs(weights).astype(np.float64).std()), rel_tol=1e-12)
+    assert isinstance(l1.stats.mean, float)
+
+
+def test_importance_half_precision_scores_are_float32():
+    for dtype in (np.float16, ml_dtypes.bfloat16):
+        w = np.array([-1.5, 0.25], dtype=dtype)
+        scores = pp.importance(w, "l2").values
+        assert scores.dtype == np.float32
+        np.testing.assert_array_equal(scores, np.array([2.25, 0.0625], dtype=np.float32))
+
+
+def test_magnitude_importance_api_parity():
+    imp = pp.MagnitudeImportance.l1()
+    assert imp.name == "magnitude_l1" and imp.requires_calibration() is False
+    assert repr(imp) == "MagnitudeImportance.l1()"
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int8, np.complex64, bool])
+def test_unsupported_dtype_is_type_error_naming_it(dtype):
+    with pytest.raises(TypeError, match=np.dtype(dtype).name) as info:
+        pp.prune(np.ones(8, dtype=dtype), 0.5)
+    assert isinstance(info.value, errors.UnsupportedDtypeError)
+    assert "weights" in str(info.value)
+
+
+def test_nan_weights_error_names_method_count_and_first_index(weights):
+    weights[1, 3] = np.nan
+    weights[5, 0] = np.inf
+    with pytest.raises(errors.NonFiniteError) as info:
+        pp.importance(weights, "l2")
+    assert info.value.count == 2 and info.value.first_index == 19
+    assert "magnitude_l2" in str(info.value) and "19" in str(info.value) and "2 non-finite" in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_nan_scores_rejected_but_infinite_scores_rank_highest():
+    with pytest.raises(errors.NonFiniteError, match="scores contain 1 NaN"):
+        pp.generate_unstructured_mask(np.array([1.0, np.nan]), 0.5)
+    mask = pp.generate_unstructured_mask(np.array([np.inf, 5.0, -np.inf, 1.0]), 0.5)
+    np.testing.assert_array_equal(mask.data, [True, True, False, False])
+
+
+# --- unstructured ---------------------------------------------------------------------------
+def test_exact_count_uses_half_to_even_rounding():
+    assert pp.count_to_prune(0.5, 5) == 2  # round(2.5) == 2
+    assert pp.count_to_prune(0.5, 7) == 4  # round(3.5) == 4
+    mask = pp.generate_unstructured_mask(np.ones(5), 0.5)
+    assert mask.num_zeros == 2 and mask.nnz == 3
+    np.testing.assert_array_equal(mask.data, [False, False, True, True, True])  # ties: lower index first
+
+
+@pytest.mark.parametrize("sparsity", [-0.1, 1.5, float("nan"), "0.5", None, True])
+def test_bad_sparsity(sparsity):
+    with pytest.raises(ValueError, match="sparsity"):
+        pp.generate_unstructured_mask(np.ones(4), sparsity)
+
+
+def test_mask_object(weights):
+    mask = pp.generate_unstructured_mask(pp.importance(weights), 0.25)
+    assert mask.pattern == "unstructured" and mask.shape == weights.shape
+    assert (mask.nnz, mask.num_zeros, mask.sparsity) == (96, 32, 0.25)
+    floats = mask.to_float("float32")
+    assert floats.dtype == np.float32 and set(np.unique(floats)) == {0.0, 1.0}
+    assert "sparsity=0.2500" in repr(mask)
+
+
+def test_out_buffer_is_filled_and_returned(weights):
+    out = np.empty(weights.shape, dtype=bool)
+    mask = pp.generate_unstructured_mask(weights, 0.5, out=out)
+    assert mask.data is out and out.sum() == 64
+    with pytest.raises(ValueError, match="out"):
+        pp.generate_unstructured_mask(weights, 0.5, out=np.empty((2, 2), dtype=bool))
+
+
+# --- N:M ------------------------------------------------------------------------------------
+def test_nm_errors_name_shape_axis_and_m():
+    with pytest.raises(errors.ShapeError, match=r"shape \(3, 6\).*m=4.*axis=1"):
+        pp.generate_nm_mask(np.ones((3, 6)), 2, 4)
+    with pytest.raises(ValueError, match="n=5 must not exceed m=4"):
+        pp.generate_nm_mask(np.ones((4, 4)), 5, 4)
+    with pytest.raises(ValueError, match="m=0"):
+        pp.generate_nm_mask(np.ones((4, 4)), 0, 0)
+    with pytest.raises(ValueError, match="axis=2"):
+        pp.generate_nm_mask(np.ones((4, 4)), 2, 4, axis=2)
+
+
+def test_nm_conv_axis_groups_input_channels():
+    w = np.random.default_rng(1).standard_normal((4, 8, 3, 3)).astype(np.float32)
+    pruned = pp.prune(w, pattern="2:4", axis=1)
+    assert pp.is_nm_sparse(pruned, 2, 4, axis=1)
+    kept = (pruned != 0).reshape(4, 2, 4, 3, 3).sum(axis=2)
+    assert np.all(kept == 2)
+
+
+def test_is_nm_sparse_counts_negative_zero_as_zero_and_nan_as_nonzero():
+    assert pp.is_nm_sparse(np.array([[-0.0, 1.0, -0.0, 2.0]]), 2, 4)
+    assert not pp.is_nm_sparse(np.array([[np.nan, 1.0, 0.0, 2.0]]), 2, 4)
+
+
+def test_prune_pattern_errors(weights):
+    with pytest.raises(ValueError, match="sparsity=0.5 cannot be combined"):
+        pp.prune(weights, 0.5, pattern="2:4")
+    with pytest.raises(ValueError, match="needs sparsity"):
+        pp.prune(weights, pattern="row")
+    with pytest.raises(ValueError, match="pattern='diagonal'"):
+        pp.prune(weights, 0.5, pattern="diagonal")
+    with pytest.raises(ValueError, match="method='l3'"):
+        pp.prune(weights, 0.5, method="l3")
+
+
+# --- block / row / column -------------------------------------------------------------------
+def test_block_errors():
+    with pytest.raises(errors.ShapeError, match="2-D"):
+        pp.generate_row_mask(np.ones(4), 0.5)
+    with pytest.raises(errors.ShapeError, match=r"block_shape=\(3, 3\) does not divide"):
+        pp.generate_block_mask(np.ones((4, 4)), (3, 3), 0.5)
+    with pytest.raises(ValueError, match="block_shape"):
+        pp.generate_block_mask(np.ones((4, 4)), (0, 2), 0.5)
+
+
+def test_row_and_column_pruning_zero_whole_lines(weights):
+    pruned, mask = pp.prune(weights, 0.25, pattern="row", return_mask=True)
+    assert mask.pattern == "row"
+    zero_rows = np.all(pruned == 0, axis=1)
+    assert zero_rows.sum() == 2
+    pruned = pp.prune(weights, 0.5, pattern="column")
+    assert np.all(pruned == 0, axis=0).sum() == 8
+
+
+# --- apply ----------------------------------------------------------------------------------
+def test_apply_errors_change_nothing(weights):
+    mask = pp.generate_unstructured_mask(weights, 0.5)
+    before = weights.copy()
+    with pytest.raises(errors.ShapeError, match="does not match"):
+        pp.apply_mask(mask, weights[:4])
+    readonly = weights.copy()
+    readonly.flags.writeable = False
+    with pytest.raises(errors.ReadOnlyError, match="read-only"):
+        mask.apply(readonly)
+    with pytest.raises(TypeError, match="bool"):
+        pp.apply_mask(mask.data.astype(np.float32), weights)
+    np.testing.assert_array_equal(weights, before)
+
+
+def test_inplace_prune_of_readonly_is_refused(weights):
+    weights.flags.writeable = False
+    with pytest.raises(errors.ReadOnlyError):
+        pp.prune(weights, 0.5, inplace=True)
+
+
+def test_inplace_prune_of_strided_view_writes_through(weights):
+    view = weights[:, ::2]
+    expected = pp.prune(np.ascontiguousarray(view), 0.5)
+    result = pp.prune(view, 0.5, inplace=True)
+    assert result is view
+    np.testing.assert_array_equal(weights[:, ::2], expected)
+
+
+def test_unsupported_array_type():
+    with pytest.raises(errors.UnsupportedArrayError, match="expected a NumPy array"):
+        pp.prune(object(), 0.5)
+
+
+def test_lists_are_accepted_as_numpy():
+    assert pp.prune([0.5, -2.0, 0.1, 3.0], 0.5).tolist() == [0.0, -2.0, 0.0, 3.0]
+
+
+# --- registry selection ---------------------------------------------------------------------
+def test_unknown_backend_is_lookup_error():
+    with pytest.raises(errors.BackendNotFoundError, match="backend='nope' is not registered"):
+        pp.prune(np.ones(4, np.float32), 0.5, backend="nope")
+
+
+def test_named_unavailable_backend_says_why():
+    status = {b.name: b for b in pp.backends()}["cuda"]
+    if status.available:
+        pytest.skip("a CUDA device is present: the cuda backend is available here")
+    with pytest.raises(errors.BackendUnavailableError, match="backend='cuda' is not available here") as info:
+        pp.prune(np.ones(4, np.float32), 0.5, backend="cuda")
+    assert status.reason and status.reason in str(info.value)
+
+
+class _LowPriorityOnlyNM:
+    @pp.hookimpl
+    def pruneplug_backend_info(self):
+        return pp.BackendInfo(name="only-nm", priority=1000, operations={"nm_mask"}, dtypes={"float32"})
+
+    @pp.hookimpl
+    def pruneplug_nm_mask(self, values, n, m, axis, transform, out):
+        raise AssertionError("should only run when selected")
+
+
+@pytest.fixture
+def only_nm_backend():
+    pp.register_backend(_LowPriorityOnlyNM(), "only-nm-plugin")
+    yield "only-nm"
+    pp.unregister_backend("only-nm")
+
+
+def test_auto_picks_highest_priority_supporting_backend(only_nm_backend):
+    registry = get_registry()
+    assert registry.select("auto", array_type="numpy", dtype="float32", operation="nm_mask") == "only-nm"
+    assert registry.select("auto", array_type="numpy", dtype="float64", operation="nm_mask") != "only-nm"
+    assert registry.select("auto", array_type="numpy", dtype="float32", operation="apply_mask") != "only-nm"
+    with pytest.raises(errors.BackendUnavailableError, match="does not implement unstructured_mask"):
+        pp.generate_unstructured_mask(np.ones(4, np.float32), 0.5, backend="only-nm")
+    with pytest.raises(errors.BackendUnavailableError, match="does not support dtype float64"):
+        pp.generate_nm_mask(np.ones(4), 2, 4, backend="only-nm")
+
+
+def test_env_sets_default_backend(monkeypatch):
+    monkeypatch.setenv("PRUNEPLUG_BACKEND", "numpy")
+    assert pp.generate_unstructured_mask(np.ones(4, np.float32), 0.5).backend == "numpy"
+    monkeypatch.setenv("PRUNEPLUG_BACKEND", "nope")
+    with pytest.raises(errors.BackendNotFoundError):
+        pp.generate_unstructured_mask(np.ones(4, np.float32), 0.5)
+
+
+def test_backends_lists_numpy_as_always_available():
+    rows = {b.name: b for b in pp.backends()}
+    assert rows["numpy"].available and "unstructured_mask" in rows["numpy"].operations
