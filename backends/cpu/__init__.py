@@ -1,0 +1,170 @@
+"""The ``cpu`` backend: pruneplug's C kernels (cffi, OpenMP), bit-identical to the ``numpy`` reference.
+
+The C code lives in ``csrc/`` (contract: ``csrc/pruneplug.h``); this module only turns NumPy arrays
+into pointers and C status codes into pruneplug's typed errors. cffi's API mode releases the GIL
+around every call into ``_native``, so calls from several Python threads run concurrently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pruneplug.errors import BackendExecutionError, NonFiniteError
+from pruneplug.hookspecs import hookimpl
+from pruneplug.types import BackendInfo
+
+NAME = "cpu"
+
+try:  # never raise at import: an unbuilt extension makes the backend unavailable, not broken
+    from pruneplug_backends.cpu._native import ffi, lib
+
+    _IMPORT_ERROR: str | None = None
+except ImportError as exc:  # pragma: no cover - depends on the build
+    ffi = lib = None
+    _IMPORT_ERROR = f"the C extension pruneplug_backends.cpu._native is not built: {exc}"
+
+OPERATIONS = {
+    "importance",
+    "unstructured_mask",
+    "nm_mask",
+    "block_mask",
+    "apply_mask",
+    "prune_unstructured",
+    "prune_nm",
+}
+
+_DTYPE_CODE = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
+_TRANSFORM_CODE = {"abs": 0, "square": 1, "identity": 2}
+_METHOD_CODE = {"l1": 0, "l2": 1}
+_BITS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+@hookimpl
+def pruneplug_backend_info() -> BackendInfo:
+    return BackendInfo(
+        name=NAME,
+        priority=100,
+        array_types={"numpy"},
+        dtypes=set(_DTYPE_CODE),
+        operations=OPERATIONS,
+        available=lib is not None,
+        reason=_IMPORT_ERROR,
+        description="C kernels (cffi, OpenMP): sampled-bracket exact selection, branch-free N:M",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# plumbing
+# ---------------------------------------------------------------------------------------------
+def _dtype_name(a: np.ndarray) -> str:
+    name = a.dtype.name
+    if name not in _DTYPE_CODE:
+        raise BackendExecutionError(f"cpu backend: unsupported dtype {a.dtype}")
+    return name
+
+
+def _ptr(a: np.ndarray, ctype: str = "void *") -> Any:
+    """A C pointer to a C-contiguous array's data (bfloat16 included: the C side reads bits)."""
+    if not a.flags.c_contiguous:
+        raise BackendExecutionError("cpu backend: expected a C-contiguous array")
+    return ffi.cast(ctype, a.ctypes.data)
+
+
+def _mask_out(values: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    if out is None:
+        return np.empty(values.shape, dtype=np.bool_)
+    return out
+
+
+def _check(status: int, transform: str, bad: Any) -> None:
+    if status == 0:
+        return
+    if status == lib.PP_ERR_NONFINITE:
+        raise NonFiniteError.for_values(transform, int(bad[0]), int(bad[1]))
+    if status == lib.PP_ERR_NOMEM:
+        raise MemoryError("cpu backend: out of memory for the selection buffers")
+    raise BackendExecutionError(f"cpu backend: the C kernel returned status {status}")
+
+
+def _bad() -> Any:
+    return ffi.new("int64_t[2]")
+
+
+def _as_outer_len_inner(shape: tuple, axis: int) -> tuple[int, int, int]:
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    return outer, int(shape[axis]), inner
+
+
+# ---------------------------------------------------------------------------------------------
+# hooks
+# ---------------------------------------------------------------------------------------------
+@hookimpl
+def pruneplug_unstructured_mask(values: np.ndarray, k: int, transform: str, out=None) -> np.ndarray:
+    mask = _mask_out(values, out)
+    bad = _bad()
+    st = lib.pp_unstructured_mask(_ptr(values), _DTYPE_CODE[_dtype_name(values)], _TRANSFORM_CODE[transform],
+                                  values.size, k, _ptr(mask, "uint8_t *"), 0, 0, ffi.NULL, bad, bad + 1)
+    _check(st, transform, bad)
+    return mask
+
+
+@hookimpl
+def pruneplug_prune_unstructured(weights: np.ndarray, k: int, transform: str) -> None:
+    bad = _bad()
+    st = lib.pp_prune_unstructured(_ptr(weights), _DTYPE_CODE[_dtype_name(weights)], _TRANSFORM_CODE[transform],
+                                   weights.size, k, 0, 0, ffi.NULL, bad, bad + 1)
+    _check(st, transform, bad)
+
+
+@hookimpl
+def pruneplug_nm_mask(values: np.ndarray, n: int, m: int, axis: int, transform: str, out=None) -> np.ndarray:
+    mask = _mask_out(values, out)
+    outer, length, inner = _as_outer_len_inner(values.shape, axis)
+    bad = _bad()
+    st = lib.pp_nm_mask(_ptr(values), _DTYPE_CODE[_dtype_name(values)], _TRANSFORM_CODE[transform],
+                        outer, length, inner, n, m, _ptr(mask, "uint8_t *"), int(out is None), 0, bad, bad + 1)
+    _check(st, transform, bad)
+    return mask
+
+
+@hookimpl
+def pruneplug_prune_nm(weights: np.ndarray, n: int, m: int, axis: int, transform: str) -> None:
+    outer, length, inner = _as_outer_len_inner(weights.shape, axis)
+    bad = _bad()
+    st = lib.pp_prune_nm(_ptr(weights), _DTYPE_CODE[_dtype_name(weights)], _TRANSFORM_CODE[transform],
+                         outer, length, inner, n, m, 0, bad, bad + 1)
+    _check(st, transform, bad)
+
+
+@hookimpl
+def pruneplug_block_mask(values: np.ndarray, block_shape, k: int, transform: str, out=None) -> np.ndarray:
+    mask = _mask_out(values, out)
+    rows, cols = values.shape
+    bh, bw = block_shape
+    bad = _bad()
+    st = lib.pp_block_mask(_ptr(values), _DTYPE_CODE[_dtype_name(values)], _TRANSFORM_CODE[transform],
+                           rows, cols, bh, bw, k, _ptr(mask, "uint8_t *"), 0, bad, bad + 1)
+    _check(st, transform, bad)
+    return mask
+
+
+@hookimpl
+def pruneplug_apply_mask(weights: np.ndarray, mask: np.ndarray) -> None:
+    st = lib.pp_apply_mask(_ptr(weights), _DTYPE_CODE[_dtype_name(weights)], _ptr(mask, "uint8_t *"),
+                           weights.size, 0)
+    _check(st, "abs", None)
+
+
+@hookimpl
+def pruneplug_importance(weights: np.ndarray, method: str):
+    name = _dtype_name(weights)
+    scores = np.empty(weights.shape, dtype=np.float32 if weights.dtype.itemsize == 2 else weights.dtype)
+    stats = ffi.new("double[4]")
+    bad = _bad()
+    st = lib.pp_importance(_ptr(weights), _DTYPE_CODE[name], _METHOD_CODE[method], weights.size,
+                           _ptr(scores), stats, 0, bad, bad + 1)
+    _check(st, {"l1": "abs", "l2": "square"}[method], bad)
+    return scores, (float(stats[0]), float(stats[1]), float(stats[2]), float(stats[3]))
