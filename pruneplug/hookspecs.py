@@ -147,15 +147,34 @@ def pruneplug_compress_24(weights: Array, layout: str) -> "tuple[Array, Array]":
     """Compress a 2-D weight that is already 2:4 sparse along its last axis (1:2 for float32)
     into ``(values, metadata)``.
 
-    ``layout`` is ``"ptx"`` (logical row-major metadata) or ``"cutlass"`` (CUTLASS
-    ``ColumnMajorInterleaved<2>`` reordering); see ``pruneplug.sparse24`` for the exact format,
-    which the numpy reference implements. The core has checked ndim, dtype and the layout's shape
-    rules. Raise ``NotNMSparseError`` naming the first offending row and group if a group has more
-    nonzeros than the pattern allows.
+    ``weights``: C-contiguous ``(m, k)`` float16, bfloat16, float32 or int8. ``layout`` is ``"ptx"``
+    (logical row-major metadata) or ``"cutlass"`` (CUTLASS ``ColumnMajorInterleaved<2>``
+    reordering); see ``pruneplug.sparse24`` for the exact format, which the numpy reference
+    implements. Return ``values`` ``(m, k/2)`` of the weights' dtype and ``metadata`` of shape
+    ``pruneplug.sparse24.metadata_shape`` (int16 words, int32 for int8), both fresh C-contiguous
+    arrays of the backend's array type. The core has checked ndim, dtype and the layout's shape
+    rules. ``-0.0`` counts as zero, NaN as nonzero; padded slots hold the element found there.
+    If a group has more nonzeros than the pattern allows, raise
+    ``pruneplug.sparse24.not_sparse_error(dtype, row, group, count)`` for the first such group in
+    C order (without the optional total) before returning anything.
     """
 
 
 @hookspec(firstresult=True)
 def pruneplug_decompress_24(values: Array, metadata: Array, shape: "tuple[int, int]", layout: str) -> Array:
-    """Inverse of ``pruneplug_compress_24``: the dense ``shape`` array. Raise ``InvalidArgumentError``
-    naming the row and group of the first invalid metadata nibble (0x0, 0x5, 0xA, 0xF)."""
+    """Inverse of ``pruneplug_compress_24``: a fresh C-contiguous dense ``shape`` array of the
+    values' dtype; positions not kept are ``+0.0`` (integer 0), kept positions get the value's exact
+    bits. The core has checked dtypes and shapes. Raise
+    ``pruneplug.sparse24.invalid_nibble_error(dtype, layout, row, group, nibble)`` for the first
+    invalid nibble (0x0, 0x5, 0xA, 0xF; for float32 anything but 0x4 and 0xE) in logical C order
+    (dense row, then group along it)."""
+
+
+@hookspec(firstresult=True)
+def pruneplug_prune_compress_24(weights: Array, layout: str, transform: str) -> "tuple[Array, Array]":
+    """Optional fused operation: the result of ``pruneplug_prune_nm`` with ``n, m = 2, 4``
+    (``1, 2`` for float32) on a copy of ``weights``, then ``pruneplug_compress_24``, without
+    modifying ``weights``. For int8 weights the score is the integer's absolute value (``|-128|``
+    is 128) whatever ``transform`` says. Raise ``NonFiniteError`` for NaN or Inf float weights.
+    ``pruneplug.prune_24`` uses it when the backend declares ``prune_compress_24`` (and needs it for
+    int8); otherwise it prunes with the N:M hooks and compresses."""

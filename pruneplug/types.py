@@ -17,6 +17,7 @@ OPERATIONS: FrozenSet[str] = frozenset(
         "prune_nm",
         "compress_24",
         "decompress_24",
+        "prune_compress_24",
     }
 )
 

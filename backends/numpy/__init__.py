@@ -23,7 +23,8 @@ def pruneplug_backend_info() -> BackendInfo:
         priority=0,
         array_types={"numpy"},
         dtypes=FLOAT_DTYPES | {"int8"},
-        operations={"importance", "unstructured_mask", "nm_mask", "block_mask", "apply_mask"},
+        operations={"importance", "unstructured_mask", "nm_mask", "block_mask", "apply_mask",
+                    "compress_24", "decompress_24", "prune_compress_24"},
         description="pure NumPy reference implementation (the specification)",
     )
 
@@ -141,3 +142,10 @@ def pruneplug_block_mask(values: np.ndarray, block_shape, k: int, transform: str
 @hookimpl
 def pruneplug_apply_mask(weights: np.ndarray, mask: np.ndarray) -> None:
     weights[~mask] = 0  # +0.0, whatever was there (NaN and -0.0 included)
+
+
+from pruneplug_backends.numpy.compress24 import (  # noqa: E402,F401  (2:4 compression hooks)
+    pruneplug_compress_24,
+    pruneplug_decompress_24,
+    pruneplug_prune_compress_24,
+)
