@@ -272,7 +272,7 @@ def _build(code: str, defines, includes, std, names: List[str], sanitize: bool) 
         if r.returncode != 0:
             log = r.stderr
             hint = ""
-            if "extern" in log and "static" in log:
+            if "multiple storage classes" in log or "conflicting specifiers" in log:
                 hint = ("\nhint: `extern __shared__` must be written in the kernel source itself (not in an "
                         "#included header) so that the emulator can rewrite it")
             raise CompileError("g++ failed to compile the kernel source" + hint, log)
