@@ -33,6 +33,9 @@ OPERATIONS = {
     "apply_mask",
     "prune_unstructured",
     "prune_nm",
+    "compress_24",
+    "decompress_24",
+    "prune_compress_24",
 }
 
 _DTYPE_CODE = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
@@ -47,7 +50,7 @@ def pruneplug_backend_info() -> BackendInfo:
         name=NAME,
         priority=100,
         array_types={"numpy"},
-        dtypes=set(_DTYPE_CODE),
+        dtypes=set(_DTYPE_CODE) | {"int8"},  # int8: 2:4 compression only
         operations=OPERATIONS,
         available=lib is not None,
         reason=_IMPORT_ERROR,
@@ -168,3 +171,6 @@ def pruneplug_importance(weights: np.ndarray, method: str):
                            _ptr(scores), stats, 0, bad, bad + 1)
     _check(st, {"l1": "abs", "l2": "square"}[method], bad)
     return scores, (float(stats[0]), float(stats[1]), float(stats[2]), float(stats[3]))
+
+
+from pruneplug_backends.cpu.compress24 import pruneplug_compress_24, pruneplug_decompress_24, pruneplug_prune_compress_24  # noqa: E402,F401
