@@ -1,177 +1,80 @@
-/* pruneplug C backend: selection, N:M, block, apply and importance kernels.
+/* pruneplug C backend: the public functions of pruneplug.h.
  *
- * Every (dtype, transform) pair is one "variant" generated from pp_variant.inc: an element type
- * (the raw bits), a key type whose unsigned order is the score order, the key function and the
- * non-finite test. See pruneplug.h for the contract.
+ * They check their arguments, pick the kernel build for this CPU (portable, AVX2 or AVX-512; the
+ * environment variable PRUNEPLUG_CPU_ISA=default|avx2|avx512 forces a lower one, for tests) and
+ * call it. Results are identical whichever build runs: the kernels are integer key comparisons
+ * and IEEE operations without contraction or reassociation.
  */
 #include "pruneplug.h"
 #include "pp_internal.h"
+#include "pp_dispatch.h"
 
-/* ------------------------------------------------------------------ keys */
+typedef struct {
+    const char *name;
+    int (*unstructured)(void *, int, int, size_t, size_t, uint8_t *, int, int, int *, int64_t *,
+                        int64_t *);
+    int (*nm)(void *, int, int, size_t, size_t, size_t, size_t, size_t, uint8_t *, int, int,
+              int64_t *, int64_t *);
+    int (*block_sums)(const void *, int, int, size_t, size_t, size_t, size_t, double *, int,
+                      int64_t *, int64_t *);
+    int (*select_u64)(uint64_t *, size_t, size_t, uint8_t *, int, int64_t *, int64_t *);
+    int (*apply)(void *, int, const uint8_t *, size_t, int);
+    int (*importance)(const void *, int, int, size_t, void *, double *, int, int64_t *, int64_t *);
+} pp_kernels;
 
-/* -0.0 -> +0.0, then the order-preserving sign flip. */
-static inline uint16_t pp_flip16(uint16_t x)
+#define PP_KERNELS(S)                                                                             \
+    {                                                                                             \
+        #S, pp_k_unstructured_##S, pp_k_nm_##S, pp_k_block_sums_##S, pp_k_select_u64_##S,         \
+            pp_k_apply_##S, pp_k_importance_##S                                                   \
+    }
+
+static const pp_kernels PP_DEFAULT = PP_KERNELS(default);
+#ifdef PP_HAVE_X86_ISAS
+static const pp_kernels PP_AVX2 = PP_KERNELS(avx2);
+static const pp_kernels PP_AVX512 = PP_KERNELS(avx512);
+#endif
+
+static const pp_kernels *pp_pick(void)
 {
-    x = x == 0x8000u ? 0 : x;
-    return (x & 0x8000u) ? (uint16_t)~x : (uint16_t)(x | 0x8000u);
+#ifdef PP_HAVE_X86_ISAS
+    const char *force = getenv("PRUNEPLUG_CPU_ISA");
+    int cap = 2; /* the highest level allowed */
+    if (force && force[0]) {
+        if (!strcmp(force, "default")) cap = 0;
+        else if (!strcmp(force, "avx2")) cap = 1;
+    }
+    __builtin_cpu_init();
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi") &&
+               __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt");
+    int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                 __builtin_cpu_supports("avx512cd");
+    if (cap >= 2 && avx512) return &PP_AVX512;
+    if (cap >= 1 && avx2) return &PP_AVX2;
+#endif
+    return &PP_DEFAULT;
 }
-static inline uint32_t pp_flip32(uint32_t x)
+
+int pp_active_isa(char *name, int size)
 {
-    x = x == 0x80000000u ? 0 : x;
-    return (x & 0x80000000u) ? ~x : (x | 0x80000000u);
+    const char *s = pp_pick()->name;
+    if (!name || size < 1) return PP_ERR_ARG;
+    size_t len = strlen(s);
+    if (len >= (size_t)size) len = (size_t)size - 1;
+    memcpy(name, s, len);
+    name[len] = 0;
+    return PP_OK;
 }
-static inline uint64_t pp_flip64(uint64_t x)
-{
-    x = x == 0x8000000000000000ULL ? 0 : x;
-    return (x & 0x8000000000000000ULL) ? ~x : (x | 0x8000000000000000ULL);
-}
-
-/* float16: |w| and w*w (exact in float32, monotone in |w|) both order by the magnitude bits. */
-static inline uint16_t f16abs_key(uint16_t x) { return (uint16_t)(x & 0x7fffu); }
-static inline int f16abs_bad(uint16_t x) { return (x & 0x7fffu) >= 0x7c00u; }
-static inline float f16abs_score(uint16_t x) { return pp_h2f((uint16_t)(x & 0x7fffu)); }
-static inline uint16_t f16sq_key(uint16_t x) { return (uint16_t)(x & 0x7fffu); }
-static inline int f16sq_bad(uint16_t x) { return (x & 0x7fffu) >= 0x7c00u; }
-static inline float f16sq_score(uint16_t x) { float f = pp_h2f(x); return f * f; }
-static inline uint16_t f16id_key(uint16_t x) { return pp_flip16(x); }
-static inline int f16id_bad(uint16_t x) { return (x & 0x7fffu) > 0x7c00u; }
-static inline float f16id_score(uint16_t x) { return pp_h2f(x); }
-
-/* bfloat16: the square is one float32 multiply (rounded): its key is the product's bits. */
-static inline uint16_t bf16abs_key(uint16_t x) { return (uint16_t)(x & 0x7fffu); }
-static inline int bf16abs_bad(uint16_t x) { return (x & 0x7fffu) >= 0x7f80u; }
-static inline float bf16abs_score(uint16_t x) { return pp_bf2f((uint16_t)(x & 0x7fffu)); }
-static inline uint32_t bf16sq_key(uint16_t x) { float f = pp_bf2f(x); return pp_f2u(f * f); }
-static inline int bf16sq_bad(uint16_t x) { return (x & 0x7fffu) >= 0x7f80u; }
-static inline float bf16sq_score(uint16_t x) { float f = pp_bf2f(x); return f * f; }
-static inline uint16_t bf16id_key(uint16_t x) { return pp_flip16(x); }
-static inline int bf16id_bad(uint16_t x) { return (x & 0x7fffu) > 0x7f80u; }
-static inline float bf16id_score(uint16_t x) { return pp_bf2f(x); }
-
-static inline uint32_t f32abs_key(uint32_t x) { return x & 0x7fffffffu; }
-static inline int f32abs_bad(uint32_t x) { return (x & 0x7fffffffu) >= 0x7f800000u; }
-static inline float f32abs_score(uint32_t x) { return pp_u2f(x & 0x7fffffffu); }
-static inline uint32_t f32sq_key(uint32_t x) { float f = pp_u2f(x); return pp_f2u(f * f); }
-static inline int f32sq_bad(uint32_t x) { return (x & 0x7fffffffu) >= 0x7f800000u; }
-static inline float f32sq_score(uint32_t x) { float f = pp_u2f(x); return f * f; }
-static inline uint32_t f32id_key(uint32_t x) { return pp_flip32(x); }
-static inline int f32id_bad(uint32_t x) { return (x & 0x7fffffffu) > 0x7f800000u; }
-static inline float f32id_score(uint32_t x) { return pp_u2f(x); }
-
-static inline uint64_t f64abs_key(uint64_t x) { return x & 0x7fffffffffffffffULL; }
-static inline int f64abs_bad(uint64_t x) { return (x & 0x7fffffffffffffffULL) >= 0x7ff0000000000000ULL; }
-static inline double f64abs_score(uint64_t x) { return pp_u2d(x & 0x7fffffffffffffffULL); }
-static inline uint64_t f64sq_key(uint64_t x) { double f = pp_u2d(x); return pp_d2u(f * f); }
-static inline int f64sq_bad(uint64_t x) { return (x & 0x7fffffffffffffffULL) >= 0x7ff0000000000000ULL; }
-static inline double f64sq_score(uint64_t x) { double f = pp_u2d(x); return f * f; }
-static inline uint64_t f64id_key(uint64_t x) { return pp_flip64(x); }
-static inline int f64id_bad(uint64_t x) { return (x & 0x7fffffffffffffffULL) > 0x7ff0000000000000ULL; }
-static inline double f64id_score(uint64_t x) { return pp_u2d(x); }
-
-/* Ready-made 64-bit keys (block ranking). */
-static inline uint64_t u64key_key(uint64_t x) { return x; }
-static inline int u64key_bad(uint64_t x) { (void)x; return 0; }
-
-/* ------------------------------------------------------------------ variants */
-
-#define HAS_SCORE
-#define HAS_IMPORTANCE
-#define SCORE_T float
-
-#define NAME f16abs
-#define IN_T uint16_t
-#define KEY_T uint16_t
-#define KEY_MAX UINT16_MAX
-#include "pp_variant.inc"
-#undef NAME
-#define NAME f16sq
-#include "pp_variant.inc"
-#undef NAME
-#define NAME bf16abs
-#include "pp_variant.inc"
-#undef NAME
-#undef KEY_T
-#undef KEY_MAX
-#define NAME bf16sq
-#define KEY_T uint32_t
-#define KEY_MAX UINT32_MAX
-#include "pp_variant.inc"
-#undef NAME
-#undef IN_T
-#define NAME f32abs
-#define IN_T uint32_t
-#include "pp_variant.inc"
-#undef NAME
-#define NAME f32sq
-#include "pp_variant.inc"
-#undef NAME
-#undef IN_T
-#undef KEY_T
-#undef KEY_MAX
-#undef SCORE_T
-#define SCORE_T double
-#define NAME f64abs
-#define IN_T uint64_t
-#define KEY_T uint64_t
-#define KEY_MAX UINT64_MAX
-#include "pp_variant.inc"
-#undef NAME
-#define NAME f64sq
-#include "pp_variant.inc"
-#undef NAME
-#undef IN_T
-#undef KEY_T
-#undef KEY_MAX
-#undef SCORE_T
-#undef HAS_IMPORTANCE
-
-/* identity variants: scores only (no importance) */
-#define SCORE_T float
-#define NAME f16id
-#define IN_T uint16_t
-#define KEY_T uint16_t
-#define KEY_MAX UINT16_MAX
-#include "pp_variant.inc"
-#undef NAME
-#define NAME bf16id
-#include "pp_variant.inc"
-#undef NAME
-#undef IN_T
-#undef KEY_T
-#undef KEY_MAX
-#define NAME f32id
-#define IN_T uint32_t
-#define KEY_T uint32_t
-#define KEY_MAX UINT32_MAX
-#include "pp_variant.inc"
-#undef NAME
-#undef IN_T
-#undef KEY_T
-#undef KEY_MAX
-#undef SCORE_T
-#define SCORE_T double
-#define NAME f64id
-#define IN_T uint64_t
-#define KEY_T uint64_t
-#define KEY_MAX UINT64_MAX
-#include "pp_variant.inc"
-#undef NAME
-#undef HAS_SCORE
-#undef SCORE_T
-#define NAME u64key
-#include "pp_variant.inc"
-#undef NAME
-#undef IN_T
-#undef KEY_T
-#undef KEY_MAX
-
-/* ------------------------------------------------------------------ dispatch */
-
-#define PP_VARIANT_ID(dtype, transform) ((dtype) * 3 + (transform))
 
 static int pp_valid(int dtype, int transform)
 {
     return dtype >= 0 && dtype <= 3 && transform >= 0 && transform <= 2;
+}
+
+static void pp_clear_bad(int64_t *bad_count, int64_t *bad_first)
+{
+    if (bad_count) *bad_count = 0;
+    if (bad_first) *bad_first = -1;
 }
 
 static int pp_unstructured_any(void *values, int dtype, int transform, int64_t n, int64_t k,
@@ -179,26 +82,16 @@ static int pp_unstructured_any(void *values, int dtype, int transform, int64_t n
                                int64_t *bad_count, int64_t *bad_first)
 {
     int dummy = 0;
+    int64_t bc, bf;
     if (!path) path = &dummy;
+    if (!bad_count) bad_count = &bc;
+    if (!bad_first) bad_first = &bf;
     *path = 0;
+    pp_clear_bad(bad_count, bad_first);
     if (!pp_valid(dtype, transform) || n < 0 || k < 0 || k > n) return PP_ERR_ARG;
-    size_t N = (size_t)n, K = (size_t)k;
-    int nt = pp_threads(nthreads, N);
-    switch (PP_VARIANT_ID(dtype, transform)) {
-    case PP_VARIANT_ID(PP_F16, PP_ABS): return f16abs_unstructured(values, N, K, out, nt, options, path, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F16, PP_SQUARE): return f16sq_unstructured(values, N, K, out, nt, options, path, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F16, PP_IDENTITY): return f16id_unstructured(values, N, K, out, nt, options, path, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_BF16, PP_ABS): return bf16abs_unstructured(values, N, K, out, nt, options, path, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_BF16, PP_SQUARE): return bf16sq_unstructured(values, N, K, out, nt, options, path, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_BF16, PP_IDENTITY): return bf16id_unstructured(values, N, K, out, nt, options, path, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F32, PP_ABS): return f32abs_unstructured(values, N, K, out, nt, options, path, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F32, PP_SQUARE): return f32sq_unstructured(values, N, K, out, nt, options, path, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F32, PP_IDENTITY): return f32id_unstructured(values, N, K, out, nt, options, path, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F64, PP_ABS): return f64abs_unstructured(values, N, K, out, nt, options, path, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F64, PP_SQUARE): return f64sq_unstructured(values, N, K, out, nt, options, path, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F64, PP_IDENTITY): return f64id_unstructured(values, N, K, out, nt, options, path, bad_count, bad_first);
-    }
-    return PP_ERR_ARG;
+    int nt = pp_threads(nthreads, (size_t)n);
+    return pp_pick()->unstructured(values, dtype, transform, (size_t)n, (size_t)k, out, nt, options,
+                                   path, bad_count, bad_first);
 }
 
 int pp_unstructured_mask(const void *values, int dtype, int transform, int64_t n, int64_t k,
@@ -206,7 +99,7 @@ int pp_unstructured_mask(const void *values, int dtype, int transform, int64_t n
                          int64_t *bad_count, int64_t *bad_first)
 {
     if (!out && n > 0) return PP_ERR_ARG;
-    /* the mask variant never writes `values` */
+    /* with out != NULL the kernel only reads `values` */
     return pp_unstructured_any((void *)values, dtype, transform, n, k, out, nthreads, options,
                                path, bad_count, bad_first);
 }
@@ -223,25 +116,15 @@ static int pp_nm_any(void *values, int dtype, int transform, int64_t outer, int6
                      int64_t inner, int64_t n, int64_t m, uint8_t *out, int fresh, int nthreads,
                      int64_t *bad_count, int64_t *bad_first)
 {
+    int64_t bc, bf;
+    if (!bad_count) bad_count = &bc;
+    if (!bad_first) bad_first = &bf;
+    pp_clear_bad(bad_count, bad_first);
     if (!pp_valid(dtype, transform) || outer < 0 || length < 0 || inner < 0 || m < 1 || n < 0 ||
         n > m || length % m)
         return PP_ERR_ARG;
-    size_t O = (size_t)outer, L = (size_t)length, I = (size_t)inner, NK = (size_t)n, M = (size_t)m;
-    switch (PP_VARIANT_ID(dtype, transform)) {
-    case PP_VARIANT_ID(PP_F16, PP_ABS): return f16abs_nm(values, O, L, I, NK, M, out, fresh, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F16, PP_SQUARE): return f16sq_nm(values, O, L, I, NK, M, out, fresh, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F16, PP_IDENTITY): return f16id_nm(values, O, L, I, NK, M, out, fresh, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_BF16, PP_ABS): return bf16abs_nm(values, O, L, I, NK, M, out, fresh, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_BF16, PP_SQUARE): return bf16sq_nm(values, O, L, I, NK, M, out, fresh, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_BF16, PP_IDENTITY): return bf16id_nm(values, O, L, I, NK, M, out, fresh, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F32, PP_ABS): return f32abs_nm(values, O, L, I, NK, M, out, fresh, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F32, PP_SQUARE): return f32sq_nm(values, O, L, I, NK, M, out, fresh, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F32, PP_IDENTITY): return f32id_nm(values, O, L, I, NK, M, out, fresh, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F64, PP_ABS): return f64abs_nm(values, O, L, I, NK, M, out, fresh, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F64, PP_SQUARE): return f64sq_nm(values, O, L, I, NK, M, out, fresh, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F64, PP_IDENTITY): return f64id_nm(values, O, L, I, NK, M, out, fresh, nthreads, bad_count, bad_first);
-    }
-    return PP_ERR_ARG;
+    return pp_pick()->nm(values, dtype, transform, (size_t)outer, (size_t)length, (size_t)inner,
+                         (size_t)n, (size_t)m, out, fresh, nthreads, bad_count, bad_first);
 }
 
 int pp_nm_mask(const void *values, int dtype, int transform, int64_t outer, int64_t length,
@@ -261,136 +144,92 @@ int pp_prune_nm(void *weights, int dtype, int transform, int64_t outer, int64_t 
                      bad_count, bad_first);
 }
 
+static int pp_block_args(int dtype, int transform, int64_t rows, int64_t cols, int64_t bh, int64_t bw)
+{
+    return pp_valid(dtype, transform) && rows >= 0 && cols >= 0 && bh >= 1 && bw >= 1 &&
+           rows % bh == 0 && cols % bw == 0;
+}
+
 int pp_block_sums(const void *values, int dtype, int transform, int64_t rows, int64_t cols,
                   int64_t bh, int64_t bw, double *sums, int nthreads,
                   int64_t *bad_count, int64_t *bad_first)
 {
-    if (!pp_valid(dtype, transform) || rows < 0 || cols < 0 || bh < 1 || bw < 1 || rows % bh ||
-        cols % bw)
-        return PP_ERR_ARG;
-    size_t R = (size_t)rows, C = (size_t)cols, BH = (size_t)bh, BW = (size_t)bw;
-    const void *v = values;
-    switch (PP_VARIANT_ID(dtype, transform)) {
-    case PP_VARIANT_ID(PP_F16, PP_ABS): return f16abs_block_sums(v, R, C, BH, BW, sums, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F16, PP_SQUARE): return f16sq_block_sums(v, R, C, BH, BW, sums, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F16, PP_IDENTITY): return f16id_block_sums(v, R, C, BH, BW, sums, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_BF16, PP_ABS): return bf16abs_block_sums(v, R, C, BH, BW, sums, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_BF16, PP_SQUARE): return bf16sq_block_sums(v, R, C, BH, BW, sums, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_BF16, PP_IDENTITY): return bf16id_block_sums(v, R, C, BH, BW, sums, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F32, PP_ABS): return f32abs_block_sums(v, R, C, BH, BW, sums, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F32, PP_SQUARE): return f32sq_block_sums(v, R, C, BH, BW, sums, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F32, PP_IDENTITY): return f32id_block_sums(v, R, C, BH, BW, sums, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F64, PP_ABS): return f64abs_block_sums(v, R, C, BH, BW, sums, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F64, PP_SQUARE): return f64sq_block_sums(v, R, C, BH, BW, sums, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F64, PP_IDENTITY): return f64id_block_sums(v, R, C, BH, BW, sums, nthreads, bad_count, bad_first);
-    }
-    return PP_ERR_ARG;
+    int64_t bc, bf;
+    if (!bad_count) bad_count = &bc;
+    if (!bad_first) bad_first = &bf;
+    pp_clear_bad(bad_count, bad_first);
+    if (!pp_block_args(dtype, transform, rows, cols, bh, bw)) return PP_ERR_ARG;
+    return pp_pick()->block_sums(values, dtype, transform, (size_t)rows, (size_t)cols, (size_t)bh,
+                                 (size_t)bw, sums, nthreads, bad_count, bad_first);
 }
 
 int pp_block_mask(const void *values, int dtype, int transform, int64_t rows, int64_t cols,
                   int64_t bh, int64_t bw, int64_t k, uint8_t *out, int nthreads,
                   int64_t *bad_count, int64_t *bad_first)
 {
-    if (!pp_valid(dtype, transform) || rows < 0 || cols < 0 || bh < 1 || bw < 1 || rows % bh ||
-        cols % bw || k < 0)
-        return PP_ERR_ARG;
+    int64_t bc, bf;
+    if (!bad_count) bad_count = &bc;
+    if (!bad_first) bad_first = &bf;
+    pp_clear_bad(bad_count, bad_first);
+    if (!pp_block_args(dtype, transform, rows, cols, bh, bw) || k < 0) return PP_ERR_ARG;
     size_t R = (size_t)rows, C = (size_t)cols, BH = (size_t)bh, BW = (size_t)bw;
-    size_t nbr = R / BH, nbc = C / BW, nb = nbr * nbc;
+    size_t nbc = C / BW, nb = (R / BH) * nbc;
     if ((size_t)k > nb) return PP_ERR_ARG;
+    const pp_kernels *K = pp_pick();
     double *sums = (double *)malloc((nb ? nb : 1) * sizeof(double));
     uint8_t *keep = (uint8_t *)malloc(nb ? nb : 1);
-    if (!sums || !keep) {
-        free(sums); free(keep);
-        return PP_ERR_NOMEM;
-    }
-    int st = pp_block_sums(values, dtype, transform, rows, cols, bh, bw, sums, nthreads, bad_count,
-                           bad_first);
-    if (st) {
-        free(sums); free(keep);
-        return st;
-    }
-    if (R * C == 0) {
-        free(sums); free(keep);
-        return PP_OK;
-    }
-    /* sums -> order keys in place: NaN highest, -0.0 == +0.0, sign flip */
+    int st = PP_ERR_NOMEM;
+    if (!sums || !keep) goto done;
+    st = K->block_sums(values, dtype, transform, R, C, BH, BW, sums, nthreads, bad_count, bad_first);
+    if (st || R * C == 0) goto done;
+    /* sums -> order keys in place: NaN highest (as NumPy sorts it), -0.0 == +0.0, sign flip */
     uint64_t *keys = (uint64_t *)sums;
     for (size_t i = 0; i < nb; i++) {
         double s = sums[i];
-        keys[i] = s != s ? UINT64_MAX : pp_flip64(pp_d2u(s));
+        uint64_t u = pp_d2u(s);
+        u = u == 0x8000000000000000ULL ? 0 : u;
+        u = (u & 0x8000000000000000ULL) ? ~u : (u | 0x8000000000000000ULL);
+        keys[i] = s != s ? UINT64_MAX : u;
     }
-    int path = 0;
-    int nt = pp_threads(nthreads, nb);
-    st = u64key_unstructured(keys, nb, (size_t)k, keep, nt, 0, &path, bad_count, bad_first);
-    if (st) {
-        free(sums); free(keep);
-        return st;
-    }
-    int ntr = pp_threads(nthreads, R * C);
+    st = K->select_u64(keys, nb, (size_t)k, keep, pp_threads(nthreads, nb), bad_count, bad_first);
+    if (st) goto done;
+    {
+        int ntr = pp_threads(nthreads, R * C);
 #pragma omp parallel for num_threads(ntr) if (ntr > 1) schedule(static)
-    for (size_t r = 0; r < R; r++) {
-        const uint8_t *kb = keep + (r / BH) * nbc;
-        uint8_t *o = out + r * C;
-        if (BW == 1) {
-            memcpy(o, kb, C);
-        } else {
-            for (size_t j = 0; j < nbc; j++) memset(o + j * BW, kb[j], BW);
+        for (size_t r = 0; r < R; r++) {
+            const uint8_t *kb = keep + (r / BH) * nbc;
+            uint8_t *o = out + r * C;
+            if (BW == 1) {
+                memcpy(o, kb, C);
+            } else {
+                for (size_t j = 0; j < nbc; j++) memset(o + j * BW, kb[j], BW);
+            }
         }
     }
+done:
     free(sums);
     free(keep);
-    return PP_OK;
+    return st;
 }
-
-/* ------------------------------------------------------------------ apply mask */
-
-#define PP_APPLY(T)                                                                               \
-    do {                                                                                          \
-        T *w = (T *)weights;                                                                      \
-        _Pragma("omp parallel for num_threads(nt) if (nt > 1) schedule(static)")                 \
-        for (int t = 0; t < nt; t++) {                                                            \
-            size_t b, e;                                                                          \
-            pp_part(N, (size_t)nt, (size_t)t, &b, &e);                                            \
-            for (size_t i = b; i < e; i++) w[i] &= (T)((T)0 - (T)(mask[i] != 0));                 \
-        }                                                                                         \
-    } while (0)
 
 int pp_apply_mask(void *weights, int dtype, const uint8_t *mask, int64_t n, int nthreads)
 {
     if (dtype < 0 || dtype > 3 || n < 0) return PP_ERR_ARG;
-    size_t N = (size_t)n;
-    int nt = pp_threads(nthreads, N);
-    switch (dtype) {
-    case PP_F16:
-    case PP_BF16: PP_APPLY(uint16_t); break;
-    case PP_F32: PP_APPLY(uint32_t); break;
-    case PP_F64: PP_APPLY(uint64_t); break;
-    }
-    return PP_OK;
+    return pp_pick()->apply(weights, dtype, mask, (size_t)n, pp_threads(nthreads, (size_t)n));
 }
-
-/* ------------------------------------------------------------------ importance */
 
 int pp_importance(const void *weights, int dtype, int method, int64_t n, void *scores,
                   double *stats, int nthreads, int64_t *bad_count, int64_t *bad_first)
 {
+    int64_t bc, bf;
+    if (!bad_count) bad_count = &bc;
+    if (!bad_first) bad_first = &bf;
+    pp_clear_bad(bad_count, bad_first);
     if (dtype < 0 || dtype > 3 || (method != PP_ABS && method != PP_SQUARE) || n < 0)
         return PP_ERR_ARG;
-    size_t N = (size_t)n;
-    switch (PP_VARIANT_ID(dtype, method)) {
-    case PP_VARIANT_ID(PP_F16, PP_ABS): return f16abs_importance(weights, N, scores, stats, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F16, PP_SQUARE): return f16sq_importance(weights, N, scores, stats, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_BF16, PP_ABS): return bf16abs_importance(weights, N, scores, stats, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_BF16, PP_SQUARE): return bf16sq_importance(weights, N, scores, stats, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F32, PP_ABS): return f32abs_importance(weights, N, scores, stats, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F32, PP_SQUARE): return f32sq_importance(weights, N, scores, stats, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F64, PP_ABS): return f64abs_importance(weights, N, scores, stats, nthreads, bad_count, bad_first);
-    case PP_VARIANT_ID(PP_F64, PP_SQUARE): return f64sq_importance(weights, N, scores, stats, nthreads, bad_count, bad_first);
-    }
-    return PP_ERR_ARG;
+    return pp_pick()->importance(weights, dtype, method, (size_t)n, scores, stats, nthreads,
+                                 bad_count, bad_first);
 }
-
-/* ------------------------------------------------------------------ test hook */
 
 int pp_debug_index_math(int64_t n, int parts, int part, int64_t sample_count, int64_t sample_i,
                         int64_t *begin, int64_t *end, int64_t *sample_pos)

@@ -95,6 +95,10 @@ int pp_apply_mask(void *weights, int dtype, const uint8_t *mask, int64_t n, int 
 int pp_importance(const void *weights, int dtype, int method, int64_t n, void *scores,
                   double *stats, int nthreads, int64_t *bad_count, int64_t *bad_first);
 
+/* The kernel build in use on this CPU ("default", "avx2" or "avx512"), copied into name[size].
+ * PRUNEPLUG_CPU_ISA=default|avx2 in the environment caps it (tests compare the builds). */
+int pp_active_isa(char *name, int size);
+
 /* Test hook: the [begin, end) element range of part `part` of `parts` for an n-element array,
  * and the i-th sample position of the bracket sampler (exercises the 64-bit index arithmetic
  * with sizes beyond 2^31 without allocating them). */
