@@ -1,0 +1,485 @@
+"""The CUDA backend's launch code, independent of where the kernels run.
+
+``CudaBackend(xp, load_module)`` holds everything between the hook calls and the kernels: buffer
+allocation, launch geometry, kernel arguments, the few scalars that come back to the host, and the
+errors. ``xp`` is the array module (``cupy`` on a GPU, ``numpy`` under the emulator) and
+``load_module(code, options, name_expressions)`` returns an object with ``get_function(name)``
+(``cupy.RawModule`` or ``cuda_emu.Module``), whose functions are called as
+``fn(grid, block, args)``. The same code therefore runs on a device and in the CPU emulator.
+
+Host/device traffic is explicit: every operation reads back one small workspace (16 integers) at
+the one point where it must know something before going on (non-finite values to raise on,
+the size of the selection's candidate buffer, the statistics); no array data goes through the host.
+
+Launch geometry is computed next to each launch, in one small method per kernel (``_launch_*``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from pruneplug.errors import DeviceMemoryError, NonFiniteError
+from pruneplug.hookspecs import hookimpl
+from pruneplug.types import FLOAT_DTYPES, BackendInfo
+
+from . import _kernels as K
+
+BLOCK = 256  # PP_BLOCK
+TILE = 4096  # PP_TILE: elements per block-tile in the streaming kernels
+DIGIT = 12  # PP_DIGIT
+BINS = 1 << DIGIT
+MAX_STREAM_GRID = 1024  # streaming kernels loop over tiles; depends on n only (deterministic stats)
+OPERATIONS = frozenset(
+    {"importance", "unstructured_mask", "nm_mask", "block_mask", "apply_mask", "prune_unstructured", "prune_nm"}
+)
+_RAW = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+_KEY_NP = {"unsigned short": np.uint16, "unsigned int": np.uint32, "unsigned long long": np.uint64}
+_U64 = (1 << 64) - 1
+
+LoadModule = Callable[[str, tuple, list], Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# kernel names (one function per kernel family; the compile gate checks each is instantiated)
+# ---------------------------------------------------------------------------------------------
+def _dt(dtype: str) -> int:
+    return K.DT[dtype]
+
+
+def _tr(transform: str) -> int:
+    return K.TR[transform]
+
+
+def name_importance(dtype: str, transform: str) -> str:
+    return f"importance<{_dt(dtype)}, {_tr(transform)}>"
+
+
+def name_select(kernel: str, dtype: str, transform: str) -> str:
+    return f"{kernel}<{_dt(dtype)}, {_tr(transform)}>"
+
+
+def name_keyed(kernel: str, dtype: str, transform: str) -> str:
+    return f"{kernel}<{K.key_ctype(dtype, transform)}>"
+
+
+def name_nm(kernel: str, dtype: str, transform: str, m: int | None = None) -> str:
+    if m is None:
+        return f"{kernel}<{_dt(dtype)}, {_tr(transform)}>"
+    return f"{kernel}<{_dt(dtype)}, {_tr(transform)}, {m}>"
+
+
+def launched_names() -> Iterator[tuple[str, str]]:
+    """Every (file, kernel name) the launch code can ask for, built by the same functions."""
+    floats = sorted(FLOAT_DTYPES)
+    for d in floats:
+        for t in ("abs", "square"):
+            yield "importance.cu", name_importance(d, t)
+        for t in ("abs", "square", "identity"):
+            for m in K.NM_FAST:
+                yield "nm.cu", name_nm("nm_contig", d, t, m)
+                yield "nm.cu", name_nm("nm_strided", d, t, m)
+            yield "nm.cu", name_nm("nm_generic", d, t)
+            yield "block.cu", name_select("block_sums", d, t)
+            yield "elementwise.cu", name_select("check_nonfinite", d, t)
+        yield "elementwise.cu", f"apply_mask<{_dt(d)}>"
+    for d, t in [(d, t) for d in floats for t in ("abs", "square", "identity")] + [("key64", "key")]:
+        for kernel in ("radix_hist0", "radix_compact", "radix_mask"):
+            yield "select.cu", name_select(kernel, d, t)
+        for kernel in ("cand_hist", "eq_count"):
+            yield "select.cu", name_keyed(kernel, d, t)
+    yield "importance.cu", "importance_finalize"
+    yield "select.cu", "radix_select"
+    yield "select.cu", "scan_tiles"
+    yield "block.cu", "block_expand"
+    yield "elementwise.cu", "fill_mask"
+
+
+# ---------------------------------------------------------------------------------------------
+# the backend
+# ---------------------------------------------------------------------------------------------
+class CudaBackend:
+    """The CUDA backend over an array module ``xp`` and a kernel loader ``load_module``."""
+
+    def __init__(self, xp: Any, load_module: LoadModule, *, name: str = "cuda",
+                 device_check: Callable[..., None] | None = None) -> None:
+        self.xp = xp
+        self.name = name
+        self._load_module = load_module
+        self._device_check = device_check
+        self._modules: dict[str, Any] = {}
+        self._functions: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    # -- kernels -----------------------------------------------------------------------------
+    def _fn(self, filename: str, name: str) -> Any:
+        """The compiled kernel ``name`` of ``filename`` (each file compiled once, all its
+        instantiations at once, and cached)."""
+        key = (filename, name)
+        fn = self._functions.get(key)
+        if fn is None:
+            with self._lock:
+                module = self._modules.get(filename)
+                if module is None:
+                    module = self._load_module(K.source(filename), K.OPTIONS, K.NAME_EXPRESSIONS[filename])
+                    self._modules[filename] = module
+                fn = module.get_function(name)
+                self._functions[key] = fn
+        return fn
+
+    # -- buffers and host traffic ------------------------------------------------------------
+    def _alloc(self, shape: Any, dtype: Any, what: str, zero: bool = False) -> Any:
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64)) if isinstance(shape, tuple) else int(shape)
+        nbytes = count * dtype.itemsize
+        try:
+            return self.xp.zeros(shape, dtype) if zero else self.xp.empty(shape, dtype)
+        except MemoryError as exc:  # cupy.cuda.memory.OutOfMemoryError is a MemoryError
+            raise DeviceMemoryError(
+                f"backend {self.name!r}: out of device memory allocating {nbytes} bytes for {what} "
+                f"({exc}); nothing was written"
+            ) from None
+
+    def _workspace(self) -> Any:
+        return self._alloc(K_WS_SIZE, np.uint64, "the workspace", zero=True)
+
+    def _to_host(self, a: Any) -> np.ndarray:
+        get = getattr(a, "get", None)
+        return np.array(get() if get is not None and not isinstance(a, np.ndarray) else a)
+
+    def _read_ws(self, ws: Any, transform: str) -> np.ndarray:
+        """The workspace on the host (a synchronisation point); raises NonFiniteError."""
+        h = self._to_host(ws)
+        if int(h[0]):
+            first = (~int(h[1])) & _U64
+            raise NonFiniteError.for_values(transform, int(h[0]), first)
+        return h
+
+    def _check(self, *arrays: Any) -> None:
+        if self._device_check is not None:
+            self._device_check(*arrays)
+
+    @staticmethod
+    def _ptr(a: Any) -> int:
+        data = a.data
+        return int(data.ptr) if hasattr(data, "ptr") else int(a.ctypes.data)
+
+    def _aligned(self, a: Any, nbytes: int) -> int:
+        return 1 if a.size == 0 or self._ptr(a) % nbytes == 0 else 0
+
+    @staticmethod
+    def _raw(a: Any) -> Any:
+        """The array's bits as unsigned integers, flat (C-contiguous: a view, no copy)."""
+        return a.view(_RAW[a.dtype.itemsize]).reshape(-1)
+
+    @staticmethod
+    def _dtype(a: Any) -> str:
+        name = np.dtype(a.dtype).name
+        return "bfloat16" if name == "uint16" else name
+
+    @staticmethod
+    def _bytes(a: Any) -> Any:
+        return a.view(np.uint8).reshape(-1)
+
+    # -- launches (geometry next to each launch) ------------------------------------------------
+    @staticmethod
+    def _stream_grid(n: int) -> int:
+        return max(1, min(-(-n // TILE), MAX_STREAM_GRID))
+
+    def _launch_check(self, x: Any, dtype: str, transform: str, ws: Any) -> None:
+        grid = self._stream_grid(x.size)
+        self._fn("elementwise.cu", name_select("check_nonfinite", dtype, transform))(
+            (grid,), (BLOCK,), (x, np.int64(x.size), np.int32(self._aligned(x, 16)), ws))
+
+    def _launch_fill(self, out: Any, value: bool) -> None:
+        grid = max(1, min(-(-out.size // BLOCK), 4096))
+        self._fn("elementwise.cu", "fill_mask")((grid,), (BLOCK,), (out, np.int64(out.size), np.int32(int(value))))
+
+    def _launch_apply(self, x: Any, mask: Any, dtype: str) -> None:
+        grid = self._stream_grid(x.size)
+        vec = 16 // x.dtype.itemsize
+        self._fn("elementwise.cu", f"apply_mask<{_dt(dtype)}>")(
+            (grid,), (BLOCK,), (x, mask, np.int64(x.size), np.int32(self._aligned(x, 16)),
+                                np.int32(self._aligned(mask, vec))))
+
+    def _launch_importance(self, x: Any, s: Any, dtype: str, transform: str, part: Any, partu: Any,
+                           ws: Any) -> None:
+        grid = part.size // 3  # == self._stream_grid(n), fixed by n only
+        vec = self._aligned(x, 16) & self._aligned(s, 16)
+        self._fn("importance.cu", name_importance(dtype, transform))(
+            (grid,), (BLOCK,), (x, s, np.int64(x.size), np.int32(vec), part, partu, ws))
+
+    def _launch_importance_finalize(self, part: Any, partu: Any, ws: Any) -> None:
+        self._fn("importance.cu", "importance_finalize")((1,), (BLOCK,), (part, partu, np.int32(part.size // 3), ws))
+
+    def _launch_hist0(self, x: Any, dtype: str, transform: str, shift: int, ghist: Any, ws: Any) -> None:
+        grid = self._stream_grid(x.size)
+        self._fn("select.cu", name_select("radix_hist0", dtype, transform))(
+            (grid,), (BLOCK,), (x, np.int64(x.size), np.int32(self._aligned(x, 16)), np.int32(shift), ghist, ws))
+
+    def _launch_select(self, ghist: Any, ws: Any, shift: int, nbins: int, k_minus_1: int, first: bool) -> None:
+        self._fn("select.cu", "radix_select")(
+            (1,), (BLOCK,), (ghist, ws, np.int32(shift), np.int32(nbins), np.int64(k_minus_1), np.int32(int(first))))
+
+    def _launch_compact(self, x: Any, dtype: str, transform: str, shift: int, ws: Any, ckey: Any,
+                        cidx: Any) -> None:
+        grid = self._stream_grid(x.size)
+        self._fn("select.cu", name_select("radix_compact", dtype, transform))(
+            (grid,), (BLOCK,), (x, np.int64(x.size), np.int32(self._aligned(x, 16)), np.int32(shift), ws, ckey, cidx))
+
+    def _launch_cand_hist(self, ckey: Any, dtype: str, transform: str, shift: int, width: int, ghist: Any,
+                          ws: Any) -> None:
+        grid = max(1, min(-(-ckey.size // (BLOCK * 4)), MAX_STREAM_GRID))
+        self._fn("select.cu", name_keyed("cand_hist", dtype, transform))(
+            (grid,), (BLOCK,), (ckey, np.int64(ckey.size), np.int32(shift), np.int32(width), ghist, ws))
+
+    def _launch_eq_count(self, ckey: Any, cidx: Any, dtype: str, transform: str, ws: Any, tiles: Any) -> None:
+        grid = max(1, min(-(-ckey.size // (BLOCK * 4)), MAX_STREAM_GRID))
+        self._fn("select.cu", name_keyed("eq_count", dtype, transform))(
+            (grid,), (BLOCK,), (ckey, cidx, np.int64(ckey.size), ws, tiles))
+
+    def _launch_scan_tiles(self, tiles: Any) -> None:
+        self._fn("select.cu", "scan_tiles")((1,), (BLOCK,), (tiles, np.int64(tiles.size - 1)))
+
+    def _launch_mask(self, x: Any, dtype: str, transform: str, out: Any, mode: int, ws: Any, tiles: Any) -> None:
+        grid = max(1, min(-(-x.size // TILE), 1 << 30))  # one tile per block
+        vec_out = self._aligned(out, 16 // x.dtype.itemsize) if mode == 0 else 0
+        self._fn("select.cu", name_select("radix_mask", dtype, transform))(
+            (grid,), (BLOCK,), (x, np.int64(x.size), np.int32(self._aligned(x, 16)), out, np.int32(vec_out),
+                                np.int32(mode), ws, tiles))
+
+    def _launch_nm_contig(self, x: Any, dtype: str, transform: str, m: int, nkeep: int, out: Any, mode: int,
+                          ws: Any) -> None:
+        per_thread = max(m, 16 // x.dtype.itemsize)
+        grid = max(1, -(-x.size // (per_thread * BLOCK)))
+        vec_out = self._aligned(out, 16 // x.dtype.itemsize) if mode == 0 else 0
+        self._fn("nm.cu", name_nm("nm_contig", dtype, transform, m))(
+            (grid,), (BLOCK,), (x, np.int64(x.size), np.int32(self._aligned(x, 16)), np.int32(nkeep), out,
+                                np.int32(vec_out), np.int32(mode), ws))
+
+    def _launch_nm_strided(self, x: Any, dtype: str, transform: str, m: int, groups: int, lgroups: int,
+                           inner: int, nkeep: int, out: Any, mode: int, ws: Any) -> None:
+        grid = max(1, -(-groups // BLOCK))
+        self._fn("nm.cu", name_nm("nm_strided", dtype, transform, m))(
+            (grid,), (BLOCK,), (x, np.int64(groups), np.int64(lgroups), np.int64(inner), np.int32(nkeep), out,
+                                np.int32(mode), ws))
+
+    def _launch_nm_generic(self, x: Any, dtype: str, transform: str, m: int, groups: int, inner: int,
+                           nkeep: int, out: Any, ws: Any) -> None:
+        grid = max(1, -(-groups // BLOCK))
+        self._fn("nm.cu", name_nm("nm_generic", dtype, transform))(
+            (grid,), (BLOCK,), (x, np.int64(groups), np.int64(inner), np.int32(m), np.int32(nkeep), out, ws))
+
+    def _launch_block_sums(self, x: Any, dtype: str, transform: str, cols: int, bh: int, bw: int, keys: Any,
+                           ws: Any) -> None:
+        grid = max(1, -(-keys.size // BLOCK))
+        self._fn("block.cu", name_select("block_sums", dtype, transform))(
+            (grid,), (BLOCK,), (x, np.int64(cols), np.int64(bh), np.int64(bw), np.int64(keys.size),
+                                np.int64(cols // bw), keys, ws))
+
+    def _launch_block_expand(self, bkeep: Any, out: Any, cols: int, bh: int, bw: int) -> None:
+        grid = max(1, -(-out.size // BLOCK))
+        self._fn("block.cu", "block_expand")(
+            (grid,), (BLOCK,), (bkeep, np.int64(out.size), np.int64(cols), np.int64(bh), np.int64(bw),
+                                np.int64(cols // bw), out))
+
+    # -- exact-k selection ---------------------------------------------------------------------
+    def _select(self, x: Any, dtype: str, transform: str, k: int, mode: int, out: Any) -> None:
+        """Prune exactly ``k`` of the flat raw array ``x`` (stable tie rule): mode 0 writes the
+        keep mask into the flat uint8 ``out``; mode 1 zeroes the pruned entries of ``x``."""
+        n = int(x.size)
+        ws = self._workspace()
+        if n == 0:
+            return
+        if k == 0 or k == n:
+            self._launch_check(x, dtype, transform, ws)
+            self._read_ws(ws, transform)
+            if mode == 0:
+                self._launch_fill(out, k == 0)
+            elif k == n:
+                x[...] = 0
+            return
+        bits = K.key_bits(dtype, transform)
+        shift0 = bits - DIGIT
+        ghist = self._alloc(BINS, np.uint64, "the selection histogram", zero=True)
+        ntiles = -(-n // TILE)
+        tiles = self._alloc(ntiles + 1, np.uint64, "per-tile tie counts", zero=True)
+        # pass 1: histogram of the top digit + non-finite check; the digit holding rank k-1
+        self._launch_hist0(x, dtype, transform, shift0, ghist, ws)
+        self._launch_select(ghist, ws, shift0, BINS, k - 1, True)
+        ncand = int(self._read_ws(ws, transform)[K_WS_BINCOUNT])  # sync: raise before any write
+        key_np = _KEY_NP[K.key_ctype(dtype, transform)]
+        ckey = self._alloc(ncand, key_np, "selection candidates (keys)")
+        cidx = self._alloc(ncand, np.int64, "selection candidates (indices)")
+        # pass 2: compact the candidates; then resolve the remaining digits on them alone
+        self._launch_compact(x, dtype, transform, shift0, ws, ckey, cidx)
+        hi = shift0
+        while hi > 0:
+            shift = max(hi - DIGIT, 0)
+            self._launch_cand_hist(ckey, dtype, transform, shift, hi - shift, ghist, ws)
+            self._launch_select(ghist, ws, shift, 1 << (hi - shift), 0, False)
+            hi = shift
+        self._launch_eq_count(ckey, cidx, dtype, transform, ws, tiles)
+        self._launch_scan_tiles(tiles)
+        # pass 3: the mask (or the in-place prune)
+        self._launch_mask(x, dtype, transform, out if mode == 0 else self._bytes(ws), mode, ws, tiles)
+
+    # -- operations ------------------------------------------------------------------------------
+    def importance(self, weights: Any, method: str):
+        self._check(weights)
+        transform = {"l1": "abs", "l2": "square"}[method]
+        dtype = self._dtype(weights)
+        score_dtype = np.float64 if dtype == "float64" else np.float32
+        scores = self._alloc(weights.shape, score_dtype, "the scores")
+        n = int(weights.size)
+        if n == 0:
+            return scores, (math.nan,) * 4
+        grid = self._stream_grid(n)
+        part = self._alloc(3 * grid, np.float64, "per-block statistics")
+        partu = self._alloc(2 * grid, np.uint64, "per-block min/max")
+        ws = self._workspace()
+        x, s = self._raw(weights), self._raw(scores)
+        self._launch_importance(x, s, dtype, transform, part, partu, ws)
+        self._launch_importance_finalize(part, partu, ws)
+        h = self._read_ws(ws, transform)
+        mean = float(np.array([h[K_WS_STATS]], np.uint64).view(np.float64)[0])
+        m2 = float(np.array([h[K_WS_STATS + 1]], np.uint64).view(np.float64)[0])
+        bits_np = np.uint64 if dtype == "float64" else np.uint32
+        as_float = np.float64 if dtype == "float64" else np.float32
+        lo = float(np.array([h[K_WS_STATS + 2]]).astype(bits_np).view(as_float)[0])
+        hi = float(np.array([h[K_WS_STATS + 3]]).astype(bits_np).view(as_float)[0])
+        if math.isinf(hi):  # +inf scores (float32 squares overflow): NumPy's mean is inf, its std NaN
+            mean, std = math.inf, math.nan
+        else:
+            std = math.sqrt(max(m2, 0.0) / n)
+        return scores, (lo, hi, mean, std)
+
+    def unstructured_mask(self, values: Any, k: int, transform: str, out: Any = None):
+        self._check(values, *(() if out is None else (out,)))
+        result = out if out is not None else self._alloc(values.shape, np.bool_, "the mask")
+        self._select(self._raw(values), self._dtype(values), transform, int(k), 0, self._bytes(result))
+        return result
+
+    def prune_unstructured(self, weights: Any, k: int, transform: str) -> None:
+        self._check(weights)
+        self._select(self._raw(weights), self._dtype(weights), transform, int(k), 1, None)
+
+    def _nm(self, values: Any, n: int, m: int, axis: int, transform: str, out: Any, mode: int, ws: Any) -> None:
+        shape = tuple(values.shape)
+        inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+        groups = int(values.size) // m
+        lgroups = shape[axis] // m
+        dtype = self._dtype(values)
+        x = self._raw(values)
+        if m in K.NM_FAST and inner == 1:
+            self._launch_nm_contig(x, dtype, transform, m, n, out, mode, ws)
+        elif m in K.NM_FAST:
+            self._launch_nm_strided(x, dtype, transform, m, groups, lgroups, inner, n, out, mode, ws)
+        else:
+            assert mode == 0
+            self._launch_nm_generic(x, dtype, transform, m, groups, inner, n, out, ws)
+
+    def nm_mask(self, values: Any, n: int, m: int, axis: int, transform: str, out: Any = None):
+        self._check(values, *(() if out is None else (out,)))
+        ws = self._workspace()
+        if out is not None and values.size:
+            # The caller's array must not be written when the input is rejected: check first.
+            self._launch_check(self._raw(values), self._dtype(values), transform, ws)
+            self._read_ws(ws, transform)
+        result = out if out is not None else self._alloc(values.shape, np.bool_, "the mask")
+        if values.size == 0:
+            return result
+        self._nm(values, int(n), int(m), int(axis), transform, self._bytes(result), 0, ws)
+        self._read_ws(ws, transform)  # a fresh result is dropped when this raises
+        return result
+
+    def prune_nm(self, weights: Any, n: int, m: int, axis: int, transform: str) -> None:
+        self._check(weights)
+        if weights.size == 0:
+            return
+        ws = self._workspace()
+        self._launch_check(self._raw(weights), self._dtype(weights), transform, ws)
+        self._read_ws(ws, transform)
+        if int(m) in K.NM_FAST:
+            self._nm(weights, int(n), int(m), int(axis), transform, self._bytes(ws), 1, ws)
+        else:
+            mask = self.nm_mask(weights, n, m, axis, transform)
+            self.apply_mask(weights, mask)
+
+    def block_mask(self, values: Any, block_shape: tuple, k: int, transform: str, out: Any = None):
+        self._check(values, *(() if out is None else (out,)))
+        rows, cols = (int(s) for s in values.shape)
+        bh, bw = (int(b) for b in block_shape)
+        nblocks = (rows // bh) * (cols // bw) if bh and bw else 0
+        result = out if out is not None else self._alloc(values.shape, np.bool_, "the mask")
+        if values.size == 0 or nblocks == 0:
+            return result
+        ws = self._workspace()
+        keys = self._alloc(nblocks, np.uint64, "block sums")
+        bkeep = self._alloc(nblocks, np.uint8, "the block mask")
+        self._launch_block_sums(self._raw(values), self._dtype(values), transform, cols, bh, bw, keys, ws)
+        self._read_ws(ws, transform)  # raise before anything is written
+        self._select(keys, "key64", "key", int(k), 0, bkeep)
+        self._launch_block_expand(bkeep, self._bytes(result), cols, bh, bw)
+        return result
+
+    def apply_mask(self, weights: Any, mask: Any) -> None:
+        self._check(weights, mask)
+        if weights.size == 0:
+            return
+        self._launch_apply(self._raw(weights), self._bytes(mask), self._dtype(weights))
+
+
+K_WS_SIZE = 16  # WS_SIZE in common.cuh
+K_WS_BINCOUNT = 4  # WS_BINCOUNT
+K_WS_STATS = 8  # WS_STATS
+
+
+# ---------------------------------------------------------------------------------------------
+# a CudaBackend as a pluggy plugin object
+# ---------------------------------------------------------------------------------------------
+class CudaPlugin:
+    """Hook implementations bound to one :class:`CudaBackend` (the tests register an emulated
+    one; the ``pruneplug_backends.cuda`` module exposes the real one)."""
+
+    def __init__(self, backend: CudaBackend, *, array_types=frozenset({"cupy"}), priority: int = 100,
+                 available: bool = True, reason: str | None = None, description: str = "") -> None:
+        self.backend = backend
+        self._info = BackendInfo(name=backend.name, priority=priority, array_types=array_types,
+                                 dtypes=FLOAT_DTYPES, operations=OPERATIONS, available=available, reason=reason,
+                                 description=description)
+
+    @hookimpl
+    def pruneplug_backend_info(self) -> BackendInfo:
+        return self._info
+
+    @hookimpl
+    def pruneplug_importance(self, weights, method):
+        return self.backend.importance(weights, method)
+
+    @hookimpl
+    def pruneplug_unstructured_mask(self, values, k, transform, out=None):
+        return self.backend.unstructured_mask(values, k, transform, out)
+
+    @hookimpl
+    def pruneplug_nm_mask(self, values, n, m, axis, transform, out=None):
+        return self.backend.nm_mask(values, n, m, axis, transform, out)
+
+    @hookimpl
+    def pruneplug_block_mask(self, values, block_shape, k, transform, out=None):
+        return self.backend.block_mask(values, block_shape, k, transform, out)
+
+    @hookimpl
+    def pruneplug_apply_mask(self, weights, mask):
+        self.backend.apply_mask(weights, mask)
+
+    @hookimpl
+    def pruneplug_prune_unstructured(self, weights, k, transform):
+        self.backend.prune_unstructured(weights, k, transform)
+
+    @hookimpl
+    def pruneplug_prune_nm(self, weights, n, m, axis, transform):
+        self.backend.prune_nm(weights, n, m, axis, transform)
