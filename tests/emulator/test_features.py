@@ -291,3 +291,16 @@ def test_cost_per_thread_is_small(kernels):
     fn(256, 128, (x, out, np.int32(x.size)))
     dt = time.perf_counter() - t
     assert dt / x.size < 20e-6, f"{dt / x.size * 1e6:.1f} us per thread"
+
+
+def test_same_template_in_two_modules_keeps_separate_poisoned_shared():
+    # regression: template statics must not be merged across libraries (STB_GNU_UNIQUE), or the
+    # second library's poisoning would miss the storage its kernel really uses
+    base = ('template <int N> __global__ void t(unsigned* o) { __shared__ unsigned s[32];\n'
+            '  o[blockIdx.x * 32 + threadIdx.x] = s[threadIdx.x]; __syncthreads(); s[threadIdx.x] = N; }\n')
+    m1 = cuda_emu.Module(base + "// one\n", name_expressions=["t<1>"])
+    m2 = cuda_emu.Module(base + "// two\n", name_expressions=["t<1>"])
+    for m in (m1, m2, m1, m2):
+        o = np.zeros(64, np.uint32)
+        m.get_function("t<1>")(2, 32, (o,))
+        assert (o == 0xFFFFFFFF).all()

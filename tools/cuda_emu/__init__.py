@@ -37,7 +37,7 @@ __all__ = [
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _INCLUDE = os.path.join(_HERE, "include")
 _HEADER = os.path.join(_INCLUDE, "cuda_emu.h")
-_RUNTIME_VERSION = "1"
+_RUNTIME_VERSION = "2"
 
 SCHEDULES = ("forward", "reverse", "random")
 _SCHED_CODE = {"forward": 0, "reverse": 1, "random": 2}
@@ -252,17 +252,20 @@ def _build(code: str, defines, includes, std, names: List[str], sanitize: bool) 
         dyn_names = set(_DYN_NAME_RE.findall(_COMMENT_RE.sub("", code)))
         with open(os.path.join(work, "kernel.cu"), "w") as f:
             f.write(src)
-        glue = ['#include "kernel.cu"', "", 'extern "C" {']
+        glue = ['#include "kernel.cu"', "", "#define EMU_EXPORT __attribute__((visibility(\"default\")))", 'extern "C" {']
         for i, n in enumerate(names):
-            glue.append(f"int __emu_launch_{i}(const ::cuda_emu::LaunchCfg* c, void** a) "
+            glue.append(f"EMU_EXPORT int __emu_launch_{i}(const ::cuda_emu::LaunchCfg* c, void** a) "
                         f"{{ return ::cuda_emu::launch(&{n}, c, a); }}")
-            glue.append(f"int __emu_info_{i}(::cuda_emu::ParamInfo* o, int cap) "
+            glue.append(f"EMU_EXPORT int __emu_info_{i}(::cuda_emu::ParamInfo* o, int cap) "
                         f"{{ return ::cuda_emu::param_info(&{n}, o, cap); }}")
-            glue.append(f"const void* __emu_addr_{i}() {{ return (const void*)&{n}; }}")
+            glue.append(f"EMU_EXPORT const void* __emu_addr_{i}() {{ return (const void*)&{n}; }}")
         glue += ["}", ""]
         with open(os.path.join(work, "glue.cpp"), "w") as f:
             f.write("\n".join(glue))
-        flags = ["-O1", "-g", f"-std={std}", "-fPIC", "-fno-strict-aliasing", "-w"]
+        # -fvisibility=hidden / -fno-gnu-unique: every symbol binds inside its own library, so two
+        # libraries that instantiate the same template never share its (shared-memory) statics
+        flags = ["-O1", "-g", f"-std={std}", "-fPIC", "-fno-strict-aliasing", "-w", "-fvisibility=hidden",
+                 "-fno-gnu-unique"]
         if sanitize:
             flags += ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
         inc = ["-I", _INCLUDE] + sum((["-I", os.path.abspath(d)] for d in includes), [])

@@ -176,7 +176,7 @@ static const size_t kDynGuard = 4096;
 
 extern "C" {
 // dynamic shared memory arena; `extern __shared__ T name[]` symbols are aliased to it
-__attribute__((aligned(256))) unsigned char __emu_dyn_smem[cuda_emu::kDynArena + cuda_emu::kDynGuard];
+__attribute__((aligned(256), visibility("default"))) unsigned char __emu_dyn_smem[cuda_emu::kDynArena + cuda_emu::kDynGuard];
 void __emu_ctx_switch(void** save_sp, void* new_sp);
 }
 
@@ -785,10 +785,10 @@ static int param_info(void (*)(P...), ParamInfo* out, int cap) {
 }  // namespace cuda_emu
 
 extern "C" {
-__attribute__((used)) inline const char* __emu_last_error() { return cuda_emu::rt::errbuf; }
+__attribute__((used, visibility("default"))) inline const char* __emu_last_error() { return cuda_emu::rt::errbuf; }
 // sanitize mode: exact-size copies of array arguments so that ASan sees overruns; the `pre`
 // bytes in front keep the original address modulo 256 and are poisoned (underruns)
-__attribute__((used)) inline void* __emu_san_alloc(uint64_t nbytes, uint64_t pre) {
+__attribute__((used, visibility("default"))) inline void* __emu_san_alloc(uint64_t nbytes, uint64_t pre) {
     void* p = nullptr;
     if (posix_memalign(&p, 256, (size_t)(pre + nbytes + (nbytes == 0 ? 1 : 0))) != 0) return nullptr;
 #if defined(CUDA_EMU_ASAN)
@@ -796,14 +796,14 @@ __attribute__((used)) inline void* __emu_san_alloc(uint64_t nbytes, uint64_t pre
 #endif
     return (char*)p + pre;
 }
-__attribute__((used)) inline void __emu_san_free(void* q, uint64_t pre) {
+__attribute__((used, visibility("default"))) inline void __emu_san_free(void* q, uint64_t pre) {
     char* p = (char*)q - pre;
 #if defined(CUDA_EMU_ASAN)
     ASAN_UNPOISON_MEMORY_REGION(p, (size_t)pre + 1);
 #endif
     free(p);
 }
-__attribute__((used)) inline void __emu_set_shared_regions(const uint64_t* pairs, int n) {
+__attribute__((used, visibility("default"))) inline void __emu_set_shared_regions(const uint64_t* pairs, int n) {
     free(cuda_emu::rt::shared_regions);
     cuda_emu::rt::shared_regions = (uint64_t*)malloc(sizeof(uint64_t) * 2 * (size_t)(n > 0 ? n : 1));
     memcpy(cuda_emu::rt::shared_regions, pairs, sizeof(uint64_t) * 2 * (size_t)n);
