@@ -27,6 +27,9 @@ from pruneplug.api import (
 )
 from pruneplug.hookspecs import hookimpl, hookspec
 from pruneplug.types import BackendInfo, BackendStatus, ImportanceScores, Mask, ScoreStats
+from pruneplug.checkpoint import global_unstructured_masks
+from pruneplug.checkpoint import inspect_checkpoint
+from pruneplug.checkpoint import prune_checkpoint
 
 __version__ = "0.1.0"
 
@@ -45,11 +48,14 @@ __all__ = [
     "generate_nm_mask",
     "generate_row_mask",
     "generate_unstructured_mask",
+    "global_unstructured_masks",
     "hookimpl",
     "hookspec",
     "importance",
+    "inspect_checkpoint",
     "is_nm_sparse",
     "prune",
+    "prune_checkpoint",
     "register_backend",
     "unregister_backend",
 ]

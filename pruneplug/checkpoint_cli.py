@@ -1,0 +1,222 @@
+"""``pruneplug prune`` and ``pruneplug inspect``: the checkpoint commands, added to the CLI by
+:func:`add_commands`. The work is :func:`pruneplug.checkpoint.prune_checkpoint` and
+:func:`~pruneplug.checkpoint.inspect_checkpoint`; this module parses options, draws the progress
+bar and prints the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import IO
+
+from pruneplug.checkpoint import (
+    FORMATS,
+    SELECTION_RULE,
+    ProgressLike,
+    inspect_checkpoint,
+    plot_inspection,
+    prune_checkpoint,
+)
+
+
+class ProgressBar(ProgressLike):
+    """A one-line progress bar on stderr: phase, tensors done, bytes, rate and ETA.
+
+    Quiet unless the stream is a terminal, or ``force=True`` (``--progress always`` or
+    ``PRUNEPLUG_PROGRESS=1``). Redraws at most ten times a second.
+    """
+
+    def __init__(self, stream: IO[str] | None = None, force: bool | None = None, width: int = 24) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        if force is None:
+            force = os.environ.get("PRUNEPLUG_PROGRESS", "") in ("1", "always") or None
+        isatty = getattr(self.stream, "isatty", lambda: False)
+        self.enabled = bool(force) if force is not None else bool(isatty())
+        self.width = width
+        self.active = False
+
+    def start(self, label: str, items: int, amount: int) -> None:
+        self.close()
+        self.label, self.items, self.amount = label, items, max(amount, 0)
+        self.done_items = self.done_amount = 0
+        self.t0 = self.last = time.monotonic()
+        self.active = True
+        self._draw(force=True)
+
+    def update(self, items: int = 0, amount: int = 0) -> None:
+        if not self.active:
+            return
+        self.done_items += items
+        self.done_amount += amount
+        now = time.monotonic()
+        if now - self.last >= 0.1 or self.done_items >= self.items:
+            self.last = now
+            self._draw()
+
+    def close(self) -> None:
+        if self.active:
+            self._draw(force=True)
+            if self.enabled:
+                self.stream.write("\n")
+                self.stream.flush()
+            self.active = False
+
+    def _draw(self, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.monotonic() - self.t0
+        frac = min(self.done_amount / self.amount, 1.0) if self.amount else (
+            self.done_items / self.items if self.items else 1.0)
+        filled = int(frac * self.width)
+        bar = "#" * filled + "-" * (self.width - filled)
+        rate = self.done_amount / elapsed if elapsed > 0 else 0.0
+        eta = (self.amount - self.done_amount) / rate if rate > 0 else None
+        eta_text = "--:--" if eta is None else _clock(eta)
+        line = (f"\r{self.label}: [{bar}] {self.done_items}/{self.items} tensors "
+                f"{_size(self.done_amount)}/{_size(self.amount)} {_size(rate)}/s "
+                f"elapsed {_clock(elapsed)} ETA {eta_text}")
+        self.stream.write(line + "\x1b[K" if getattr(self.stream, "isatty", lambda: False)() else line)
+        self.stream.flush()
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _progress(args: argparse.Namespace) -> ProgressBar:
+    return ProgressBar(force={"auto": None, "always": True, "never": False}[args.progress])
+
+
+# ---------------------------------------------------------------------------------------------
+# prune
+# ---------------------------------------------------------------------------------------------
+PRUNE_EPILOG = f"""\
+which tensors: {SELECTION_RULE}
+
+scope: 'layer' prunes each selected tensor to the sparsity; 'global' prunes exactly
+round(sparsity * total) weights over all selected tensors by one magnitude order (ties: tensors
+in sorted-name order, then flat index), in memory bounded by the largest tensor.
+
+examples:
+  pruneplug prune model.safetensors -o pruned.safetensors --sparsity 0.5 --scope global
+  pruneplug prune llama-dir/ -o llama-24/ --pattern 2:4 --format sparse-24-bitmask --report r.json
+  pruneplug prune model.safetensors --in-place --sparsity 0.3 --exclude 'layers\\.0\\.'
+"""
+
+
+def _add_prune(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prune", help="prune a checkpoint (safetensors file, sharded directory or .npz)",
+        description="Prune a checkpoint by weight magnitude and write it in the same form, atomically.",
+        epilog=PRUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", metavar="IN", help="a .safetensors file, a directory with model.safetensors.index.json, or an .npz")
+    p.add_argument("-o", "--output", metavar="OUT", help="output path, same form as IN (a directory for a sharded IN)")
+    p.add_argument("--sparsity", type=float, help="fraction of weights to prune, in [0, 1] (not with N:M)")
+    p.add_argument("--scope", choices=("layer", "global"), default="layer", help="per tensor or across all selected tensors (default: layer)")
+    p.add_argument("--method", choices=("l1", "l2"), default="l1", help="importance: |w| or w*w (default: l1)")
+    p.add_argument("--pattern", default="unstructured",
+                   help="'unstructured' (default), 'N:M' such as 2:4, 'row', 'column' or 'block(H,W)'")
+    p.add_argument("--axis", type=int, default=-1, help="N:M group axis (default: -1, the input dimension of [out, in])")
+    p.add_argument("--format", choices=FORMATS, default="dense",
+                   help="how pruned weights are stored: dense (default) or a compressed-tensors format")
+    p.add_argument("--include", action="append", metavar="REGEX", help="prune tensors whose name matches (repeatable; replaces the default rule)")
+    p.add_argument("--exclude", action="append", metavar="REGEX", help="never prune tensors whose name matches (repeatable)")
+    p.add_argument("--backend", default="auto", help="auto (default), cpu, cuda, numpy or a plugin's backend name")
+    p.add_argument("--masks-out", metavar="MASKS.safetensors", help="also write the keep-masks (bool) of the pruned tensors")
+    p.add_argument("--report", metavar="REPORT.json", help="write the summary as JSON")
+    p.add_argument("--dry-run", action="store_true", help="compute and report everything, write no checkpoint")
+    p.add_argument("--strict", action="store_true", help="a selected tensor the pattern does not fit is an error, not a skip")
+    p.add_argument("--in-place", action="store_true", help="allow OUT to be IN (or omit -o): replace the input atomically")
+    p.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                   help="progress bar on stderr: auto (only on a terminal, default), always, never")
+    p.add_argument("--quiet", action="store_true", help="print only the totals, not the per-tensor table")
+    p.add_argument("--all", action="store_true", help="list untouched tensors in the table too")
+    p.set_defaults(handler=run_prune)
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    if args.output is None and not args.in_place and not args.dry_run:
+        print("pruneplug prune: error: give -o OUT, or --in-place to overwrite IN, or --dry-run", file=sys.stderr)
+        return 2
+    pattern = args.pattern
+    sparsity = args.sparsity
+    if sparsity is None and ":" not in pattern:
+        print(f"pruneplug prune: error: --pattern {pattern} needs --sparsity", file=sys.stderr)
+        return 2
+    report = prune_checkpoint(
+        args.input, args.output, sparsity=sparsity, pattern=pattern, scope=args.scope, method=args.method,
+        axis=args.axis, format=args.format, include=args.include, exclude=args.exclude,
+        backend=None if args.backend == "auto" else args.backend, masks_out=args.masks_out,
+        report=args.report, dry_run=args.dry_run, strict=args.strict, in_place=args.in_place,
+        progress=_progress(args),
+    )
+    print(report.format_totals() if args.quiet else report.format_table(show_kept=args.all))
+    where = "dry run: nothing written" if report.dry_run else f"wrote {report.output}"
+    extras = [x for x in (report.masks_out and f"masks {report.masks_out}", args.report and f"report {args.report}") if x]
+    print(f"{where}{' (' + ', '.join(extras) + ')' if extras else ''} in {report.seconds:.1f} s")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect
+# ---------------------------------------------------------------------------------------------
+def _add_inspect(subparsers) -> None:
+    p = subparsers.add_parser(
+        "inspect", help="per-tensor shape, dtype, sparsity, N:M structure and magnitude quantiles",
+        description="Inspect a checkpoint: per tensor shape, dtype, sparsity (exact zeros), whether it is "
+        "2:4 along the last axis and the tightest N:M for M = 4, 8, 16, and |w| quantiles "
+        "(min, 1%%, 50%%, 99%%, max in the table; 0, 1, 25, 50, 75, 99, 100%% in --json).",
+        epilog=f"which tensors the histogram and threshold use: {SELECTION_RULE}")
+    p.add_argument("input", metavar="IN", help="a .safetensors file, a sharded directory or an .npz")
+    p.add_argument("--plot", metavar="FILE.png", help="draw per-tensor sparsity and a |w| histogram with the "
+                   "pruning threshold (needs matplotlib: pip install 'pruneplug[plot]')")
+    p.add_argument("--threshold-sparsity", type=float, default=0.5,
+                   help="the plot's threshold: that of a global L1 prune to this sparsity (default: 0.5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--include", action="append", metavar="REGEX", help="as for prune (for the histogram and threshold)")
+    p.add_argument("--exclude", action="append", metavar="REGEX", help="as for prune")
+    p.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                   help="progress bar on stderr: auto (only on a terminal, default), always, never")
+    p.set_defaults(handler=run_inspect)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("pruneplug inspect: error: --plot needs matplotlib: pip install 'pruneplug[plot]'", file=sys.stderr)
+            return 1
+    report = inspect_checkpoint(args.input, include=args.include, exclude=args.exclude,
+                                threshold_sparsity=args.threshold_sparsity, histogram=bool(args.plot),
+                                progress=_progress(args))
+    if args.plot:
+        plot_inspection(report, args.plot)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.format_table())
+        if args.plot:
+            print(f"wrote {args.plot}")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    """Add ``prune`` and ``inspect`` to the ``pruneplug`` command line."""
+    _add_prune(subparsers)
+    _add_inspect(subparsers)
