@@ -28,3 +28,8 @@ def kernels():
 @pytest.fixture(scope="session")
 def bugs():
     return cuda_emu.Module(kernel_source("bug_kernels.cu"))
+
+
+@pytest.fixture(scope="session")
+def kernel_names():
+    return list(KERNEL_NAMES)
