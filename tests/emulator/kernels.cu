@@ -192,3 +192,14 @@ __global__ void block_max(const float* __restrict__ x, float* __restrict__ out, 
     }
     if (threadIdx.x == 0) out[blockIdx.x] = s[0];
 }
+
+// ---- sm_80 warp reductions and __match_any_sync
+extern "C" __global__ void warp_reduce_match(const u32* __restrict__ x, u32* out) {
+    int lane = threadIdx.x & 31;
+    u32 v = x[threadIdx.x];
+    out[5 * threadIdx.x + 0] = __reduce_add_sync(0xffffffffu, v);
+    out[5 * threadIdx.x + 1] = __reduce_min_sync(0xffffffffu, v);
+    out[5 * threadIdx.x + 2] = (u32)__reduce_max_sync(0xffffffffu, (int)v - 50);
+    out[5 * threadIdx.x + 3] = __reduce_or_sync(0xffffffffu, v) ^ __reduce_xor_sync(0xffffffffu, v);
+    out[5 * threadIdx.x + 4] = __match_any_sync(0xffffffffu, v % 4) & ~(1u << lane);
+}

@@ -304,3 +304,33 @@ def test_same_template_in_two_modules_keeps_separate_poisoned_shared():
         o = np.zeros(64, np.uint32)
         m.get_function("t<1>")(2, 32, (o,))
         assert (o == 0xFFFFFFFF).all()
+
+
+def test_warp_reduce_and_match(kernels):
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 100, size=32).astype(np.uint32)
+    out = np.zeros(5 * 32, np.uint32)
+    kernels.get_function("warp_reduce_match")(1, 32, (x, out))
+    o = out.reshape(32, 5)
+    assert (o[:, 0] == x.sum()).all() and (o[:, 1] == x.min()).all()
+    assert (o[:, 2].view(np.int32) == (x.astype(np.int64) - 50).max()).all()
+    orv = np.bitwise_or.reduce(x)
+    xorv = np.bitwise_xor.reduce(x)
+    assert (o[:, 3] == orv ^ xorv).all()
+    for lane in range(32):
+        same = [q for q in range(32) if x[q] % 4 == x[lane] % 4 and q != lane]
+        assert o[lane, 4] == sum(1 << q for q in same)
+
+
+def test_trap_and_stack_overflow_raise():
+    code = r'''
+    extern "C" __global__ void trap(int* o) { if (threadIdx.x == 2) __trap(); o[threadIdx.x] = 1; }
+    __device__ int deep(volatile char* p, int n) { volatile char buf[2048]; buf[0] = (char)n; return n ? deep(buf, n - 1) + buf[0] : p[0]; }
+    extern "C" __global__ void overflow(int* o, int n) { volatile char b = 0; o[0] = deep(&b, n); }'''
+    mod = cuda_emu.Module(code)
+    with pytest.raises(cuda_emu.KernelError, match=r"thread \(2,0,0\).*__trap"):
+        mod.get_function("trap")(1, 4, (np.zeros(4, np.int32),))
+    o = np.zeros(1, np.int32)
+    mod.get_function("overflow")(1, 1, (o, np.int32(3)))
+    with pytest.raises(cuda_emu.KernelError, match="stack overflow"):
+        mod.get_function("overflow")(1, 1, (o, np.int32(1000)))

@@ -45,7 +45,7 @@ def compile_nvrtc(source: str, names=(), arch="compute_80", extra=()):
 def test_example_kernels_compile_with_nvrtc(arch, kernel_names):
     ptx, lowered = compile_nvrtc((HERE / "kernels.cu").read_text(), kernel_names, arch)
     for name in ["warp_ops", "votes", "atomics", "dyn_reverse", "index3d", "intrinsics", "vec_copy",
-                 "read_uninit_shared", "fmul_kernel", "scalars", "half_warps"]:
+                 "read_uninit_shared", "fmul_kernel", "scalars", "half_warps", "warp_reduce_match"]:
         assert f".entry {name}(" in ptx, name
     for name, low in lowered.items():
         assert f".entry {low}(" in ptx, name
