@@ -228,7 +228,8 @@ class CudaBackend:
                         cidx: Any) -> None:
         grid = self._stream_grid(x.size)
         self._fn("select.cu", name_select("radix_compact", dtype, transform))(
-            (grid,), (BLOCK,), (x, np.int64(x.size), np.int32(self._aligned(x, 16)), np.int32(shift), ws, ckey, cidx))
+            (grid,), (BLOCK,), (x, np.int64(x.size), np.int32(self._aligned(x, 16)), np.int32(shift), ws, ckey, cidx,
+                                np.int64(ckey.size)))
 
     def _launch_cand_hist(self, ckey: Any, dtype: str, transform: str, shift: int, width: int, ghist: Any,
                           ws: Any) -> None:

@@ -107,7 +107,7 @@ template <int DT, int TR>
 __global__ void __launch_bounds__(PP_BLOCK) radix_compact(const typename RawOf<DT>::T* __restrict__ x, i64 n,
                                                           int vec, int shift, u64* __restrict__ ws,
                                                           typename KeyOf<DT, TR>::T* __restrict__ ckey,
-                                                          i64* __restrict__ cidx) {
+                                                          i64* __restrict__ cidx, i64 capacity) {
     typedef typename RawOf<DT>::T R;
     typedef typename KeyOf<DT, TR>::T K;
     constexpr int V = 16 / sizeof(R);
@@ -132,8 +132,8 @@ __global__ void __launch_bounds__(PP_BLOCK) radix_compact(const typename RawOf<D
                     int leader = __ffs((int)ballot) - 1;
                     if ((int)lane == leader) base = atomicAdd(&ws[WS_CAND], (u64)__popc((int)ballot));
                     base = __shfl_sync(0xffffffffu, base, leader);
-                    if (hit) {
-                        u64 pos = base + (u64)__popc((int)(ballot & ((1u << lane) - 1u)));
+                    u64 pos = base + (u64)__popc((int)(ballot & ((1u << lane) - 1u)));
+                    if (hit && pos < (u64)capacity) {  // capacity == pass-1 count: never exceeded
                         ckey[pos] = key;
                         cidx[pos] = e + j;
                     }

@@ -1,0 +1,362 @@
+"""The CUDA backend's kernels and launch code executed in the CPU emulator (tools/cuda_emu).
+
+``CudaBackend(numpy, cuda_emu.Module)`` runs the backend's real launch code against NumPy arrays;
+the emulator compiles the same ``.cu`` text with g++ and runs every CUDA thread as a fiber,
+honouring barriers, warp collectives and atomics. Registered as the ``cuda-emu`` backend, it goes
+through the conformance kit (bit for bit against the NumPy reference) and the targeted tests below:
+multi-block, multi-pass selection, every N:M fast path and the generic path along every axis,
+misaligned views (scalar fallbacks), thread schedules, CuPy's -ftz=true, errors, out-of-memory,
+the launch budget. None of this ran on a GPU.
+
+``CUDA_EMU_SANITIZE=1`` (see test_sanitized_subset) builds kernels with ASan/UBSan.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cuda_helpers import EMU_NAME, ROOT, emu_load_module, emulator_available, register_emulated  # noqa: E402
+
+_REASON = emulator_available()
+if _REASON is not None:
+    pytest.skip(_REASON, allow_module_level=True)
+
+import cuda_emu  # noqa: E402
+
+import pruneplug as pp  # noqa: E402
+import pruneplug_backends.numpy as ref  # noqa: E402
+from pruneplug.errors import DeviceMemoryError, NonFiniteError  # noqa: E402
+from pruneplug.testing import np_dtype, parametrize_backend_checks, run_check, tricky_array  # noqa: E402
+from pruneplug_backends.cuda import _backend  # noqa: E402
+
+PLUGIN, BACKEND = register_emulated()
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+TRANSFORMS = ("abs", "square", "identity")
+KIT_LARGE = int(os.environ.get("PRUNEPLUG_EMU_LARGE", "40000"))
+
+
+def same(a, b, what=""):
+    """Same shape, dtype and bytes."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape and a.dtype == b.dtype, f"{what}: {a.shape} {a.dtype} != {b.shape} {b.dtype}"
+    ab = np.ascontiguousarray(a).view(np.uint8).reshape(a.size, -1)
+    bb = np.ascontiguousarray(b).view(np.uint8).reshape(b.size, -1)
+    diff = np.flatnonzero((ab != bb).any(axis=1))
+    assert diff.size == 0, f"{what}: {diff.size} of {a.size} differ; first at flat index {diff[0]}"
+
+
+def scores_for(shape, dtype, transform, seed):
+    x = tricky_array(shape, dtype, seed=seed)
+    if transform == "identity" and x.size > 4:
+        x.ravel()[[1, 3]] = [np.inf, -np.inf]
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# the conformance kit over the emulated backend
+# ---------------------------------------------------------------------------------------------
+@parametrize_backend_checks(EMU_NAME, large_size=KIT_LARGE)
+def test_conformance_emulated(backend_check):
+    run_check(backend_check)
+
+
+# ---------------------------------------------------------------------------------------------
+# exact-k selection: several blocks, tiles and candidate rounds
+# ---------------------------------------------------------------------------------------------
+def quantised(n, dtype, seed, levels=300):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(-levels, levels, n).astype(np.float64) / 64).astype(np_dtype(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_selection_multiblock(dtype, transform):
+    n = 50_003  # 13 tiles, several blocks; a tied threshold spread over many tiles
+    x = quantised(n, dtype, seed=1) if transform != "square" else tricky_array((n,), dtype, seed=2)
+    for k in (1, 777, n // 2, n - 3, n - 1):
+        got = BACKEND.unstructured_mask(x, k, transform)
+        exp = ref.pruneplug_unstructured_mask(values=x, k=k, transform=transform)
+        same(got, exp, f"{dtype} {transform} k={k}")
+        w = x.copy()
+        BACKEND.prune_unstructured(w, k, transform)
+        e = x.copy()
+        ref.pruneplug_apply_mask(weights=e, mask=exp)
+        same(w, e, f"prune {dtype} {transform} k={k}")
+
+
+@pytest.mark.parametrize("dtype", ("float32", "float64", "float16"))
+def test_selection_degenerate_all_equal(dtype):
+    """Every key is a candidate and ties cross every tile: the boundary tile ranks them."""
+    x = np.full(20_000, 0.5, dtype=np_dtype(dtype))
+    x[::7] = -0.5
+    for k in (1, 9_999, 19_999):
+        same(BACKEND.unstructured_mask(x, k, "abs"), ref.pruneplug_unstructured_mask(values=x, k=k, transform="abs"))
+
+
+@pytest.mark.parametrize("schedule", cuda_emu.SCHEDULES)
+def test_selection_schedules(schedule):
+    x = quantised(30_011, "float32", seed=3, levels=40)
+    with cuda_emu.using_schedule(schedule, seed=7):
+        for transform in ("abs", "identity"):
+            got = BACKEND.unstructured_mask(x, 12_345, transform)
+            same(got, ref.pruneplug_unstructured_mask(values=x, k=12_345, transform=transform), schedule)
+            s, stats = BACKEND.importance(x, "l2")
+            rs, rstats = ref.pruneplug_importance(weights=x, method="l2")
+            same(s, rs, f"importance {schedule}")
+            assert stats[:2] == rstats[:2]
+
+
+def test_selection_launch_and_pass_budget():
+    """The launch count does not grow with n, and exactly three kernels read the input."""
+    calls = []
+
+    def counting_loader(code, options, names):
+        mod = emu_load_module()(code, options, names)
+
+        class Counted:
+            def get_function(self, name):
+                fn = mod.get_function(name)
+
+                def call(grid, block, args, **kw):
+                    calls.append(name)
+                    return fn(grid, block, args, **kw)
+
+                return call
+
+        return Counted()
+
+    be = _backend.CudaBackend(np, counting_loader, name="count")
+    counts = {}
+    for n in (5_000, 60_000):
+        calls.clear()
+        x = tricky_array((n,), "float32", seed=4)
+        be.unstructured_mask(x, n // 3, "abs")
+        counts[n] = list(calls)
+    assert counts[5_000] == counts[60_000], counts
+    readers = [c for c in counts[5_000] if c.split("<")[0] in ("radix_hist0", "radix_compact", "radix_mask")]
+    assert len(readers) == 3, counts[5_000]
+    # float32 keys: 12 + 12 + 8 bits -> one input digit and two candidate rounds
+    assert [c.split("<")[0] for c in counts[5_000]] == [
+        "radix_hist0", "radix_select", "radix_compact", "cand_hist", "radix_select", "cand_hist", "radix_select",
+        "eq_count", "scan_tiles", "radix_mask"], counts[5_000]
+
+
+# ---------------------------------------------------------------------------------------------
+# N:M: every fast path, the generic path, every axis
+# ---------------------------------------------------------------------------------------------
+NM = [(1, 2), (2, 4), (3, 8), (5, 16), (0, 4), (16, 16), (2, 3), (7, 32)]
+
+
+@pytest.mark.parametrize("n,m", NM)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nm_every_axis(n, m, dtype):
+    for transform in TRANSFORMS:
+        for shape, axis in (((3, 2 * m, 5), 0), ((3, 2 * m, 5), 1), ((2, 5, 3 * m), 2), ((4, 3, 2 * m), 0)):
+            if shape[axis] % m:
+                shape = tuple(2 * m if i == axis else s for i, s in enumerate(shape))
+            x = scores_for(shape, dtype, transform, seed=m + n)
+            exp = ref.pruneplug_nm_mask(values=x, n=n, m=m, axis=axis, transform=transform)
+            same(BACKEND.nm_mask(x, n, m, axis, transform), exp, f"{n}:{m} {dtype} {transform} {shape} axis {axis}")
+            out = np.zeros(shape, bool)
+            assert BACKEND.nm_mask(x, n, m, axis, transform, out) is out
+            same(out, exp, "out=")
+            if transform != "identity":
+                w = x.copy()
+                BACKEND.prune_nm(w, n, m, axis, transform)
+                e = x.copy()
+                ref.pruneplug_apply_mask(weights=e, mask=exp)
+                same(w, e, f"prune {n}:{m} {dtype} {transform} axis {axis}")
+
+
+@pytest.mark.parametrize("m", (2, 4, 8, 16))
+def test_nm_large_and_schedules(m):
+    x = tricky_array((64, 40 * m), "float32", seed=m)
+    exp = ref.pruneplug_nm_mask(values=x, n=m // 2, m=m, axis=1, transform="abs")
+    for schedule in cuda_emu.SCHEDULES:
+        with cuda_emu.using_schedule(schedule, seed=3):
+            same(BACKEND.nm_mask(x, m // 2, m, 1, "abs"), exp, schedule)
+    exp0 = ref.pruneplug_nm_mask(values=x, n=1, m=m, axis=0, transform="square")
+    same(BACKEND.nm_mask(x, 1, m, 0, "square"), exp0, "axis 0")
+
+
+# ---------------------------------------------------------------------------------------------
+# misaligned views: the scalar fallbacks of the 16-byte paths
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_misaligned_views(dtype):
+    base = tricky_array((9_001,), dtype, seed=5)
+    x = base[1:]  # C-contiguous, data pointer 2/4/8 bytes past a 16-byte boundary
+    for k in (10, 4_500):
+        same(BACKEND.unstructured_mask(x, k, "abs"), ref.pruneplug_unstructured_mask(values=x, k=k, transform="abs"))
+    outbase = np.zeros(9_001, bool)
+    out = outbase[1:]
+    BACKEND.unstructured_mask(x, 4_500, "square", out)
+    same(out, ref.pruneplug_unstructured_mask(values=x, k=4_500, transform="square"))
+    x4 = base[1:1 + 4 * 2000].reshape(2000, 4)
+    same(BACKEND.nm_mask(x4, 2, 4, 1, "abs"), ref.pruneplug_nm_mask(values=x4, n=2, m=4, axis=1, transform="abs"))
+    s, stats = BACKEND.importance(x, "l1")
+    rs, rstats = ref.pruneplug_importance(weights=x, method="l1")
+    same(s, rs)
+    w = base.copy()[1:]
+    mask = np.random.default_rng(1).random(w.shape) < 0.5
+    e = w.copy()
+    BACKEND.apply_mask(w, mask)
+    ref.pruneplug_apply_mask(weights=e, mask=mask)
+    same(w, e)
+
+
+# ---------------------------------------------------------------------------------------------
+# importance statistics on several blocks
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", ("l1", "l2"))
+def test_importance_multiblock(dtype, method):
+    x = tricky_array((70_001,), dtype, seed=6)
+    s, (lo, hi, mean, std) = BACKEND.importance(x, method)
+    rs, (rlo, rhi, rmean, rstd) = ref.pruneplug_importance(weights=x, method=method)
+    same(s, rs)
+    assert (lo, hi) == (rlo, rhi)
+    assert abs(mean - rmean) <= 1e-12 * abs(rmean) and abs(std - rstd) <= 1e-12 * abs(rstd), (mean, rmean, std, rstd)
+    s2, stats2 = BACKEND.importance(x, method)
+    assert stats2 == (lo, hi, mean, std), "statistics must be deterministic"
+
+
+# ---------------------------------------------------------------------------------------------
+# CuPy's -ftz=true, mirrored: the results must not change
+# ---------------------------------------------------------------------------------------------
+def test_results_do_not_depend_on_ftz():
+    def cupy_like(code, options, names):  # CuPy appends -ftz=true after the backend's options
+        return emu_load_module()(code, tuple(options) + ("-ftz=true",), names)
+
+    be = _backend.CudaBackend(np, cupy_like, name="ftz")
+    for dtype in ("float32", "bfloat16", "float64"):
+        x = tricky_array((5_003,), dtype, seed=8)
+        x[::5] = (np.arange(x[::5].size) % 7 + 1) * {"float32": 2.0**-140, "bfloat16": 2.0**-130,
+                                                       "float64": 2.0**-1060}[dtype]
+        for transform in ("abs", "square"):
+            same(be.unstructured_mask(x, 2_000, transform),
+                 ref.pruneplug_unstructured_mask(values=x, k=2_000, transform=transform), f"ftz {dtype} {transform}")
+        for method in ("l1", "l2"):
+            s, st = be.importance(x, method)
+            rs, rst = ref.pruneplug_importance(weights=x, method=method)
+            same(s, rs, f"ftz importance {dtype} {method}")
+            assert st[:2] == rst[:2]
+
+
+# ---------------------------------------------------------------------------------------------
+# block masks with many blocks (the selection over block-sum keys spans several tiles)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("block", ((1, 1), (2, 4), (1, 64), (96, 1)))
+def test_block_mask_many_blocks(block):
+    x = quantised(96 * 64, "float32", seed=9, levels=20).reshape(96, 64)
+    nb = (96 // block[0]) * (64 // block[1])
+    for k in (1, nb // 2, nb - 1):
+        for transform in ("abs", "identity"):
+            same(BACKEND.block_mask(x, block, k, transform),
+                 ref.pruneplug_block_mask(values=x, block_shape=block, k=k, transform=transform), f"{block} k={k}")
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_finite_counts_and_nothing_written(dtype):
+    x = tricky_array((30_000,), dtype, seed=10)
+    x[[29_999, 17, 4_096, 12_000]] = [np.nan, np.inf, -np.inf, np.nan]
+    for transform, count, first in (("abs", 4, 17), ("identity", 2, 12_000)):
+        with pytest.raises(NonFiniteError) as exc:
+            BACKEND.unstructured_mask(x, 100, transform)
+        with pytest.raises(NonFiniteError) as rexc:
+            ref.pruneplug_unstructured_mask(values=x, k=100, transform=transform)
+        assert (exc.value.count, exc.value.first_index) == (count, first) and str(exc.value) == str(rexc.value)
+        out = np.ones(x.shape, bool)
+        with pytest.raises(NonFiniteError):
+            BACKEND.nm_mask(x, 1, 4, 0, transform, out)
+        assert out.all(), "nm_mask wrote into out before raising"
+        with pytest.raises(NonFiniteError):
+            BACKEND.unstructured_mask(x, 100, transform, out)
+        assert out.all(), "unstructured_mask wrote into out before raising"
+    w = x.copy()
+    for call in (lambda: BACKEND.prune_unstructured(w, 100, "abs"), lambda: BACKEND.prune_nm(w, 2, 4, 0, "square"),
+                 lambda: BACKEND.importance(w, "l2"), lambda: BACKEND.block_mask(w.reshape(100, 300), (2, 2), 5, "abs")):
+        with pytest.raises(NonFiniteError):
+            call()
+        same(w, x, "weights changed by a failed call")
+
+
+class _TinyMemory:
+    """NumPy whose allocations above `limit` bytes fail like a full device."""
+
+    def __init__(self, limit):
+        self.limit = limit
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def _guard(self, shape, dtype):
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if nbytes > self.limit:
+            raise MemoryError(f"Out of memory allocating {nbytes} bytes")
+
+    def zeros(self, shape, dtype=float):
+        self._guard(shape, dtype)
+        return np.zeros(shape, dtype)
+
+    def empty(self, shape, dtype=float):
+        self._guard(shape, dtype)
+        return np.empty(shape, dtype)
+
+
+def test_out_of_device_memory():
+    be = _backend.CudaBackend(_TinyMemory(40_000), emu_load_module(), name="tiny")
+    x = np.full(30_000, 1.0, np.float32)  # every key is a candidate: 240 kB of candidates
+    w = x.copy()
+    with pytest.raises(DeviceMemoryError, match=r"240024 bytes|120012 bytes|bytes") as exc:
+        be.prune_unstructured(w, 10, "abs")
+    assert "bytes" in str(exc.value)
+    same(w, x, "a prune that ran out of memory wrote")
+    out = np.ones(30_000, bool)
+    with pytest.raises(DeviceMemoryError):
+        be.unstructured_mask(x, 10, "abs", out)
+    assert out.all()
+    assert isinstance(exc.value, MemoryError)
+
+
+# ---------------------------------------------------------------------------------------------
+# the sanitizer: a subset of the above, in a subprocess under ASan/UBSan
+# ---------------------------------------------------------------------------------------------
+SANITIZED = [
+    "test_selection_multiblock[abs-float32]",
+    "test_selection_multiblock[square-bfloat16]",
+    "test_selection_multiblock[identity-float16]",
+    "test_selection_degenerate_all_equal[float64]",
+    "test_nm_every_axis[float16-2-4]",
+    "test_nm_every_axis[float64-7-32]",
+    "test_misaligned_views[float32]",
+    "test_misaligned_views[float16]",
+    "test_importance_multiblock[l2-float64]",
+    "test_block_mask_many_blocks[block1]",
+]
+
+
+@pytest.mark.slow
+def test_sanitized_subset():
+    if cuda_emu.sanitize_requested():
+        pytest.skip("already running under the sanitizer")
+    try:
+        env = cuda_emu.sanitizer_env()
+    except cuda_emu.SanitizerError as exc:
+        pytest.skip(str(exc))
+    ids = [f"{__file__}::{t}" for t in SANITIZED]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *ids],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, tail
+    assert f"{len(SANITIZED)} passed" in proc.stdout, tail
