@@ -1,0 +1,239 @@
+"""Global pruning of a whole checkpoint: time and peak RSS, pruneplug vs torch.
+
+Builds a synthetic LLaMA-shaped safetensors checkpoint of about ``--size-gb`` GB (embedding, per
+layer q/k/v/o and gate/up/down projections, norms, an untied head), then runs, each in a fresh
+subprocess so peak RSS (``ru_maxrss``, which counts memory-mapped pages touched) is the run's own:
+
+* ``pruneplug``: ``pp.prune_checkpoint(IN, OUT, sparsity, scope="global")``, read and written
+  tensor by tensor;
+* ``torch``: the usual recipe: ``safetensors.torch.load_file``, then
+  ``torch.nn.utils.prune.global_unstructured(..., L1Unstructured, amount=sparsity)`` over the same
+  selected weights, ``prune.remove``, ``save_file``. Optionally at a smaller size
+  (``--torch-size-gb``): it holds the model, the concatenated scores, topk's values and int64
+  indices and a mask per weight at once.
+
+Run::
+
+    python benchmarks/bench_checkpoint.py                    # ~2 GB bf16, torch at the same size
+    python benchmarks/bench_checkpoint.py --size-gb 4 --torch-size-gb 1 --dtype float32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HIDDEN, FFN, VOCAB = 2048, 5632, 32000  # TinyLlama-1.1B's shapes
+
+
+def layout(size_gb: float, itemsize: int) -> list[tuple[str, tuple]]:
+    per_layer = 4 * HIDDEN * HIDDEN + 3 * HIDDEN * FFN + 2 * HIDDEN
+    fixed = 2 * VOCAB * HIDDEN + HIDDEN
+    layers = max(1, round((size_gb * 1e9 / itemsize - fixed) / per_layer))
+    names = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        names += [(p + f"self_attn.{x}_proj.weight", (HIDDEN, HIDDEN)) for x in "qkvo"]
+        names += [(p + "mlp.gate_proj.weight", (FFN, HIDDEN)), (p + "mlp.up_proj.weight", (FFN, HIDDEN)),
+                  (p + "mlp.down_proj.weight", (HIDDEN, FFN)),
+                  (p + "input_layernorm.weight", (HIDDEN,)), (p + "post_attention_layernorm.weight", (HIDDEN,))]
+    names += [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
+    return names
+
+
+def build(path: Path, size_gb: float, dtype_name: str, seed: int = 0) -> dict:
+    """Write the checkpoint one tensor at a time (bounded memory); return facts about it."""
+    from pruneplug import checkpoint as ck
+
+    dtype = np.dtype(dtype_name) if dtype_name != "bfloat16" else np.dtype(__import__("ml_dtypes").bfloat16)
+    st_dtype = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[dtype_name]
+    entries = [(n, st_dtype, s, int(np.prod(s)) * dtype.itemsize) for n, s in layout(size_gb, dtype.itemsize)]
+    rng = np.random.default_rng(seed)
+    writer = ck.SafetensorsWriter(path, {"format": "pt", "bench": "synthetic"}, entries)
+    for name, _, shape, _ in entries:
+        scale = 0.02 if len(shape) == 2 else 1.0
+        writer.write(name, (rng.standard_normal(shape, dtype=np.float32) * scale).astype(dtype))
+    writer.close()
+    selected = [e for e in entries if len(e[2]) == 2 and "embed" not in e[0] and "lm_head" not in e[0]]
+    return {"bytes": path.stat().st_size, "tensors": len(entries), "largest_tensor_bytes": max(e[3] for e in entries),
+            "largest_selected_bytes": max(e[3] for e in selected), "selected_params": sum(e[3] // dtype.itemsize for e in selected)}
+
+
+# ---------------------------------------------------------------------------------------------
+# the measured runs (child processes)
+# ---------------------------------------------------------------------------------------------
+def _rss_mb() -> float:
+    """Peak RSS of this process so far, MiB. VmHWM, not ru_maxrss: Linux carries ru_maxrss across
+    exec, so a child would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def child_pruneplug(src: str, dst: str, sparsity: float, backend: str | None) -> dict:
+    import pruneplug as pp
+
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    report = pp.prune_checkpoint(src, dst, sparsity=sparsity, scope="global", backend=backend)
+    seconds = time.perf_counter() - t0
+    tot = report.totals()
+    return {"seconds": seconds, "peak_rss_mb": _rss_mb(), "baseline_rss_mb": base, "pruned": tot["parameters_pruned"],
+            "selected": tot["parameters_selected"], "passes": report.passes, "threshold": report.threshold,
+            "backend": backend or "auto"}
+
+
+def child_torch(src: str, dst: str, sparsity: float) -> dict:
+    import torch
+    import torch.nn.utils.prune as prune
+    from safetensors.torch import load_file, save_file
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    state = load_file(src)
+    holders, params = [], []
+    for name, tensor in state.items():
+        if tensor.ndim == 2 and "embed" not in name and "lm_head" not in name:
+            holder = torch.nn.Module()
+            holder.weight = torch.nn.Parameter(tensor, requires_grad=False)
+            holders.append((name, holder))
+            params.append((holder, "weight"))
+    t1 = time.perf_counter()
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=sparsity)
+    t2 = time.perf_counter()
+    pruned = 0
+    for name, holder in holders:
+        pruned += int((holder.weight_mask == 0).sum())
+        prune.remove(holder, "weight")
+        state[name] = holder.weight.data
+    save_file(state, dst, metadata={"format": "pt"})
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "prune_seconds": t2 - t1, "peak_rss_mb": _rss_mb(), "baseline_rss_mb": base,
+            "pruned": pruned, "torch": torch.__version__}
+
+
+def spawn(kind: str, *args: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1],
+                "exit": proc.returncode}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compare(source: str, ours: str, theirs: str, threshold: float | None) -> dict:
+    """Where the two pruned checkpoints disagree on which weights are zero, and how many of those
+    are not ties at the threshold (torch's topk breaks ties arbitrarily; anything else is a bug)."""
+    from pruneplug import checkpoint as ck
+
+    s, a, b = ck.open_checkpoint(source), ck.open_checkpoint(ours), ck.open_checkpoint(theirs)
+    differ = off = 0
+    for name, ref in a.tensors.items():
+        if ref.prunable and len(ref.shape) == 2:
+            for w, x, y in zip(s.tensors[name].chunks(), ref.chunks(), b.tensors[name].chunks()):
+                bad = (x == 0) != (y == 0)
+                differ += int(np.count_nonzero(bad))
+                if threshold is not None:
+                    off += int(np.count_nonzero(bad & (np.abs(w.astype(np.float64)) != threshold)))
+    return {"zero_pattern_mismatches": differ, "mismatches_not_at_threshold": off}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-gb", type=float, default=2.0, help="checkpoint size for pruneplug (default 2)")
+    ap.add_argument("--torch-size-gb", type=float, default=None,
+                    help="checkpoint size for the torch comparison (default: the same; 0 skips torch)")
+    ap.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--backend", default=None, help="pruneplug backend (default: auto)")
+    ap.add_argument("--dir", default=None, help="where to write the checkpoints (default: a temporary directory)")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        if kind == "pruneplug":
+            result = child_pruneplug(rest[0], rest[1], float(rest[2]), rest[3] if len(rest) > 3 and rest[3] != "auto" else None)
+        else:
+            result = child_torch(rest[0], rest[1], float(rest[2]))
+        print(json.dumps(result))
+        return
+
+    torch_gb = args.size_gb if args.torch_size_gb is None else args.torch_size_gb
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        tmp = Path(tmp)
+        results: dict = {"dtype": args.dtype, "sparsity": args.sparsity, "cpus": os.cpu_count()}
+        src = tmp / "model.safetensors"
+        t0 = time.perf_counter()
+        results["checkpoint"] = build(src, args.size_gb, args.dtype)
+        results["checkpoint"]["build_seconds"] = round(time.perf_counter() - t0, 1)
+        results["pruneplug"] = spawn("pruneplug", str(src), str(tmp / "pp.safetensors"), str(args.sparsity), args.backend or "auto")
+        if torch_gb > 0:
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                results["torch"] = {"error": "torch is not installed"}
+            else:
+                if torch_gb != args.size_gb:
+                    tsrc = tmp / "model_torch.safetensors"
+                    results["torch_checkpoint"] = build(tsrc, torch_gb, args.dtype)
+                    results["pruneplug_at_torch_size"] = spawn("pruneplug", str(tsrc), str(tmp / "pp_t.safetensors"),
+                                                               str(args.sparsity), args.backend or "auto")
+                    ours, run = tmp / "pp_t.safetensors", results["pruneplug_at_torch_size"]
+                else:
+                    tsrc, ours, run = src, tmp / "pp.safetensors", results["pruneplug"]
+                results["torch"] = spawn("torch", str(tsrc), str(tmp / "torch.safetensors"), str(args.sparsity))
+                if "error" not in results["torch"] and "error" not in run:
+                    results["torch"].update(compare(str(tsrc), str(ours), str(tmp / "torch.safetensors"),
+                                                    run["threshold"]))
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    _print(results)
+
+
+def _print(r: dict) -> None:
+    c = r["checkpoint"]
+    mb = lambda b: b / 2**20  # noqa: E731
+    print(f"checkpoint: {c['bytes'] / 1e9:.2f} GB {r['dtype']}, {c['tensors']} tensors, {c['selected_params']:,} selected "
+          f"parameters; largest tensor {mb(c['largest_tensor_bytes']):.0f} MiB, largest selected {mb(c['largest_selected_bytes']):.0f} MiB; "
+          f"{r['cpus']} CPUs")
+
+    def line(label: str, run: dict, ckpt: dict) -> None:
+        if "error" in run:
+            print(f"{label:<26} failed: {run['error']}")
+            return
+        extra = run["peak_rss_mb"] - run["baseline_rss_mb"]
+        print(f"{label:<26} {run['seconds']:7.1f} s   peak RSS {run['peak_rss_mb']:8.0f} MiB (+{extra:.0f} over the "
+              f"{run['baseline_rss_mb']:.0f} MiB interpreter) = {extra / mb(ckpt['largest_tensor_bytes']):.2f}x largest tensor, "
+              f"{extra / mb(ckpt['bytes']):.2f}x checkpoint; pruned {run['pruned']:,}")
+
+    line(f"pruneplug ({r['pruneplug'].get('backend', '?')}, global)", r["pruneplug"], c)
+    if "pruneplug_at_torch_size" in r:
+        print(f"at the torch size: {r['torch_checkpoint']['bytes'] / 1e9:.2f} GB")
+        line("pruneplug (same size)", r["pruneplug_at_torch_size"], r["torch_checkpoint"])
+    if "torch" in r:
+        line("torch global_unstructured", r["torch"], r.get("torch_checkpoint", c))
+        if "zero_pattern_mismatches" in r["torch"]:
+            print(f"torch prune step alone {r['torch']['prune_seconds']:.1f} s; zero patterns differ at "
+                  f"{r['torch']['zero_pattern_mismatches']:,} positions, "
+                  f"{r['torch']['mismatches_not_at_threshold']:,} of them not ties at the threshold")
+
+
+if __name__ == "__main__":
+    main()
