@@ -211,6 +211,8 @@ def sparsity_config(
         "format": fmt,
         "global_sparsity": float(global_sparsity),
         "ignore": list(ignore) if ignore is not None else None,
+        # the package's pydantic model dumps this internal field too; real checkpoints carry it
+        "registry_requires_subclass": False,
         "sparsity_structure": sparsity_structure,
         "targets": list(targets) if targets is not None else None,
     }
