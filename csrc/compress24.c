@@ -206,28 +206,72 @@ static meta_map make_map(int dtype, int64_t rows, int64_t cols, int layout)
     return mm;
 }
 
+/* Compress rows [r0, r1) with metadata written through map mm. */
+static int64_t compress_range(const void *weights, int dtype, int64_t r0, int64_t r1, int64_t cols,
+                              const meta_map *mm, void *values, void *metadata)
+{
+    if (dtype == PP24_F32)
+        return compress_rows32((const uint32_t *)weights, r0, r1, cols, mm, (uint32_t *)values, (uint16_t *)metadata);
+    if (dtype == PP24_I8)
+        return compress_rows8((const uint8_t *)weights, r0, r1, cols, mm, (uint8_t *)values, (uint32_t *)metadata);
+    return compress_rows16((const uint16_t *)weights, r0, r1, cols, mm, (uint16_t *)values, (uint16_t *)metadata);
+}
+
+/* CUTLASS layout, one band of `group` rows (32, or 16 for int8) at a time: the band's metadata is
+ * built row-major in a small buffer (L1/L2-resident), then copied out in destination order, where
+ * each column pair of the band is one contiguous run of 2*group words. Scattered 2-byte stores
+ * into fresh (page-faulting) memory cost up to 8x a copy; this keeps every store sequential. */
+static int64_t compress_bands(const void *weights, int dtype, int64_t b0, int64_t b1, int64_t cols,
+                              const meta_map *mm, void *values, void *metadata, void *band)
+{
+    int64_t group = mm->word_bytes == 2 ? 32 : 16, ncols = mm->ncols;
+    size_t esize = dtype == PP24_F32 ? 4 : (dtype == PP24_I8 ? 1 : 2);
+    meta_map local = {PP24_PTX, group, ncols, mm->word_bytes};
+    for (int64_t b = b0; b < b1; b++) {
+        int64_t r0 = b * group;
+        int64_t bad = compress_range((const char *)weights + (size_t)(r0 * cols) * esize, dtype, 0, group, cols,
+                                     &local, (char *)values + (size_t)(r0 * (cols / 2)) * esize, band);
+        int64_t base[32];
+        for (int64_t rl = 0; rl < group; rl++) base[rl] = row_base(mm, r0 + rl);
+        /* column pair q of the band: 2*group words inside one 128-byte window of the output */
+        for (int64_t c = 0; c < ncols; c += 2) {
+            for (int64_t rl = 0; rl < group; rl++) {
+                for (int64_t cc = c; cc < c + 2; cc++) {
+                    int64_t idx = word_index(mm, base[rl], cc);
+                    if (mm->word_bytes == 2) ((uint16_t *)metadata)[idx] = ((const uint16_t *)band)[rl * ncols + cc];
+                    else ((uint32_t *)metadata)[idx] = ((const uint32_t *)band)[rl * ncols + cc];
+                }
+            }
+        }
+        if (bad >= 0) return r0 + bad;
+    }
+    return -1;
+}
+
 int pp24_compress(const void *weights, int dtype, int64_t rows, int64_t cols, int layout,
                   void *values, void *metadata, int nthreads,
                   int64_t *bad_row, int64_t *bad_group, int64_t *bad_value)
 {
     if (!check_args(dtype, rows, cols, layout)) return PP24_ERR_ARG;
     meta_map mm = make_map(dtype, rows, cols, layout);
+    int64_t group = mm.word_bytes == 2 ? 32 : 16;
+    int banded = layout == PP24_CUTLASS;
+    int64_t units = banded ? rows / group : rows;
     int nt = pp_threads(nthreads, (size_t)(rows * cols));
-    if ((int64_t)nt > rows) nt = rows > 0 ? (int)rows : 1;
+    if ((int64_t)nt > units) nt = units > 0 ? (int)units : 1;
     int64_t first[256];
 #pragma omp parallel for num_threads(nt) schedule(static, 1)
     for (int t = 0; t < nt; t++) {
         size_t b, e;
-        pp_part((size_t)rows, (size_t)nt, (size_t)t, &b, &e);
-        if (dtype == PP24_F32)
-            first[t] = compress_rows32((const uint32_t *)weights, (int64_t)b, (int64_t)e, cols, &mm,
-                                       (uint32_t *)values, (uint16_t *)metadata);
-        else if (dtype == PP24_I8)
-            first[t] = compress_rows8((const uint8_t *)weights, (int64_t)b, (int64_t)e, cols, &mm,
-                                      (uint8_t *)values, (uint32_t *)metadata);
+        pp_part((size_t)units, (size_t)nt, (size_t)t, &b, &e);
+        void *band = banded ? malloc((size_t)(group * mm.ncols) * (size_t)mm.word_bytes + 1) : NULL;
+        if (band)
+            first[t] = compress_bands(weights, dtype, (int64_t)b, (int64_t)e, cols, &mm, values, metadata, band);
+        else if (banded)  /* no memory for the band buffer: scatter directly */
+            first[t] = compress_range(weights, dtype, (int64_t)b * group, (int64_t)e * group, cols, &mm, values, metadata);
         else
-            first[t] = compress_rows16((const uint16_t *)weights, (int64_t)b, (int64_t)e, cols, &mm,
-                                       (uint16_t *)values, (uint16_t *)metadata);
+            first[t] = compress_range(weights, dtype, (int64_t)b, (int64_t)e, cols, &mm, values, metadata);
+        free(band);
     }
     for (int t = 0; t < nt; t++) {
         if (first[t] >= 0) {

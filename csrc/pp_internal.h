@@ -18,6 +18,14 @@
 #define PP_PAR_MIN ((size_t)1 << 17)
 /* Below this many elements the selection copies every key and selects on the copy. */
 #define PP_SMALL_N ((size_t)1 << 14)
+/* Bracket sample: PP_SAMPLE_MUL * sqrt(n) keys (clamped to [1024, 2^18]); the bracket spans
+ * PP_SAMPLE_SIGMAS standard deviations of the sample rank on each side of rank k. */
+#ifndef PP_SAMPLE_MUL
+#define PP_SAMPLE_MUL 16.0
+#endif
+#ifndef PP_SAMPLE_SIGMAS
+#define PP_SAMPLE_SIGMAS 6.0
+#endif
 /* Elements per chunk of the count-and-compact pass (flags fit in L1). */
 #define PP_CHUNK 2048
 /* Elements per chunk of the tie-boundary counting pass. */
@@ -81,5 +89,58 @@ static inline float pp_h2f(uint16_t h)
 static inline float pp_bf2f(uint16_t b) { return pp_u2f((uint32_t)b << 16); }
 
 static inline int pp_bitlen64(uint64_t x) { return x ? 64 - __builtin_clzll(x) : 0; }
+
+/* The top bits of 64 flag bytes (each 0x00 or 0xFF) as a 64-bit mask, bit j = byte j. */
+#if defined(__AVX2__)
+#include <immintrin.h>
+static inline uint64_t pp_movemask64(const uint8_t *f)
+{
+    uint32_t a = (uint32_t)_mm256_movemask_epi8(_mm256_load_si256((const __m256i *)f));
+    uint32_t b = (uint32_t)_mm256_movemask_epi8(_mm256_load_si256((const __m256i *)(f + 32)));
+    return (uint64_t)a | ((uint64_t)b << 32);
+}
+#elif defined(__SSE2__)
+#include <emmintrin.h>
+static inline uint64_t pp_movemask64(const uint8_t *f)
+{
+    uint64_t r = 0;
+    for (int q = 0; q < 4; q++)
+        r |= (uint64_t)(uint32_t)_mm_movemask_epi8(_mm_load_si128((const __m128i *)(f + 16 * q))) << (16 * q);
+    return r;
+}
+#else
+static inline uint64_t pp_movemask64(const uint8_t *f)
+{
+    uint64_t r = 0;
+    for (int q = 0; q < 8; q++) {
+        uint64_t w;
+        memcpy(&w, f + 8 * q, 8);
+        w &= 0x8080808080808080ULL;
+        r |= ((w * 0x0002040810204081ULL) >> 56) << (8 * q);
+    }
+    return r;
+}
+#endif
+
+#ifdef PP_TRACE
+#include <stdio.h>
+#include <time.h>
+static inline double pp_now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+#define PP_T0 double pp_t_last = pp_now_ms()
+#define PP_TP(name)                                                                               \
+    do {                                                                                          \
+        double pp_t_now = pp_now_ms();                                                            \
+        fprintf(stderr, "  %-12s %8.2f ms\n", name, pp_t_now - pp_t_last);                        \
+        pp_t_last = pp_t_now;                                                                     \
+    } while (0)
+#else
+#define PP_T0 (void)0
+#define PP_TP(name) (void)0
+#endif
 
 #endif
