@@ -1077,6 +1077,9 @@ def prune_checkpoint(
     masks_path = Path(masks_out) if masks_out is not None else None
     if masks_path is not None and _same_path(masks_path, src_path):
         raise CheckpointError(f"--masks-out {masks_path} is the input checkpoint")
+    for extra in (masks_path if not dry_run else None, Path(report) if report is not None else None):
+        if extra is not None:  # fail before the work, not after it
+            _check_target_dir(extra)
 
     # -- selection and prechecks ------------------------------------------------------------
     names = sorted(ckpt.tensors)  # tensor order: sorted by name, whatever the file layout
@@ -1115,6 +1118,7 @@ def prune_checkpoint(
         "backend": backend or "auto", "strict": strict,
     }
     rows: dict[str, TensorReport] = {}
+    xp = _device_module(backend)
     metadata_extra = _settings_metadata(settings, selected, plan)
 
     with _Transaction() as txn:
@@ -1139,7 +1143,7 @@ def prune_checkpoint(
                 for name in in_names:
                     task = tasks[name]
                     rows[name] = _process(task, writer, mask_writer, pattern=pattern, sparsity=sparsity, method=method, axis=axis,
-                                          format=format, backend=backend, kind=ckpt.kind)
+                                          format=format, backend=backend, kind=ckpt.kind, xp=xp)
                     progress.update(1, task.ref.nbytes)
                 if writer is not None:
                     writer.close()
@@ -1215,6 +1219,15 @@ def _resolve_output(ckpt: Checkpoint, dst: Any, in_place: bool, dry_run: bool) -
     return out
 
 
+def _check_target_dir(path: Path) -> None:
+    if path.is_dir():
+        raise CheckpointError(f"cannot write {path}: it is a directory")
+    if not path.parent.is_dir():
+        raise CheckpointError(f"cannot write {path}: directory {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot write to directory {path.parent}: permission denied")
+
+
 def _check_space(out: Path, needed: int) -> None:
     with contextlib.suppress(OSError):
         free = shutil.disk_usage(out.parent if not out.is_dir() else out).free
@@ -1250,14 +1263,28 @@ def _plan_outputs(ckpt: Checkpoint, out: Path | None, txn: _Transaction, dry_run
     return result
 
 
-def _process(task: _Task, writer: Any, mask_writer: Any, *, pattern: str, sparsity: float | None, method: str, axis: int, format: str,
-             backend: str | None, kind: str) -> TensorReport:
+def _device_module(backend: str | None) -> Any:
+    """CuPy when ``backend`` names an available backend that takes CuPy arrays and not NumPy ones
+    (``--backend cuda``): tensors are then copied to the GPU, pruned there and copied back.
+    Otherwise None (NumPy arrays; the core reports a backend that cannot run)."""
+    if backend in (None, "auto"):
+        return None
+    status = next((b for b in api.backends() if b.name == backend), None)
+    if status is None or not status.available or "numpy" in status.array_types or "cupy" not in status.array_types:
+        return None
+    import cupy
+
+    return cupy
+
+
+def _process(task: _Task, writer: Any, mask_writer: Any, *, pattern: str, sparsity: float | None,
+             method: str, axis: int, format: str, backend: str | None, kind: str, xp: Any = None) -> TensorReport:
     ref = task.ref
     row = TensorReport(ref.name, list(ref.shape), ref.dtype, ref.numel, task.status, task.reason)
     counted = ref.prunable
     if task.status != "pruned":
         if counted:
-            row.zeros_before = row.zeros_after = _count_zeros(ref.chunks())  # noqa: one read
+            row.zeros_before = row.zeros_after = _count_zeros(ref.chunks())
         if writer is not None:
             if kind == "npz":
                 writer.write(ref.name, ref.array())
@@ -1267,6 +1294,8 @@ def _process(task: _Task, writer: Any, mask_writer: Any, *, pattern: str, sparsi
     view = ref.array()
     row.zeros_before = _count_zeros(_flat_chunks(view))
     want_mask = mask_writer is not None
+    if xp is not None:
+        view = xp.asarray(np.ascontiguousarray(view))
     try:
         if task.k is not None:
             result = api.prune(view, sparsity=_sparsity_for(task.k, ref.numel), method=method,
@@ -1282,8 +1311,10 @@ def _process(task: _Task, writer: Any, mask_writer: Any, *, pattern: str, sparsi
         raise
     del view
     pruned, mask = result if want_mask else (result, None)
+    if xp is not None:
+        pruned = xp.asnumpy(pruned)
     if mask is not None:
-        mask_writer.write(ref.name, np.asarray(mask.data))
+        mask_writer.write(ref.name, xp.asnumpy(mask.data) if xp is not None else np.asarray(mask.data))
         del mask
     row.pruned = _pruned_count(pattern, sparsity, ref.shape, task.k)
     row.zeros_after = int(np.count_nonzero(pruned == 0))
