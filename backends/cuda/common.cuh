@@ -232,13 +232,17 @@ __device__ __forceinline__ typename KeyOf<DT, TR>::T key_of(typename RawOf<DT>::
 // -------------------------------------------------------------------------------------------
 // 16-byte vector access
 // -------------------------------------------------------------------------------------------
+// Helpers take register arrays as plain pointers (always inlined, so they stay in registers; the
+// compile gate checks there is no stack frame), not as references to arrays: g++ 12's
+// -fsanitize=undefined miscompiles `const T (&a)[N]` parameters at -O1 (wrong bounds-check
+// index, wrong values), which broke the emulator's sanitizer build.
 struct alignas(16) pp_v16 {
     u32 a, b, c, d;
 };
 
 // Load V = 16 / sizeof(R) consecutive raw values starting at p (16-byte aligned).
 template <typename R>
-__device__ __forceinline__ void load16(const R* p, R (&v)[16 / sizeof(R)]) {
+__device__ __forceinline__ void load16(const R* p, R* v) {
     pp_v16 t = *reinterpret_cast<const pp_v16*>(p);
     if constexpr (sizeof(R) == 2) {
         v[0] = (R)(t.a & 0xffffu); v[1] = (R)(t.a >> 16);
@@ -271,7 +275,7 @@ __device__ __forceinline__ void store16(S* p, const S* v) {
 // Load the V values at flat index e (a multiple of V): one 16-byte load when vec and the whole
 // vector is in bounds, else scalar loads of the in-bounds lanes (others read as 0).
 template <typename R>
-__device__ __forceinline__ void load_lanes(const R* x, i64 e, i64 n, int vec, R (&v)[16 / sizeof(R)]) {
+__device__ __forceinline__ void load_lanes(const R* x, i64 e, i64 n, int vec, R* v) {
     constexpr int V = 16 / sizeof(R);
     if (vec && e + V <= n) {
         load16<R>(x + e, v);
@@ -283,7 +287,7 @@ __device__ __forceinline__ void load_lanes(const R* x, i64 e, i64 n, int vec, R 
 
 // Store V mask bytes at out + e: one V-byte store when vec and in bounds, else bytewise.
 template <int V>
-__device__ __forceinline__ void store_mask_lanes(u8* out, i64 e, i64 n, int vec, const bool (&keep)[V]) {
+__device__ __forceinline__ void store_mask_lanes(u8* out, i64 e, i64 n, int vec, const bool* keep) {
     if (vec && e + V <= n) {
         if constexpr (V == 8) {
             u64 w = 0;
@@ -308,8 +312,7 @@ __device__ __forceinline__ void store_mask_lanes(u8* out, i64 e, i64 n, int vec,
 
 // Zero (+0.0) the lanes with prune[j] set: rewrite the whole vector when vec and in bounds.
 template <typename R>
-__device__ __forceinline__ void zero_lanes(R* x, i64 e, i64 n, int vec, R (&v)[16 / sizeof(R)],
-                                           const bool (&prune)[16 / sizeof(R)]) {
+__device__ __forceinline__ void zero_lanes(R* x, i64 e, i64 n, int vec, R* v, const bool* prune) {
     constexpr int V = 16 / sizeof(R);
     bool any = false;
 #pragma unroll

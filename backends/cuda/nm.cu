@@ -15,7 +15,7 @@
 
 // keep[j] for the M keys of a group held in registers
 template <typename K, int M>
-__device__ __forceinline__ void nm_rank(const K (&k)[M], int nkeep, bool (&keep)[M]) {
+__device__ __forceinline__ void nm_rank(const K* k, int nkeep, bool* keep) {
 #pragma unroll
     for (int j = 0; j < M; ++j) {
         int above = 0;
