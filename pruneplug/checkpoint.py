@@ -885,9 +885,24 @@ class SafetensorsWriter:
             raise CheckpointError(f"internal error: {len(self.entries)} of {len(self.expected)} tensors written")
         if self.spool is not None:
             self.spool.close()
-            self._write_header(self.f, self.entries)
+            # lay the data out by alignment, widest dtype first (as safetensors' own serializer
+            # does), so every tensor of a memory-mapped file is aligned to its itemsize
+            starts, position = [], 0
+            for entry in self.entries:
+                starts.append(position)
+                position += entry[3]
+            order = sorted(range(len(self.entries)), key=lambda i: -_ST_DTYPES[self.entries[i][1]][1])
+            self._write_header(self.f, [self.entries[i] for i in order])
             with open(self.spool_path, "rb") as body:
-                shutil.copyfileobj(body, self.f, 64 << 20)
+                for i in order:
+                    body.seek(starts[i])
+                    left = self.entries[i][3]
+                    while left:
+                        piece = body.read(min(left, 64 << 20))
+                        if not piece:
+                            raise CheckpointError(f"{self.spool_path}: spooled data is short")
+                        self.f.write(piece)
+                        left -= len(piece)
             os.unlink(self.spool_path)
             self.spool = None
         self.f.flush()

@@ -537,6 +537,10 @@ def test_sparse_bitmask_format_single_file(tmp_path, single, tensors):
         want[~expected[n]] = 0
         assert ct.decode(n, out, "sparse-bitmask").tobytes() == want.tobytes()
     assert meta["pruneplug.format"] == "sparse-bitmask"
+    # widest dtypes first: every tensor of the file is aligned to its itemsize when memory-mapped
+    refs = ck.read_safetensors_header(tmp_path / "o.safetensors").tensors
+    assert all(r.offset % ck._ST_DTYPES[r.dtype][1] == 0 for r in refs)
+    assert {r.dtype for r in refs} >= {"I64", "U8", "F16", "BF16"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,7 +583,6 @@ def test_global_memory_does_not_grow_with_tensor_count(tmp_path, monkeypatch):
         peaks[name] = _peak(lambda: pp.prune_checkpoint(src, tmp_path / f"o{name}.safetensors", sparsity=0.5,
                                                         scope="global", masks_out=tmp_path / f"m{name}.safetensors"))
     assert most[0] <= 2, f"{most[0]} input tensors alive at once"
-    print(peaks)
     tensor_bytes = 512 * 512 * 4
     # ours: the pruned copy and the mask; the reference backend's own working memory for one
     # float32 tensor is about 6x the tensor (float64 finiteness copy, scores, int64 argsort)
