@@ -27,9 +27,9 @@ from pruneplug.api import (
 )
 from pruneplug.hookspecs import hookimpl, hookspec
 from pruneplug.types import BackendInfo, BackendStatus, ImportanceScores, Mask, ScoreStats
-from pruneplug.checkpoint import global_unstructured_masks
-from pruneplug.checkpoint import inspect_checkpoint
-from pruneplug.checkpoint import prune_checkpoint
+from pruneplug.checkpoint import global_unstructured_masks, inspect_checkpoint, prune_checkpoint
+from pruneplug.sparse24 import SparseWeight24, compress_24, decompress_24, prune_24
+from pruneplug import compressed_tensors  # noqa: E402  (a submodule, imported for pp.compressed_tensors)
 
 __version__ = "0.1.0"
 
@@ -40,8 +40,12 @@ __all__ = [
     "MagnitudeImportance",
     "Mask",
     "ScoreStats",
+    "SparseWeight24",
     "apply_mask",
     "backends",
+    "compress_24",
+    "compressed_tensors",
+    "decompress_24",
     "count_to_prune",
     "generate_block_mask",
     "generate_column_mask",
@@ -55,6 +59,7 @@ __all__ = [
     "inspect_checkpoint",
     "is_nm_sparse",
     "prune",
+    "prune_24",
     "prune_checkpoint",
     "register_backend",
     "unregister_backend",
