@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from typing import IO
 
@@ -106,7 +107,7 @@ def _progress(args: argparse.Namespace) -> ProgressBar:
 # prune
 # ---------------------------------------------------------------------------------------------
 PRUNE_EPILOG = f"""\
-which tensors: {SELECTION_RULE}
+{textwrap.fill("which tensors: " + SELECTION_RULE, 96, break_on_hyphens=False)}
 
 scope: 'layer' prunes each selected tensor to the sparsity; 'global' prunes exactly
 round(sparsity * total) weights over all selected tensors by one magnitude order (ties: tensors
