@@ -15,7 +15,7 @@
 #define PP_CAT(a, b) PP_CAT2(a, b)
 
 /* Below this many elements a pass runs on one thread (the fork/join costs more than it saves). */
-#define PP_PAR_MIN ((size_t)1 << 17)
+#define PP_PAR_MIN ((size_t)1 << 20)
 /* Below this many elements the selection copies every key and selects on the copy. */
 #define PP_SMALL_N ((size_t)1 << 14)
 /* Bracket sample: PP_SAMPLE_MUL * sqrt(n) keys (clamped to [1024, 2^18]); the bracket spans
@@ -40,10 +40,20 @@ static inline int pp_threads(int requested, size_t n)
     nt = 1;
 #endif
     if (nt < 1) nt = 1;
-    if (nt > 256) nt = 256;
-    if (n < PP_PAR_MIN) nt = 1;
+    if (nt > 64) nt = 64;
+    if (requested <= 0 && n < PP_PAR_MIN) nt = 1; /* an explicit request is honoured (tests) */
     return nt;
 }
+
+/* Work is split into more parts than threads (taken dynamically), so that one thread descheduled
+ * by a busy machine does not hold half of the work: parts = 4 x threads. Results never depend on
+ * how parts map to threads. */
+#define PP_PARTS_PER_THREAD 4
+static inline int pp_parts(int nt)
+{
+    return nt <= 1 ? 1 : nt * PP_PARTS_PER_THREAD;
+}
+#define PP_THR(parts) ((parts) > 1 ? ((parts) + PP_PARTS_PER_THREAD - 1) / PP_PARTS_PER_THREAD : 1)
 
 /* [begin, end) of part t of `parts` over n elements; no overflow for any n < 2^63. */
 static inline void pp_part(size_t n, size_t parts, size_t t, size_t *b, size_t *e)

@@ -28,7 +28,8 @@ DTYPES = ("float16", "bfloat16", "float32", "float64")
 TRANSFORMS = ("abs", "square", "identity")
 DT = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
 TR = {"abs": 0, "square": 1, "identity": 2}
-# Above PP_SMALL_N (2^14) and PP_PAR_MIN (2^17): the sampled bracket, several threads.
+# Above PP_SMALL_N (2^14): the sampled bracket. Several threads are requested explicitly (the
+# automatic choice stays on one thread below PP_PAR_MIN = 2^20 elements).
 N_LARGE = 150_001
 
 
@@ -134,8 +135,9 @@ def test_unstructured_every_path_matches_reference(dtype, transform, kind):
     seen = 0
     for k in (1, N_LARGE // 3, N_LARGE // 2, N_LARGE - 1):
         expected = ref_mask(values, k, transform)
-        for options in (0, OPT_SMALL, OPT_MISS, OPT_TINY, OPT_MISS | OPT_TINY):
-            st, out, path, _ = native_mask(values, k, transform, options=options)
+        for options, threads in [(0, 0), (0, 3), (OPT_SMALL, 0), (OPT_SMALL, 2), (OPT_MISS, 0), (OPT_MISS, 2),
+                                 (OPT_TINY, 0), (OPT_TINY, 3), (OPT_MISS | OPT_TINY, 2)]:
+            st, out, path, _ = native_mask(values, k, transform, options=options, nthreads=threads)
             assert st == 0
             assert np.array_equal(out, expected), (k, options, path)
             assert int((~out).sum()) == k
@@ -164,7 +166,7 @@ def test_every_selection_path_is_exercised():
     ]
     for values, options in cases:
         for k in (1, values.size // 2, values.size - 1):
-            st, out, path, _ = native_mask(values, k, "abs", options=options)
+            st, out, path, _ = native_mask(values, k, "abs", options=options, nthreads=2)
             assert st == 0
             assert np.array_equal(out, ref_mask(values, k, "abs")), (options, k, path)
             seen |= path
@@ -253,6 +255,28 @@ def test_results_independent_of_thread_count(dtype):
     prunes = [native_prune(values, k, "square", nthreads=t)[1] for t in (1, 2, 5)]
     for w in prunes[1:]:
         assert_bits_equal(w, prunes[0], "prune vs thread count")
+    # N:M (contiguous 2:4, strided general m) and block masks
+    for shape, n, m, (outer, length, inner) in [((100_000, 4), 2, 4, (100_000, 4, 1)),
+                                                ((50, 60, 100), 2, 5, (50, 60, 100))]:
+        v = values[: int(np.prod(shape))].reshape(shape)
+        outs = []
+        for t in (1, 2, 3):
+            out = np.empty(shape, dtype=bool)
+            bad = ffi.new("int64_t[2]")
+            assert lib.pp_nm_mask(_p(v), DT[dtype], 0, outer, length, inner, n, m, _p(out, "uint8_t *"), 0, t,
+                                  bad, bad + 1) == 0
+            outs.append(out)
+        assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+        axis = 1
+        assert np.array_equal(outs[0], ref.pruneplug_nm_mask(values=v, n=n, m=m, axis=axis, transform="abs", out=None))
+    v = values[:400_000].reshape(400, 1000)
+    blocks = []
+    for t in (1, 2, 3):
+        out = np.empty(v.shape, dtype=bool)
+        bad = ffi.new("int64_t[2]")
+        assert lib.pp_block_mask(_p(v), DT[dtype], 1, 400, 1000, 4, 4, 12_000, _p(out, "uint8_t *"), t, bad, bad + 1) == 0
+        blocks.append(out)
+    assert np.array_equal(blocks[0], blocks[1]) and np.array_equal(blocks[0], blocks[2])
     # importance statistics are combined in a fixed order: bit-identical for any thread count
     stats = []
     for t in (1, 2, 3):
