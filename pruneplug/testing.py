@@ -504,8 +504,12 @@ def check_thread_safety(h: Harness) -> None:
 # pytest integration
 # ---------------------------------------------------------------------------------------------
 def backend_checks(extra: Iterable[Check] = ()) -> list[Check]:
-    """Every check of the kit (plus ``extra`` ones, e.g. for 2:4 compression)."""
-    return list(_CHECKS) + list(extra)
+    """Every check of the kit, the 2:4 compression checks included, plus ``extra`` ones."""
+    from pruneplug.testing_sparse24 import CHECKS as SPARSE24_CHECKS  # it imports this module
+
+    known = list(_CHECKS) + list(SPARSE24_CHECKS)
+    names = {c.name for c in known}
+    return known + [c for c in extra if c.name not in names]
 
 
 def parametrize_backend_checks(*backends: str, large_size: int = 300_007, extra: Iterable[Check] = ()):
