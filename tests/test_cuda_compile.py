@@ -5,8 +5,8 @@ through CuPy's low-level bindings with exactly the option list ``cupy.RawModule`
 (the backend's options, CuPy's includes and defaults, ``-ftz=true``, the architecture), for sm_80
 and sm_90, to CUBIN with ``-Xptxas=-v``. The ptxas report is held to budget: no spills and no
 stack frame for any kernel. The PTX must contain no flush-to-zero instruction (CuPy's trailing
-``-ftz=true`` overrides the backend's ``-ftz=false``), and where nvdisasm is installed the
-streaming kernels must use 128-bit global loads (nvdisasm).
+``-ftz=true`` overrides the backend's ``-ftz=false``) and no float32 arithmetic, and where nvdisasm is
+installed the streaming kernels must use 128-bit global loads (the 2:4 kernels also 128-bit stores).
 
 ``python tests/test_cuda_compile.py`` prints the per-kernel ptxas table.
 """
@@ -48,6 +48,7 @@ STREAMING = {
                   "radix_mask<3, 1>"],
     "elementwise.cu": ["check_nonfinite<2, 0>", "apply_mask<2>"],
     "nm.cu": ["nm_contig<2, 0, 4>", "nm_contig<0, 0, 8>", "nm_contig<3, 1, 2>"],
+    "compress24.cu": K.NAME_EXPRESSIONS["compress24.cu"],
 }
 
 
@@ -112,6 +113,17 @@ def test_streaming_kernels_use_128_bit_loads(filename: str, arch: str):
     for name in STREAMING[filename]:
         text = sass[result.lowered[name]]
         assert "LDG.E.128" in text, f"sm_{arch} {name}: no 128-bit global load in its SASS"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_compress24_stores_are_128_bit(arch: str):
+    """2:4 values (and decompressed rows) leave each thread as 16-byte stores."""
+    if disassembler_path() is None:
+        pytest.skip("nvdisasm not installed (pip install nvidia-cuda-nvdisasm)")
+    result = compiled("compress24.cu", arch)
+    sass = sass_by_kernel(result.cubin)
+    for name in K.NAME_EXPRESSIONS["compress24.cu"]:
+        assert "STG.E.128" in sass[result.lowered[name]], f"sm_{arch} {name}: no 128-bit global store in its SASS"
 
 
 def ptxas_table() -> str:

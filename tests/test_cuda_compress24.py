@@ -5,8 +5,9 @@
 2. Logic: the same source run by the CPU emulator (tools/cuda_emu) under several thread schedules,
    compared bit for bit with the NumPy reference (values, metadata, dense, error positions).
 
-Nothing here has run on a GPU; GPU parity belongs to the CUDA backend's tests once it wires these
-kernels as hooks.
+Nothing here has run on a GPU. The CUDA backend launches these kernels as its ``compress_24``,
+``decompress_24`` and ``prune_compress_24`` hooks: tests/test_cuda_emulated.py runs them through the
+backend's launch code (and the conformance kit), tests/test_cuda_gpu.py on a device.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ BLOCK = 256
 OPTIONS = ("--std=c++17",)
 KERNELS = ("compress24", "decompress24", "prune_compress24")
 NAME_EXPRESSIONS = [f"{k}<{d}, {lay}>" for k in KERNELS for d in DT.values() for lay in LAYOUT.values()]
+
+
+def test_backend_instantiates_the_same_kernels():
+    from pruneplug_backends.cuda import _kernels as K
+
+    assert sorted(K.NAME_EXPRESSIONS["compress24.cu"]) == sorted(NAME_EXPRESSIONS)
+    assert K.DT24 == DT and K.LAYOUT24 == LAYOUT
 
 
 def launch_geometry(rows: int, cols: int, dtype: str) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:

@@ -11,6 +11,8 @@ import pytest
 
 import pruneplug as pp
 from pruneplug.testing import parametrize_backend_checks, run_check, tricky_array
+from pruneplug.testing_sparse24 import CHECKS as SPARSE24_CHECKS
+from pruneplug.testing_sparse24 import sparse_24
 
 
 def _no_device_reason() -> str | None:
@@ -37,7 +39,8 @@ def _skip_without_device():
         pytest.skip(REASON)
 
 
-@parametrize_backend_checks("cuda")
+# The 2:4 checks are in the kit's default list already; naming them keeps them if that changes.
+@parametrize_backend_checks("cuda", extra=SPARSE24_CHECKS)
 def test_conformance_gpu(backend_check):
     run_check(backend_check)
 
@@ -119,3 +122,66 @@ def test_torch_cuda_tensors():
     got = pp.prune(w.clone(), 0.5, backend="cuda")
     exp = pp.prune(w.cpu().numpy(), 0.5, backend="numpy")
     assert np.array_equal(got.cpu().numpy(), exp)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "int8"])
+@pytest.mark.parametrize("layout", ["cutlass", "ptx"])
+def test_compress24_large_matches_reference(dtype, layout):
+    import cupy
+
+    from pruneplug.sparse24 import compress_24, decompress_24, prune_24
+
+    w = sparse_24((2048, 4096), dtype, seed=1)
+    got = compress_24(cupy.asarray(w), layout, backend="cuda")
+    exp = compress_24(w, layout, backend="numpy")
+    assert isinstance(got.values, cupy.ndarray) and got.backend == "cuda"
+    assert np.array_equal(cupy.asnumpy(got.values).view(np.uint8), exp.values.view(np.uint8))
+    assert np.array_equal(cupy.asnumpy(got.metadata), exp.metadata)
+    dense = decompress_24(got, backend="cuda")
+    assert np.array_equal(cupy.asnumpy(dense).view(np.uint8),
+                          decompress_24(exp, backend="numpy").view(np.uint8))
+    x = w if dtype == "int8" else tricky_array(w.shape, dtype, seed=2)
+    for method in ("l1", "l2"):
+        got = prune_24(cupy.asarray(x), layout, method, backend="cuda")
+        exp = prune_24(x, layout, method, backend="numpy")
+        assert np.array_equal(cupy.asnumpy(got.values).view(np.uint8), exp.values.view(np.uint8)), method
+        assert np.array_equal(cupy.asnumpy(got.metadata), exp.metadata), method
+
+
+def test_compress24_errors_leave_the_device_usable():
+    """A rejected weight raises the reference's error and the next call works (the error is a
+    word the kernel writes, not a device fault); misaligned views are copied, not launched."""
+    import cupy
+
+    from pruneplug.errors import NotNMSparseError
+    from pruneplug.sparse24 import compress_24
+
+    w = sparse_24((64, 256), "float16", seed=3)
+    w[40, 8:11] = 1
+    with pytest.raises(NotNMSparseError) as got:
+        compress_24(cupy.asarray(w), backend="cuda")
+    with pytest.raises(NotNMSparseError) as exp:
+        compress_24(w, backend="numpy")
+    assert str(got.value) == str(exp.value)
+    w[40, 8:11] = 0
+    base = cupy.zeros(w.size + 8, cupy.float16)
+    view = base[1:1 + w.size].reshape(w.shape)
+    view[...] = cupy.asarray(w)
+    got = compress_24(view, backend="cuda")
+    exp = compress_24(w, backend="numpy")
+    assert np.array_equal(cupy.asnumpy(got.values).view(np.uint16), exp.values.view(np.uint16))
+    cupy.cuda.Device().synchronize()
+
+
+def test_compress24_torch_cuda_tensors():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    from pruneplug.sparse24 import compress_24, decompress_24
+
+    x = sparse_24((128, 256), "float16", seed=4)
+    sw = compress_24(torch.from_numpy(x).cuda(), backend="cuda")
+    assert sw.values.is_cuda and sw.metadata.dtype == torch.int16
+    exp = decompress_24(compress_24(x, backend="numpy"), backend="numpy")  # dropped -0.0 come back +0.0
+    got = decompress_24(sw, backend="cuda").cpu().numpy()
+    assert np.array_equal(got.view(np.uint16), exp.view(np.uint16))

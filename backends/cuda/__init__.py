@@ -23,10 +23,11 @@ _state: dict[str, Any] = {}
 _lock = threading.Lock()
 
 
-def _operations() -> frozenset:
-    from ._backend import OPERATIONS
+def _operations() -> tuple[frozenset, frozenset]:
+    """(operations, dtypes) the backend declares (int8: 2:4 compression only)."""
+    from ._backend import DTYPES, OPERATIONS
 
-    return OPERATIONS
+    return OPERATIONS, DTYPES
 
 
 def probe() -> tuple[bool, str | None]:
@@ -91,18 +92,19 @@ def backend() -> Any:
 def pruneplug_backend_info() -> BackendInfo:
     try:
         available, reason = probe()
-        operations = _operations()
+        operations, dtypes = _operations()
     except Exception as exc:  # noqa: BLE001 - must never raise
-        available, reason, operations = False, f"probe failed: {type(exc).__name__}: {exc}", frozenset()
+        available, reason = False, f"probe failed: {type(exc).__name__}: {exc}"
+        operations, dtypes = frozenset(), FLOAT_DTYPES
     return BackendInfo(
         name=NAME,
         priority=PRIORITY,
         array_types={"cupy"},
-        dtypes=FLOAT_DTYPES,
+        dtypes=dtypes,
         operations=operations,
         available=available,
         reason=reason,
-        description="CuPy RawKernels: radix exact-k selection, N:M, block masks, fused pruning",
+        description="CuPy RawKernels: radix exact-k selection, N:M, block masks, fused pruning, 2:4 compression",
     )
 
 
@@ -139,3 +141,18 @@ def pruneplug_prune_unstructured(weights, k, transform):
 @hookimpl
 def pruneplug_prune_nm(weights, n, m, axis, transform):
     backend().prune_nm(weights, n, m, axis, transform)
+
+
+@hookimpl
+def pruneplug_compress_24(weights, layout):
+    return backend().compress_24(weights, layout)
+
+
+@hookimpl
+def pruneplug_decompress_24(values, metadata, shape, layout):
+    return backend().decompress_24(values, metadata, shape, layout)
+
+
+@hookimpl
+def pruneplug_prune_compress_24(weights, layout, transform):
+    return backend().prune_compress_24(weights, layout, transform)

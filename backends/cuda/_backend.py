@@ -12,6 +12,10 @@ the one point where it must know something before going on (non-finite values to
 the size of the selection's candidate buffer, the statistics); no array data goes through the host.
 
 Launch geometry is computed next to each launch, in one small method per kernel (``_launch_*``).
+
+2:4 compression (``compress24.cu``) reads back one 3-word error block per call instead: the first
+group with too many nonzeros, or the first invalid nibble, and the non-finite count of a fused
+prune. Outputs are fresh arrays, returned only after that word says there was no error.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 
 from pruneplug.errors import DeviceMemoryError, NonFiniteError
 from pruneplug.hookspecs import hookimpl
+from pruneplug.sparse24 import format_of, invalid_nibble_error, metadata_shape, not_sparse_error
 from pruneplug.types import FLOAT_DTYPES, BackendInfo
 
 from . import _kernels as K
@@ -34,8 +39,12 @@ DIGIT = 12  # PP_DIGIT
 BINS = 1 << DIGIT
 MAX_STREAM_GRID = 1024  # streaming kernels loop over tiles; depends on n only (deterministic stats)
 OPERATIONS = frozenset(
-    {"importance", "unstructured_mask", "nm_mask", "block_mask", "apply_mask", "prune_unstructured", "prune_nm"}
+    {"importance", "unstructured_mask", "nm_mask", "block_mask", "apply_mask", "prune_unstructured", "prune_nm",
+     "compress_24", "decompress_24", "prune_compress_24"}
 )
+#: int8 is for 2:4 compression only: the core rejects non-float dtypes for every other operation
+#: before it selects a backend (pruneplug.arrays.check_float_dtype), as for the cpu backend.
+DTYPES = FLOAT_DTYPES | frozenset({"int8"})
 _RAW = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 _KEY_NP = {"unsigned short": np.uint16, "unsigned int": np.uint32, "unsigned long long": np.uint64}
 _U64 = (1 << 64) - 1
@@ -72,6 +81,10 @@ def name_nm(kernel: str, dtype: str, transform: str, m: int | None = None) -> st
     return f"{kernel}<{_dt(dtype)}, {_tr(transform)}, {m}>"
 
 
+def name_24(kernel: str, dtype: str, layout: str) -> str:
+    return f"{kernel}<{K.DT24[dtype]}, {K.LAYOUT24[layout]}>"
+
+
 def launched_names() -> Iterator[tuple[str, str]]:
     """Every (file, kernel name) the launch code can ask for, built by the same functions."""
     floats = sorted(FLOAT_DTYPES)
@@ -96,6 +109,10 @@ def launched_names() -> Iterator[tuple[str, str]]:
     yield "select.cu", "scan_tiles"
     yield "block.cu", "block_expand"
     yield "elementwise.cu", "fill_mask"
+    for kernel in K.KERNELS24:
+        for d in K.DT24:
+            for layout in K.LAYOUT24:
+                yield "compress24.cu", name_24(kernel, d, layout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,6 +159,37 @@ class CudaBackend:
                 f"backend {self.name!r}: out of device memory allocating {nbytes} bytes for {what} "
                 f"({exc}); nothing was written"
             ) from None
+
+    def _alloc16(self, shape: tuple, dtype: Any, what: str) -> Any:
+        """A fresh C-contiguous array whose data is 16-byte aligned (what the 2:4 kernels' vector
+        loads and stores need)."""
+        a = self._alloc(shape, dtype, what)
+        if self._ptr(self._bytes(a)) % 16 == 0:
+            return a
+        nbytes = a.nbytes
+        del a
+        buf = self._alloc(nbytes + 16, np.uint8, what)
+        off = (-self._ptr(buf)) % 16
+        return buf[off:off + nbytes].view(dtype).reshape(shape)
+
+    def _input16(self, a: Any, what: str) -> Any:
+        """``a`` itself when 16-byte aligned, else an aligned copy (a misaligned 16-byte access is a
+        sticky launch failure on a device)."""
+        if self._ptr(self._bytes(a)) % 16 == 0:
+            return a
+        copy = self._alloc16(tuple(a.shape), a.dtype, what)
+        copy[...] = a
+        return copy
+
+    def _error_words(self) -> Any:
+        """[err, nonfinite count, nonfinite first] for the 2:4 kernels: ~0, 0, ~0."""
+        ws = self._alloc(3, np.uint64, "the error words")
+        host = np.array([_U64, 0, _U64], dtype=np.uint64)
+        if isinstance(ws, np.ndarray):
+            ws[...] = host
+        else:
+            ws.set(host)  # cupy: one host-to-device copy
+        return ws
 
     def _workspace(self) -> Any:
         return self._alloc(K_WS_SIZE, np.uint64, "the workspace", zero=True)
@@ -286,6 +334,27 @@ class CudaBackend:
         self._fn("block.cu", "block_expand")(
             (grid,), (BLOCK,), (bkeep, np.int64(out.size), np.int64(cols), np.int64(bh), np.int64(bw),
                                 np.int64(cols // bw), out))
+
+    @staticmethod
+    def _grid24(rows: int, ncols: int) -> tuple[int]:
+        """compress24.cu: one thread per metadata word (rows * ncols > 0)."""
+        return (-(-(rows * ncols) // BLOCK),)
+
+    def _launch_compress24(self, w: Any, dtype: str, layout: str, rows: int, ncols: int, values: Any, meta: Any,
+                           ws: Any) -> None:
+        self._fn("compress24.cu", name_24("compress24", dtype, layout))(
+            self._grid24(rows, ncols), (BLOCK,), (w, np.int64(rows), np.int64(ncols), values, meta, ws[0:1]))
+
+    def _launch_decompress24(self, values: Any, meta: Any, dtype: str, layout: str, rows: int, ncols: int,
+                             dense: Any, ws: Any) -> None:
+        self._fn("compress24.cu", name_24("decompress24", dtype, layout))(
+            self._grid24(rows, ncols), (BLOCK,), (values, meta, np.int64(rows), np.int64(ncols), dense, ws[0:1]))
+
+    def _launch_prune_compress24(self, w: Any, dtype: str, layout: str, rows: int, ncols: int, values: Any,
+                                 meta: Any, ws: Any) -> None:
+        self._fn("compress24.cu", name_24("prune_compress24", dtype, layout))(
+            self._grid24(rows, ncols), (BLOCK,), (w, np.int64(rows), np.int64(ncols), values, meta, ws[0:1],
+                                                  ws[1:3]))
 
     # -- exact-k selection ---------------------------------------------------------------------
     def _select(self, x: Any, dtype: str, transform: str, k: int, mode: int, out: Any) -> None:
@@ -433,6 +502,88 @@ class CudaBackend:
             return
         self._launch_apply(self._raw(weights), self._bytes(mask), self._dtype(weights))
 
+    # -- 2:4 compression -------------------------------------------------------------------------
+    def _outputs24(self, weights: Any, dtype: str) -> tuple[Any, Any]:
+        rows, cols = (int(s) for s in weights.shape)
+        values = self._alloc16((rows, cols // 2), weights.dtype, "the 2:4 values")
+        metadata = self._alloc(metadata_shape((rows, cols), dtype), format_of(dtype).meta_dtype, "the 2:4 metadata")
+        return values, metadata
+
+    @staticmethod
+    def _meta_bits(metadata: Any) -> Any:
+        return metadata.view(_RAW[metadata.dtype.itemsize]).reshape(-1)
+
+    def _raise_not_sparse(self, h: np.ndarray, dtype: str, cols: int) -> None:
+        err = int(h[0])
+        if err != _U64:
+            row, group = divmod(err >> 3, cols // format_of(dtype).m)
+            raise not_sparse_error(dtype, row, group, err & 7)
+
+    def compress_24(self, weights: Any, layout: str) -> tuple[Any, Any]:
+        self._check(weights)
+        dtype = self._dtype(weights)
+        rows, cols = (int(s) for s in weights.shape)
+        ncols = cols // format_of(dtype).columns_per_word
+        values, metadata = self._outputs24(weights, dtype)
+        if rows * ncols == 0:
+            return values, metadata
+        w = self._input16(weights, "an aligned copy of the weights")
+        ws = self._error_words()
+        self._launch_compress24(self._bytes(w), dtype, layout, rows, ncols, self._bytes(values),
+                                self._meta_bits(metadata), ws)
+        self._raise_not_sparse(self._to_host(ws), dtype, cols)  # sync; the outputs are dropped on error
+        return values, metadata
+
+    def decompress_24(self, values: Any, metadata: Any, shape: tuple, layout: str) -> Any:
+        self._check(values, metadata)
+        dtype = self._dtype(values)
+        rows, cols = (int(s) for s in shape)
+        fmt = format_of(dtype)
+        ncols = cols // fmt.columns_per_word
+        dense = self._alloc16((rows, cols), values.dtype, "the dense weight")
+        if rows * ncols == 0:
+            return dense
+        v = self._input16(values, "an aligned copy of the values")
+        meta = metadata if self._aligned(metadata, metadata.dtype.itemsize) else metadata.copy()
+        ws = self._error_words()
+        self._launch_decompress24(self._bytes(v), self._meta_bits(meta), dtype, layout, rows, ncols,
+                                  self._bytes(dense), ws)
+        err = int(self._to_host(ws)[0])  # sync
+        if err != _U64:
+            row, group = divmod(err >> 4, cols // fmt.m)
+            raise invalid_nibble_error(dtype, layout, row, group, err & 0xF)
+        return dense
+
+    def prune_compress_24(self, weights: Any, layout: str, transform: str) -> tuple[Any, Any]:
+        self._check(weights)
+        dtype = self._dtype(weights)
+        fmt = format_of(dtype)
+        rows, cols = (int(s) for s in weights.shape)
+        ncols = cols // fmt.columns_per_word
+        if rows * ncols == 0:
+            return self._outputs24(weights, dtype)
+        if transform == "square" and dtype in ("bfloat16", "float32"):
+            # Squares round there (ties the magnitudes do not have), so the fused kernel's |w| order
+            # is not the score order: prune a copy with the N:M kernel on the true scores (one pass,
+            # which also counts non-finite weights), then compress the copy.
+            pruned = self._alloc16((rows, cols), weights.dtype, "the pruned copy")
+            pruned[...] = weights
+            ws = self._workspace()
+            self._nm(pruned, fmt.m // 2, fmt.m, 1, transform, self._bytes(ws), 1, ws)
+            self._read_ws(ws, transform)  # sync: NonFiniteError before anything is returned
+            return self.compress_24(pruned, layout)
+        # abs for every dtype, float16 square (exact in float32: ordered like |w|), int8 by |w|
+        values, metadata = self._outputs24(weights, dtype)
+        w = self._input16(weights, "an aligned copy of the weights")
+        ws = self._error_words()
+        self._launch_prune_compress24(self._bytes(w), dtype, layout, rows, ncols, self._bytes(values),
+                                      self._meta_bits(metadata), ws)
+        h = self._to_host(ws)  # sync
+        if int(h[1]):
+            raise NonFiniteError.for_values(transform, int(h[1]), int(h[2]))
+        self._raise_not_sparse(h, dtype, cols)  # cannot happen after pruning; never return a bad result
+        return values, metadata
+
 
 K_WS_SIZE = 16  # WS_SIZE in common.cuh
 K_WS_BINCOUNT = 4  # WS_BINCOUNT
@@ -450,7 +601,7 @@ class CudaPlugin:
                  available: bool = True, reason: str | None = None, description: str = "") -> None:
         self.backend = backend
         self._info = BackendInfo(name=backend.name, priority=priority, array_types=array_types,
-                                 dtypes=FLOAT_DTYPES, operations=OPERATIONS, available=available, reason=reason,
+                                 dtypes=DTYPES, operations=OPERATIONS, available=available, reason=reason,
                                  description=description)
 
     @hookimpl
@@ -484,3 +635,15 @@ class CudaPlugin:
     @hookimpl
     def pruneplug_prune_nm(self, weights, n, m, axis, transform):
         self.backend.prune_nm(weights, n, m, axis, transform)
+
+    @hookimpl
+    def pruneplug_compress_24(self, weights, layout):
+        return self.backend.compress_24(weights, layout)
+
+    @hookimpl
+    def pruneplug_decompress_24(self, values, metadata, shape, layout):
+        return self.backend.decompress_24(values, metadata, shape, layout)
+
+    @hookimpl
+    def pruneplug_prune_compress_24(self, weights, layout, transform):
+        return self.backend.prune_compress_24(weights, layout, transform)

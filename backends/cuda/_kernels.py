@@ -33,6 +33,10 @@ DT = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3, "key64": 4}
 #: transform name -> template code (TR_* in common.cuh)
 TR = {"abs": 0, "square": 1, "identity": 2, "key": 3}
 NM_FAST = (2, 4, 8, 16)
+#: 2:4 compression (compress24.cu has its own codes: int8 is 4 there, where common.cuh has DT_KEY64)
+DT24 = {"float16": 0, "bfloat16": 1, "float32": 2, "int8": 4}
+LAYOUT24 = {"ptx": 0, "cutlass": 1}
+KERNELS24 = ("compress24", "decompress24", "prune_compress24")
 
 _FLOATS = ("float16", "bfloat16", "float32", "float64")
 _TRANSFORMS = ("abs", "square", "identity")
@@ -73,12 +77,14 @@ def _name_expressions() -> dict[str, list[str]]:
     block = [f"block_sums<{DT[d]}, {TR[t]}>" for d in _FLOATS for t in _TRANSFORMS] + ["block_expand"]
     elementwise = [f"check_nonfinite<{DT[d]}, {TR[t]}>" for d in _FLOATS for t in _TRANSFORMS]
     elementwise += [f"apply_mask<{DT[d]}>" for d in _FLOATS] + ["fill_mask"]
+    compress24 = [f"{k}<{DT24[d]}, {LAYOUT24[lay]}>" for k in KERNELS24 for d in DT24 for lay in LAYOUT24]
     return {
         "importance.cu": importance,
         "select.cu": select,
         "nm.cu": nm,
         "block.cu": block,
         "elementwise.cu": elementwise,
+        "compress24.cu": compress24,
     }
 
 

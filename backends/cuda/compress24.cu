@@ -31,6 +31,11 @@
 // host sets them to 0 and ~0.
 //
 // Element bits are raw unsigned integers (no cuda_fp16.h); no float arithmetic at all.
+//
+// Helpers take register arrays as plain pointers (always inlined, so they stay in registers; the
+// compile gate checks there is no stack frame), not as references to arrays: g++ 12's
+// -fsanitize=undefined miscompiles `const T (&a)[N]` parameters at -O1, which the emulator's
+// sanitizer build (CUDA_EMU_SANITIZE=1) uses.
 
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -78,14 +83,14 @@ __device__ __forceinline__ u32 pattern8(u32 g) {
     return (m * 0x00204081u) >> 28;
 }
 
-__device__ __forceinline__ void load32(const u8* base, i64 word, u32 (&in)[8]) {
+__device__ __forceinline__ void load32(const u8* base, i64 word, u32* in) {
     const uint4* src = reinterpret_cast<const uint4*>(base) + word * 2;
     uint4 a = src[0], b = src[1];
     in[0] = a.x; in[1] = a.y; in[2] = a.z; in[3] = a.w;
     in[4] = b.x; in[5] = b.y; in[6] = b.z; in[7] = b.w;
 }
 
-__device__ __forceinline__ void store16(u8* base, i64 word, const u32 (&out)[4]) {
+__device__ __forceinline__ void store16(u8* base, i64 word, const u32* out) {
     uint4 o;
     o.x = out[0]; o.y = out[1]; o.z = out[2]; o.w = out[3];
     reinterpret_cast<uint4*>(base)[word] = o;
@@ -94,7 +99,7 @@ __device__ __forceinline__ void store16(u8* base, i64 word, const u32 (&out)[4])
 // Compress the 32 bytes of one metadata word held in `in`: fills `out` (16 bytes of values),
 // returns the word; *bad_group / *bad_count name the first group with too many nonzeros (-1: none).
 template <int DT>
-__device__ __forceinline__ u32 compress_word(const u32 (&in)[8], u32 (&out)[4], int* bad_group, u32* bad_count) {
+__device__ __forceinline__ u32 compress_word(const u32* in, u32* out, int* bad_group, u32* bad_count) {
     u32 word = 0u;
     *bad_group = -1;
     *bad_count = 0u;
