@@ -224,6 +224,7 @@ def machine_info() -> dict:
     import numpy as np
 
     info = {"python": sys.version.split()[0], "platform": platform.platform(), "numpy": np.__version__,
+            "loadavg_start": os.getloadavg(),
             "cores": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     try:
         with open("/proc/cpuinfo") as f:
@@ -333,6 +334,9 @@ def main() -> None:
                 print(f"  {size:>11,} {case + ' [npy avx2]':<28} {r2.get('ms', float('nan')):>10.3f} ms"
                       f"  extra {r2.get('extra_mb', float('nan')):8.1f} MB", flush=True)
 
+    info["loadavg_end"] = os.getloadavg()
+    print(f"# load average at start {info['loadavg_start']}, at end {info['loadavg_end']} "
+          "(other processes on the machine distort the timings, the 2-thread cpu rows most)")
     print()
     print(table(results, sizes, cases))
     if args.json:

@@ -17,7 +17,9 @@
 /* Below this many elements a pass runs on one thread (the fork/join costs more than it saves). */
 #define PP_PAR_MIN ((size_t)1 << 20)
 /* Below this many elements the selection copies every key and selects on the copy. */
-#define PP_SMALL_N ((size_t)1 << 14)
+#ifndef PP_SMALL_N
+#define PP_SMALL_N ((size_t)1 << 12)
+#endif
 /* Bracket sample: PP_SAMPLE_MUL * sqrt(n) keys (clamped to [1024, 2^18]); the bracket spans
  * PP_SAMPLE_SIGMAS standard deviations of the sample rank on each side of rank k. */
 #ifndef PP_SAMPLE_MUL

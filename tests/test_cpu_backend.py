@@ -28,7 +28,7 @@ DTYPES = ("float16", "bfloat16", "float32", "float64")
 TRANSFORMS = ("abs", "square", "identity")
 DT = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
 TR = {"abs": 0, "square": 1, "identity": 2}
-# Above PP_SMALL_N (2^14): the sampled bracket. Several threads are requested explicitly (the
+# Above PP_SMALL_N (2^12): the sampled bracket. Several threads are requested explicitly (the
 # automatic choice stays on one thread below PP_PAR_MIN = 2^20 elements).
 N_LARGE = 150_001
 
@@ -162,7 +162,7 @@ def test_every_selection_path_is_exercised():
         (data("quantized", 400_000, "float32", 2), 0),        # ties resolved from the buffer
         (data("quantized", 400_000, "float32", 2), OPT_TINY),  # ties after the histogram path
         (data("constant", 400_000, "float64", 0), 0),         # one key: single-key range
-        (data("normal", 5_000, "float64", 4), 0),             # small path
+        (data("normal", 3_000, "float64", 4), 0),             # small path
     ]
     for values, options in cases:
         for k in (1, values.size // 2, values.size - 1):
