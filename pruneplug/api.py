@@ -358,7 +358,7 @@ def prune(
     else:
         _check_sparsity(sparsity)
 
-    target = contiguous(adapted.array) if inplace else adapted.array.copy(order="C")
+    target = contiguous(adapted.array) if inplace else _fresh_copy(adapted.array)
     if nm:
         mask = _prune_nm(target, adapted, n, m, axis, transform, backend, return_mask)
     elif pattern == "unstructured":
@@ -375,6 +375,12 @@ def prune(
     if return_mask:
         return result, mask
     return result
+
+
+def _fresh_copy(array: Any) -> Any:
+    """A C-contiguous native-byte-order copy that the caller may overwrite."""
+    native = contiguous(array)
+    return native.copy() if native is array else native
 
 
 def _structured_mask_fn(pattern: str):

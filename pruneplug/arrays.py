@@ -8,6 +8,7 @@ Nothing here imports torch or cupy unless the user handed us one of their arrays
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -91,7 +92,13 @@ def _cupy_to_torch(array: Any) -> Any:
 
 def dtype_name(array: Any) -> str:
     """The dtype's name: ``"float32"``, ``"bfloat16"``, ``"bool"``, ..."""
-    return np.dtype(array.dtype).name
+    return _dtype_name(array.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _dtype_name(dtype: Any) -> str:
+    # A pure memo: NumPy's dtype.name costs microseconds, which matters for small arrays.
+    return np.dtype(dtype).name
 
 
 def check_float_dtype(array: Any, argname: str) -> str:
@@ -109,7 +116,10 @@ def score_dtype(weights_dtype: str) -> str:
 
 
 def contiguous(array: Any) -> Any:
-    """A C-contiguous version of a NumPy or CuPy array (the array itself when it already is)."""
+    """A C-contiguous, native-byte-order version of a NumPy or CuPy array (the array itself when it
+    already is one): what every backend receives."""
+    if not array.dtype.isnative:
+        return array.astype(array.dtype.newbyteorder("="), order="C")
     if array.flags.c_contiguous:
         return array
     return array.copy(order="C")

@@ -247,3 +247,14 @@ def test_env_sets_default_backend(monkeypatch):
 def test_backends_lists_numpy_as_always_available():
     rows = {b.name: b for b in pp.backends()}
     assert rows["numpy"].available and "unstructured_mask" in rows["numpy"].operations
+
+
+def test_big_endian_and_fortran_inputs_give_the_native_result(weights):
+    expected = pp.prune(weights, 0.5)
+    big_endian = weights.astype(">f4")
+    np.testing.assert_array_equal(pp.prune(big_endian, 0.5), expected)
+    np.testing.assert_array_equal(pp.generate_nm_mask(big_endian, 2, 4).data, pp.generate_nm_mask(weights, 2, 4).data)
+    result = pp.prune(big_endian, 0.5, inplace=True)
+    assert result is big_endian and big_endian.dtype == np.dtype(">f4")
+    np.testing.assert_array_equal(big_endian, expected)
+    np.testing.assert_array_equal(pp.prune(np.asfortranarray(weights), 0.5), expected)
