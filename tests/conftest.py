@@ -1,7 +1,9 @@
-"""Shared test setup: make the emulator under tools/ importable (it is test infrastructure, not shipped)."""
+"""Shared test setup: the emulator under tools/ (test infrastructure, not shipped) and the helper
+modules beside the tests are importable."""
 
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS.parent / "tools"))
+sys.path.insert(0, str(TESTS))
