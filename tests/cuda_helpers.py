@@ -214,8 +214,9 @@ def make_emulated_plugin(name: str = EMU_NAME, schedule=None, seed: int = 0):
     from pruneplug_backends.cuda import _backend
 
     backend = _backend.CudaBackend(np, emu_load_module(schedule, seed), name=name)
-    return _backend.CudaPlugin(backend, array_types={"numpy"}, priority=-100,
-                               description="CUDA backend kernels run by tools/cuda_emu"), backend
+    plugin = _backend.CudaPlugin(lambda: backend, name=name, array_types={"numpy"}, priority=-100,
+                                 description="CUDA backend kernels run by tools/cuda_emu")
+    return plugin, backend
 
 
 def register_emulated(name: str = EMU_NAME, schedule=None, seed: int = 0):

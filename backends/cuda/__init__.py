@@ -11,23 +11,12 @@ same kernels in the CPU emulator (``tools/cuda_emu``).
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
-from pruneplug.hookspecs import hookimpl
-from pruneplug.types import FLOAT_DTYPES, BackendInfo
+from ._backend import CudaBackend, CudaPlugin
 
 NAME = "cuda"
 PRIORITY = 100
-_state: dict[str, Any] = {}
-_lock = threading.Lock()
-
-
-def _operations() -> tuple[frozenset, frozenset]:
-    """(operations, dtypes) the backend declares (int8: 2:4 compression only)."""
-    from ._backend import DTYPES, OPERATIONS
-
-    return OPERATIONS, DTYPES
 
 
 def probe() -> tuple[bool, str | None]:
@@ -72,87 +61,22 @@ def _load_rawmodule(code: str, options: tuple, name_expressions: list) -> Any:
     return cupy.RawModule(code=code, options=tuple(options), name_expressions=list(name_expressions))
 
 
-def backend() -> Any:
-    """The process-wide real :class:`~._backend.CudaBackend` (created on first use)."""
-    instance = _state.get("backend")
-    if instance is None:
-        with _lock:
-            instance = _state.get("backend")
-            if instance is None:
-                import cupy
+def _make_backend() -> CudaBackend:
+    import cupy
 
-                from ._backend import CudaBackend
-
-                instance = CudaBackend(cupy, _load_rawmodule, name=NAME, device_check=_device_check)
-                _state["backend"] = instance
-    return instance
+    return CudaBackend(cupy, _load_rawmodule, name=NAME, device_check=_device_check)
 
 
-@hookimpl
-def pruneplug_backend_info() -> BackendInfo:
-    try:
-        available, reason = probe()
-        operations, dtypes = _operations()
-    except Exception as exc:  # noqa: BLE001 - must never raise
-        available, reason = False, f"probe failed: {type(exc).__name__}: {exc}"
-        operations, dtypes = frozenset(), FLOAT_DTYPES
-    return BackendInfo(
-        name=NAME,
-        priority=PRIORITY,
-        array_types={"cupy"},
-        dtypes=dtypes,
-        operations=operations,
-        available=available,
-        reason=reason,
-        description="CuPy RawKernels: radix exact-k selection, N:M, block masks, fused pruning, 2:4 compression",
-    )
+#: The plugin object the ``cuda`` entry point names: it owns the (lazily built) real backend.
+plugin = CudaPlugin(
+    _make_backend,
+    name=NAME,
+    priority=PRIORITY,
+    probe=probe,
+    description="CuPy RawKernels: radix exact-k selection, N:M, block masks, fused pruning, 2:4 compression",
+)
 
 
-@hookimpl
-def pruneplug_importance(weights, method):
-    return backend().importance(weights, method)
-
-
-@hookimpl
-def pruneplug_unstructured_mask(values, k, transform, out=None):
-    return backend().unstructured_mask(values, k, transform, out)
-
-
-@hookimpl
-def pruneplug_nm_mask(values, n, m, axis, transform, out=None):
-    return backend().nm_mask(values, n, m, axis, transform, out)
-
-
-@hookimpl
-def pruneplug_block_mask(values, block_shape, k, transform, out=None):
-    return backend().block_mask(values, block_shape, k, transform, out)
-
-
-@hookimpl
-def pruneplug_apply_mask(weights, mask):
-    backend().apply_mask(weights, mask)
-
-
-@hookimpl
-def pruneplug_prune_unstructured(weights, k, transform):
-    backend().prune_unstructured(weights, k, transform)
-
-
-@hookimpl
-def pruneplug_prune_nm(weights, n, m, axis, transform):
-    backend().prune_nm(weights, n, m, axis, transform)
-
-
-@hookimpl
-def pruneplug_compress_24(weights, layout):
-    return backend().compress_24(weights, layout)
-
-
-@hookimpl
-def pruneplug_decompress_24(values, metadata, shape, layout):
-    return backend().decompress_24(values, metadata, shape, layout)
-
-
-@hookimpl
-def pruneplug_prune_compress_24(weights, layout, transform):
-    return backend().prune_compress_24(weights, layout, transform)
+def backend() -> CudaBackend:
+    """The real :class:`CudaBackend` (built on first use; needs CuPy and a device)."""
+    return plugin.backend

@@ -594,19 +594,43 @@ K_WS_STATS = 8  # WS_STATS
 # a CudaBackend as a pluggy plugin object
 # ---------------------------------------------------------------------------------------------
 class CudaPlugin:
-    """Hook implementations bound to one :class:`CudaBackend` (the tests register an emulated
-    one; the ``pruneplug_backends.cuda`` module exposes the real one)."""
+    """Hook implementations bound to one :class:`CudaBackend`, which is built on first use (the
+    real one imports CuPy; the tests register an emulated one). The plugin object, registered in
+    pruneplug's plugin manager, owns the backend and its compiled kernels: no module-level state.
 
-    def __init__(self, backend: CudaBackend, *, array_types=frozenset({"cupy"}), priority: int = 100,
-                 available: bool = True, reason: str | None = None, description: str = "") -> None:
-        self.backend = backend
-        self._info = BackendInfo(name=backend.name, priority=priority, array_types=array_types,
-                                 dtypes=DTYPES, operations=OPERATIONS, available=available, reason=reason,
-                                 description=description)
+    ``probe`` says whether the backend can run here: ``() -> (available, reason)``.
+    """
+
+    def __init__(self, make_backend: Callable[[], CudaBackend], *, name: str,
+                 array_types=frozenset({"cupy"}), priority: int = 100,
+                 probe: Callable[[], tuple[bool, str | None]] = lambda: (True, None),
+                 description: str = "") -> None:
+        self.name = name
+        self._make_backend = make_backend
+        self._backend: CudaBackend | None = None
+        self._lock = threading.Lock()
+        self._array_types = frozenset(array_types)
+        self._priority = priority
+        self._probe = probe
+        self._description = description
+
+    @property
+    def backend(self) -> CudaBackend:
+        if self._backend is None:
+            with self._lock:
+                if self._backend is None:
+                    self._backend = self._make_backend()
+        return self._backend
 
     @hookimpl
     def pruneplug_backend_info(self) -> BackendInfo:
-        return self._info
+        try:
+            available, reason = self._probe()
+        except Exception as exc:  # noqa: BLE001 - the declaration must never raise
+            available, reason = False, f"probe failed: {type(exc).__name__}: {exc}"
+        return BackendInfo(name=self.name, priority=self._priority, array_types=self._array_types,
+                           dtypes=DTYPES, operations=OPERATIONS, available=available, reason=reason,
+                           description=self._description)
 
     @hookimpl
     def pruneplug_importance(self, weights, method):
