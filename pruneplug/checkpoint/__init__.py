@@ -1,0 +1,51 @@
+"""Prune whole checkpoints: safetensors files, sharded safetensors directories, ``.npz`` archives.
+
+Three entry points, used by the ``pruneplug prune`` / ``pruneplug inspect`` commands:
+
+* :func:`prune_checkpoint` reads a checkpoint one tensor at a time (safetensors memory-mapped),
+  prunes the selected tensors layer by layer, globally or N:M, and writes the same form atomically;
+* :func:`inspect_checkpoint` reports per-tensor shape, dtype, sparsity, N:M structure and magnitude
+  quantiles;
+* :func:`global_unstructured_masks` is exact global magnitude pruning of arrays already in memory.
+
+Where things are:
+
+* :mod:`~pruneplug.checkpoint.formats`: reading (safetensors headers, sharded directories, ``.npz``),
+  :class:`TensorRef` and :class:`Checkpoint`, the dtype maps;
+* :mod:`~pruneplug.checkpoint.selection`: which tensors are pruned (:data:`SELECTION_RULE`);
+* :mod:`~pruneplug.checkpoint.global_select`: global pruning in bounded memory (the radix select);
+* :mod:`~pruneplug.checkpoint.prune`: :func:`prune_checkpoint`, step by step;
+* :mod:`~pruneplug.checkpoint.outputs`: output paths, one writer per output file, a sharded
+  directory's index and other files;
+* :mod:`~pruneplug.checkpoint.writers`: the transaction (temporary files renamed at the end) and
+  the streaming safetensors and ``.npz`` writers;
+* :mod:`~pruneplug.checkpoint.report`: progress and the prune report;
+* :mod:`~pruneplug.checkpoint.inspect`: :func:`inspect_checkpoint` and its plot.
+"""
+
+from pruneplug.checkpoint.formats import (
+    CHUNK,
+    INDEX_NAME,
+    PRUNABLE,
+    Checkpoint,
+    SafetensorsFile,
+    TensorRef,
+    open_checkpoint,
+    read_safetensors_header,
+)
+from pruneplug.checkpoint.global_select import GlobalPlan, global_unstructured_masks, plan_global
+from pruneplug.checkpoint.inspect import NM_MS, QUANTILES, InspectReport, InspectRow, inspect_checkpoint, plot_inspection
+from pruneplug.checkpoint.prune import FORMATS, prune_checkpoint
+from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport
+from pruneplug.checkpoint.selection import EMBEDDING_RE, HEAD_RE, NORM_RE, SELECTION_RULE, select_tensors
+from pruneplug.checkpoint.writers import NpzWriter, SafetensorsWriter
+
+# Internals the tests reach as ``pruneplug.checkpoint.<name>``, from when this was one module.
+from pruneplug.checkpoint.formats import _NP_TO_ST, _ST_DTYPES  # noqa: E402, F401  isort: skip
+from pruneplug.checkpoint.global_select import _Source  # noqa: E402, F401  isort: skip
+
+__all__ = [
+    "SELECTION_RULE", "Checkpoint", "GlobalPlan", "InspectReport", "InspectRow", "PruneReport", "TensorRef",
+    "TensorReport", "global_unstructured_masks", "inspect_checkpoint", "open_checkpoint", "plan_global",
+    "plot_inspection", "prune_checkpoint", "read_safetensors_header", "select_tensors",
+]

@@ -1,0 +1,408 @@
+"""prune_checkpoint: read a checkpoint one tensor at a time, prune the selected tensors and write
+the same form.
+
+The steps, in order: check the arguments; open the input and check every output path before any
+work; decide each tensor's fate (pruned, skipped or kept); for global scope, plan each tensor's
+exact count; then prune or copy every tensor inside one transaction, which renames the outputs into
+place only when all of it succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from pruneplug import api
+from pruneplug.checkpoint.formats import Checkpoint, TensorRef, _count_zeros, _flat_chunks, open_checkpoint
+from pruneplug.checkpoint.global_select import GlobalPlan, _source, _sparsity_for, plan_global
+from pruneplug.checkpoint.outputs import (
+    _check_side_outputs,
+    _check_space,
+    _finish_directory,
+    _plan_outputs,
+    _resolve_output,
+    _settings_metadata,
+)
+from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport, _NullProgress
+from pruneplug.checkpoint.selection import SELECTION_RULE, select_tensors
+from pruneplug.checkpoint.writers import SafetensorsWriter, _Transaction, _write_guard
+from pruneplug.errors import CheckpointError, InvalidArgumentError, PrunePlugError
+
+
+_NM_RE = re.compile(r"^(\d+):(\d+)$")
+_BLOCK_RE = re.compile(r"^block\((\d+),\s*(\d+)\)$")
+FORMATS = ("dense", "sparse-24-bitmask", "sparse-bitmask")
+
+
+@dataclass
+class _Task:
+    ref: TensorRef
+    status: str
+    reason: str | None = None
+    k: int | None = None  # global scope: exact count to prune
+
+
+@dataclass(frozen=True)
+class _HowToPrune:
+    """The settings every tensor is pruned and stored with, passed to the per-tensor steps as one."""
+
+    pattern: str
+    sparsity: float | None
+    method: str
+    axis: int
+    format: str
+    backend: str | None
+    kind: str  # the checkpoint's form: how an unpruned tensor is copied
+    xp: Any = None  # CuPy to prune on the GPU (see _device_module), None for NumPy
+
+
+def prune_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike | None = None,
+    *,
+    sparsity: float | None = None,
+    pattern: str = "unstructured",
+    scope: str = "layer",
+    method: str = "l1",
+    axis: int = -1,
+    format: str = "dense",
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    backend: str | None = None,
+    masks_out: str | os.PathLike | None = None,
+    report: str | os.PathLike | None = None,
+    dry_run: bool = False,
+    strict: bool = False,
+    in_place: bool = False,
+    progress: ProgressLike | None = None,
+    _before_commit: Callable[[], None] | None = None,
+) -> PruneReport:
+    """Prune a checkpoint and write it in the same form; return a :class:`PruneReport`.
+
+    ``src`` is a ``.safetensors`` file, a sharded directory (``model.safetensors.index.json``) or an
+    ``.npz``; ``dst`` the output (a file, or a directory for a sharded input; an existing directory
+    given for a single file receives a file of the input's name). ``dst`` equal to ``src`` needs
+    ``in_place=True``; ``dry_run=True`` computes everything and writes nothing but the report.
+
+    ``pattern="unstructured"`` with ``sparsity`` and ``scope="layer"`` (each tensor) or ``"global"``
+    (exactly ``round(sparsity*total)`` over all selected tensors, see :mod:`pruneplug.checkpoint.global_select`);
+    ``"N:M"`` along ``axis``; ``"row"``, ``"column"``, ``"block(H,W)"`` per tensor. Tensors the pattern
+    does not fit are skipped and reported, or an error with ``strict=True``. ``format`` stores pruned
+    weights dense or in a compressed-tensors format. Which tensors: :data:`SELECTION_RULE`.
+
+    Every output (checkpoint, masks, report) is written to a temporary file next to it and renamed
+    at the end; any error leaves no partial output.
+
+    Example::
+
+        report = pp.prune_checkpoint("model.safetensors", "pruned.safetensors", sparsity=0.5, scope="global")
+        print(report.format_table())
+    """
+    started = time.perf_counter()
+    progress = progress or _NullProgress()
+    src_path = Path(src)
+    _check_arguments(sparsity, pattern, scope, method, axis, format)
+    ckpt = open_checkpoint(src_path)
+    if format != "dense" and ckpt.kind == "npz":
+        raise InvalidArgumentError(f"format={format!r} is a safetensors format; an npz checkpoint can only be written dense")
+    out_path = _resolve_output(ckpt, dst, in_place, dry_run)
+    masks_path = Path(masks_out) if masks_out is not None else None
+    report_path = Path(report) if report is not None else None
+    _check_side_outputs(src_path, masks_path, report_path, dry_run)
+
+    names = sorted(ckpt.tensors)  # tensor order: sorted by name, whatever the file layout
+    tasks = _decide_tasks(ckpt, names, include, exclude, pattern, axis, strict)
+    selected = [n for n in names if tasks[n].status == "pruned"]
+    if not selected:
+        raise CheckpointError(
+            f"{src_path}: no tensor selected for pruning ({len(names)} tensors; rule: {SELECTION_RULE})")
+    if out_path is not None:
+        _check_space(out_path, ckpt.total_bytes + (sum(ckpt.tensors[n].numel for n in selected) if masks_path else 0))
+    plan = _plan_global_counts(tasks, selected, sparsity, method, progress) if scope == "global" else None
+
+    settings = {
+        "sparsity": sparsity, "pattern": pattern, "scope": scope, "method": method,
+        "axis": axis, "format": format, "include": list(include or []), "exclude": list(exclude or []),
+        "backend": backend or "auto", "strict": strict,
+    }
+    how = _HowToPrune(pattern, sparsity, method, axis, format, backend, ckpt.kind, _device_module(backend))
+    metadata_extra = _settings_metadata(settings, selected, plan)
+
+    with _Transaction() as txn:
+        writers: list[Any] = []  # open writers: discarded (their temporaries closed) whatever happens
+        try:
+            outputs = _plan_outputs(ckpt, out_path, txn, dry_run, format)
+            mask_writer = None
+            if masks_path is not None and not dry_run:
+                mask_writer = _open_mask_writer(txn, masks_path, outputs, tasks, metadata_extra)
+                writers.append(mask_writer)
+            progress.start("pruning" if not dry_run else "pruning (dry run)", len(names), ckpt.total_bytes)
+            rows = _prune_tensors(outputs, tasks, mask_writer, how, metadata_extra, writers, progress)
+            if mask_writer is not None:
+                mask_writer.close()
+                writers.remove(mask_writer)
+            progress.close()
+            if out_path is not None and not dry_run:
+                _finish_directory(ckpt, outputs, rows, format, settings, plan)
+            report_obj = PruneReport(
+                input=str(src_path), output=None if dry_run or out_path is None else str(out_path),
+                settings=settings, selection_rule=SELECTION_RULE if not include else "--include/--exclude regexes",
+                tensors=[rows[n] for n in names], threshold=plan.threshold if plan else None,
+                passes=plan.passes if plan else 0, dry_run=dry_run, seconds=time.perf_counter() - started,
+                masks_out=str(masks_path) if masks_path is not None and not dry_run else None,
+            )
+            if report_path is not None:
+                _write_report(txn, report_path, report_obj)
+            if _before_commit is not None:
+                _before_commit()
+            txn.commit()
+        except OSError as exc:
+            raise CheckpointError(f"cannot write the output: {exc.strerror or exc}") from exc
+        finally:
+            for w in writers:
+                w.discard()
+            progress.close()
+    return report_obj
+
+
+# ---------------------------------------------------------------------------------------------
+# before the work: arguments, each tensor's fate, the global plan
+# ---------------------------------------------------------------------------------------------
+def _check_arguments(sparsity: float | None, pattern: str, scope: str, method: str, axis: int, format: str) -> None:
+    if scope not in ("layer", "global"):
+        raise InvalidArgumentError(f"scope={scope!r}: expected 'layer' or 'global'")
+    if format not in FORMATS:
+        raise InvalidArgumentError(f"format={format!r}: expected one of {list(FORMATS)}")
+    api._check_method(method)
+    _check_pattern(sparsity, pattern, scope)
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise InvalidArgumentError(f"axis={axis!r} must be an integer")
+    if format == "sparse-24-bitmask" and (pattern != "2:4" or axis not in (-1,)):
+        raise InvalidArgumentError("format='sparse-24-bitmask' stores 2:4 sparsity along the last axis: use pattern='2:4' with axis=-1")
+
+
+def _check_pattern(sparsity: float | None, pattern: str, scope: str) -> None:
+    """N:M fixes the sparsity and is per tensor; the other patterns need a sparsity, and only
+    unstructured pruning has a global scope."""
+    nm = _NM_RE.match(pattern) if isinstance(pattern, str) else None
+    if nm:
+        api._check_nm(int(nm.group(1)), int(nm.group(2)))
+        if sparsity is not None:
+            raise InvalidArgumentError(f"sparsity={sparsity!r} cannot be combined with pattern={pattern!r}: N:M fixes it")
+        if scope == "global":
+            raise InvalidArgumentError(f"scope='global' applies to unstructured pruning, not pattern={pattern!r}")
+        return
+    if pattern not in ("unstructured", "row", "column") and not (isinstance(pattern, str) and _BLOCK_RE.match(pattern)):
+        raise InvalidArgumentError(
+            f"pattern={pattern!r}: expected 'unstructured', 'N:M' (e.g. '2:4'), 'row', 'column' or 'block(H,W)'")
+    if sparsity is None:
+        raise InvalidArgumentError(f"pattern={pattern!r} needs a sparsity (a number in [0, 1])")
+    api._check_sparsity(sparsity)
+    if scope == "global" and pattern != "unstructured":
+        raise InvalidArgumentError(f"scope='global' applies to unstructured pruning, not pattern={pattern!r}")
+
+
+def _decide_tasks(ckpt: Checkpoint, names: list[str], include: Sequence[str] | None, exclude: Sequence[str] | None,
+                  pattern: str, axis: int, strict: bool) -> dict[str, _Task]:
+    """Each tensor's fate: "kept" (not selected), "skipped" (selected, but the pattern does not fit
+    it; an error with ``strict``) or "pruned"."""
+    reasons = select_tensors((ckpt.tensors[n] for n in names), include, exclude)
+    tasks: dict[str, _Task] = {}
+    for name in names:
+        ref = ckpt.tensors[name]
+        if reasons[name] is not None:
+            tasks[name] = _Task(ref, "kept", reasons[name])
+            continue
+        why = _fits(ref, pattern, axis)
+        if why is not None:
+            if strict:
+                raise CheckpointError(f"tensor {name!r} cannot be pruned with pattern {pattern!r}: {why} (drop --strict to skip it)")
+            tasks[name] = _Task(ref, "skipped", why)
+        else:
+            tasks[name] = _Task(ref, "pruned")
+    return tasks
+
+
+def _fits(ref: TensorRef, pattern: str, axis: int) -> str | None:
+    """Why ``pattern`` cannot be applied to ``ref`` (None when it can)."""
+    shape = ref.shape
+    nm = _NM_RE.match(pattern)
+    if nm:
+        m = int(nm.group(2))
+        if not shape:
+            return "0-d tensor cannot be grouped"
+        if not -len(shape) <= axis < len(shape):
+            return f"axis {axis} out of range for shape {list(shape)}"
+        if shape[axis] % m:
+            return f"axis {axis % len(shape)} has {shape[axis]} elements, not divisible by M={m}"
+        return None
+    if pattern in ("row", "column") or _BLOCK_RE.match(pattern):
+        if len(shape) != 2:
+            return f"{pattern} pruning needs a 2-D tensor, shape is {list(shape)}"
+        block = _BLOCK_RE.match(pattern)
+        if block and (shape[0] % int(block.group(1)) or shape[1] % int(block.group(2))):
+            return f"{pattern} does not divide shape {list(shape)}"
+    return None
+
+
+def _pruned_count(pattern: str, sparsity: float | None, shape: tuple, k: int | None) -> int:
+    n = math.prod(shape)
+    if k is not None:
+        return k
+    nm = _NM_RE.match(pattern)
+    if nm:
+        keep, m = int(nm.group(1)), int(nm.group(2))
+        return n // m * (m - keep)
+    if pattern == "unstructured":
+        return api.count_to_prune(sparsity, n)
+    if pattern == "row":
+        return api.count_to_prune(sparsity, shape[0]) * shape[1]
+    if pattern == "column":
+        return api.count_to_prune(sparsity, shape[1]) * shape[0]
+    block = _BLOCK_RE.match(pattern)
+    bh, bw = int(block.group(1)), int(block.group(2))
+    return api.count_to_prune(sparsity, (shape[0] // bh) * (shape[1] // bw)) * bh * bw
+
+
+def _plan_global_counts(tasks: dict[str, _Task], selected: list[str], sparsity: float, method: str,
+                        progress: ProgressLike) -> GlobalPlan:
+    """Global scope: run the select once and give each selected tensor its exact count to prune."""
+    sources = [_source(tasks[n].ref) for n in selected]
+    plan = plan_global(sources, sparsity, method, progress)
+    for n, k_t in zip(selected, plan.counts):
+        tasks[n].k = k_t
+    return plan
+
+
+def _device_module(backend: str | None) -> Any:
+    """CuPy when ``backend`` names an available backend that takes CuPy arrays and not NumPy ones
+    (``--backend cuda``): tensors are then copied to the GPU, pruned there and copied back.
+    Otherwise None (NumPy arrays; the core reports a backend that cannot run)."""
+    if backend in (None, "auto"):
+        return None
+    status = next((b for b in api.backends() if b.name == backend), None)
+    if status is None or not status.available or "numpy" in status.array_types or "cupy" not in status.array_types:
+        return None
+    import cupy
+
+    return cupy
+
+
+# ---------------------------------------------------------------------------------------------
+# the work: every tensor pruned or copied, written, reported
+# ---------------------------------------------------------------------------------------------
+def _open_mask_writer(txn: _Transaction, masks_path: Path, outputs, tasks: dict[str, _Task],
+                      metadata_extra: dict[str, str]) -> SafetensorsWriter:
+    """The ``--masks-out`` file: one BOOL keep-mask per pruned tensor, in the inputs' data order
+    (the order the tensors are processed in, so the header can go first)."""
+    order = [name for _, in_names, _, _ in outputs for name in in_names]
+    mtmp = txn.stage_file(masks_path)
+    with _write_guard(masks_path):
+        return SafetensorsWriter(
+            mtmp, {"pruneplug.kind": "keep-masks (True = keep)", **metadata_extra},
+            [(n, "BOOL", tasks[n].ref.shape, tasks[n].ref.numel) for n in order if tasks[n].status == "pruned"])
+
+
+def _prune_tensors(outputs, tasks: dict[str, _Task], mask_writer: SafetensorsWriter | None, how: _HowToPrune,
+                   metadata_extra: dict[str, str], writers: list[Any], progress: ProgressLike) -> dict[str, TensorReport]:
+    """Every tensor, one output file at a time; each file's writer is added to ``writers`` while open."""
+    rows: dict[str, TensorReport] = {}
+    for _out_file, in_names, metadata, make_writer in outputs:
+        writer = make_writer({**metadata, **metadata_extra}) if make_writer else None
+        if writer is not None:
+            writers.append(writer)
+        for name in in_names:
+            task = tasks[name]
+            rows[name] = _process(task, writer, mask_writer, how)
+            progress.update(1, task.ref.nbytes)
+        if writer is not None:
+            writer.close()
+            writers.remove(writer)
+    return rows
+
+
+def _process(task: _Task, writer: Any, mask_writer: Any, how: _HowToPrune) -> TensorReport:
+    """One tensor: pruned when selected, else copied unchanged; written (unless a dry run) and reported."""
+    ref = task.ref
+    row = TensorReport(ref.name, list(ref.shape), ref.dtype, ref.numel, task.status, task.reason)
+    if task.status != "pruned":
+        _copy_unchanged(ref, row, writer, how.kind)
+        return row
+    pruned, mask = _prune_tensor(task, how, row, want_mask=mask_writer is not None)
+    if mask is not None:
+        mask_writer.write(ref.name, how.xp.asnumpy(mask.data) if how.xp is not None else np.asarray(mask.data))
+        del mask
+    row.pruned = _pruned_count(how.pattern, how.sparsity, ref.shape, task.k)
+    row.zeros_after = int(np.count_nonzero(pruned == 0))
+    if writer is not None:
+        _write_pruned(writer, ref, pruned, row, how.format)
+    return row
+
+
+def _copy_unchanged(ref: TensorRef, row: TensorReport, writer: Any, kind: str) -> None:
+    if ref.prunable:  # a floating tensor: its zeros are counted in the report
+        row.zeros_before = row.zeros_after = _count_zeros(ref.chunks())
+    if writer is not None:
+        if kind == "npz":
+            writer.write(ref.name, ref.array())
+        else:  # the stored bytes, so any dtype (even one NumPy cannot hold) is copied exactly
+            writer.write(ref.name, ref.raw_chunks(), ref.dtype, ref.shape)
+
+
+def _prune_tensor(task: _Task, how: _HowToPrune, row: TensorReport, want_mask: bool) -> tuple[np.ndarray, Any]:
+    """The pruned NumPy array and its mask (None unless ``want_mask``); counts the zeros before."""
+    ref = task.ref
+    view = ref.array()
+    row.zeros_before = _count_zeros(_flat_chunks(view))
+    if how.xp is not None:
+        view = how.xp.asarray(np.ascontiguousarray(view))
+    try:
+        result = _call_prune(view, task, how, want_mask)
+    except PrunePlugError as exc:
+        if exc.args:  # name the tensor: the core does not know it
+            exc.args = (f"tensor {ref.name!r}: {exc.args[0]}",) + exc.args[1:]
+        raise
+    del view
+    pruned, mask = result if want_mask else (result, None)
+    if how.xp is not None:
+        pruned = how.xp.asnumpy(pruned)
+    return pruned, mask
+
+
+def _call_prune(view: Any, task: _Task, how: _HowToPrune, want_mask: bool) -> Any:
+    if task.k is not None:  # global scope: exactly this tensor's share of the global count
+        return api.prune(view, sparsity=_sparsity_for(task.k, task.ref.numel), method=how.method,
+                         backend=how.backend, return_mask=want_mask)
+    if _NM_RE.match(how.pattern):
+        return api.prune(view, pattern=how.pattern, method=how.method, axis=how.axis, backend=how.backend,
+                         return_mask=want_mask)
+    return api.prune(view, sparsity=how.sparsity, pattern=how.pattern, method=how.method, backend=how.backend,
+                     return_mask=want_mask)
+
+
+def _write_pruned(writer: Any, ref: TensorRef, pruned: np.ndarray, row: TensorReport, format: str) -> None:
+    if format != "dense" and (format == "sparse-bitmask" or len(ref.shape) == 2):
+        from pruneplug import compressed_tensors
+
+        for key, value in compressed_tensors.encode(ref.name, pruned, format).items():
+            writer.write(key, value)
+        row.stored_as = format
+    else:
+        if format != "dense":
+            row.reason = f"kept dense: {format} stores 2-D weights only"
+        writer.write(ref.name, pruned)
+
+
+def _write_report(txn: _Transaction, path: Path, report: PruneReport) -> None:
+    """The ``--report`` JSON, staged in the transaction like every other output."""
+    tmp = txn.stage_file(path)
+    with _write_guard(path):
+        tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
