@@ -564,7 +564,7 @@ def _peak(fn) -> int:
 def test_global_memory_does_not_grow_with_tensor_count(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     small, large = _many(tmp_path, 4, rng), _many(tmp_path, 32, rng)  # 1 MiB tensors: 4 MiB vs 32 MiB
-    monkeypatch.setattr(ck, "CHUNK", 1 << 14)
+    monkeypatch.setattr(ck.formats, "CHUNK", 1 << 14)
     # count the tensors alive at once: every array the reader hands out, until it is freed
     alive, most = set(), [0]
     original = ck.TensorRef.array
@@ -592,7 +592,7 @@ def test_global_memory_does_not_grow_with_tensor_count(tmp_path, monkeypatch):
 
 def test_global_masks_memory_does_not_grow(monkeypatch):
     rng = np.random.default_rng(0)
-    monkeypatch.setattr(ck, "CHUNK", 1 << 14)
+    monkeypatch.setattr(ck.formats, "CHUNK", 1 << 14)
     few = {f"w{i}": rng.standard_normal((256, 256)).astype(np.float32) for i in range(4)}
     many = {f"w{i}": rng.standard_normal((256, 256)).astype(np.float32) for i in range(40)}
     peak_few = _peak(lambda: pp.global_unstructured_masks(few, 0.5))
