@@ -20,6 +20,15 @@
 #ifndef PP_SMALL_N
 #define PP_SMALL_N ((size_t)1 << 12)
 #endif
+/* Up to this many elements (and unless a test option forces another path) the selection takes
+ * the in-cache path: a min/max pass, one histogram pass, the bucket of rank k compacted. Half of
+ * it for sign-flipped keys (identity: a dearer key per element in the scalar histogram pass).
+ * Measured crossover with the sampled bracket: ~2^17 (abs/square), ~2^15-2^16 (identity). */
+#ifndef PP_INCACHE_N
+#define PP_INCACHE_N ((size_t)1 << 16)
+#endif
+/* Candidate keys of the in-cache path held on the stack (more: malloc). */
+#define PP_INCACHE_STACK 1024
 /* Bracket sample: PP_SAMPLE_MUL * sqrt(n) keys (clamped to [1024, 2^18]); the bracket spans
  * PP_SAMPLE_SIGMAS standard deviations of the sample rank on each side of rank k. */
 #ifndef PP_SAMPLE_MUL

@@ -36,7 +36,8 @@ enum pp_transform { PP_ABS = 0, PP_SQUARE = 1, PP_IDENTITY = 2 };
 enum pp_select_option {
     PP_OPT_FORCE_SMALL = 1,   /* copy every key and select on the copy (the small-array path) */
     PP_OPT_FORCE_MISS = 2,    /* pretend the sampled bracket missed rank k: radix fallback */
-    PP_OPT_TINY_BUFFER = 4    /* give the bracket buffer a tiny capacity: overflow fallback */
+    PP_OPT_TINY_BUFFER = 4,   /* give the bracket buffer a tiny capacity: overflow fallback */
+    PP_OPT_FORCE_INCACHE = 8  /* the in-cache histogram path at any size (below 2^31 elements) */
 };
 
 /* Bits reported through `*path` by the unstructured functions (NULL allowed). */
@@ -47,7 +48,8 @@ enum pp_select_path {
     PP_PATH_OVERFLOW = 8,     /* bracket buffer overflowed */
     PP_PATH_HISTOGRAM = 16,   /* a 16-bit radix histogram pass was needed */
     PP_PATH_TIES = 32,        /* ties at the threshold needed the index-order boundary pass */
-    PP_PATH_SINGLE_KEY = 64   /* threshold found as a one-key range without a buffer */
+    PP_PATH_SINGLE_KEY = 64,  /* threshold found as a one-key range without a buffer */
+    PP_PATH_INCACHE = 128     /* in-cache path: min/max pass, one histogram pass, bucket compacted */
 };
 
 /* Keep-mask pruning exactly k of n (0 <= k <= n): the first k of a stable ascending sort of the

@@ -28,7 +28,7 @@ DTYPES = ("float16", "bfloat16", "float32", "float64")
 TRANSFORMS = ("abs", "square", "identity")
 DT = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
 TR = {"abs": 0, "square": 1, "identity": 2}
-# Above PP_SMALL_N (2^12): the sampled bracket. Several threads are requested explicitly (the
+# Up to PP_INCACHE_N (2^16; 2^15 for identity): the in-cache histogram path; above: the sampled bracket. Several threads are requested explicitly (the
 # automatic choice stays on one thread below PP_PAR_MIN = 2^20 elements).
 N_LARGE = 150_001
 
@@ -110,6 +110,7 @@ def data(kind, n, dtype, seed=0):
 
 
 OPT_SMALL, OPT_MISS, OPT_TINY = lib.PP_OPT_FORCE_SMALL, lib.PP_OPT_FORCE_MISS, lib.PP_OPT_TINY_BUFFER
+OPT_INCACHE = lib.PP_OPT_FORCE_INCACHE
 PATH = {
     "small": lib.PP_PATH_SMALL,
     "hit": lib.PP_PATH_BRACKET_HIT,
@@ -118,6 +119,7 @@ PATH = {
     "histogram": lib.PP_PATH_HISTOGRAM,
     "ties": lib.PP_PATH_TIES,
     "single_key": lib.PP_PATH_SINGLE_KEY,
+    "incache": lib.PP_PATH_INCACHE,
 }
 
 
@@ -136,7 +138,8 @@ def test_unstructured_every_path_matches_reference(dtype, transform, kind):
     for k in (1, N_LARGE // 3, N_LARGE // 2, N_LARGE - 1):
         expected = ref_mask(values, k, transform)
         for options, threads in [(0, 0), (0, 3), (OPT_SMALL, 0), (OPT_SMALL, 2), (OPT_MISS, 0), (OPT_MISS, 2),
-                                 (OPT_TINY, 0), (OPT_TINY, 3), (OPT_MISS | OPT_TINY, 2)]:
+                                 (OPT_TINY, 0), (OPT_TINY, 3), (OPT_MISS | OPT_TINY, 2), (OPT_INCACHE, 0),
+                                 (OPT_INCACHE, 2)]:
             st, out, path, _ = native_mask(values, k, transform, options=options, nthreads=threads)
             assert st == 0
             assert np.array_equal(out, expected), (k, options, path)
@@ -144,6 +147,8 @@ def test_unstructured_every_path_matches_reference(dtype, transform, kind):
             seen |= path
             if options == OPT_SMALL:
                 assert path & PATH["small"]
+            if options == OPT_INCACHE:
+                assert path & PATH["incache"] and not path & PATH["small"]
             if options & OPT_MISS:
                 assert not path & PATH["small"]
         st, w, _ = native_prune(values, k, transform)
@@ -162,7 +167,9 @@ def test_every_selection_path_is_exercised():
         (data("quantized", 400_000, "float32", 2), 0),        # ties resolved from the buffer
         (data("quantized", 400_000, "float32", 2), OPT_TINY),  # ties after the histogram path
         (data("constant", 400_000, "float64", 0), 0),         # one key: single-key range
-        (data("normal", 3_000, "float64", 4), 0),             # small path
+        (data("normal", 3_000, "float64", 4), OPT_SMALL),     # small path (all keys copied)
+        (data("normal", 3_000, "float64", 4), 0),             # in-cache histogram path
+        (data("quantized", 20_000, "float32", 2), 0),         # in-cache path with ties
     ]
     for values, options in cases:
         for k in (1, values.size // 2, values.size - 1):
@@ -172,6 +179,31 @@ def test_every_selection_path_is_exercised():
             seen |= path
     missing = [name for name, bit in PATH.items() if not seen & bit]
     assert not missing, f"paths never taken: {missing}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_small_arrays_take_the_incache_path(dtype, transform):
+    """Up to 2^15 elements (2^16 for abs/square) every variant selects in cache, and matches the
+    reference (ties, signed zeros, one-key arrays), for masks and in-place pruning."""
+    limit = 1 << 15 if transform == "identity" else 1 << 16
+    for kind, n in [("tricky", 5), ("tricky", 1000), ("normal", 4096), ("quantized", 10_000),
+                    ("tricky", 30_001), ("constant", 12_345), ("zeros", 20_000), ("normal", limit)]:
+        values = data(kind, n, dtype, seed=n)
+        if transform != "identity":
+            with np.errstate(invalid="ignore"):
+                values[~np.isfinite(values.astype(np.float64))] = 0
+        for k in sorted({1, n // 3, n // 2, n - 1}):
+            st, out, path, _ = native_mask(values, k, transform)
+            assert st == 0 and path & PATH["incache"], (kind, n, k, path)
+            assert not path & (PATH["small"] | PATH["hit"] | PATH["miss"])
+            assert np.array_equal(out, ref_mask(values, k, transform)), (kind, n, k, path)
+            st, w, path = native_prune(values, k, transform)
+            assert st == 0 and path & PATH["incache"]
+            assert_bits_equal(w, ref_prune(values, k, transform), f"{kind} n={n} k={k}")
+    values = data("normal", limit + 1, dtype, seed=1)
+    st, out, path, _ = native_mask(values, limit // 2, transform)
+    assert st == 0 and not path & PATH["incache"] and path & (PATH["hit"] | PATH["miss"] | PATH["single_key"])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
