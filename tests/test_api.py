@@ -258,3 +258,25 @@ def test_big_endian_and_fortran_inputs_give_the_native_result(weights):
     assert result is big_endian and big_endian.dtype == np.dtype(">f4")
     np.testing.assert_array_equal(big_endian, expected)
     np.testing.assert_array_equal(pp.prune(np.asfortranarray(weights), 0.5), expected)
+
+
+class _FewArguments:
+    """A plugin whose hook takes fewer arguments than the spec names (pluggy's forward
+    compatibility): the registry must pass only those."""
+
+    @pp.hookimpl
+    def pruneplug_backend_info(self):
+        return pp.BackendInfo(name="few-args", priority=-1, operations={"nm_mask"}, dtypes={"float64"})
+
+    @pp.hookimpl
+    def pruneplug_nm_mask(self, values, n, m):
+        return np.ones(values.shape, dtype=bool)
+
+
+def test_hooks_may_accept_fewer_arguments_than_the_spec():
+    pp.register_backend(_FewArguments(), "few-args-plugin")
+    try:
+        mask = pp.generate_nm_mask(np.ones((2, 4)), 2, 4, backend="few-args")
+        assert mask.backend == "few-args" and mask.nnz == 8
+    finally:
+        pp.unregister_backend("few-args")
