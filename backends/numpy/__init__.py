@@ -122,9 +122,10 @@ def block_sums(scores: np.ndarray, block_shape: tuple[int, int]) -> np.ndarray:
     bh, bw = block_shape
     wide = scores.astype(np.float64)
     sums = np.zeros((scores.shape[0] // bh, scores.shape[1] // bw), dtype=np.float64)
-    for i in range(bh):
-        for j in range(bw):
-            sums += wide[i::bh, j::bw]
+    with np.errstate(invalid="ignore"):  # +Inf and -Inf in one block: a NaN sum, which ranks highest
+        for i in range(bh):
+            for j in range(bw):
+                sums += wide[i::bh, j::bw]
     return sums
 
 
