@@ -330,6 +330,52 @@ __device__ __forceinline__ void zero_lanes(R* x, i64 e, i64 n, int vec, R* v, co
 }
 
 // -------------------------------------------------------------------------------------------
+// tile traversal of the streaming kernels
+// -------------------------------------------------------------------------------------------
+// The input is cut into tiles of PP_TILE elements, handed to the blocks grid-stride; a tile is
+// ROWS rows of PP_BLOCK threads x V = 16 / sizeof(R) lanes, and thread t's vector of row r starts
+// at flat index tile * PP_TILE + (r * PP_BLOCK + t) * V. The loop bounds are block-uniform, so a
+// per-tile or per-row callback may contain barriers and warp collectives.
+// (Callbacks are lambdas; defined inside device code, they are device functions under NVRTC.)
+
+// f(tile) for each tile of this block.
+template <class F>
+__device__ __forceinline__ void for_each_tile(i64 n, F&& f) {
+    i64 ntiles = (n + PP_TILE - 1) >> PP_TILE_SHIFT;
+    for (i64 tile = blockIdx.x; tile < ntiles; tile += gridDim.x) f(tile);
+}
+
+// f(e) for each row of the tile: e = flat index of this thread's first lane (may be >= n).
+template <int V, class F>
+__device__ __forceinline__ void for_each_row(i64 tile, F&& f) {
+    constexpr int ROWS = PP_TILE / (PP_BLOCK * V);
+    for (int row = 0; row < ROWS; ++row) f((tile << PP_TILE_SHIFT) + (i64)(row * PP_BLOCK + threadIdx.x) * V);
+}
+
+// f(e) for each of this thread's vectors that starts in bounds (e < n). Not block-uniform: no
+// barriers or collectives in f.
+template <int V, class F>
+__device__ __forceinline__ void for_each_vector_index(i64 n, F&& f) {
+    for_each_tile(n, [&](i64 tile) {
+        for_each_row<V>(tile, [&](i64 e) {
+            if (e < n) f(e);
+        });
+    });
+}
+
+// f(e, v) for each of this thread's vectors that starts in bounds, v = its V values (load_lanes:
+// one 16-byte load when vec and the vector is in bounds; lanes past n read as 0).
+template <typename R, class F>
+__device__ __forceinline__ void for_each_lane_vector(const R* x, i64 n, int vec, F&& f) {
+    constexpr int V = 16 / sizeof(R);
+    for_each_vector_index<V>(n, [&](i64 e) {
+        R v[V];
+        load_lanes<R>(x, e, n, vec, v);
+        f(e, v);
+    });
+}
+
+// -------------------------------------------------------------------------------------------
 // block-level helpers (PP_BLOCK threads)
 // -------------------------------------------------------------------------------------------
 // Exclusive prefix sum over the block (thread order); *total gets the block's sum. sh must hold

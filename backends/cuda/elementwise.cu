@@ -11,24 +11,16 @@ __global__ void __launch_bounds__(PP_BLOCK) check_nonfinite(const typename RawOf
                                                             int vec, u64* __restrict__ ws) {
     typedef typename RawOf<DT>::T R;
     constexpr int V = 16 / sizeof(R);
-    constexpr int ROWS = PP_TILE / (PP_BLOCK * V);
     u64 bad = 0ull, first = ~0ull;
-    i64 ntiles = (n + PP_TILE - 1) >> PP_TILE_SHIFT;
-    for (i64 tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
-        for (int row = 0; row < ROWS; ++row) {
-            i64 e = (tile << PP_TILE_SHIFT) + (i64)(row * PP_BLOCK + threadIdx.x) * V;
-            if (e >= n) continue;
-            R v[V];
-            load_lanes<R>(x, e, n, vec, v);
+    for_each_lane_vector<R>(x, n, vec, [&](i64 e, const R* v) {
 #pragma unroll
-            for (int j = 0; j < V; ++j) {
-                if (e + j < n && is_bad<DT, TR>(v[j])) {
-                    ++bad;
-                    first = first < (u64)(e + j) ? first : (u64)(e + j);
-                }
+        for (int j = 0; j < V; ++j) {
+            if (e + j < n && is_bad<DT, TR>(v[j])) {
+                ++bad;
+                first = first < (u64)(e + j) ? first : (u64)(e + j);
             }
         }
-    }
+    });
     report_bad(ws, bad, first);
 }
 
@@ -38,33 +30,27 @@ __global__ void __launch_bounds__(PP_BLOCK) apply_mask(typename RawOf<DT>::T* __
                                                        int vec_mask) {
     typedef typename RawOf<DT>::T R;
     constexpr int V = 16 / sizeof(R);
-    constexpr int ROWS = PP_TILE / (PP_BLOCK * V);
-    i64 ntiles = (n + PP_TILE - 1) >> PP_TILE_SHIFT;
-    for (i64 tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
-        for (int row = 0; row < ROWS; ++row) {
-            i64 e = (tile << PP_TILE_SHIFT) + (i64)(row * PP_BLOCK + threadIdx.x) * V;
-            if (e >= n) continue;
-            bool prune[V];
-            if (vec_mask && e + V <= n) {
-                u64 w;
-                if constexpr (V == 8) w = *reinterpret_cast<const u64*>(mask + e);
-                else if constexpr (V == 4) w = *reinterpret_cast<const u32*>(mask + e);
-                else w = *reinterpret_cast<const u16*>(mask + e);
+    for_each_vector_index<V>(n, [&](i64 e) {
+        bool prune[V];
+        if (vec_mask && e + V <= n) {
+            u64 w;
+            if constexpr (V == 8) w = *reinterpret_cast<const u64*>(mask + e);
+            else if constexpr (V == 4) w = *reinterpret_cast<const u32*>(mask + e);
+            else w = *reinterpret_cast<const u16*>(mask + e);
 #pragma unroll
-                for (int j = 0; j < V; ++j) prune[j] = ((w >> (8 * j)) & 0xffull) == 0ull;
-            } else {
+            for (int j = 0; j < V; ++j) prune[j] = ((w >> (8 * j)) & 0xffull) == 0ull;
+        } else {
 #pragma unroll
-                for (int j = 0; j < V; ++j) prune[j] = e + j < n && mask[e + j] == 0;
-            }
-            bool any = false;
-#pragma unroll
-            for (int j = 0; j < V; ++j) any = any || prune[j];
-            if (!any) continue;  // nothing to write: the weights are not even read
-            R v[V];
-            load_lanes<R>(x, e, n, vec, v);
-            zero_lanes<R>(x, e, n, vec, v, prune);
+            for (int j = 0; j < V; ++j) prune[j] = e + j < n && mask[e + j] == 0;
         }
-    }
+        bool any = false;
+#pragma unroll
+        for (int j = 0; j < V; ++j) any = any || prune[j];
+        if (!any) return;  // nothing to write: the weights are not even read
+        R v[V];
+        load_lanes<R>(x, e, n, vec, v);
+        zero_lanes<R>(x, e, n, vec, v, prune);
+    });
 }
 
 __global__ void __launch_bounds__(PP_BLOCK) fill_mask(u8* __restrict__ out, i64 n, int value) {

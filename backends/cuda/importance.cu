@@ -24,24 +24,33 @@ __device__ __forceinline__ Moments merge_moments(Moments a, Moments b) {
     return r;
 }
 
+// Shared memory of block_reduce_stats: one (n, mean, M2, min, max) slot per thread. Declared
+// `__shared__` at kernel scope by its callers.
+struct StatsShared {
+    double n[PP_BLOCK];
+    double mean[PP_BLOCK];
+    double m2[PP_BLOCK];
+    u64 lo[PP_BLOCK];
+    u64 hi[PP_BLOCK];
+};
+
 // Shared-memory tree over the block, fixed order. Barriers inside: called by every thread.
-__device__ __forceinline__ void block_reduce_stats(Moments& m, u64& lo, u64& hi, double* sn, double* smean,
-                                                   double* sm2, u64* slo, u64* shi) {
+__device__ __forceinline__ void block_reduce_stats(Moments& m, u64& lo, u64& hi, StatsShared& sh) {
     int t = threadIdx.x;
-    sn[t] = m.n; smean[t] = m.mean; sm2[t] = m.m2; slo[t] = lo; shi[t] = hi;
+    sh.n[t] = m.n; sh.mean[t] = m.mean; sh.m2[t] = m.m2; sh.lo[t] = lo; sh.hi[t] = hi;
     __syncthreads();
     for (int s = PP_BLOCK / 2; s > 0; s >>= 1) {
         if (t < s) {
-            Moments a = {sn[t], smean[t], sm2[t]};
-            Moments b = {sn[t + s], smean[t + s], sm2[t + s]};
+            Moments a = {sh.n[t], sh.mean[t], sh.m2[t]};
+            Moments b = {sh.n[t + s], sh.mean[t + s], sh.m2[t + s]};
             Moments r = merge_moments(a, b);
-            sn[t] = r.n; smean[t] = r.mean; sm2[t] = r.m2;
-            slo[t] = slo[t] < slo[t + s] ? slo[t] : slo[t + s];
-            shi[t] = shi[t] > shi[t + s] ? shi[t] : shi[t + s];
+            sh.n[t] = r.n; sh.mean[t] = r.mean; sh.m2[t] = r.m2;
+            sh.lo[t] = sh.lo[t] < sh.lo[t + s] ? sh.lo[t] : sh.lo[t + s];
+            sh.hi[t] = sh.hi[t] > sh.hi[t + s] ? sh.hi[t] : sh.hi[t + s];
         }
         __syncthreads();
     }
-    m.n = sn[0]; m.mean = smean[0]; m.m2 = sm2[0]; lo = slo[0]; hi = shi[0];
+    m.n = sh.n[0]; m.mean = sh.mean[0]; m.m2 = sh.m2[0]; lo = sh.lo[0]; hi = sh.hi[0];
 }
 
 // TR: TR_ABS (l1) or TR_SQUARE (l2). part: per block [n, mean, M2] doubles; partu: [min, max].
@@ -54,11 +63,7 @@ __global__ void __launch_bounds__(PP_BLOCK) importance(const typename RawOf<DT>:
     typedef typename ScoreOf<DT>::T S;
     constexpr int V = 16 / sizeof(R);
     constexpr int ROWS = PP_TILE / (PP_BLOCK * V);
-    __shared__ double sn[PP_BLOCK];
-    __shared__ double smean[PP_BLOCK];
-    __shared__ double sm2[PP_BLOCK];
-    __shared__ u64 slo[PP_BLOCK];
-    __shared__ u64 shi[PP_BLOCK];
+    __shared__ StatsShared red;
 
     Moments acc = {0.0, 0.0, 0.0};
     u64 lo = ~0ull, hi = 0ull, bad = 0ull, first = ~0ull;
@@ -112,7 +117,7 @@ __global__ void __launch_bounds__(PP_BLOCK) importance(const typename RawOf<DT>:
         }
     }
     report_bad(ws, bad, first);
-    block_reduce_stats(acc, lo, hi, sn, smean, sm2, slo, shi);
+    block_reduce_stats(acc, lo, hi, red);
     if (threadIdx.x == 0) {
         part[3 * blockIdx.x + 0] = acc.n;
         part[3 * blockIdx.x + 1] = acc.mean;
@@ -126,11 +131,7 @@ __global__ void __launch_bounds__(PP_BLOCK) importance(const typename RawOf<DT>:
 __global__ void __launch_bounds__(PP_BLOCK) importance_finalize(const double* __restrict__ part,
                                                                 const u64* __restrict__ partu, int nparts,
                                                                 u64* __restrict__ ws) {
-    __shared__ double sn[PP_BLOCK];
-    __shared__ double smean[PP_BLOCK];
-    __shared__ double sm2[PP_BLOCK];
-    __shared__ u64 slo[PP_BLOCK];
-    __shared__ u64 shi[PP_BLOCK];
+    __shared__ StatsShared red;
     Moments acc = {0.0, 0.0, 0.0};
     u64 lo = ~0ull, hi = 0ull;
     int per = (nparts + PP_BLOCK - 1) / PP_BLOCK;
@@ -142,7 +143,7 @@ __global__ void __launch_bounds__(PP_BLOCK) importance_finalize(const double* __
         lo = lo < partu[2 * i] ? lo : partu[2 * i];
         hi = hi > partu[2 * i + 1] ? hi : partu[2 * i + 1];
     }
-    block_reduce_stats(acc, lo, hi, sn, smean, sm2, slo, shi);
+    block_reduce_stats(acc, lo, hi, red);
     if (threadIdx.x == 0) {
         ws[WS_STATS + 0] = (u64)__double_as_longlong(acc.mean);
         ws[WS_STATS + 1] = (u64)__double_as_longlong(acc.m2);

@@ -25,31 +25,23 @@ __global__ void __launch_bounds__(PP_BLOCK) radix_hist0(const typename RawOf<DT>
                                                         u64* __restrict__ ws) {
     typedef typename RawOf<DT>::T R;
     constexpr int V = 16 / sizeof(R);
-    constexpr int ROWS = PP_TILE / (PP_BLOCK * V);
     __shared__ u32 hist[PP_BINS];
     for (int i = threadIdx.x; i < PP_BINS; i += PP_BLOCK) hist[i] = 0u;
     __syncthreads();
     u64 bad = 0ull, first = ~0ull;
-    i64 ntiles = (n + PP_TILE - 1) >> PP_TILE_SHIFT;
-    for (i64 tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
-        for (int row = 0; row < ROWS; ++row) {
-            i64 e = (tile << PP_TILE_SHIFT) + (i64)(row * PP_BLOCK + threadIdx.x) * V;
-            if (e >= n) continue;
-            R v[V];
-            load_lanes<R>(x, e, n, vec, v);
+    for_each_lane_vector<R>(x, n, vec, [&](i64 e, const R* v) {
 #pragma unroll
-            for (int j = 0; j < V; ++j) {
-                if (e + j < n) {
-                    if (is_bad<DT, TR>(v[j])) {
-                        ++bad;
-                        first = first < (u64)(e + j) ? first : (u64)(e + j);
-                    }
-                    u32 d = (u32)((u64)key_of<DT, TR>(v[j]) >> shift) & (PP_BINS - 1);
-                    atomicAdd(&hist[d], 1u);
+        for (int j = 0; j < V; ++j) {
+            if (e + j < n) {
+                if (is_bad<DT, TR>(v[j])) {
+                    ++bad;
+                    first = first < (u64)(e + j) ? first : (u64)(e + j);
                 }
+                u32 d = (u32)((u64)key_of<DT, TR>(v[j]) >> shift) & (PP_BINS - 1);
+                atomicAdd(&hist[d], 1u);
             }
         }
-    }
+    });
     report_bad(ws, bad, first);
     __syncthreads();
     for (int i = threadIdx.x; i < PP_BINS; i += PP_BLOCK) {
@@ -111,15 +103,12 @@ __global__ void __launch_bounds__(PP_BLOCK) radix_compact(const typename RawOf<D
     typedef typename RawOf<DT>::T R;
     typedef typename KeyOf<DT, TR>::T K;
     constexpr int V = 16 / sizeof(R);
-    constexpr int ROWS = PP_TILE / (PP_BLOCK * V);
     const u64 want = ws[WS_PREFIX] >> shift;
     const u32 lane = threadIdx.x & 31u;
-    i64 ntiles = (n + PP_TILE - 1) >> PP_TILE_SHIFT;
-    // Every lane of a warp runs the same iterations (the loop bounds are block-uniform), so the
-    // warp-wide ballot and shuffle below always see all 32 lanes.
-    for (i64 tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
-        for (int row = 0; row < ROWS; ++row) {
-            i64 e = (tile << PP_TILE_SHIFT) + (i64)(row * PP_BLOCK + threadIdx.x) * V;
+    // Every lane of a warp runs the same iterations (the loop bounds are block-uniform, and rows
+    // past n are visited too), so the warp-wide ballot and shuffle below always see all 32 lanes.
+    for_each_tile(n, [&](i64 tile) {
+        for_each_row<V>(tile, [&](i64 e) {
             R v[V];
             load_lanes<R>(x, e, n, vec, v);
 #pragma unroll
@@ -139,8 +128,8 @@ __global__ void __launch_bounds__(PP_BLOCK) radix_compact(const typename RawOf<D
                     }
                 }
             }
-        }
-    }
+        });
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
