@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from pruneplug.arrays import dtype_name
 from pruneplug.errors import BackendExecutionError, NonFiniteError
 from pruneplug.hookspecs import hookimpl
 from pruneplug.types import BackendInfo
@@ -62,7 +63,7 @@ def pruneplug_backend_info() -> BackendInfo:
 # plumbing
 # ---------------------------------------------------------------------------------------------
 def _dtype_name(a: np.ndarray) -> str:
-    name = a.dtype.name
+    name = dtype_name(a)  # memoised: NumPy's dtype.name costs ~1.5 us, a quarter of a 1e4 call
     if name not in _DTYPE_CODE:
         raise BackendExecutionError(f"cpu backend: unsupported dtype {a.dtype}")
     return name
