@@ -378,6 +378,15 @@ __device__ __forceinline__ void for_each_lane_vector(const R* x, i64 n, int vec,
 // -------------------------------------------------------------------------------------------
 // block-level helpers (PP_BLOCK threads)
 // -------------------------------------------------------------------------------------------
+// Thread t's share [*b0, *b1) of count items: PP_BLOCK contiguous shares of ceil(count / PP_BLOCK)
+// items, in thread order (I: int or i64).
+template <typename I>
+__device__ __forceinline__ void thread_share(I count, I* b0, I* b1) {
+    I per = (count + PP_BLOCK - 1) / PP_BLOCK;
+    *b0 = (I)threadIdx.x * per;
+    *b1 = *b0 + per < count ? *b0 + per : count;
+}
+
 // Exclusive prefix sum over the block (thread order); *total gets the block's sum. sh must hold
 // 2 * PP_BLOCK entries. Contains barriers: every thread of the block must call it.
 __device__ __forceinline__ u32 block_exclusive_scan(u32 v, u32* sh, u32* total) {

@@ -134,9 +134,8 @@ __global__ void __launch_bounds__(PP_BLOCK) importance_finalize(const double* __
     __shared__ StatsShared red;
     Moments acc = {0.0, 0.0, 0.0};
     u64 lo = ~0ull, hi = 0ull;
-    int per = (nparts + PP_BLOCK - 1) / PP_BLOCK;
-    int begin = threadIdx.x * per;
-    int end = begin + per < nparts ? begin + per : nparts;
+    int begin, end;
+    thread_share<int>(nparts, &begin, &end);
     for (int i = begin; i < end; ++i) {
         Moments p = {part[3 * i], part[3 * i + 1], part[3 * i + 2]};
         acc = merge_moments(acc, p);

@@ -50,32 +50,38 @@ __global__ void __launch_bounds__(PP_BLOCK) radix_hist0(const typename RawOf<DT>
     }
 }
 
+// Exclusive scan of one u64 per thread, in thread order, done serially by thread 0 (a fixed order).
+// sh: PP_BLOCK + 1 entries; afterwards sh[t] = thread t's exclusive prefix and sh[PP_BLOCK] = the
+// total. Returns sh[threadIdx.x]. Barriers inside: called by every thread.
+__device__ __forceinline__ u64 serial_exclusive_scan(u64 s, u64* sh) {
+    sh[threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        u64 run = 0ull;
+        for (int i = 0; i < PP_BLOCK; ++i) {
+            u64 c = sh[i];
+            sh[i] = run;
+            run += c;
+        }
+        sh[PP_BLOCK] = run;
+    }
+    __syncthreads();
+    return sh[threadIdx.x];
+}
+
 // ---------------------------------------------------------------------------------------------
 // one block: find the digit holding rank krem; extend the prefix; clear the histogram
 // ---------------------------------------------------------------------------------------------
 // first != 0: krem = k_minus_1 (round 0); otherwise krem = ws[WS_KREM].
 __global__ void __launch_bounds__(PP_BLOCK) radix_select(u64* __restrict__ ghist, u64* __restrict__ ws,
                                                          int shift, int nbins, i64 k_minus_1, int first) {
-    __shared__ u64 tsum[PP_BLOCK];
-    __shared__ u64 texcl[PP_BLOCK];
-    int t = threadIdx.x;
-    int per = (nbins + PP_BLOCK - 1) / PP_BLOCK;
-    int b0 = t * per;
-    int b1 = b0 + per < nbins ? b0 + per : nbins;
+    __shared__ u64 tsum[PP_BLOCK + 1];
+    int b0, b1;
+    thread_share<int>(nbins, &b0, &b1);
     u64 s = 0ull;
     for (int b = b0; b < b1; ++b) s += ghist[b];
-    tsum[t] = s;
-    __syncthreads();
-    if (t == 0) {
-        u64 run = 0ull;
-        for (int i = 0; i < PP_BLOCK; ++i) {
-            texcl[i] = run;
-            run += tsum[i];
-        }
-    }
-    __syncthreads();
+    u64 below = serial_exclusive_scan(s, tsum);
     u64 krem = first ? (u64)k_minus_1 : ws[WS_KREM];
-    u64 below = texcl[t];
     if (krem >= below && krem < below + s) {
         for (int b = b0; b < b1; ++b) {
             u64 c = ghist[b];
@@ -170,26 +176,13 @@ __global__ void __launch_bounds__(PP_BLOCK) eq_count(const K* __restrict__ ckey,
 
 // One block: exclusive scan of tile_count[0..ntiles) in place; tile_count[ntiles] = total.
 __global__ void __launch_bounds__(PP_BLOCK) scan_tiles(u64* __restrict__ tile_count, i64 ntiles) {
-    __shared__ u64 tsum[PP_BLOCK];
-    int t = threadIdx.x;
-    i64 per = (ntiles + PP_BLOCK - 1) / PP_BLOCK;
-    i64 b0 = t * per;
-    i64 b1 = b0 + per < ntiles ? b0 + per : ntiles;
+    __shared__ u64 tsum[PP_BLOCK + 1];
+    i64 b0, b1;
+    thread_share<i64>(ntiles, &b0, &b1);
     u64 s = 0ull;
     for (i64 b = b0; b < b1; ++b) s += tile_count[b];
-    tsum[t] = s;
-    __syncthreads();
-    if (t == 0) {
-        u64 run = 0ull;
-        for (int i = 0; i < PP_BLOCK; ++i) {
-            u64 c = tsum[i];
-            tsum[i] = run;
-            run += c;
-        }
-        tile_count[ntiles] = run;
-    }
-    __syncthreads();
-    u64 run = tsum[t];
+    u64 run = serial_exclusive_scan(s, tsum);
+    if (threadIdx.x == 0) tile_count[ntiles] = tsum[PP_BLOCK];
     for (i64 b = b0; b < b1; ++b) {
         u64 c = tile_count[b];
         tile_count[b] = run;
