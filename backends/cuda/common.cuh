@@ -338,18 +338,28 @@ __device__ __forceinline__ void zero_lanes(R* x, i64 e, i64 n, int vec, R* v, co
 // per-tile or per-row callback may contain barriers and warp collectives.
 // (Callbacks are lambdas; defined inside device code, they are device functions under NVRTC.)
 
+// Tiles covering n elements, rows per tile, and the flat index of this thread's first lane in a
+// row (may be >= n). Kernels whose per-row work is register-heavy (importance, radix_mask) write
+// the two loops out with these: there, the callback form below costs registers (up to +15) or a
+// spill under NVRTC 12.9.
+__device__ __forceinline__ i64 tile_count(i64 n) { return (n + PP_TILE - 1) >> PP_TILE_SHIFT; }
+template <int V> struct TileRows { static constexpr int value = PP_TILE / (PP_BLOCK * V); };
+template <int V>
+__device__ __forceinline__ i64 row_vector_index(i64 tile, int row) {
+    return (tile << PP_TILE_SHIFT) + (i64)(row * PP_BLOCK + threadIdx.x) * V;
+}
+
 // f(tile) for each tile of this block.
 template <class F>
 __device__ __forceinline__ void for_each_tile(i64 n, F&& f) {
-    i64 ntiles = (n + PP_TILE - 1) >> PP_TILE_SHIFT;
+    i64 ntiles = tile_count(n);
     for (i64 tile = blockIdx.x; tile < ntiles; tile += gridDim.x) f(tile);
 }
 
-// f(e) for each row of the tile: e = flat index of this thread's first lane (may be >= n).
+// f(e) for each row of the tile: e = row_vector_index (may be >= n).
 template <int V, class F>
 __device__ __forceinline__ void for_each_row(i64 tile, F&& f) {
-    constexpr int ROWS = PP_TILE / (PP_BLOCK * V);
-    for (int row = 0; row < ROWS; ++row) f((tile << PP_TILE_SHIFT) + (i64)(row * PP_BLOCK + threadIdx.x) * V);
+    for (int row = 0; row < TileRows<V>::value; ++row) f(row_vector_index<V>(tile, row));
 }
 
 // f(e) for each of this thread's vectors that starts in bounds (e < n). Not block-uniform: no

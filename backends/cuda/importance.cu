@@ -62,15 +62,15 @@ __global__ void __launch_bounds__(PP_BLOCK) importance(const typename RawOf<DT>:
     typedef typename RawOf<DT>::T R;
     typedef typename ScoreOf<DT>::T S;
     constexpr int V = 16 / sizeof(R);
-    constexpr int ROWS = PP_TILE / (PP_BLOCK * V);
+    constexpr int ROWS = TileRows<V>::value;
     __shared__ StatsShared red;
 
     Moments acc = {0.0, 0.0, 0.0};
     u64 lo = ~0ull, hi = 0ull, bad = 0ull, first = ~0ull;
-    i64 ntiles = (n + PP_TILE - 1) >> PP_TILE_SHIFT;
+    i64 ntiles = tile_count(n);
     for (i64 tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
         for (int row = 0; row < ROWS; ++row) {
-            i64 e = (tile << PP_TILE_SHIFT) + (i64)(row * PP_BLOCK + threadIdx.x) * V;
+            i64 e = row_vector_index<V>(tile, row);
             if (e >= n) continue;
             R v[V];
             load_lanes<R>(x, e, n, vec, v);

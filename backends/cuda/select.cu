@@ -201,11 +201,11 @@ __global__ void __launch_bounds__(PP_BLOCK) radix_mask(typename RawOf<DT>::T* __
     typedef typename RawOf<DT>::T R;
     typedef typename KeyOf<DT, TR>::T K;
     constexpr int V = 16 / sizeof(R);
-    constexpr int ROWS = PP_TILE / (PP_BLOCK * V);
+    constexpr int ROWS = TileRows<V>::value;
     __shared__ u32 scan[2 * PP_BLOCK];
     const K thr = (K)ws[WS_PREFIX];
     const u64 need = ws[WS_KREM] + 1ull;  // how many keys equal to thr are pruned
-    i64 ntiles = (n + PP_TILE - 1) >> PP_TILE_SHIFT;
+    i64 ntiles = tile_count(n);
     for (i64 tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
         u64 off = tile_off[tile];
         u64 cnt = tile_off[tile + 1] - off;
@@ -213,7 +213,7 @@ __global__ void __launch_bounds__(PP_BLOCK) radix_mask(typename RawOf<DT>::T* __
         int eqmode = (cnt == 0ull || off >= need) ? 0 : (off + cnt <= need ? 1 : 2);
         u64 running = off;
         for (int row = 0; row < ROWS; ++row) {
-            i64 e = (tile << PP_TILE_SHIFT) + (i64)(row * PP_BLOCK + threadIdx.x) * V;
+            i64 e = row_vector_index<V>(tile, row);
             R v[V];
             load_lanes<R>(x, e, n, vec, v);
             bool prune[V];
