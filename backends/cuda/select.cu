@@ -69,6 +69,18 @@ __device__ __forceinline__ u64 serial_exclusive_scan(u64 s, u64* sh) {
     return sh[threadIdx.x];
 }
 
+// Thread t's share [*b0, *b1) of a[0..count) (thread_share), its sum (*sum), and the sum of the
+// shares of threads 0..t-1 (returned; serial_exclusive_scan, so sh[PP_BLOCK] = the total).
+// Barriers inside: called by every thread.
+template <typename I>
+__device__ __forceinline__ u64 share_exclusive_prefix(const u64* a, I count, I* b0, I* b1, u64* sum, u64* sh) {
+    thread_share<I>(count, b0, b1);
+    u64 s = 0ull;
+    for (I b = *b0; b < *b1; ++b) s += a[b];
+    *sum = s;
+    return serial_exclusive_scan(s, sh);
+}
+
 // ---------------------------------------------------------------------------------------------
 // one block: find the digit holding rank krem; extend the prefix; clear the histogram
 // ---------------------------------------------------------------------------------------------
@@ -77,10 +89,8 @@ __global__ void __launch_bounds__(PP_BLOCK) radix_select(u64* __restrict__ ghist
                                                          int shift, int nbins, i64 k_minus_1, int first) {
     __shared__ u64 tsum[PP_BLOCK + 1];
     int b0, b1;
-    thread_share<int>(nbins, &b0, &b1);
-    u64 s = 0ull;
-    for (int b = b0; b < b1; ++b) s += ghist[b];
-    u64 below = serial_exclusive_scan(s, tsum);
+    u64 s;
+    u64 below = share_exclusive_prefix<int>(ghist, nbins, &b0, &b1, &s, tsum);
     u64 krem = first ? (u64)k_minus_1 : ws[WS_KREM];
     if (krem >= below && krem < below + s) {
         for (int b = b0; b < b1; ++b) {
@@ -178,10 +188,8 @@ __global__ void __launch_bounds__(PP_BLOCK) eq_count(const K* __restrict__ ckey,
 __global__ void __launch_bounds__(PP_BLOCK) scan_tiles(u64* __restrict__ tile_count, i64 ntiles) {
     __shared__ u64 tsum[PP_BLOCK + 1];
     i64 b0, b1;
-    thread_share<i64>(ntiles, &b0, &b1);
-    u64 s = 0ull;
-    for (i64 b = b0; b < b1; ++b) s += tile_count[b];
-    u64 run = serial_exclusive_scan(s, tsum);
+    u64 s;
+    u64 run = share_exclusive_prefix<i64>(tile_count, ntiles, &b0, &b1, &s, tsum);
     if (threadIdx.x == 0) tile_count[ntiles] = tsum[PP_BLOCK];
     for (i64 b = b0; b < b1; ++b) {
         u64 c = tile_count[b];
