@@ -329,6 +329,23 @@ __device__ __forceinline__ void zero_lanes(R* x, i64 e, i64 n, int vec, R* v, co
     }
 }
 
+// Write one vector's pruning decision: mode 0 stores the keep bytes (!prune[j]) at out + e
+// (store_mask_lanes, vec_out), mode 1 zeroes the pruned weights of x in place (zero_lanes, vec;
+// v: the vector's V values as loaded, overwritten).
+template <typename R>
+__device__ __forceinline__ void write_pruned(R* x, u8* out, i64 e, i64 n, int vec, int vec_out, int mode, R* v,
+                                             const bool* prune) {
+    constexpr int V = 16 / sizeof(R);
+    if (mode == 0) {
+        bool keep[V];
+#pragma unroll
+        for (int j = 0; j < V; ++j) keep[j] = !prune[j];
+        store_mask_lanes<V>(out, e, n, vec_out, keep);
+    } else {
+        zero_lanes<R>(x, e, n, vec, v, prune);
+    }
+}
+
 // -------------------------------------------------------------------------------------------
 // tile traversal of the streaming kernels
 // -------------------------------------------------------------------------------------------

@@ -74,17 +74,10 @@ __global__ void __launch_bounds__(PP_BLOCK) nm_contig(typename RawOf<DT>::T* __r
         bool p[V];
 #pragma unroll
         for (int j = 0; j < V; ++j) p[j] = prune[q * V + j];
-        if (mode == 0) {
-            bool keep[V];
+        R t[V];
 #pragma unroll
-            for (int j = 0; j < V; ++j) keep[j] = !p[j];
-            store_mask_lanes<V>(out, eq, n, vec_out, keep);
-        } else {
-            R t[V];
-#pragma unroll
-            for (int j = 0; j < V; ++j) t[j] = v[q * V + j];
-            zero_lanes<R>(x, eq, n, vec, t, p);
-        }
+        for (int j = 0; j < V; ++j) t[j] = v[q * V + j];
+        write_pruned<R>(x, out, eq, n, vec, vec_out, mode, t, p);
     }
 }
 

@@ -247,16 +247,7 @@ __global__ void __launch_bounds__(PP_BLOCK) radix_mask(typename RawOf<DT>::T* __
                 }
                 running += total;
             }
-            if (e < n) {
-                if (mode == 0) {
-                    bool keep[V];
-#pragma unroll
-                    for (int j = 0; j < V; ++j) keep[j] = !prune[j];
-                    store_mask_lanes<V>(out, e, n, vec_out, keep);
-                } else {
-                    zero_lanes<R>(x, e, n, vec, v, prune);
-                }
-            }
+            if (e < n) write_pruned<R>(x, out, e, n, vec, vec_out, mode, v, prune);
         }
     }
 }
