@@ -400,35 +400,31 @@ def _structured_mask_fn(pattern: str):
 
 def _prune_unstructured(target: Any, adapted: Any, sparsity: float, transform: str,
                         backend: str | None, return_mask: bool) -> Mask | None:
-    registry = get_registry()
     k = count_to_prune(sparsity, int(target.size))
-    dtype = dtype_name(target)
-    if not return_mask:
-        name = registry.select(backend, array_type=adapted.array_type, dtype=dtype, operation="unstructured_mask")
-        if registry.supports(name, "prune_unstructured"):
-            registry.call(name, "prune_unstructured", weights=target, k=k, transform=transform)
-            return None
-    name, data = _run(backend, "unstructured_mask", target, adapted.array_type,
-                      values=target, k=k, transform=transform, out=None)
-    registry.call(registry.select(name, array_type=adapted.array_type, dtype=dtype, operation="apply_mask"),
-                  "apply_mask", weights=target, mask=data)
-    return Mask(adapted.wrap(data), "unstructured", name)
+    return _prune_in_place(target, adapted, backend, return_mask, "unstructured_mask", "prune_unstructured",
+                           "unstructured", k=k, transform=transform)
 
 
 def _prune_nm(target: Any, adapted: Any, n: int, m: int, axis: int, transform: str,
               backend: str | None, return_mask: bool) -> Mask | None:
+    return _prune_in_place(target, adapted, backend, return_mask, "nm_mask", "prune_nm", f"{n}:{m}",
+                           n=n, m=m, axis=axis, transform=transform)
+
+
+def _prune_in_place(target: Any, adapted: Any, backend: str | None, return_mask: bool, mask_operation: str,
+                    fused_operation: str, pattern: str, **arguments: Any) -> Mask | None:
+    """Prune ``target`` in place on one backend: its fused operation when the caller needs no mask
+    and the backend has one (no mask is materialised), otherwise the mask, then ``apply_mask``."""
     registry = get_registry()
     dtype = dtype_name(target)
-    if not return_mask:
-        name = registry.select(backend, array_type=adapted.array_type, dtype=dtype, operation="nm_mask")
-        if registry.supports(name, "prune_nm"):
-            registry.call(name, "prune_nm", weights=target, n=n, m=m, axis=axis, transform=transform)
-            return None
-    name, data = _run(backend, "nm_mask", target, adapted.array_type,
-                      values=target, n=n, m=m, axis=axis, transform=transform, out=None)
-    registry.call(registry.select(name, array_type=adapted.array_type, dtype=dtype, operation="apply_mask"),
-                  "apply_mask", weights=target, mask=data)
-    return Mask(adapted.wrap(data), f"{n}:{m}", name)
+    name = registry.select(backend, array_type=adapted.array_type, dtype=dtype, operation=mask_operation)
+    if not return_mask and registry.supports(name, fused_operation):
+        registry.call(name, fused_operation, weights=target, **arguments)
+        return None
+    data = registry.call(name, mask_operation, values=target, out=None, **arguments)
+    apply_on = registry.select(name, array_type=adapted.array_type, dtype=dtype, operation="apply_mask")
+    registry.call(apply_on, "apply_mask", weights=target, mask=data)
+    return Mask(adapted.wrap(data), pattern, name)
 
 
 def is_nm_sparse(weights: Any, n: int, m: int, axis: int = -1) -> bool:
