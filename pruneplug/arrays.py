@@ -110,11 +110,6 @@ def check_float_dtype(array: Any, argname: str) -> str:
     return name
 
 
-def score_dtype(weights_dtype: str) -> str:
-    """Scores of float16/bfloat16 weights are float32; otherwise the weights' dtype."""
-    return "float32" if weights_dtype in ("float16", "bfloat16") else weights_dtype
-
-
 def contiguous(array: Any) -> Any:
     """A C-contiguous, native-byte-order version of a NumPy or CuPy array (the array itself when it
     already is one): what every backend receives."""
