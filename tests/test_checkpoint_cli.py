@@ -122,7 +122,7 @@ def test_corrupt_and_truncated_input(tmp_path, capsys, single):
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     rc, _, err = run(capsys, "prune", tmp_path / "cut.safetensors", "-o", tmp_path / "o.safetensors", "--sparsity", "0.5")
     assert rc == 1 and "truncated" in err
-    (tmp_path / "junk.safetensors").write_bytes(os.urandom(256))
+    (tmp_path / "junk.safetensors").write_bytes(np.random.default_rng(0).bytes(256))
     rc, _, err = run(capsys, "inspect", tmp_path / "junk.safetensors")
     assert rc == 1 and err.startswith("pruneplug inspect: error:")
     rc, _, err = run(capsys, "prune", tmp_path / "nothing.safetensors", "-o", tmp_path / "o.safetensors", "--sparsity", "0.5")

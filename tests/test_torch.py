@@ -44,16 +44,24 @@ def test_scores_and_masks_are_tensors():
 
 
 def test_requires_grad_tensor_is_accepted():
-    tensor = torch.randn(4, 4, requires_grad=True)
+    tensor = torch.randn(4, 4, generator=torch.Generator().manual_seed(4)).requires_grad_(True)
     result = pp.prune(tensor, 0.5)
     assert int((result == 0).sum()) == 8
 
 
 def test_matches_torch_nn_utils_prune_l1_unstructured_without_ties():
-    """On tie-free data torch's l1_unstructured prunes the same set (its tie order is unspecified)."""
+    """On tie-free data torch's l1_unstructured prunes the same set (its tie order is unspecified).
+
+    The weights are seeded and tie-free by construction (distinct magnitudes k/2048, random signs,
+    random positions): a freshly initialised layer has a tie in about one draw of five."""
     import torch.nn.utils.prune as torch_prune
 
+    g = torch.Generator().manual_seed(5)
     layer = torch.nn.Linear(64, 32)
+    magnitudes = (torch.randperm(64 * 32, generator=g) + 1).to(torch.float32) / 2048
+    signs = torch.where(torch.rand(64 * 32, generator=g) < 0.5, -1.0, 1.0)
+    with torch.no_grad():
+        layer.weight.copy_((magnitudes * signs).reshape(32, 64))
     weight = layer.weight.detach().clone()
     assert torch.unique(weight.abs()).numel() == weight.numel(), "test data must be tie-free"
     torch_prune.l1_unstructured(layer, "weight", amount=0.3)
