@@ -82,6 +82,101 @@ def test_conformance_emulated(backend_check):
 
 
 # ---------------------------------------------------------------------------------------------
+# every entry point at its edge values; the launched kernels are exactly the instantiated ones
+# ---------------------------------------------------------------------------------------------
+# The emulator's get_function is as strict as CuPy's (a template outside name_expressions is
+# CUDA_ERROR_NOT_FOUND), so any call below that launches an uninstantiated kernel raises.
+@pytest.mark.parametrize("pattern", ("row", "column", "block(16,16)", "block(2,4)", "unstructured", "2:4"))
+@pytest.mark.parametrize("sparsity", (0.0, 1.0, 0.5))
+def test_public_api_at_edge_sparsities(pattern, sparsity):
+    """Issue 8 item 1: row/column/block masks at sparsity 0 and 1 launched check_nonfinite<4, 3>,
+    which was never instantiated (the emulator used to compile any name it was asked for)."""
+    x = tricky_array((32, 48), "float32", seed=40)
+    kwargs = {} if pattern == "2:4" else {"sparsity": sparsity}
+    for method in ("l1", "l2"):
+        for inplace in (False, True):
+            got, gmask = pp.prune(x.copy(), pattern=pattern, method=method, backend=EMU_NAME, inplace=inplace,
+                                  return_mask=True, **kwargs)
+            exp, emask = pp.prune(x.copy(), pattern=pattern, method=method, backend="numpy", return_mask=True,
+                                  **kwargs)
+            same(got, exp, f"{pattern} {sparsity} {method}")
+            same(gmask.data, emask.data, f"{pattern} {sparsity} {method} mask")
+            same(pp.prune(x.copy(), pattern=pattern, method=method, backend=EMU_NAME, inplace=inplace, **kwargs),
+                 exp, f"{pattern} {sparsity} {method} fused")
+    scores = pp.importance(x, "l1", backend="numpy").values
+    for gen in (lambda s, b: pp.generate_row_mask(s, sparsity, backend=b),
+                lambda s, b: pp.generate_column_mask(s, sparsity, backend=b),
+                lambda s, b: pp.generate_block_mask(s, (16, 16), sparsity, backend=b),
+                lambda s, b: pp.generate_unstructured_mask(s, sparsity, backend=b)):
+        same(gen(scores, EMU_NAME).data, gen(scores, "numpy").data, f"mask at {sparsity}")
+
+
+def _entry_point_sweep(be):
+    """Call every backend entry point with every dtype, transform and kernel path, at its edge
+    values (k = 0, 1, n - 1, n; 0:m and m:m; empty inputs), comparing with the reference."""
+    for dtype in DTYPES:
+        x = tricky_array((16, 48), dtype, seed=41)  # 48 = 3 * 16: every fast M and a generic one
+        n = x.size
+        for method in ("l1", "l2"):
+            same(be.importance(x, method)[0], ref.pruneplug_importance(weights=x, method=method)[0], dtype)
+            be.importance(x[:0], method)
+        for transform in TRANSFORMS:
+            pruning = transform != "identity"
+            for k in (0, 1, n // 2, n - 1, n):
+                exp = ref.pruneplug_unstructured_mask(values=x, k=k, transform=transform)
+                same(be.unstructured_mask(x, k, transform), exp, f"{dtype} {transform} k={k}")
+                same(be.unstructured_mask(x, k, transform, np.zeros(x.shape, bool)), exp, "out=")
+                if pruning:
+                    w = x.copy()
+                    be.prune_unstructured(w, k, transform)
+                    same(w, np.where(exp, x, np.zeros((), x.dtype)), f"prune {dtype} {transform} k={k}")
+            be.unstructured_mask(x[:0], 0, transform)
+            for nn, m, axis in ((0, 2, 0), (1, 2, 1), (2, 4, 0), (4, 4, 1), (3, 8, 0), (8, 8, 1), (0, 16, 1),
+                                (16, 16, 0), (1, 3, 1), (3, 3, 1), (2, 6, 1)):
+                exp = ref.pruneplug_nm_mask(values=x, n=nn, m=m, axis=axis, transform=transform)
+                same(be.nm_mask(x, nn, m, axis, transform), exp, f"{dtype} {transform} {nn}:{m} axis {axis}")
+                same(be.nm_mask(x, nn, m, axis, transform, np.zeros(x.shape, bool)), exp, "out=")
+                if pruning:
+                    w = x.copy()
+                    be.prune_nm(w, nn, m, axis, transform)
+                    same(w, np.where(exp, x, np.zeros((), x.dtype)), f"prune {nn}:{m}")
+            be.nm_mask(x[:0], 2, 4, 1, transform)
+            for block in ((1, 1), (2, 4), (16, 1), (1, 48), (16, 48)):
+                nb = (16 // block[0]) * (48 // block[1])
+                for k in sorted({0, 1, nb // 2, nb - 1, nb}):
+                    exp = ref.pruneplug_block_mask(values=x, block_shape=block, k=k, transform=transform)
+                    same(be.block_mask(x, block, k, transform), exp, f"{dtype} {transform} {block} k={k}")
+                    same(be.block_mask(x, block, k, transform, np.zeros(x.shape, bool)), exp, "out=")
+        mask = np.random.default_rng(42).random(x.shape) < 0.5
+        w, e = x.copy(), x.copy()
+        be.apply_mask(w, mask)
+        ref.pruneplug_apply_mask(weights=e, mask=mask)
+        same(w, e, f"apply {dtype}")
+    for dtype in DTYPES24:
+        for layout in ("ptx", "cutlass"):
+            shape = shape24(dtype, layout, 2, 2)
+            w = sparse_24(shape, dtype, seed=43)
+            values, meta = be.compress_24(w, layout)
+            be.decompress_24(values, meta, shape, layout)
+            for transform in ("abs", "square"):
+                be.prune_compress_24(finite(w), layout, transform)
+
+
+def test_launched_kernels_are_exactly_the_instantiated_ones():
+    """The gate between launch code and name_expressions, derived from the launches themselves:
+    the kernel names the launch code asks for over every entry point (at its edge values, every
+    dtype, transform and path) are recorded through a loader as strict as CuPy's, and must equal
+    the instantiations _kernels.NAME_EXPRESSIONS lists (none missing: CUDA_ERROR_NOT_FOUND on a
+    GPU; none unused: an instantiation no launch reaches is dead, or the sweep misses a path)."""
+    records = []
+    _entry_point_sweep(_recording_backend(records))
+    launched = {(name.split("<")[0], name) for name, *_ in records}
+    instantiated = {(name.split("<")[0], name) for names in _backend.K.NAME_EXPRESSIONS.values() for name in names}
+    assert not launched - instantiated, f"launched but not instantiated: {sorted(launched - instantiated)}"
+    assert not instantiated - launched, f"instantiated but never launched: {sorted(instantiated - launched)}"
+
+
+# ---------------------------------------------------------------------------------------------
 # exact-k selection: several blocks, tiles and candidate rounds
 # ---------------------------------------------------------------------------------------------
 def quantised(n, dtype, seed, levels=300):

@@ -165,3 +165,21 @@ def test_sanitize_without_libasan_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("CUDA_EMU_SANITIZE", "1")
     with pytest.raises(cuda_emu.SanitizerError, match="sanitizer_env"):
         cuda_emu.Module('extern "C" __global__ void k(int* o) { }')
+
+
+# --- get_function is as strict as cupy.RawModule ---------------------------------------------
+def test_uninstantiated_template_is_not_found(kernels):
+    """A template instantiation outside name_expressions does not exist in the compiled module:
+    CuPy's get_function fails with CUDA_ERROR_NOT_FOUND, and so does the emulator's (it used to
+    compile any name it was asked for, which hid a kernel the backend launched but never
+    instantiated)."""
+    assert kernels.get_function("block_sum<int, 128>").num_params == 3  # instantiated: found
+    for name in ("block_sum<float, 128>", "block_sum<int, 64>", "block_max<128>", "no_such_kernel"):
+        with pytest.raises(cuda_emu.NotFoundError, match="CUDA_ERROR_NOT_FOUND") as exc:
+            kernels.get_function(name)
+        assert name in str(exc.value) and isinstance(exc.value, KeyError)
+
+
+def test_extern_c_kernels_need_no_name_expression(bugs):
+    """An extern "C" kernel has an unmangled symbol: found by its name, as with CuPy."""
+    assert bugs.get_function("with_sync").num_params >= 1

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 __all__ = [
-    "Module", "Function", "CompileError", "KernelError", "SanitizerError", "SCHEDULES",
+    "Module", "Function", "CompileError", "KernelError", "NotFoundError", "SanitizerError", "SCHEDULES",
     "sanitizer_env", "sanitize_requested", "libasan_path", "using_schedule", "run_all_schedules",
     "STATIC_SHARED_LIMIT", "DEFAULT_DYNAMIC_SHARED_LIMIT",
 ]
@@ -63,6 +63,14 @@ class CompileError(Exception):
 class KernelError(RuntimeError):
     """The kernel violated CUDA's execution model (barrier divergence, bad shuffle mask,
     deadlock, crash, bad launch configuration, ...)."""
+
+
+class NotFoundError(KeyError):
+    """``get_function`` of a name the module does not contain: neither among its
+    ``name_expressions`` nor an ``extern "C"`` kernel (CuPy: ``CUDA_ERROR_NOT_FOUND``)."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""
 
 
 class SanitizerError(RuntimeError):
@@ -398,14 +406,17 @@ class Module:
         self._functions = {}
 
     def get_function(self, name: str) -> "Function":
+        """The kernel ``name``: one of the module's ``name_expressions`` or an ``extern "C"``
+        kernel of the source. Anything else raises :class:`NotFoundError`, as
+        ``cupy.RawModule.get_function`` does (``CUDA_ERROR_NOT_FOUND``): a template that was not
+        instantiated through ``name_expressions`` does not exist in the compiled module."""
         if name in self._functions:
             return self._functions[name]
         if name not in self._names:
-            try:
-                self._compile(self._names + [name])
-            except CompileError as e:
-                raise KeyError(f"cuda_emu: no kernel {name!r} in this module (pass template instantiations in "
-                               f"name_expressions):\n{e.log}") from None
+            raise NotFoundError(
+                f"cuda_emu: no kernel {name!r} in this module (CUDA_ERROR_NOT_FOUND: named symbol not found); "
+                f"a template kernel exists only if its instantiation is among name_expressions "
+                f"({len(self.name_expressions)} given)")
         fn = Function(self, name, self._names.index(name))
         self._functions[name] = fn
         return fn
