@@ -209,17 +209,41 @@ def test_selection_degenerate_all_equal(dtype):
         same(BACKEND.unstructured_mask(x, k, "abs"), ref.pruneplug_unstructured_mask(values=x, k=k, transform="abs"))
 
 
-@pytest.mark.parametrize("schedule", cuda_emu.SCHEDULES)
-def test_selection_schedules(schedule):
-    x = quantised(30_011, "float32", seed=3, levels=40)
-    with cuda_emu.using_schedule(schedule, seed=7):
+def spread(n, seed):
+    """float32 uniform in [1, 2): 2^23 distinct keys, so the candidates of every selection round
+    fall into many bins and every thread of radix_select owns some (few-level data puts them all
+    into one bin, where a late reader of the workspace cannot go wrong)."""
+    return np.random.default_rng(seed).uniform(1.0, 2.0, n).astype(np.float32)
+
+
+SCHEDULE_CASES = [  # (data, n, k): issue 8 item 2 reproduced the race with spread data, n = 200,000
+    ("levels", 30_011, 12_345),
+    ("spread", 30_011, 12_345),
+    ("spread", 4_099, 1),
+    ("spread", 50_000, 49_999),
+    ("spread", 200_000, 1_000),
+    ("spread", 200_000, 123_456),
+]
+
+
+@pytest.mark.parametrize("data,n,k", SCHEDULE_CASES)
+@pytest.mark.parametrize("schedule,seed", [("forward", 0), ("reverse", 0), ("random", 7), ("random", 8)])
+def test_selection_schedules(schedule, seed, data, n, k):
+    x = quantised(n, "float32", seed=3, levels=40) if data == "levels" else spread(n, seed=n + k)
+    if data == "spread":
+        x[::2] *= -1  # identity keys: both signs
+    with cuda_emu.using_schedule(schedule, seed=seed):
         for transform in ("abs", "identity"):
-            got = BACKEND.unstructured_mask(x, 12_345, transform)
-            same(got, ref.pruneplug_unstructured_mask(values=x, k=12_345, transform=transform), schedule)
-            s, stats = BACKEND.importance(x, "l2")
-            rs, rstats = ref.pruneplug_importance(weights=x, method="l2")
-            same(s, rs, f"importance {schedule}")
-            assert stats[:2] == rstats[:2]
+            exp = ref.pruneplug_unstructured_mask(values=x, k=k, transform=transform)
+            got = BACKEND.unstructured_mask(x, k, transform)
+            assert int((~got).sum()) == k, f"{schedule}: {int((~got).sum())} pruned, expected {k}"
+            same(got, exp, f"{schedule} {transform}")
+            w = x.copy()
+            BACKEND.prune_unstructured(w, k, transform if transform != "identity" else "abs")
+        s, stats = BACKEND.importance(x, "l2")
+        rs, rstats = ref.pruneplug_importance(weights=x, method="l2")
+        same(s, rs, f"importance {schedule}")
+        assert stats[:2] == rstats[:2]
 
 
 def test_selection_launch_and_pass_budget():

@@ -85,18 +85,23 @@ __device__ __forceinline__ u64 share_exclusive_prefix(const u64* a, I count, I* 
 // one block: find the digit holding rank krem; extend the prefix; clear the histogram
 // ---------------------------------------------------------------------------------------------
 // first != 0: krem = k_minus_1 (round 0); otherwise krem = ws[WS_KREM].
+// Every thread reads WS_KREM/WS_PREFIX *before* the barriers inside share_exclusive_prefix and
+// one thread writes them after: without that barrier between every read and the write, a late
+// thread could read the new krem, match a bin of its own share and OR a wrong digit into the
+// prefix (a data race; it pruned k + 1 entries under the emulator's reverse schedule).
 __global__ void __launch_bounds__(PP_BLOCK) radix_select(u64* __restrict__ ghist, u64* __restrict__ ws,
                                                          int shift, int nbins, i64 k_minus_1, int first) {
     __shared__ u64 tsum[PP_BLOCK + 1];
+    const u64 krem = first ? (u64)k_minus_1 : ws[WS_KREM];
+    const u64 prefix = first ? 0ull : ws[WS_PREFIX];
     int b0, b1;
     u64 s;
-    u64 below = share_exclusive_prefix<int>(ghist, nbins, &b0, &b1, &s, tsum);
-    u64 krem = first ? (u64)k_minus_1 : ws[WS_KREM];
+    u64 below = share_exclusive_prefix<int>(ghist, nbins, &b0, &b1, &s, tsum);  // barriers: reads above done
     if (krem >= below && krem < below + s) {
         for (int b = b0; b < b1; ++b) {
             u64 c = ghist[b];
             if (krem < below + c) {
-                ws[WS_PREFIX] = (first ? 0ull : ws[WS_PREFIX]) | ((u64)b << shift);
+                ws[WS_PREFIX] = prefix | ((u64)b << shift);
                 ws[WS_KREM] = krem - below;
                 ws[WS_BINCOUNT] = c;
                 break;
