@@ -72,8 +72,26 @@ def _adapt_torch(tensor: Any) -> Adapted:
     if tensor.device.type == "cuda":
         import cupy
 
+        if tensor.dtype == torch.bfloat16:
+            return Adapted(_bfloat16_cupy(cupy, tensor), "cupy", _cupy_to_torch)
         return Adapted(cupy.from_dlpack(tensor), "cupy", _cupy_to_torch)
     raise UnsupportedArrayError(f"tensors on device {tensor.device} are not supported (CPU and CUDA are)")
+
+
+def _bfloat16_cupy(cupy: Any, tensor: Any) -> Any:
+    """A bfloat16 CUDA tensor as a CuPy bfloat16 array, no copy: its bits go through DLPack as
+    int16 (CuPy 13's from_dlpack of bfloat16 raises, or crashes in 13.3: cupy#8801), then are viewed
+    as ``ml_dtypes.bfloat16``, a dtype CuPy has from version 14."""
+    import ml_dtypes
+    import torch
+
+    bits = cupy.from_dlpack(tensor.view(torch.int16))
+    try:
+        return bits.view(ml_dtypes.bfloat16)
+    except (TypeError, ValueError) as exc:
+        raise UnsupportedDtypeError(
+            f"weights: a bfloat16 CUDA tensor needs CuPy >= 14 (installed: {cupy.__version__}): {exc}"
+        ) from None
 
 
 def _numpy_to_torch(array: Any) -> Any:
@@ -87,6 +105,8 @@ def _numpy_to_torch(array: Any) -> Any:
 def _cupy_to_torch(array: Any) -> Any:
     import torch
 
+    if dtype_name(array) == "bfloat16":  # back through DLPack as int16 bits, as it came
+        return torch.from_dlpack(array.view(np.int16)).view(torch.bfloat16)
     return torch.from_dlpack(array)
 
 

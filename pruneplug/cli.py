@@ -75,6 +75,8 @@ def _run_backends(args: argparse.Namespace) -> int:
     print(f"{'backend':<12} {'available':<10} {'priority':>8}  {'arrays':<12} details")
     for r in rows:
         details = r.reason if not r.available else ", ".join(sorted(r.operations))
+        if r.available and r.reason:  # what an available backend lacks, e.g. a dtype
+            details += f"; {r.reason}"
         print(f"{r.name:<12} {'yes' if r.available else 'no':<10} {r.priority:>8}  "
               f"{','.join(sorted(r.array_types)) or '-':<12} {details}")
     return 0

@@ -1,9 +1,10 @@
 """The ``cuda`` backend: CuPy RawKernels (``*.cu`` files beside this module) behind pruneplug's hooks.
 
 Importing this module imports neither CuPy nor the CUDA runtime: ``import pruneplug`` stays fast
-and works without a GPU. CuPy is imported, and the device probed, the first time the backend is
-described or used. Where CuPy is missing or sees no device the backend reports
-``available=False`` with the reason, never raising.
+and works without a GPU. Describing the backend (``pp.backends()``, every CLI call) imports CuPy
+only where it is installed and an NVIDIA device node exists (:func:`cheap_probe`); otherwise it
+reports ``available=False`` with the reason, never raising. Using it (a CuPy array, or a CUDA
+tensor) imports CuPy.
 
 The launch code lives in :mod:`._backend` (``CudaBackend``), shared with the tests that run the
 same kernels in the CPU emulator (``tools/cuda_emu``).
@@ -11,16 +12,46 @@ same kernels in the CPU emulator (``tools/cuda_emu``).
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import importlib.util
+import re
+import sys
+from pathlib import Path
 from typing import Any
 
-from ._backend import CudaBackend, CudaPlugin
+from ._backend import DTYPES, CudaBackend, CudaPlugin
 
 NAME = "cuda"
 PRIORITY = 100
 
 
+def _cupy_spec() -> Any:
+    return importlib.util.find_spec("cupy")  # finds the package without importing it
+
+
+def _device_nodes() -> list[str]:
+    """The device files through which a process reaches an NVIDIA GPU on Linux (``/dev/nvidia0``,
+    ...; ``/dev/dxg`` under WSL 2)."""
+    return glob.glob("/dev/nvidia[0-9]*") + glob.glob("/dev/dxg")
+
+
+def cheap_probe() -> str | None:
+    """Why the backend cannot run here, found without importing CuPy (which costs 20-230 MB of
+    memory and a second of start-up); ``None`` when it may run (:func:`probe` decides)."""
+    if _cupy_spec() is None:
+        return "cupy is not installed (pip install 'pruneplug[cuda]')"
+    if sys.platform.startswith("linux") and not _device_nodes():
+        return "CUDA driver/device not found: no NVIDIA device node (/dev/nvidia0, ... or /dev/dxg)"
+    return None
+
+
 def probe() -> tuple[bool, str | None]:
-    """(available, reason): CuPy importable, a CUDA device visible, NVRTC loadable."""
+    """(available, reason): CuPy importable, a CUDA device visible, NVRTC loadable. CuPy is
+    imported only when :func:`cheap_probe` finds it installed and a device node present."""
+    reason = cheap_probe()
+    if reason is not None:
+        return False, reason
     try:
         import cupy
     except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install
@@ -38,6 +69,43 @@ def probe() -> tuple[bool, str | None]:
     except Exception as exc:  # noqa: BLE001
         return False, f"NVRTC is not loadable (pip install nvidia-cuda-nvrtc-cu12): {exc}"
     return True, None
+
+
+_VERSION = re.compile(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", re.MULTILINE)
+
+
+def cupy_version() -> str | None:
+    """The installed CuPy's version, read from ``cupy/_version.py`` without importing CuPy."""
+    spec = _cupy_spec()
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        try:
+            text = (Path(location) / "_version.py").read_text()
+        except OSError:
+            continue
+        m = _VERSION.search(text)
+        if m:
+            return m.group(1)
+    return None
+
+
+def bfloat16_support(version: str | None) -> str | None:
+    """Why bfloat16 cannot be declared with CuPy ``version``; ``None`` when it can. CuPy 14 has the
+    dtype (``ml_dtypes.bfloat16``); CuPy 13 has none: its ``from_dlpack`` of a bfloat16 tensor
+    raises (13.3 crashes, cupy#8801) and ``asarray`` of a bfloat16 array fails. The kernels read
+    bfloat16 as uint16 bits and the backend moves it only as uint16 views, so no CuPy bfloat16
+    kernel is needed, only the dtype."""
+    if version is None:
+        return None  # not installed: the backend is unavailable anyway, and says why
+    m = re.match(r"(\d+)", version)
+    if m is None or int(m.group(1)) < 14:
+        return f"bfloat16 needs CuPy >= 14 (installed: {version}, which has no bfloat16 dtype)"
+    return None
+
+
+def declared_dtypes() -> tuple[frozenset, str | None]:
+    """(dtypes, note): every dtype, less bfloat16 where the installed CuPy lacks it (the note says why)."""
+    note = bfloat16_support(cupy_version())
+    return (DTYPES - {"bfloat16"} if note else DTYPES), note
 
 
 def _device_check(*arrays: Any) -> None:
@@ -61,6 +129,25 @@ def _load_rawmodule(code: str, options: tuple, name_expressions: list) -> Any:
     return cupy.RawModule(code=code, options=tuple(options), name_expressions=list(name_expressions))
 
 
+def torch_stream() -> Any:
+    """The context every operation runs in: PyTorch's current stream made CuPy's current one, so
+    that in-place work on a CUDA tensor is ordered before the user's next PyTorch work on that
+    stream (under ``with torch.cuda.stream(s):`` too). A no-op where PyTorch has not initialised
+    CUDA, where its current stream is the default one (CuPy's too), or where the caller chose a
+    CuPy stream (``with cupy.cuda.Stream():``), which is kept."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return contextlib.nullcontext()
+    import cupy
+
+    if cupy.cuda.get_current_stream().ptr != 0:  # the caller's own CuPy stream
+        return contextlib.nullcontext()
+    stream = torch.cuda.current_stream()
+    if stream.cuda_stream == 0:
+        return contextlib.nullcontext()
+    return cupy.cuda.ExternalStream(stream.cuda_stream, torch.cuda.current_device())
+
+
 def _make_backend() -> CudaBackend:
     import cupy
 
@@ -73,6 +160,8 @@ plugin = CudaPlugin(
     name=NAME,
     priority=PRIORITY,
     probe=probe,
+    dtypes=declared_dtypes,
+    stream=torch_stream,
     description="CuPy RawKernels: radix exact-k selection, N:M, block masks, fused pruning, 2:4 compression",
 )
 

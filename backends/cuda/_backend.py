@@ -20,6 +20,7 @@ prune. Outputs are fresh arrays, returned only after that word says there was no
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from typing import Any, Callable
@@ -124,8 +125,12 @@ class CudaBackend:
         dtype = np.dtype(dtype)
         count = int(np.prod(shape, dtype=np.int64)) if isinstance(shape, tuple) else int(shape)
         nbytes = count * dtype.itemsize
+        # bfloat16 is allocated as uint16 and viewed: only CuPy's dtype is needed, never its
+        # (experimental) bfloat16 kernels; every copy below moves bits (_bytes views).
+        alloc_dtype = np.dtype(np.uint16) if dtype.name == "bfloat16" else dtype
         try:
-            return self.xp.zeros(shape, dtype) if zero else self.xp.empty(shape, dtype)
+            a = self.xp.zeros(shape, alloc_dtype) if zero else self.xp.empty(shape, alloc_dtype)
+            return a if alloc_dtype is dtype else a.view(dtype)
         except MemoryError as exc:  # cupy.cuda.memory.OutOfMemoryError is a MemoryError
             raise DeviceMemoryError(
                 f"backend {self.name!r}: out of device memory allocating {nbytes} bytes for {what} "
@@ -150,7 +155,7 @@ class CudaBackend:
         if self._ptr(self._bytes(a)) % 16 == 0:
             return a
         copy = self._alloc16(tuple(a.shape), a.dtype, what)
-        copy[...] = a
+        self._bytes(copy)[...] = self._bytes(a)  # the bits, whatever the dtype
         return copy
 
     def _error_words(self) -> Any:
@@ -540,7 +545,7 @@ class CudaBackend:
             # is not the score order: prune a copy with the N:M kernel on the true scores (one pass,
             # which also counts non-finite weights), then compress the copy.
             pruned = self._alloc16((rows, cols), weights.dtype, "the pruned copy")
-            pruned[...] = weights
+            self._bytes(pruned)[...] = self._bytes(weights)  # the bits (no CuPy bfloat16 kernel)
             ws = self._workspace()
             self._nm(pruned, fmt.m // 2, fmt.m, 1, transform, self._bytes(ws), 1, ws)
             self._read_ws(ws, transform)  # sync: NonFiniteError before anything is returned
@@ -571,12 +576,18 @@ class CudaPlugin:
     real one imports CuPy; the tests register an emulated one). The plugin object, registered in
     pruneplug's plugin manager, owns the backend and its compiled kernels: no module-level state.
 
-    ``probe`` says whether the backend can run here: ``() -> (available, reason)``.
+    ``probe`` says whether the backend can run here: ``() -> (available, reason)``; ``dtypes``
+    which dtypes it declares: ``() -> (dtypes, note)``, the note saying why one is missing (it
+    becomes the ``reason`` of an available backend); ``stream`` a context manager that every
+    operation runs in (the real backend's makes PyTorch's current stream CuPy's, see
+    ``pruneplug_backends.cuda.torch_stream``).
     """
 
     def __init__(self, make_backend: Callable[[], CudaBackend], *, name: str,
                  array_types=frozenset({"cupy"}), priority: int = 100,
                  probe: Callable[[], tuple[bool, str | None]] = lambda: (True, None),
+                 dtypes: Callable[[], tuple[frozenset, str | None]] = lambda: (DTYPES, None),
+                 stream: Callable[[], Any] = contextlib.nullcontext,
                  description: str = "") -> None:
         self.name = name
         self._make_backend = make_backend
@@ -585,6 +596,8 @@ class CudaPlugin:
         self._array_types = frozenset(array_types)
         self._priority = priority
         self._probe = probe
+        self._dtypes = dtypes
+        self._stream = stream
         self._description = description
 
     @property
@@ -599,48 +612,62 @@ class CudaPlugin:
     def pruneplug_backend_info(self) -> BackendInfo:
         try:
             available, reason = self._probe()
+            dtypes, note = self._dtypes()
         except Exception as exc:  # noqa: BLE001 - the declaration must never raise
             available, reason = False, f"probe failed: {type(exc).__name__}: {exc}"
+            dtypes, note = DTYPES, None
+        if available and note:
+            reason = note  # what an available backend lacks (shown by `pruneplug backends`)
         return BackendInfo(name=self.name, priority=self._priority, array_types=self._array_types,
-                           dtypes=DTYPES, operations=OPERATIONS, available=available, reason=reason,
+                           dtypes=dtypes, operations=OPERATIONS, available=available, reason=reason,
                            description=self._description)
 
     @hookimpl
     def pruneplug_importance(self, weights, method):
-        return self.backend.importance(weights, method)
+        with self._stream():
+            return self.backend.importance(weights, method)
 
     @hookimpl
     def pruneplug_unstructured_mask(self, values, k, transform, out=None):
-        return self.backend.unstructured_mask(values, k, transform, out)
+        with self._stream():
+            return self.backend.unstructured_mask(values, k, transform, out)
 
     @hookimpl
     def pruneplug_nm_mask(self, values, n, m, axis, transform, out=None):
-        return self.backend.nm_mask(values, n, m, axis, transform, out)
+        with self._stream():
+            return self.backend.nm_mask(values, n, m, axis, transform, out)
 
     @hookimpl
     def pruneplug_block_mask(self, values, block_shape, k, transform, out=None):
-        return self.backend.block_mask(values, block_shape, k, transform, out)
+        with self._stream():
+            return self.backend.block_mask(values, block_shape, k, transform, out)
 
     @hookimpl
     def pruneplug_apply_mask(self, weights, mask):
-        self.backend.apply_mask(weights, mask)
+        with self._stream():
+            self.backend.apply_mask(weights, mask)
 
     @hookimpl
     def pruneplug_prune_unstructured(self, weights, k, transform):
-        self.backend.prune_unstructured(weights, k, transform)
+        with self._stream():
+            self.backend.prune_unstructured(weights, k, transform)
 
     @hookimpl
     def pruneplug_prune_nm(self, weights, n, m, axis, transform):
-        self.backend.prune_nm(weights, n, m, axis, transform)
+        with self._stream():
+            self.backend.prune_nm(weights, n, m, axis, transform)
 
     @hookimpl
     def pruneplug_compress_24(self, weights, layout):
-        return self.backend.compress_24(weights, layout)
+        with self._stream():
+            return self.backend.compress_24(weights, layout)
 
     @hookimpl
     def pruneplug_decompress_24(self, values, metadata, shape, layout):
-        return self.backend.decompress_24(values, metadata, shape, layout)
+        with self._stream():
+            return self.backend.decompress_24(values, metadata, shape, layout)
 
     @hookimpl
     def pruneplug_prune_compress_24(self, weights, layout, transform):
-        return self.backend.prune_compress_24(weights, layout, transform)
+        with self._stream():
+            return self.backend.prune_compress_24(weights, layout, transform)

@@ -1,0 +1,143 @@
+"""The cuda backend's declaration without a GPU: CuPy is not imported to describe it where no
+device can exist (issue 8 item 13), and bfloat16 is declared only with a CuPy that has the dtype
+(issue 8 item 3). Runs everywhere; nothing here needs a device."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import pruneplug_backends.cuda as cuda_plugin
+
+
+def _run(code: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_describing_the_backends_does_not_import_cupy_without_a_device():
+    """`import pruneplug; pp.backends()` (and so every CLI call) used to import CuPy, 20-230 MB of
+    memory, even on machines with no GPU."""
+    if cuda_plugin.cheap_probe() is None:
+        pytest.skip("an NVIDIA device node exists here: describing the backend may import CuPy")
+    out = _run("import sys, pruneplug as pp; rows = pp.backends(); "
+               "print('cupy' in sys.modules, [r.available for r in rows if r.name == 'cuda'])")
+    assert out == "False [False]", out
+
+
+def test_no_device_node_means_no_cupy_import():
+    """The same with the device nodes hidden (meaningful on a GPU machine too)."""
+    out = _run("import sys, pruneplug_backends.cuda as c; c._device_nodes = lambda: []; "
+               "import pruneplug as pp; rows = {r.name: r for r in pp.backends()}; "
+               "print('cupy' in sys.modules, rows['cuda'].available, rows['cuda'].reason)")
+    assert out.startswith("False False CUDA driver/device not found: no NVIDIA device node"), out
+
+
+def test_cheap_probe_without_cupy(monkeypatch):
+    monkeypatch.setattr(cuda_plugin, "_cupy_spec", lambda: None)
+    assert cuda_plugin.cheap_probe() == "cupy is not installed (pip install 'pruneplug[cuda]')"
+    assert cuda_plugin.probe() == (False, "cupy is not installed (pip install 'pruneplug[cuda]')")
+    assert cuda_plugin.cupy_version() is None
+
+
+def test_cupy_version_is_read_without_importing_it():
+    cupy = pytest.importorskip("cupy")
+    assert cuda_plugin.cupy_version() == cupy.__version__
+
+
+@pytest.mark.parametrize("version,declared", [("13.6.0", False), ("13.3.0", False), ("14.0.0", True),
+                                              ("14.2.0", True), ("15.0.0a1", True)])
+def test_bfloat16_is_declared_only_with_a_cupy_that_has_it(monkeypatch, version, declared):
+    monkeypatch.setattr(cuda_plugin, "cupy_version", lambda: version)
+    monkeypatch.setattr(cuda_plugin.plugin, "_probe", lambda: (True, None))  # as on a GPU machine
+    info = cuda_plugin.plugin.pruneplug_backend_info()
+    assert info.available and {"float16", "float32", "float64", "int8"} <= info.dtypes
+    assert ("bfloat16" in info.dtypes) is declared
+    if declared:
+        assert info.reason is None
+    else:
+        assert info.reason == f"bfloat16 needs CuPy >= 14 (installed: {version}, which has no bfloat16 dtype)"
+        # `pruneplug backends` says why (in a subprocess: the registry reads declarations once)
+        out = _run(f"import pruneplug_backends.cuda as c; c.cupy_version = lambda: {version!r}; "
+                   "c.plugin._probe = lambda: (True, None); from pruneplug import cli; cli.main(['backends'])")
+        line = [ln for ln in out.splitlines() if ln.startswith("cuda ")]
+        assert line and "bfloat16 needs CuPy >= 14" in line[0], out
+
+
+def test_unavailable_backend_keeps_its_own_reason(monkeypatch):
+    monkeypatch.setattr(cuda_plugin, "cupy_version", lambda: "13.6.0")
+    monkeypatch.setattr(cuda_plugin.plugin, "_probe", lambda: (False, "no device"))
+    info = cuda_plugin.plugin.pruneplug_backend_info()
+    assert not info.available and info.reason == "no device" and "bfloat16" not in info.dtypes
+
+
+# --- PyTorch's current stream (issue 8 item 4), with stand-ins for torch.cuda and cupy.cuda ----
+class _FakeExternalStream:
+    def __init__(self, ptr, device_id):
+        self.ptr, self.device_id = ptr, device_id
+        self.entered = 0
+
+    def __enter__(self):
+        self.entered += 1
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _fakes(monkeypatch, *, initialized=True, torch_stream=0x5150, cupy_stream=0):
+    from types import SimpleNamespace
+
+    torch = SimpleNamespace(cuda=SimpleNamespace(
+        is_initialized=lambda: initialized, current_device=lambda: 1,
+        current_stream=lambda: SimpleNamespace(cuda_stream=torch_stream)))
+    cupy = SimpleNamespace(cuda=SimpleNamespace(
+        get_current_stream=lambda: SimpleNamespace(ptr=cupy_stream), ExternalStream=_FakeExternalStream))
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+
+
+def test_torch_current_stream_is_picked_up(monkeypatch):
+    _fakes(monkeypatch)
+    scope = cuda_plugin.torch_stream()
+    assert isinstance(scope, _FakeExternalStream) and (scope.ptr, scope.device_id) == (0x5150, 1)
+
+
+@pytest.mark.parametrize("case", [{"initialized": False}, {"torch_stream": 0}, {"cupy_stream": 0x77}])
+def test_torch_stream_is_left_alone(monkeypatch, case):
+    """No torch CUDA context; torch on the default stream (CuPy's too); a CuPy stream the caller chose."""
+    _fakes(monkeypatch, **case)
+    assert not isinstance(cuda_plugin.torch_stream(), _FakeExternalStream)
+
+
+def test_every_operation_runs_inside_the_stream_scope():
+    """Each hook of the plugin runs its backend call inside the stream context (so kernels, copies
+    and the result all belong to PyTorch's stream)."""
+    from pruneplug_backends.cuda import _backend
+
+    events = []
+
+    class Scope:
+        def __enter__(self):
+            events.append("enter")
+
+        def __exit__(self, *exc):
+            events.append("exit")
+            return False
+
+    class Recorder:
+        def __getattr__(self, name):
+            return lambda *args: events.append(name) or ("result", name)
+
+    plugin = _backend.CudaPlugin(lambda: Recorder(), name="streams", stream=Scope)
+    hooks = [h for h in dir(plugin) if h.startswith("pruneplug_") and h != "pruneplug_backend_info"]
+    assert len(hooks) == 10
+    for hook in hooks:
+        events.clear()
+        fn = getattr(plugin, hook)
+        nargs = fn.__code__.co_argcount - 1
+        fn(*range(nargs))
+        assert len(events) == 3 and events[0] == "enter" and events[2] == "exit", (hook, events)
