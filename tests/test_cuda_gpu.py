@@ -46,8 +46,14 @@ def test_conformance_gpu(backend_check):
 
 
 def test_backend_is_available_and_preferred():
+    import cupy
+
     info = {s.name: s for s in pp.backends()}["cuda"]
     assert info.available, info.reason
+    assert "bfloat16" in info.dtypes, info.reason  # the test extras require CuPy >= 14
+    _, mask = pp.prune(cupy.arange(64, dtype=cupy.float32), 0.5, return_mask=True)
+    assert mask.backend == "cuda" and isinstance(mask.data, cupy.ndarray)
+    assert (mask.nnz, mask.num_zeros, mask.sparsity) == (32, 32, 0.5)
 
 
 def test_large_selection_matches_reference():
@@ -101,27 +107,80 @@ def test_out_of_memory_is_a_device_memory_error():
     from pruneplug.errors import DeviceMemoryError
     from pruneplug_backends.cuda import backend
 
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
     free, _total = cupy.cuda.runtime.memGetInfo()
-    x = cupy.zeros(1, cupy.float32)
-    # every key equal: the candidate buffer needs 8 bytes per element; ask for more than exists
+    # Every key equal (and non-zero, so the check below means something): the candidate buffers
+    # need 12 bytes per element (uint32 keys + int64 indices), the input takes 90% of free memory.
     n = int(free // 4 * 0.9)
     try:
-        x = cupy.zeros(n, cupy.float32)
+        x = cupy.full(n, 1.5, cupy.float32)
     except cupy.cuda.memory.OutOfMemoryError:
         pytest.skip("could not allocate the input")
-    with pytest.raises(DeviceMemoryError, match="bytes"):
-        backend().prune_unstructured(x, n // 2, "abs")
-    assert not bool(cupy.any(x != 0))
+    try:
+        with pytest.raises(DeviceMemoryError, match="bytes"):
+            backend().prune_unstructured(x, n // 2, "abs")
+        # count_nonzero is a reduction: no n-byte temporary (x != 0 would need one, and fail here)
+        assert int(cupy.count_nonzero(x)) == n, "a prune that ran out of memory wrote"
+    finally:
+        del x
+        pool.free_all_blocks()  # the next tests (and PyTorch's allocator) need that memory back
 
 
 def test_torch_cuda_tensors():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
-        pytest.skip("torch has no CUDA here")
-    w = torch.randn(256, 512, device="cuda")
+        pytest.skip("no CUDA device: torch has no CUDA here")
+    cpu = torch.randn(256, 512, generator=torch.Generator().manual_seed(5))
+    w = cpu.cuda()
     got = pp.prune(w.clone(), 0.5, backend="cuda")
-    exp = pp.prune(w.cpu().numpy(), 0.5, backend="numpy")
-    assert np.array_equal(got.cpu().numpy(), exp)
+    exp = pp.prune(cpu.numpy(), 0.5, backend="numpy")
+    assert got.is_cuda and np.array_equal(got.cpu().numpy(), exp)
+
+
+def test_torch_bfloat16_cuda_tensors():
+    """bfloat16 tensors go through DLPack as int16 bits and come back as bfloat16 tensors; in
+    place, fused 2:4 with squares (the backend copies bits, never runs CuPy's bfloat16 kernels)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: torch has no CUDA here")
+    from pruneplug.sparse24 import prune_24
+
+    cpu = torch.randn(128, 256, generator=torch.Generator().manual_seed(6)).to(torch.bfloat16)
+    for kwargs in ({"sparsity": 0.5}, {"pattern": "2:4", "method": "l2"}, {"pattern": "row", "sparsity": 0.25}):
+        exp = pp.prune(cpu.clone(), backend="numpy", **kwargs)
+        got = pp.prune(cpu.cuda(), backend="cuda", **kwargs)
+        assert got.is_cuda and got.dtype == torch.bfloat16
+        assert torch.equal(got.cpu().view(torch.int16), exp.view(torch.int16)), kwargs
+        w = cpu.cuda()
+        assert pp.prune(w, backend="cuda", inplace=True, **kwargs) is w
+        assert torch.equal(w.cpu().view(torch.int16), exp.view(torch.int16)), kwargs
+    for method in ("l1", "l2"):
+        got = prune_24(cpu.cuda(), "cutlass", method, backend="cuda")
+        exp = prune_24(cpu, "cutlass", method, backend="numpy")
+        assert torch.equal(got.values.cpu().view(torch.int16), exp.values.view(torch.int16)), method
+
+
+def test_in_place_prune_is_ordered_on_torchs_current_stream():
+    """Issue 8 item 4: under `with torch.cuda.stream(s)`, the kernels of an in-place prune run on s,
+    so the next PyTorch work on s sees the pruned weights. A long sleep kernel queued on s first
+    makes a prune on any other stream finish too late (or start too early) to go unnoticed."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: torch has no CUDA here")
+    cpu = torch.randn(4096, 1024, generator=torch.Generator().manual_seed(7))
+    exp = torch.from_numpy(pp.prune(cpu.numpy(), 0.5, backend="numpy"))
+    w = cpu.cuda()
+    torch.cuda.synchronize()
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time queued on s before the prune
+        pp.prune(w, 0.5, backend="cuda", inplace=True)
+        zeros = (w == 0).sum()  # PyTorch work on s, queued right after
+        snapshot = w.clone()
+    s.synchronize()
+    assert int(zeros) == int((exp == 0).sum())
+    assert torch.equal(snapshot.cpu(), exp)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "int8"])
@@ -176,7 +235,7 @@ def test_compress24_errors_leave_the_device_usable():
 def test_compress24_torch_cuda_tensors():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
-        pytest.skip("torch has no CUDA here")
+        pytest.skip("no CUDA device: torch has no CUDA here")
     from pruneplug.sparse24 import compress_24, decompress_24
 
     x = sparse_24((128, 256), "float16", seed=4)
