@@ -50,6 +50,7 @@ class Harness:
     to_numpy: Callable[[Any], np.ndarray]
     large_size: int = 300_007
     dtypes: frozenset = frozenset(DTYPES)
+    array_type: str = "numpy"
 
     def each(self, dtypes: Iterable[str] = DTYPES) -> list[str]:
         """The dtypes among ``dtypes`` that the backend declares (checks cover only those)."""
@@ -63,15 +64,53 @@ class Harness:
             pytest.skip(f"backend {self.backend!r} does not declare dtype {dtype}")
 
 
-def harness_for(backend: str, large_size: int = 300_007) -> Harness:
+#: The array types the public API promises (README): each backend's own (NumPy or CuPy), and
+#: PyTorch tensors, which reach it as one of those (CPU tensors as NumPy, CUDA tensors as CuPy).
+ARRAY_TYPES = ("native", "torch")
+
+
+def harness_for(backend: str, large_size: int = 300_007, array_type: str = "native") -> Harness:
+    """The harness for ``backend`` with user data of ``array_type``: ``"native"`` (the backend's
+    own NumPy or CuPy arrays) or ``"torch"`` (PyTorch CPU tensors for a NumPy backend, CUDA
+    tensors for a CuPy one). Skips the running check where that array type cannot exist here."""
     info = get_registry().info(backend)
+    if array_type not in ARRAY_TYPES:
+        raise ValueError(f"array_type={array_type!r}; expected one of {ARRAY_TYPES}")
     if "numpy" in info.array_types:
+        if array_type == "torch":
+            return Harness(backend, _torch_from_numpy("cpu"), _torch_to_numpy, large_size, info.dtypes, "torch-cpu")
         return Harness(backend, lambda a: a, np.asarray, large_size, info.dtypes)
     if "cupy" in info.array_types:
+        if array_type == "torch":
+            return Harness(backend, _torch_from_numpy("cuda"), _torch_to_numpy, large_size, info.dtypes, "torch-cuda")
         import cupy
 
-        return Harness(backend, cupy.asarray, cupy.asnumpy, large_size, info.dtypes)
+        return Harness(backend, cupy.asarray, cupy.asnumpy, large_size, info.dtypes, "cupy")
     raise ValueError(f"backend {backend!r} takes {sorted(info.array_types)} arrays; the kit knows numpy and cupy")
+
+
+def _torch_from_numpy(device: str) -> Callable[[np.ndarray], Any]:
+    import pytest
+
+    torch = pytest.importorskip("torch", reason="torch is not installed: the PyTorch checks cannot run")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device: torch has no CUDA here")
+
+    def convert(a: np.ndarray) -> Any:
+        a = np.array(a, copy=True, order="C")  # its own writable storage, like the other harnesses
+        if a.dtype.name == "bfloat16":  # torch.from_numpy knows no ml_dtypes.bfloat16: the bits
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).to(device)
+        return torch.from_numpy(a).to(device)
+
+    return convert
+
+
+def _torch_to_numpy(t: Any) -> np.ndarray:
+    # A check's reference run hands NumPy arrays to the backend named "numpy", also when that is
+    # the backend under test: its results are NumPy arrays.
+    if isinstance(t, np.ndarray):
+        return t
+    return np.array(pp.arrays.to_numpy(t.detach().cpu()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,7 +235,26 @@ def check(*operations: str) -> Callable:
 
 
 def _mask_bits(mask: pp.Mask, harness: Harness) -> np.ndarray:
-    return harness.to_numpy(mask.data)
+    """The mask's bits as NumPy, after checking its properties against them (every mask any check
+    produces goes through here, so the properties are tested on every array type)."""
+    bits = harness.to_numpy(mask.data)
+    assert_mask_properties(mask, bits)
+    return bits
+
+
+def assert_mask_properties(mask: pp.Mask, bits: np.ndarray) -> None:
+    """``size``, ``nnz``, ``num_zeros``, ``sparsity``, ``shape`` and ``repr`` of ``mask`` agree
+    with its bits (a NumPy copy of ``mask.data``)."""
+    bits = np.asarray(bits)
+    nnz = int(bits.sum())
+    what = f"Mask({mask.pattern}) of {type(mask.data).__module__}.{type(mask.data).__name__}"
+    assert mask.size == bits.size and isinstance(mask.size, int), f"{what}: size {mask.size!r} != {bits.size}"
+    assert mask.nnz == nnz and isinstance(mask.nnz, int), f"{what}: nnz {mask.nnz!r} != {nnz}"
+    assert mask.num_zeros == bits.size - nnz, f"{what}: num_zeros {mask.num_zeros!r}"
+    expected = (bits.size - nnz) / bits.size if bits.size else 0.0
+    assert mask.sparsity == expected and isinstance(mask.sparsity, float), f"{what}: sparsity {mask.sparsity!r}"
+    assert mask.shape == bits.shape, f"{what}: shape {mask.shape} != {bits.shape}"
+    assert f"nnz={nnz}" in repr(mask), f"{what}: repr {mask!r}"
 
 
 @check("importance")
@@ -305,7 +363,7 @@ def _prune_both(h: Harness, weights: np.ndarray, what: str, **kwargs: Any) -> No
             ref = pp.prune(w_ref, backend=REFERENCE, inplace=inplace, return_mask=return_mask, **kwargs)
             label = f"{what} inplace={inplace} return_mask={return_mask}"
             if return_mask:
-                assert_same_bits(h.to_numpy(got[1].data), ref[1].data, f"{label}: mask")
+                assert_same_bits(_mask_bits(got[1], h), ref[1].data, f"{label}: mask")
                 got, ref = got[0], ref[0]
             assert_same_bits(h.to_numpy(got), ref, label)
             if inplace:
@@ -512,30 +570,36 @@ def backend_checks(extra: Iterable[Check] = ()) -> list[Check]:
     return known + [c for c in extra if c.name not in names]
 
 
-def parametrize_backend_checks(*backends: str, large_size: int = 300_007, extra: Iterable[Check] = ()):
-    """A ``pytest.mark.parametrize`` over (backend, check): one test per check, named after it.
+def parametrize_backend_checks(*backends: str, large_size: int = 300_007, extra: Iterable[Check] = (),
+                               array_types: Iterable[str] = ARRAY_TYPES):
+    """A ``pytest.mark.parametrize`` over (backend, array type, check): one test per check and
+    array type, named ``backend-check`` (the backend's own arrays) and ``backend-torch-check``
+    (PyTorch tensors; skipped with the reason where torch, or its CUDA, is missing).
 
     The decorated test takes one argument, ``backend_check``, and calls :func:`run_check` on it.
     """
     import pytest
 
     params = [
-        pytest.param((backend, c, large_size), id=f"{backend}-{c.name}")
+        pytest.param((backend, c, large_size, array_type),
+                     id=f"{backend}-{c.name}" if array_type == "native" else f"{backend}-{array_type}-{c.name}")
         for backend in backends
+        for array_type in array_types
         for c in backend_checks(extra)
     ]
     return pytest.mark.parametrize("backend_check", params)
 
 
 def run_check(backend_check: tuple) -> None:
-    """Run one (backend, check) pair; skip with the reason when it cannot run here."""
+    """Run one (backend, check[, array type]) tuple; skip with the reason when it cannot run here."""
     import pytest
 
-    backend, c, large_size = backend_check
+    backend, c, large_size, *rest = backend_check
+    array_type = rest[0] if rest else "native"
     info = get_registry().info(backend)
     if not info.available:
         pytest.skip(f"backend {backend!r} is not available here: {info.reason}")
     missing = c.operations - info.operations
     if missing:
         pytest.skip(f"backend {backend!r} does not declare {sorted(missing)}")
-    c.func(harness_for(backend, large_size))
+    c.func(harness_for(backend, large_size, array_type))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, FrozenSet
 
@@ -124,7 +125,9 @@ class Mask:
 
     @property
     def size(self) -> int:
-        return int(self.data.size)
+        """Number of entries. From the shape, which every array type has as a tuple of ints
+        (``size`` is an int on NumPy/CuPy arrays but a method on PyTorch tensors)."""
+        return math.prod(int(s) for s in self.data.shape)
 
     @property
     def nnz(self) -> int:
