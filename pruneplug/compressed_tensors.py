@@ -1,4 +1,4 @@
-"""compressed-tensors sparse formats: what vLLM and llm-compressor load from safetensors.
+"""compressed-tensors sparse formats (legacy: vLLM read them up to 0.19.0, compressed-tensors up to 0.14).
 
 Two formats, written and read with the key names, dtypes and bit order of the ``compressed-tensors``
 package's sparse compressors (``compressed_tensors/compressors/sparse_compressors/`` in releases up
