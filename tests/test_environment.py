@@ -29,3 +29,18 @@ def test_nvdisasm_is_available_in_ci():
     from cuda_helpers import disassembler_path
 
     assert disassembler_path(), "nvdisasm not found"
+
+
+def test_readme_test_command_is_what_ci_runs():
+    """Issue 8 item 13: the README's test command installed a CUDA torch (3.4 GB of nvidia wheels)
+    where CI pinned the CPU build first. Both now run the same line, whose install is .ci/install."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    line = "python3 -m venv .venv && .ci/install && .venv/bin/pytest"
+    assert line in (root / "README.md").read_text()
+    ci = [ln for ln in (root / ".ci" / "run").read_text().splitlines() if ln and not ln.startswith(("#", "set ", "cd "))]
+    assert ci == [line], ci
+    install = (root / ".ci" / "install").read_text()
+    assert '"torch==2.13.0+cpu" --extra-index-url https://download.pytorch.org/whl/cpu' in install
+    assert install.index("torch==2.13.0+cpu") < install.index('".[test]"'), "CPU torch must come first"
