@@ -141,3 +141,23 @@ def test_every_operation_runs_inside_the_stream_scope():
         nargs = fn.__code__.co_argcount - 1
         fn(*range(nargs))
         assert len(events) == 3 and events[0] == "enter" and events[2] == "exit", (hook, events)
+
+
+def test_kernel_codes_have_one_home():
+    """Dtype, transform, layout codes, workspace slots and launch constants are read from the CUDA
+    files, not written a second time in Python (issue 10): every such #define is in the tables."""
+    import re
+    from pathlib import Path
+
+    from pruneplug_backends.cuda import _backend
+    from pruneplug_backends.cuda import _kernels as K
+
+    common = (Path(K.KERNEL_DIR) / "common.cuh").read_text()
+    c24 = (Path(K.KERNEL_DIR) / "compress24.cu").read_text()
+    for prefix, table, text in (("DT_", K.DT, common), ("TR_", K.TR, common), ("WS_", K.WS, common),
+                                ("DT24_", K.DT24, c24), ("LAYOUT24_", K.LAYOUT24, c24)):
+        macros = dict(re.findall(rf"#define ({prefix}\w+) (\d+)", text))
+        assert sorted(table.values()) == sorted(int(v) for v in macros.values()) and macros, prefix
+    assert (_backend.BLOCK, _backend.TILE, _backend.DIGIT, _backend.BINS) == tuple(
+        int(re.search(rf"#define {name} (\d+)", common).group(1)) for name in ("PP_BLOCK", "PP_TILE", "PP_DIGIT", "PP_BINS"))
+    assert K.WS["SIZE"] > max(v for k, v in K.WS.items() if k != "SIZE") + 3  # the four STATS slots fit

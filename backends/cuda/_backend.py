@@ -34,10 +34,10 @@ from pruneplug.types import FLOAT_DTYPES, BackendInfo
 
 from . import _kernels as K
 
-BLOCK = 256  # PP_BLOCK
-TILE = 4096  # PP_TILE: elements per block-tile in the streaming kernels
-DIGIT = 12  # PP_DIGIT
-BINS = 1 << DIGIT
+BLOCK = K.COMMON["PP_BLOCK"]  # threads per block
+TILE = K.COMMON["PP_TILE"]  # elements per block-tile in the streaming kernels
+DIGIT = K.COMMON["PP_DIGIT"]  # radix bits per selection round
+BINS = K.COMMON["PP_BINS"]
 MAX_STREAM_GRID = 1024  # streaming kernels loop over tiles; depends on n only (deterministic stats)
 OPERATIONS = frozenset(
     {"importance", "unstructured_mask", "nm_mask", "block_mask", "apply_mask", "prune_unstructured", "prune_nm",
@@ -169,7 +169,7 @@ class CudaBackend:
         return ws
 
     def _workspace(self) -> Any:
-        return self._alloc(K_WS_SIZE, np.uint64, "the workspace", zero=True)
+        return self._alloc(K.WS['SIZE'], np.uint64, "the workspace", zero=True)
 
     def _to_host(self, a: Any) -> np.ndarray:
         get = getattr(a, "get", None)
@@ -358,7 +358,7 @@ class CudaBackend:
         # pass 1: histogram of the top digit + non-finite check; the digit holding rank k-1
         self._launch_hist0(x, dtype, transform, shift0, ghist, ws)
         self._launch_select(ghist, ws, shift0, BINS, k - 1, True)
-        ncand = int(self._read_ws(ws, transform)[K_WS_BINCOUNT])  # sync: raise before any write
+        ncand = int(self._read_ws(ws, transform)[K.WS['BINCOUNT']])  # sync: raise before any write
         key_np = _KEY_NP[K.key_ctype(dtype, transform)]
         ckey = self._alloc(ncand, key_np, "selection candidates (keys)")
         cidx = self._alloc(ncand, np.int64, "selection candidates (indices)")
@@ -393,12 +393,12 @@ class CudaBackend:
         self._launch_importance(x, s, dtype, transform, part, partu, ws)
         self._launch_importance_finalize(part, partu, ws)
         h = self._read_ws(ws, transform)
-        mean = float(np.array([h[K_WS_STATS]], np.uint64).view(np.float64)[0])
-        m2 = float(np.array([h[K_WS_STATS + 1]], np.uint64).view(np.float64)[0])
+        mean = float(np.array([h[K.WS['STATS']]], np.uint64).view(np.float64)[0])
+        m2 = float(np.array([h[K.WS['STATS'] + 1]], np.uint64).view(np.float64)[0])
         bits_np = np.uint64 if dtype == "float64" else np.uint32
         as_float = np.float64 if dtype == "float64" else np.float32
-        lo = float(np.array([h[K_WS_STATS + 2]]).astype(bits_np).view(as_float)[0])
-        hi = float(np.array([h[K_WS_STATS + 3]]).astype(bits_np).view(as_float)[0])
+        lo = float(np.array([h[K.WS['STATS'] + 2]]).astype(bits_np).view(as_float)[0])
+        hi = float(np.array([h[K.WS['STATS'] + 3]]).astype(bits_np).view(as_float)[0])
         if math.isinf(hi):  # +inf scores (float32 squares overflow): NumPy's mean is inf, its std NaN
             mean, std = math.inf, math.nan
         else:
@@ -562,10 +562,6 @@ class CudaBackend:
         self._raise_not_sparse(h, dtype, cols)  # cannot happen after pruning; never return a bad result
         return values, metadata
 
-
-K_WS_SIZE = 16  # WS_SIZE in common.cuh
-K_WS_BINCOUNT = 4  # WS_BINCOUNT
-K_WS_STATS = 8  # WS_STATS
 
 
 # ---------------------------------------------------------------------------------------------

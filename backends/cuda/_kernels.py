@@ -28,14 +28,36 @@ KERNEL_DIR = Path(__file__).resolve().parent
 #: * ``--fmad=false``: no FMA contraction, so float64 sums round exactly as written.
 OPTIONS: tuple[str, ...] = ("--std=c++17", "-ftz=false", "--fmad=false")
 
+_DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)[ \t]+(0x[0-9a-fA-F]+|\d+)u?\b", re.MULTILINE)
+
+
+def defines(filename: str) -> dict[str, int]:
+    """The integer ``#define`` s of ``filename`` (not of what it includes), in file order. The
+    codes and sizes the launch code shares with the kernels have their one home in the CUDA
+    files; this module reads them from there."""
+    return {m.group(1): int(m.group(2), 0) for m in _DEFINE.finditer((KERNEL_DIR / filename).read_text())}
+
+
+_SUFFIX_DTYPE = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "KEY64": "key64",
+                 "I8": "int8"}
+
+
+def _codes(table: dict[str, int], prefix: str, name=str.lower) -> dict[str, int]:
+    return {name(k[len(prefix):]): v for k, v in table.items() if k.startswith(prefix)}
+
+
+COMMON = defines("common.cuh")
 #: dtype name -> template code (DT_* in common.cuh)
-DT = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3, "key64": 4}
+DT = _codes(COMMON, "DT_", _SUFFIX_DTYPE.__getitem__)
 #: transform name -> template code (TR_* in common.cuh)
-TR = {"abs": 0, "square": 1, "identity": 2, "key": 3}
+TR = _codes(COMMON, "TR_")
+#: workspace slot name -> index (WS_* in common.cuh): "SIZE", "BINCOUNT", "STATS", ...
+WS = _codes(COMMON, "WS_", str.upper)
 NM_FAST = (2, 4, 8, 16)
+_C24 = defines("compress24.cu")
 #: 2:4 compression (compress24.cu has its own codes: int8 is 4 there, where common.cuh has DT_KEY64)
-DT24 = {"float16": 0, "bfloat16": 1, "float32": 2, "int8": 4}
-LAYOUT24 = {"ptx": 0, "cutlass": 1}
+DT24 = _codes(_C24, "DT24_", _SUFFIX_DTYPE.__getitem__)
+LAYOUT24 = _codes(_C24, "LAYOUT24_")
 KERNELS24 = ("compress24", "decompress24", "prune_compress24")
 
 _FLOATS = ("float16", "bfloat16", "float32", "float64")
