@@ -42,9 +42,17 @@
 /* Elements per chunk of the tie-boundary counting pass. */
 #define PP_TIE_CHUNK ((size_t)1 << 16)
 
+/* Nonzero in a process forked from one that loaded this library (set by a pthread_atfork child
+ * handler in pruneplug.c). libgomp's thread pool does not survive fork: the child's pool records
+ * threads that do not exist there, and the next parallel region with more than one thread waits
+ * for them for ever. A forked child therefore runs every pass on the calling thread (a team of
+ * one never touches the pool). Results never depend on the thread count. */
+extern volatile int pp_forked_child;
+
 static inline int pp_threads(int requested, size_t n)
 {
     int nt = requested;
+    if (pp_forked_child) return 1;
 #ifdef _OPENMP
     if (nt <= 0) nt = omp_get_max_threads();
 #else

@@ -9,6 +9,19 @@
 #include "pp_internal.h"
 #include "pp_dispatch.h"
 
+#include <pthread.h>
+
+volatile int pp_forked_child = 0;
+
+static void pp_after_fork_in_child(void) { pp_forked_child = 1; }
+
+/* Registered when the library is loaded, so that every fork (os.fork, multiprocessing's fork
+ * start method, a fork from other native code) marks the child; see pp_threads. */
+__attribute__((constructor)) static void pp_register_fork_handler(void)
+{
+    pthread_atfork(NULL, NULL, pp_after_fork_in_child);
+}
+
 typedef struct {
     const char *name;
     int (*unstructured)(void *, int, int, size_t, size_t, uint8_t *, int, int, int *, int64_t *,

@@ -7,6 +7,8 @@
  * (0 = prune, 1 = keep), i.e. NumPy bool arrays.
  *
  * `nthreads`: 0 = OpenMP default (honours OMP_NUM_THREADS); >= 1 = exactly that many at most.
+ * In a process forked after this library was loaded every call runs on the calling thread
+ * (OpenMP's thread pool does not survive fork).
  * Results never depend on the thread count.
  *
  * Non-finite input (PP_ERR_NONFINITE): for transforms abs/square any NaN or +-Inf weight, for

@@ -7,76 +7,35 @@ the backend the registry picks. Nothing here knows any backend's internals.
 from __future__ import annotations
 
 import math
-import numbers
-import re
 from typing import Any
 
 from pruneplug.arrays import (
     adapt,
     check_float_dtype,
+    check_in_place,
     check_writable,
     contiguous,
     dtype_name,
 )
 from pruneplug.errors import InvalidArgumentError, ShapeError, UnsupportedDtypeError
+from pruneplug.patterns import Pattern, parse_pattern
 from pruneplug.registry import get_registry
 from pruneplug.types import BackendStatus, ImportanceScores, Mask, ScoreStats
-
-METHODS = {"l1": ("abs", "magnitude_l1"), "l2": ("square", "magnitude_l2")}
+from pruneplug.validation import (
+    METHODS,
+    check_block_shape,
+    check_method,
+    check_nm,
+    check_sparsity,
+    count_to_prune,
+    normalize_axis,
+    shown,
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # validation helpers
 # ---------------------------------------------------------------------------------------------
-def _check_method(method: str) -> str:
-    if method not in METHODS:
-        raise InvalidArgumentError(f"method={method!r} is not supported; expected 'l1' or 'l2'")
-    return METHODS[method][0]
-
-
-def _check_sparsity(sparsity: Any) -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
-        raise InvalidArgumentError(f"sparsity={sparsity!r} must be a real number in [0, 1]")
-    value = float(sparsity)
-    if not (0.0 <= value <= 1.0):  # also rejects NaN
-        raise InvalidArgumentError(f"sparsity={sparsity!r} must be a real number in [0, 1]")
-    return value
-
-
-def count_to_prune(sparsity: float, total: int) -> int:
-    """``round(sparsity * total)`` with Python's half-to-even rounding, as torch's pruning does."""
-    return int(round(_check_sparsity(sparsity) * total))
-
-
-def _check_int(value: Any, argname: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise InvalidArgumentError(f"{argname}={value!r} must be an integer >= {minimum}")
-    return int(value)
-
-
-def _check_nm(n: Any, m: Any) -> tuple[int, int]:
-    m = _check_int(m, "m", 1)
-    n = _check_int(n, "n", 0)
-    if n > m:
-        raise InvalidArgumentError(f"n={n} must not exceed m={m} (keep n of every m)")
-    return n, m
-
-
-def _normalize_axis(axis: Any, shape: tuple, m: int) -> int:
-    ndim = len(shape)
-    if ndim == 0:
-        raise ShapeError("N:M needs an array with at least one dimension, got a 0-d array")
-    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) or not -ndim <= int(axis) < ndim:
-        raise InvalidArgumentError(f"axis={axis!r} is out of range for an array of shape {shape}")
-    axis = int(axis) % ndim
-    if shape[axis] % m:
-        raise ShapeError(
-            f"shape {shape} cannot be split into groups of m={m} along axis={axis}: "
-            f"{shape[axis]} is not a multiple of {m}"
-        )
-    return axis
-
-
 def _scores_array(scores: Any, argname: str = "scores"):
     """Accept ImportanceScores or a bare array; return the adapted array."""
     values = scores.values if isinstance(scores, ImportanceScores) else scores
@@ -121,7 +80,7 @@ def importance(weights: Any, method: str = "l1", *, backend: str | None = None) 
         >>> s.values, s.method, s.stats.mean
         (array([4., 1.], dtype=float32), 'magnitude_l2', 2.5)
     """
-    _check_method(method)
+    check_method(method)
     adapted = adapt(weights, "weights")
     check_float_dtype(adapted.array, "weights")
     array = contiguous(adapted.array)
@@ -140,7 +99,7 @@ class MagnitudeImportance:
     """
 
     def __init__(self, method: str = "l1") -> None:
-        _check_method(method)
+        check_method(method)
         self.method = method
 
     @classmethod
@@ -200,10 +159,10 @@ def generate_nm_mask(scores: Any, n: int, m: int, axis: int = -1, *, backend: st
         >>> pp.generate_nm_mask(np.array([[1.0, 4.0, 3.0, 2.0]]), 2, 4).data
         array([[False,  True,  True, False]])
     """
-    n, m = _check_nm(n, m)
+    n, m = check_nm(n, m)
     adapted = _scores_array(scores)
     array = contiguous(adapted.array)
-    axis = _normalize_axis(axis, tuple(array.shape), m)
+    axis = normalize_axis(axis, tuple(array.shape), m)
     out = _check_out(out, tuple(array.shape), adapted.array_type)
     name, data = _run(backend, "nm_mask", array, adapted.array_type,
                       values=array, n=n, m=m, axis=axis, transform="identity", out=out)
@@ -246,10 +205,7 @@ def generate_block_mask(scores: Any, block_shape: tuple[int, int], sparsity: flo
         array([[False, False,  True,  True],
                [False, False,  True,  True]])
     """
-    if (not isinstance(block_shape, (tuple, list)) or len(block_shape) != 2
-            or any(isinstance(b, bool) or not isinstance(b, numbers.Integral) or b < 1 for b in block_shape)):
-        raise InvalidArgumentError(f"block_shape={block_shape!r} must be two integers >= 1")
-    bh, bw = (int(b) for b in block_shape)
+    bh, bw = check_block_shape(block_shape)
     return _block_mask(scores, (bh, bw), sparsity, f"block({bh},{bw})", backend, out)
 
 
@@ -265,7 +221,8 @@ def generate_row_mask(scores: Any, sparsity: float, *, backend: str | None = Non
     """
     adapted = _scores_array(scores)
     _check_2d(adapted.array, "a row mask")
-    return _block_mask(scores, (1, int(adapted.array.shape[1])), sparsity, "row", backend, out)
+    # A row is a (1, cols) block; with no columns the rows are empty and a (1, 1) block is the same.
+    return _block_mask(scores, (1, max(int(adapted.array.shape[1]), 1)), sparsity, "row", backend, out)
 
 
 def generate_column_mask(scores: Any, sparsity: float, *, backend: str | None = None, out: Any = None) -> Mask:
@@ -280,7 +237,7 @@ def generate_column_mask(scores: Any, sparsity: float, *, backend: str | None = 
     """
     adapted = _scores_array(scores)
     _check_2d(adapted.array, "a column mask")
-    return _block_mask(scores, (int(adapted.array.shape[0]), 1), sparsity, "column", backend, out)
+    return _block_mask(scores, (max(int(adapted.array.shape[0]), 1), 1), sparsity, "column", backend, out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,16 +259,12 @@ def apply_mask(mask: Mask | Any, weights: Any, *, backend: str | None = None) ->
         raise ShapeError(f"mask shape {tuple(m.array.shape)} does not match weights shape {tuple(w.array.shape)}")
     if m.array_type != w.array_type:
         raise InvalidArgumentError(f"mask is a {m.array_type} array but weights are a {w.array_type} array")
-    check_writable(w.array, "weights")
+    check_in_place(weights, w, "weights")
     target = contiguous(w.array)
     _run(backend, "apply_mask", target, w.array_type, weights=target, mask=contiguous(m.array))
     if target is not w.array:  # a strided view: write the result back through it
         w.array[...] = target
     return weights
-
-
-_NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
-_BLOCK_PATTERN = re.compile(r"^block\((\d+),\s*(\d+)\)$")
 
 
 def prune(
@@ -340,33 +293,30 @@ def prune(
         >>> pp.prune(np.array([[0.5, -2.0, 0.1, 3.0]]), pattern="2:4", method="l2")
         array([[ 0., -2.,  0.,  3.]])
     """
-    transform = _check_method(method)
+    transform = check_method(method)
     adapted = adapt(weights, "weights")
     check_float_dtype(adapted.array, "weights")
-    if not isinstance(pattern, str):
-        raise InvalidArgumentError(f"pattern={pattern!r} must be a string such as 'unstructured' or '2:4'")
+    spec = parse_pattern(pattern)
     if inplace:
-        check_writable(adapted.array, "weights")
-    nm = _NM_PATTERN.match(pattern)
-    if nm:
+        check_in_place(weights, adapted, "weights")
+    if spec.kind == "nm":
         if sparsity is not None:
-            raise InvalidArgumentError(f"sparsity={sparsity!r} cannot be combined with pattern={pattern!r}: N:M fixes it")
-        n, m = _check_nm(int(nm.group(1)), int(nm.group(2)))
-        axis = _normalize_axis(axis, tuple(adapted.array.shape), m)
+            raise InvalidArgumentError(
+                f"sparsity={shown(sparsity)} cannot be combined with pattern={shown(pattern)}: N:M fixes it")
+        axis = normalize_axis(axis, tuple(adapted.array.shape), spec.m)
     elif sparsity is None:
-        raise InvalidArgumentError(f"pattern={pattern!r} needs sparsity= (a real number in [0, 1])")
+        raise InvalidArgumentError(f"pattern={shown(pattern)} needs sparsity= (a real number in [0, 1])")
     else:
-        _check_sparsity(sparsity)
+        check_sparsity(sparsity)
 
     target = contiguous(adapted.array) if inplace else _fresh_copy(adapted.array)
-    if nm:
-        mask = _prune_nm(target, adapted, n, m, axis, transform, backend, return_mask)
-    elif pattern == "unstructured":
+    if spec.kind == "nm":
+        mask = _prune_nm(target, adapted, spec.n, spec.m, axis, transform, backend, return_mask)
+    elif spec.kind == "unstructured":
         mask = _prune_unstructured(target, adapted, sparsity, transform, backend, return_mask)
     else:
-        mask_fn = _structured_mask_fn(pattern)
         scores = importance(target, method, backend=backend).values
-        mask = mask_fn(scores, sparsity, backend=backend)
+        mask = _structured_mask(spec, scores, sparsity, backend)
         apply_mask(mask, target, backend=backend)
         mask = Mask(adapted.wrap(mask.data), mask.pattern, mask.backend)
     if inplace and target is not adapted.array:
@@ -383,19 +333,12 @@ def _fresh_copy(array: Any) -> Any:
     return native.copy() if native is array else native
 
 
-def _structured_mask_fn(pattern: str):
-    if pattern == "row":
-        return generate_row_mask
-    if pattern == "column":
-        return generate_column_mask
-    block = _BLOCK_PATTERN.match(pattern)
-    if block:
-        shape = (int(block.group(1)), int(block.group(2)))
-        return lambda scores, sparsity, backend: generate_block_mask(scores, shape, sparsity, backend=backend)
-    raise InvalidArgumentError(
-        f"pattern={pattern!r} is not supported; expected 'unstructured', 'N:M' (e.g. '2:4'), "
-        "'row', 'column' or 'block(H,W)'"
-    )
+def _structured_mask(spec: Pattern, scores: Any, sparsity: float, backend: str | None) -> Mask:
+    if spec.kind == "row":
+        return generate_row_mask(scores, sparsity, backend=backend)
+    if spec.kind == "column":
+        return generate_column_mask(scores, sparsity, backend=backend)
+    return generate_block_mask(scores, spec.block_shape, sparsity, backend=backend)
 
 
 def _prune_unstructured(target: Any, adapted: Any, sparsity: float, transform: str,
@@ -437,10 +380,10 @@ def is_nm_sparse(weights: Any, n: int, m: int, axis: int = -1) -> bool:
         >>> pp.is_nm_sparse(np.array([[0.0, 1.0, 0.0, 2.0]]), 2, 4)
         True
     """
-    n, m = _check_nm(n, m)
+    n, m = check_nm(n, m)
     adapted = adapt(weights, "weights")
     array = adapted.array
-    axis = _normalize_axis(axis, tuple(array.shape), m)
+    axis = normalize_axis(axis, tuple(array.shape), m)
     shape = tuple(array.shape)
     outer = math.prod(shape[:axis])
     inner = math.prod(shape[axis + 1:])

@@ -147,6 +147,27 @@ def check_writable(array: Any, argname: str) -> None:
         raise ReadOnlyError(f"{argname}: the array is read-only; in-place pruning needs a writable array")
 
 
+def check_in_place(obj: Any, adapted: Adapted, argname: str) -> None:
+    """Raise unless writing into ``adapted.array`` writes into ``obj`` itself: a writable NumPy or
+    CuPy array, a PyTorch tensor, or an object whose ``__array__`` exposes its own storage. A list,
+    tuple, Python or NumPy scalar (converted into a new array) cannot be pruned in place."""
+    shares = (
+        adapted.array is obj
+        or adapted.array_type == "cupy"
+        or is_torch_tensor(obj)
+        # another object: a second conversion sharing memory with the first shows that it exposes
+        # its own storage rather than a fresh copy each time
+        or (not isinstance(obj, (list, tuple, int, float, complex, np.generic))
+            and np.shares_memory(adapted.array, np.asarray(obj)))
+    )
+    if not shares:
+        raise ReadOnlyError(
+            f"{argname}: a {type(obj).__name__} cannot be written in place (it is converted into a new "
+            "array); pass a NumPy array, CuPy array or PyTorch tensor, or use the returned array"
+        )
+    check_writable(adapted.array, argname)
+
+
 def to_numpy(array: Any) -> np.ndarray:
     """A NumPy copy/view of any supported array (for tests, reports and the CLI)."""
     adapted = adapt(array, "array")

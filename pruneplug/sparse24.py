@@ -67,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from pruneplug.api import prune
 from pruneplug.arrays import adapt, contiguous, dtype_name
 from pruneplug.errors import (
     BackendUnavailableError,
@@ -76,6 +77,7 @@ from pruneplug.errors import (
     UnsupportedDtypeError,
 )
 from pruneplug.registry import get_registry
+from pruneplug.validation import check_method
 
 LAYOUTS = ("cutlass", "ptx")
 DTYPES = ("float16", "bfloat16", "float32", "int8")
@@ -304,10 +306,8 @@ def prune_24(w: Any, layout: str = "cutlass", method: str = "l1", *, backend: st
         >>> sw.values[0, :2], decompress_24(sw)[0, :4]
         (array([-2.,  3.], dtype=float16), array([ 0., -2.,  0.,  3.], dtype=float16))
     """
-    from pruneplug.api import _check_method, prune
-
     layout = check_layout(layout)
-    transform = _check_method(method)
+    transform = check_method(method)
     adapted, array, dtype = _weights(w, layout)
     registry = get_registry()
     name = registry.select(backend, array_type=adapted.array_type, dtype=dtype, operation="compress_24")

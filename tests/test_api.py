@@ -2,6 +2,7 @@
 selection rules. Backend results themselves are covered by the conformance kit."""
 
 import math
+from fractions import Fraction
 
 import ml_dtypes
 import numpy as np
@@ -280,3 +281,118 @@ def test_hooks_may_accept_fewer_arguments_than_the_spec():
         assert mask.backend == "few-args" and mask.nnz == 8
     finally:
         pp.unregister_backend("few-args")
+
+
+# --- issue 9: in place on what cannot be written in place (item 4) ---------------------------
+@pytest.mark.parametrize("weights_like", [[1.0, -2.0, 0.5, 3.0], (1.0, -2.0, 0.5, 3.0), 2.0, np.float32(2.0)])
+def test_inplace_on_a_converted_object_is_refused_naming_argument_and_type(weights_like):
+    with pytest.raises(errors.ReadOnlyError, match=rf"weights: a {type(weights_like).__name__} cannot be written in place"):
+        pp.prune(weights_like, sparsity=0.5, inplace=True)
+    with pytest.raises(errors.ReadOnlyError, match="cannot be written in place"):
+        pp.apply_mask(np.zeros(np.shape(weights_like), bool), weights_like)
+
+
+class _ArrayLike:
+    """An object with ``__array__``: its own storage (``copy=False``) or a fresh copy each time."""
+
+    def __init__(self, data, copies):
+        self.data, self.copies = data, copies
+
+    def __array__(self, dtype=None, copy=None):
+        return self.data.copy() if self.copies else self.data
+
+
+def test_inplace_through_array_protocol_writes_through_or_is_refused():
+    shares = _ArrayLike(np.array([1.0, -2.0, 0.5, 3.0], np.float32), copies=False)
+    pp.prune(shares, sparsity=0.5, inplace=True)
+    assert shares.data.tolist() == [0.0, -2.0, 0.0, 3.0]
+    copies = _ArrayLike(np.array([1.0, -2.0, 0.5, 3.0], np.float32), copies=True)
+    with pytest.raises(errors.ReadOnlyError, match="weights: a _ArrayLike cannot be written in place"):
+        pp.prune(copies, sparsity=0.5, inplace=True)
+    assert copies.data.tolist() == [1.0, -2.0, 0.5, 3.0]
+
+
+# --- issue 9: the pattern grammar (items 7, 13) -----------------------------------------------
+@pytest.mark.parametrize("pattern", ["block(0,1)", "block(1,0)", "block(0, 0)", "0:0", "5:4", "２:４", "2:4\n", " 2:4",
+                                     "2:4 ", "block(2,2)\n", "block(2,\t2)", "block(2,  2)", "Row", "block(２,2)",
+                                     "9" * 5000 + ":4", "block(99999999999999999999,1)", "1:9223372036854775808"],
+                         ids=repr)
+def test_pattern_grammar_rejects_with_invalid_argument(pattern):
+    from pruneplug.patterns import parse_pattern
+
+    with pytest.raises(errors.InvalidArgumentError, match="pattern=") as info:
+        pp.prune(np.ones((4, 4), np.float32), None if ":" in pattern else 0.5, pattern=pattern)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+    with pytest.raises(errors.InvalidArgumentError, match="pattern="):
+        parse_pattern(pattern)
+
+
+@pytest.mark.parametrize("text,kind,canonical", [("unstructured", "unstructured", "unstructured"), ("row", "row", "row"),
+                                                 ("column", "column", "column"), ("2:4", "nm", "2:4"),
+                                                 ("0:4", "nm", "0:4"), ("block(2,3)", "block", "block(2,3)"),
+                                                 ("block(2, 3)", "block", "block(2,3)")])
+def test_pattern_grammar_accepts(text, kind, canonical):
+    from pruneplug.patterns import parse_pattern
+
+    spec = parse_pattern(text)
+    assert (spec.kind, str(spec), spec.needs_sparsity) == (kind, canonical, kind != "nm")
+
+
+def test_checkpoint_uses_the_same_grammar(tmp_path):
+    np.savez(tmp_path / "in.npz", w=np.ones((4, 4), np.float32))
+    for pattern in ("block(0,1)", "２:４", "2:4\n"):
+        with pytest.raises(errors.InvalidArgumentError, match="pattern="):
+            pp.prune_checkpoint(tmp_path / "in.npz", tmp_path / "out.npz", sparsity=None if ":" in pattern else 0.5,
+                                pattern=pattern)
+    assert not (tmp_path / "out.npz").exists()
+
+
+# --- issue 9: every API error is a pruneplug error (item 8) -----------------------------------
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_row_and_column_masks_of_empty_arrays(backend):
+    row = pp.generate_row_mask(np.ones((3, 0), np.float32), 0.5, backend=backend)
+    column = pp.generate_column_mask(np.ones((0, 3), np.float32), 0.5, backend=backend)
+    assert (row.shape, column.shape) == ((3, 0), (0, 3))
+    assert pp.prune(np.ones((3, 0), np.float32), 0.5, pattern="row", backend=backend).shape == (3, 0)
+    assert pp.prune(np.ones((0, 3), np.float32), 0.5, pattern="column", backend=backend).shape == (0, 3)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_sizes_beyond_int64_are_invalid_arguments(backend):
+    with pytest.raises(errors.InvalidArgumentError, match=r"m=9223372036854775808 must be an integer"):
+        pp.generate_nm_mask(np.ones((2, 0)), 1, 2**63, backend=backend)
+    with pytest.raises(errors.InvalidArgumentError, match="block_shape="):
+        pp.generate_block_mask(np.ones((0, 0)), (2**64, 2**64), 0.5, backend=backend)
+    with pytest.raises(errors.InvalidArgumentError, match="block_shape="):
+        pp.generate_block_mask(np.ones((4, 4)), (2**63, 1), 0.5, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_huge_blocks_of_an_empty_array_return_at_once(backend):
+    # The reference used to add bh * bw strided slices of the empty array (2**80 iterations).
+    for shape, block in (((0, 0), (2**40, 2**40)), ((0, 4), (2**62, 2)), ((3, 0), (1, 2**62))):
+        mask = pp.generate_block_mask(np.zeros(shape), block, 0.5, backend=backend)
+        assert mask.shape == shape
+
+
+@pytest.mark.parametrize("sparsity", [10**400, -(10**400), Fraction(10**400, 3), Fraction(-1, 10**400) - 1],
+                         ids=["10**400", "-10**400", "Fraction(10**400,3)", "-1-Fraction(1,10**400)"])
+def test_sparsity_too_large_for_a_float_is_invalid_argument(sparsity):
+    with pytest.raises(errors.InvalidArgumentError, match=r"sparsity=.* must be a real number in \[0, 1\]") as info:
+        pp.prune(np.ones(4), sparsity)
+    assert len(str(info.value)) < 200
+    with pytest.raises(errors.InvalidArgumentError, match="sparsity="):
+        pp.generate_unstructured_mask(np.ones(4), sparsity)
+
+
+def test_tiny_fraction_sparsity_is_accepted():
+    assert pp.count_to_prune(Fraction(1, 10**400), 4) == 0
+
+
+def test_messages_escape_what_the_user_passed():
+    with pytest.raises(errors.InvalidArgumentError) as info:
+        pp.prune(np.ones(4), 0.5, method="l1\nl2")
+    assert "\n" not in str(info.value) and "'l1\\nl2'" in str(info.value)
+    with pytest.raises(errors.InvalidArgumentError) as info:
+        pp.prune(np.ones(4), 0.5, pattern="row\n" * 1000)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300

@@ -577,3 +577,55 @@ def test_backend_declaration():
     assert {"prune_unstructured", "prune_nm", "unstructured_mask", "nm_mask", "block_mask", "apply_mask",
             "importance"} <= info.operations
     assert pp.backends()  # the registry lists it
+
+
+# ---------------------------------------------------------------------------------------------
+# fork safety: libgomp's thread pool does not survive fork (the child would wait for threads that
+# do not exist there); the C library marks a forked child and runs it on the calling thread.
+# Each scenario runs in a subprocess with OMP_NUM_THREADS=4 (a pool of several threads on any
+# machine) and a timeout, so that a hang fails the test instead of hanging CI.
+# ---------------------------------------------------------------------------------------------
+_FORK_SETUP = (
+    "import os, signal, numpy as np, pruneplug as pp\n"
+    "w = np.random.default_rng(0).standard_normal(1 << 21).astype(np.float32)\n"  # > PP_PAR_MIN
+    "expected = pp.prune(w, sparsity=0.5, backend='cpu')\n"  # the parent's pool now exists
+    "def child_ok():\n"
+    "    signal.alarm(30)\n"  # a hang ends the child with SIGALRM
+    "    got = pp.prune(w, sparsity=0.5, backend='cpu')\n"
+    "    mask = pp.generate_nm_mask(pp.importance(w.reshape(-1, 4), backend='cpu'), 2, 4, backend='cpu')\n"
+    "    ok = np.array_equal(got, expected) and mask.nnz == w.size // 2\n"
+    "    return bool(ok and np.array_equal(pp.prune(w, sparsity=0.5, backend='numpy'), expected))\n"
+)
+
+_FORK_RAW = _FORK_SETUP + (
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os._exit(0 if child_ok() else 3)\n"
+    "_, status = os.waitpid(pid, 0)\n"
+    "assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f'child status {status}'\n"
+    "assert np.array_equal(pp.prune(w, sparsity=0.5, backend='cpu'), expected)\n"  # the parent still works
+    "print('ok')\n"
+)
+
+_FORK_MULTIPROCESSING = _FORK_SETUP + (
+    "import multiprocessing as mp\n"
+    "if __name__ == '__main__':\n"
+    "    with mp.get_context('fork').Pool(2) as pool:\n"
+    "        results = pool.starmap_async(child_ok, [()] * 4).get(timeout=60)\n"
+    "    assert results == [True] * 4, results\n"
+    "    print('ok')\n"
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
+@pytest.mark.parametrize("script", [_FORK_RAW, _FORK_MULTIPROCESSING], ids=["os.fork", "multiprocessing-fork"])
+def test_forked_child_after_a_parallel_prune(script):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="4")
+    try:
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:  # pragma: no cover - the defect this test guards against
+        pytest.fail("the forked child hung")
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -122,6 +122,8 @@ def block_sums(scores: np.ndarray, block_shape: tuple[int, int]) -> np.ndarray:
     bh, bw = block_shape
     wide = scores.astype(np.float64)
     sums = np.zeros((scores.shape[0] // bh, scores.shape[1] // bw), dtype=np.float64)
+    if sums.size == 0:  # no blocks: nothing to add (and bh * bw may be astronomically large)
+        return sums
     with np.errstate(invalid="ignore"):  # +Inf and -Inf in one block: a NaN sum, which ranks highest
         for i in range(bh):
             for j in range(bw):

@@ -33,6 +33,7 @@ from pruneplug.checkpoint.formats import _ST_DTYPES, TensorRef, _flat_chunks
 from pruneplug.checkpoint.report import ProgressLike, _NullProgress
 from pruneplug.errors import InvalidArgumentError, NonFiniteError
 from pruneplug.types import Mask
+from pruneplug.validation import check_method, check_sparsity
 
 
 def _score_keys(x: np.ndarray, method: str) -> np.ndarray:
@@ -192,8 +193,8 @@ def global_unstructured_masks(tensors: Mapping[str, Any], sparsity: float, *, me
         >>> masks["a"].data, masks["b"].data
         (array([False,  True]), array([ True, False]))
     """
-    api._check_method(method)
-    api._check_sparsity(sparsity)
+    check_method(method)
+    check_sparsity(sparsity)
     if not isinstance(tensors, Mapping):
         raise InvalidArgumentError(f"tensors must be a mapping of name -> array, got {type(tensors).__name__}")
     arrays = {}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +34,10 @@ from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport,
 from pruneplug.checkpoint.selection import SELECTION_RULE, select_tensors
 from pruneplug.checkpoint.writers import SafetensorsWriter, _Transaction, _write_guard
 from pruneplug.errors import CheckpointError, InvalidArgumentError, PrunePlugError
+from pruneplug.patterns import parse_pattern
+from pruneplug.validation import check_method, check_sparsity, count_to_prune
 
 
-_NM_RE = re.compile(r"^(\d+):(\d+)$")
-_BLOCK_RE = re.compile(r"^block\((\d+),\s*(\d+)\)$")
 FORMATS = ("dense", "sparse-24-bitmask", "sparse-bitmask")
 
 
@@ -181,7 +180,7 @@ def _check_arguments(sparsity: float | None, pattern: str, scope: str, method: s
         raise InvalidArgumentError(f"scope={scope!r}: expected 'layer' or 'global'")
     if format not in FORMATS:
         raise InvalidArgumentError(f"format={format!r}: expected one of {list(FORMATS)}")
-    api._check_method(method)
+    check_method(method)
     _check_pattern(sparsity, pattern, scope)
     if isinstance(axis, bool) or not isinstance(axis, int):
         raise InvalidArgumentError(f"axis={axis!r} must be an integer")
@@ -192,20 +191,16 @@ def _check_arguments(sparsity: float | None, pattern: str, scope: str, method: s
 def _check_pattern(sparsity: float | None, pattern: str, scope: str) -> None:
     """N:M fixes the sparsity and is per tensor; the other patterns need a sparsity, and only
     unstructured pruning has a global scope."""
-    nm = _NM_RE.match(pattern) if isinstance(pattern, str) else None
-    if nm:
-        api._check_nm(int(nm.group(1)), int(nm.group(2)))
+    spec = parse_pattern(pattern)
+    if not spec.needs_sparsity:
         if sparsity is not None:
             raise InvalidArgumentError(f"sparsity={sparsity!r} cannot be combined with pattern={pattern!r}: N:M fixes it")
         if scope == "global":
             raise InvalidArgumentError(f"scope='global' applies to unstructured pruning, not pattern={pattern!r}")
         return
-    if pattern not in ("unstructured", "row", "column") and not (isinstance(pattern, str) and _BLOCK_RE.match(pattern)):
-        raise InvalidArgumentError(
-            f"pattern={pattern!r}: expected 'unstructured', 'N:M' (e.g. '2:4'), 'row', 'column' or 'block(H,W)'")
     if sparsity is None:
         raise InvalidArgumentError(f"pattern={pattern!r} needs a sparsity (a number in [0, 1])")
-    api._check_sparsity(sparsity)
+    check_sparsity(sparsity)
     if scope == "global" and pattern != "unstructured":
         raise InvalidArgumentError(f"scope='global' applies to unstructured pruning, not pattern={pattern!r}")
 
@@ -234,9 +229,9 @@ def _decide_tasks(ckpt: Checkpoint, names: list[str], include: Sequence[str] | N
 def _fits(ref: TensorRef, pattern: str, axis: int) -> str | None:
     """Why ``pattern`` cannot be applied to ``ref`` (None when it can)."""
     shape = ref.shape
-    nm = _NM_RE.match(pattern)
-    if nm:
-        m = int(nm.group(2))
+    spec = parse_pattern(pattern)
+    if spec.kind == "nm":
+        m = spec.m
         if not shape:
             return "0-d tensor cannot be grouped"
         if not -len(shape) <= axis < len(shape):
@@ -244,11 +239,10 @@ def _fits(ref: TensorRef, pattern: str, axis: int) -> str | None:
         if shape[axis] % m:
             return f"axis {axis % len(shape)} has {shape[axis]} elements, not divisible by M={m}"
         return None
-    if pattern in ("row", "column") or _BLOCK_RE.match(pattern):
+    if spec.kind in ("row", "column", "block"):
         if len(shape) != 2:
             return f"{pattern} pruning needs a 2-D tensor, shape is {list(shape)}"
-        block = _BLOCK_RE.match(pattern)
-        if block and (shape[0] % int(block.group(1)) or shape[1] % int(block.group(2))):
+        if spec.kind == "block" and (shape[0] % spec.block_shape[0] or shape[1] % spec.block_shape[1]):
             return f"{pattern} does not divide shape {list(shape)}"
     return None
 
@@ -257,19 +251,17 @@ def _pruned_count(pattern: str, sparsity: float | None, shape: tuple, k: int | N
     n = math.prod(shape)
     if k is not None:
         return k
-    nm = _NM_RE.match(pattern)
-    if nm:
-        keep, m = int(nm.group(1)), int(nm.group(2))
-        return n // m * (m - keep)
-    if pattern == "unstructured":
-        return api.count_to_prune(sparsity, n)
-    if pattern == "row":
-        return api.count_to_prune(sparsity, shape[0]) * shape[1]
-    if pattern == "column":
-        return api.count_to_prune(sparsity, shape[1]) * shape[0]
-    block = _BLOCK_RE.match(pattern)
-    bh, bw = int(block.group(1)), int(block.group(2))
-    return api.count_to_prune(sparsity, (shape[0] // bh) * (shape[1] // bw)) * bh * bw
+    spec = parse_pattern(pattern)
+    if spec.kind == "nm":
+        return n // spec.m * (spec.m - spec.n)
+    if spec.kind == "unstructured":
+        return count_to_prune(sparsity, n)
+    if spec.kind == "row":
+        return count_to_prune(sparsity, shape[0]) * shape[1]
+    if spec.kind == "column":
+        return count_to_prune(sparsity, shape[1]) * shape[0]
+    bh, bw = spec.block_shape
+    return count_to_prune(sparsity, (shape[0] // bh) * (shape[1] // bw)) * bh * bw
 
 
 def _plan_global_counts(tasks: dict[str, _Task], selected: list[str], sparsity: float, method: str,
@@ -381,7 +373,7 @@ def _call_prune(view: Any, task: _Task, how: _HowToPrune, want_mask: bool) -> An
     if task.k is not None:  # global scope: exactly this tensor's share of the global count
         return api.prune(view, sparsity=_sparsity_for(task.k, task.ref.numel), method=how.method,
                          backend=how.backend, return_mask=want_mask)
-    if _NM_RE.match(how.pattern):
+    if not parse_pattern(how.pattern).needs_sparsity:
         return api.prune(view, pattern=how.pattern, method=how.method, axis=how.axis, backend=how.backend,
                          return_mask=want_mask)
     return api.prune(view, sparsity=how.sparsity, pattern=how.pattern, method=how.method, backend=how.backend,
