@@ -141,7 +141,8 @@ def torch_stream() -> Any:
         return contextlib.nullcontext()
     import cupy
 
-    if cupy.cuda.get_current_stream().ptr != 0:  # the caller's own CuPy stream
+    defaults = (cupy.cuda.Stream.null.ptr, cupy.cuda.Stream.ptds.ptr)  # legacy / per-thread default
+    if cupy.cuda.get_current_stream().ptr not in defaults:  # the caller's own CuPy stream
         return contextlib.nullcontext()
     stream = torch.cuda.current_stream()
     if stream.cuda_stream == 0:
