@@ -111,10 +111,10 @@ def test_public_api_at_edge_sparsities(pattern, sparsity):
         same(gen(scores, EMU_NAME).data, gen(scores, "numpy").data, f"mask at {sparsity}")
 
 
-def _entry_point_sweep(be):
+def _entry_point_sweep(be, dtypes=DTYPES, dtypes24=("float16", "bfloat16", "float32", "int8")):
     """Call every backend entry point with every dtype, transform and kernel path, at its edge
     values (k = 0, 1, n - 1, n; 0:m and m:m; empty inputs), comparing with the reference."""
-    for dtype in DTYPES:
+    for dtype in dtypes:
         x = tricky_array((16, 48), dtype, seed=41)  # 48 = 3 * 16: every fast M and a generic one
         n = x.size
         for method in ("l1", "l2"):
@@ -152,7 +152,7 @@ def _entry_point_sweep(be):
         be.apply_mask(w, mask)
         ref.pruneplug_apply_mask(weights=e, mask=mask)
         same(w, e, f"apply {dtype}")
-    for dtype in DTYPES24:
+    for dtype in dtypes24:
         for layout in ("ptx", "cutlass"):
             shape = shape24(dtype, layout, 2, 2)
             w = sparse_24(shape, dtype, seed=43)
@@ -207,6 +207,51 @@ def test_selection_degenerate_all_equal(dtype):
     x[::7] = -0.5
     for k in (1, 9_999, 19_999):
         same(BACKEND.unstructured_mask(x, k, "abs"), ref.pruneplug_unstructured_mask(values=x, k=k, transform="abs"))
+
+
+def _racecheck_backend(edit=lambda code: code):
+    """The backend with every kernel built for the emulator's racecheck (a read or write of a word
+    that another thread of the block writes in the same barrier interval raises KernelError)."""
+    def load(code, options, names):
+        return cuda_emu.Module(edit(code), options=tuple(options), name_expressions=list(names), racecheck=True)
+
+    return _backend.CudaBackend(np, load, name="racecheck")
+
+
+_RACE_FIXED = """    const u64 krem = first ? (u64)k_minus_1 : ws[WS_KREM];
+    const u64 prefix = first ? 0ull : ws[WS_PREFIX];
+    int b0, b1;
+    u64 s;
+    u64 below = share_exclusive_prefix<int>(ghist, nbins, &b0, &b1, &s, tsum);"""
+_RACE_BUGGY = """    int b0, b1;
+    u64 s;
+    u64 below = share_exclusive_prefix<int>(ghist, nbins, &b0, &b1, &s, tsum);
+    const u64 krem = first ? (u64)k_minus_1 : ws[WS_KREM];
+    const u64 prefix = first ? 0ull : ws[WS_PREFIX];"""
+
+
+@pytest.mark.slow
+def test_racecheck_finds_the_radix_select_race():
+    """The racecheck catches issue 8 item 2: radix_select with its workspace reads moved
+    back after the barriers (the old code) is a race for the racecheck under the default (forward)
+    schedule, and on few-level data too, where no schedule changed the result."""
+    assert _RACE_FIXED in _backend.K.source("select.cu")
+    be = _racecheck_backend(lambda code: code.replace(_RACE_FIXED, _RACE_BUGGY))
+    slots = "|".join(str(8 * _backend.K.WS[name]) for name in ("PREFIX", "KREM"))  # bytes of ws[]
+    for data in (quantised(20_000, "float32", seed=3, levels=40), spread(20_000, seed=1)):
+        with pytest.raises(cuda_emu.KernelError, match=rf"radix_select: .*racecheck: (write-read|read-write) race"
+                                                        rf".*byte ({slots}) of array argument 1"):
+            be.unstructured_mask(data, 1_000, "abs")
+
+
+@pytest.mark.slow
+def test_no_race_in_any_kernel():
+    """Every entry point (selection, N:M, blocks, importance, apply, 2:4) under the racecheck."""
+    be = _racecheck_backend()
+    x = spread(20_000, seed=2)
+    for k in (1, 1_000, 12_345, 19_999):
+        same(be.unstructured_mask(x, k, "abs"), ref.pruneplug_unstructured_mask(values=x, k=k, transform="abs"))
+    _entry_point_sweep(be, dtypes=("float32", "float16"), dtypes24=("bfloat16",))
 
 
 def spread(n, seed):

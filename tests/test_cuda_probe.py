@@ -28,6 +28,12 @@ def test_describing_the_backends_does_not_import_cupy_without_a_device():
     assert out == "False [False]", out
 
 
+def test_cli_does_not_import_cupy_without_a_device():
+    out = _run("import sys, pruneplug_backends.cuda as c; c._device_nodes = lambda: []; "
+               "from pruneplug import cli; cli.main(['backends']); print('cupy imported:', 'cupy' in sys.modules)")
+    assert out.splitlines()[-1] == "cupy imported: False", out
+
+
 def test_no_device_node_means_no_cupy_import():
     """The same with the device nodes hidden (meaningful on a GPU machine too)."""
     out = _run("import sys, pruneplug_backends.cuda as c; c._device_nodes = lambda: []; "
@@ -95,13 +101,15 @@ def _fakes(monkeypatch, *, initialized=True, torch_stream=0x5150, cupy_stream=0)
         is_initialized=lambda: initialized, current_device=lambda: 1,
         current_stream=lambda: SimpleNamespace(cuda_stream=torch_stream)))
     cupy = SimpleNamespace(cuda=SimpleNamespace(
-        get_current_stream=lambda: SimpleNamespace(ptr=cupy_stream), ExternalStream=_FakeExternalStream))
+        get_current_stream=lambda: SimpleNamespace(ptr=cupy_stream), ExternalStream=_FakeExternalStream,
+        Stream=SimpleNamespace(null=SimpleNamespace(ptr=0), ptds=SimpleNamespace(ptr=2))))
     monkeypatch.setitem(sys.modules, "torch", torch)
     monkeypatch.setitem(sys.modules, "cupy", cupy)
 
 
-def test_torch_current_stream_is_picked_up(monkeypatch):
-    _fakes(monkeypatch)
+@pytest.mark.parametrize("cupy_default", [0, 2])  # CuPy's legacy and per-thread default streams
+def test_torch_current_stream_is_picked_up(monkeypatch, cupy_default):
+    _fakes(monkeypatch, cupy_stream=cupy_default)
     scope = cuda_plugin.torch_stream()
     assert isinstance(scope, _FakeExternalStream) and (scope.ptr, scope.device_id) == (0x5150, 1)
 

@@ -30,7 +30,8 @@ import numpy as np
 
 __all__ = [
     "Module", "Function", "CompileError", "KernelError", "NotFoundError", "SanitizerError", "SCHEDULES",
-    "sanitizer_env", "sanitize_requested", "libasan_path", "using_schedule", "run_all_schedules",
+    "sanitizer_env", "sanitize_requested", "racecheck_requested", "libasan_path", "using_schedule",
+    "run_all_schedules",
     "STATIC_SHARED_LIMIT", "DEFAULT_DYNAMIC_SHARED_LIMIT",
 ]
 
@@ -116,6 +117,27 @@ def _libasan_loaded() -> bool:
             return "libasan" in f.read()
     except OSError:
         return False
+
+
+def racecheck_requested() -> bool:
+    return os.environ.get("CUDA_EMU_RACECHECK", "").strip() not in ("", "0", "false", "False", "no")
+
+
+_PC_RE = re.compile(r"\[pc \+(0x[0-9a-f]+)\]")
+
+
+def _source_lines(lib_path: str, message: str) -> str:
+    """Replace the racecheck's code offsets ``[pc +0x...]`` by ``file:line`` (addr2line)."""
+    pcs = _PC_RE.findall(message)
+    if not pcs:
+        return message
+    # the offsets are return addresses (after the call into the checker): the access is just before
+    out = _run(["addr2line", "-e", lib_path] + [hex(int(pc, 16) - 1) for pc in pcs], os.path.dirname(lib_path))
+    lines = [ln.split(" (")[0] for ln in out.stdout.splitlines()] if out.returncode == 0 else []
+    if len(lines) != len(pcs):
+        return message
+    names = iter(lines)
+    return _PC_RE.sub(lambda m: "at " + os.path.basename(next(names)), message)
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -244,8 +266,9 @@ def _symbols(lib_path: str) -> List[Tuple[int, str, str, int, str]]:
     return syms
 
 
-def _build(code: str, defines, includes, std, names: List[str], sanitize: bool) -> Tuple[str, dict]:
-    key_src = json.dumps([_header_digest(), code, defines, includes, std, names, sanitize])
+def _build(code: str, defines, includes, std, names: List[str], sanitize: bool,
+           racecheck: bool = False) -> Tuple[str, dict]:
+    key_src = json.dumps([_header_digest(), code, defines, includes, std, names, sanitize, racecheck])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:32]
     cache = _cache_dir()
     lib_path = os.path.join(cache, f"k_{key}.so")
@@ -276,6 +299,8 @@ def _build(code: str, defines, includes, std, names: List[str], sanitize: bool) 
                  "-fno-gnu-unique"]
         if sanitize:
             flags += ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+        if racecheck:  # every load/store calls __tsan_*, which cuda_emu_race.h defines (no libtsan)
+            flags += ["-fsanitize=thread", "-DCUDA_EMU_RACECHECK"]
         inc = ["-I", _INCLUDE] + sum((["-I", os.path.abspath(d)] for d in includes), [])
         dfs = ["-D" + d for d in defines]
         cmd = ["g++"] + flags + ["-include", _HEADER] + inc + dfs + ["-c", "glue.cpp", "-o", "glue.o"]
@@ -312,7 +337,7 @@ def _build(code: str, defines, includes, std, names: List[str], sanitize: bool) 
                 funcs.setdefault(str(v), []).append(name)
         anchor = [v for (v, fl, sec, sz, name) in syms if name == "__emu_dyn_smem"]
         meta = {"statics": statics, "funcs": funcs, "anchor": anchor[0] if anchor else None,
-                "names": names, "sanitize": sanitize}
+                "names": names, "sanitize": sanitize, "racecheck": racecheck}
         tmp_meta = os.path.join(work, "meta.json")
         with open(tmp_meta, "w") as f:
             json.dump(meta, f)
@@ -365,7 +390,8 @@ class Module:
     """Mirror of ``cupy.RawModule(code=..., options=..., name_expressions=...)``."""
 
     def __init__(self, code: str, options: Sequence[str] = (), name_expressions: Sequence[str] = (),
-                 schedule: Optional[str] = None, seed: int = 0, *, sanitize: Optional[bool] = None):
+                 schedule: Optional[str] = None, seed: int = 0, *, sanitize: Optional[bool] = None,
+                 racecheck: Optional[bool] = None):
         if not isinstance(code, str):
             raise TypeError("code must be a str")
         if schedule is not None and schedule not in _SCHED_CODE:
@@ -376,6 +402,10 @@ class Module:
         self.schedule = schedule
         self.seed = int(seed)
         self.sanitize = sanitize_requested() if sanitize is None else bool(sanitize)
+        self.racecheck = racecheck_requested() if racecheck is None else bool(racecheck)
+        if self.racecheck and self.sanitize:
+            raise ValueError("racecheck and sanitize cannot be combined (ThreadSanitizer and AddressSanitizer "
+                             "instrumentation exclude each other); run them separately")
         if self.sanitize and not _libasan_loaded():
             raise SanitizerError(
                 "CUDA_EMU_SANITIZE=1 builds kernels with -fsanitize=address,undefined, which needs libasan "
@@ -398,8 +428,10 @@ class Module:
 
     def _compile(self, names: List[str]) -> None:
         with _LAUNCH_LOCK:
-            lib_path, meta = _build(self.code, self._defines, self._includes, self._std, names, self.sanitize)
+            lib_path, meta = _build(self.code, self._defines, self._includes, self._std, names, self.sanitize,
+                                    self.racecheck)
             self._lib = _load(lib_path, meta)
+        self._lib_path = lib_path
         self._meta = meta
         self._base = _LIB_CACHE[lib_path][1]["base"]
         self._names = list(names)
@@ -589,15 +621,22 @@ class Function:
                 buf = ctypes.create_string_buffer(raw, max(8, len(raw)))
             keep.append(buf)
             argv[i] = ctypes.addressof(buf)
+        if self.module.racecheck:
+            spans = [(a.ctypes.data, a.ctypes.data + a.nbytes) for a in args if isinstance(a, np.ndarray) and a.nbytes]
+            pairs = (ctypes.c_uint64 * (2 * max(1, len(spans))))(*[v for span in spans for v in span])
         with _LAUNCH_LOCK:
             if copies:
                 copies.copy_in()
+            if self.module.racecheck:
+                getattr(self._lib, "__emu_race_set")(pairs, ctypes.c_int(len(spans)), ctypes.c_int(1))
             rc = self._launch(ctypes.byref(cfg), argv)
             if copies:
                 copies.copy_back()
                 copies.free()
             if rc != 0:
                 msg = getattr(self._lib, "__emu_last_error")().decode(errors="replace")
+                if self.module.racecheck:
+                    msg = _source_lines(self.module._lib_path, msg)
                 raise KernelError(f"{self.name}: {msg}")
 
 

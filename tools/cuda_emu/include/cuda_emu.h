@@ -162,6 +162,11 @@ inline size_t stacks_bytes = 0;
 inline uint64_t* shared_regions = nullptr;   // pairs (addr, size)
 inline int n_shared_regions = 0;
 inline uint64_t clock_counter = 0;
+// racecheck (cuda_emu_race.h): barrier and warp-collective generations, block serial number
+inline uint64_t bar_gen = 0;
+inline uint64_t warp_gen[32];
+inline uint64_t block_serial = 0;
+inline int race_on = 0;
 }  // namespace rt
 
 #if defined(CUDA_EMU_ASAN)
@@ -422,6 +427,7 @@ static int try_collective(Fiber* f) {
     }
     for (int l = 0; l < 32; ++l)
         if ((m >> l) & 1u) base[l].state = ST_RUNNABLE;
+    ++rt::warp_gen[f->warp];  // racecheck: the warp's lanes are ordered across this collective
     return 1;
 }
 
@@ -471,6 +477,7 @@ static bool resolve_block() {
             case BAR_OR: res = cnt != 0; break;
         }
         for (int i = 0; i < n; ++i) { F[i].bar_result = res; F[i].state = ST_RUNNABLE; }
+        ++rt::bar_gen;  // racecheck: a new barrier interval
         return true;
     }
     // deadlock: describe it
@@ -668,6 +675,7 @@ static int run_launch(const LaunchCfg* cfg, void (*fn)(void*), void* ctx) {
         uint64_t b = cfg->schedule == 0 ? bi : cfg->schedule == 1 ? nblocks - 1 - bi : border[bi];
         rt::bidx = uint3{(unsigned)(b % gx), (unsigned)((b / gx) % gy), (unsigned)(b / ((uint64_t)gx * gy))};
         poison_shared(cfg->shmem);
+        ++rt::block_serial;  // racecheck: accesses of different blocks are never compared
         for (int i = 0; i < n; ++i) {
             Fiber* f = &F[i];
             memset(f, 0, sizeof(Fiber));
@@ -1156,3 +1164,7 @@ template <class T> static inline void __stwb(T* p, T v) { *const_cast<T*>(::cuda
 template <class T> static inline void __stwt(T* p, T v) { *const_cast<T*>(::cuda_emu::check_align<T>(p, "__stwt")) = v; }
 
 #endif  // CUDA_EMU_H
+
+#if defined(CUDA_EMU_RACECHECK)
+#include "cuda_emu_race.h"
+#endif
