@@ -101,6 +101,21 @@ def _dtype_name(dtype: Any) -> str:
     return np.dtype(dtype).name
 
 
+def score_dtype(dtype: Any) -> np.dtype:
+    """The dtype of importance scores for weights of ``dtype``: float32 for the 16-bit floats
+    (float16 and bfloat16 widen exactly), otherwise the weights' own dtype. The one home of this
+    rule: the backends and the checkpoint's global select read it.
+
+    Example::
+
+        >>> import ml_dtypes
+        >>> score_dtype(ml_dtypes.bfloat16), score_dtype("float64")
+        (dtype('float32'), dtype('float64'))
+    """
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype.itemsize == 2 else dtype
+
+
 def check_float_dtype(array: Any, argname: str) -> str:
     name = dtype_name(array)
     if name not in FLOAT_DTYPES:

@@ -282,7 +282,7 @@ def compress_24(w: Any, layout: str = "cutlass", *, backend: str | None = None) 
     """
     layout = check_layout(layout)
     adapted, array, dtype = _weights(w, layout)
-    registry = get_registry()
+    registry = get_registry().snapshot()  # select and call on the same backends
     name = registry.select(backend, array_type=adapted.array_type, dtype=dtype, operation="compress_24")
     values, metadata = registry.call(name, "compress_24", weights=array, layout=layout)
     return SparseWeight24(adapted.wrap(values), adapted.wrap(metadata), tuple(int(s) for s in array.shape),
@@ -309,7 +309,7 @@ def prune_24(w: Any, layout: str = "cutlass", method: str = "l1", *, backend: st
     layout = check_layout(layout)
     transform = check_method(method)
     adapted, array, dtype = _weights(w, layout)
-    registry = get_registry()
+    registry = get_registry().snapshot()  # select and call on the same backends
     name = registry.select(backend, array_type=adapted.array_type, dtype=dtype, operation="compress_24")
     if registry.supports(name, "prune_compress_24"):
         values, metadata = registry.call(name, "prune_compress_24", weights=array, layout=layout, transform=transform)
@@ -372,7 +372,7 @@ def decompress_24(sw: SparseWeight24 | None = None, *, values: Any = None, metad
         raise ShapeError(f"metadata: shape {tuple(md.array.shape)} does not fit a {shape} {dtype} weight; expected {expected}")
     if v.array_type != md.array_type:
         raise InvalidArgumentError(f"values are a {v.array_type} array but metadata a {md.array_type} array")
-    registry = get_registry()
+    registry = get_registry().snapshot()  # select and call on the same backends
     name = registry.select(backend, array_type=v.array_type, dtype=dtype, operation="decompress_24")
     dense = registry.call(name, "decompress_24", values=contiguous(v.array), metadata=contiguous(md.array),
                           shape=shape, layout=layout)

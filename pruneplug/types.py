@@ -21,6 +21,22 @@ OPERATIONS: FrozenSet[str] = frozenset(
     }
 )
 
+
+
+def implemented_operations(plugin: Any) -> FrozenSet[str]:
+    """The operations of :data:`OPERATIONS` that ``plugin`` (a module, class or object) implements
+    with a ``@pruneplug.hookimpl`` function ``pruneplug_<operation>``: what a backend declares, read
+    from its hooks so that the declaration and the implementation cannot drift apart.
+
+    Example::
+
+        >>> import pruneplug_backends.numpy as reference
+        >>> sorted(implemented_operations(reference))[:3]
+        ['apply_mask', 'block_mask', 'compress_24']
+    """
+    return frozenset(op for op in OPERATIONS if hasattr(getattr(plugin, f"pruneplug_{op}", None), "pruneplug_impl"))
+
+
 #: Dtypes magnitude pruning accepts.
 FLOAT_DTYPES: FrozenSet[str] = frozenset({"float16", "bfloat16", "float32", "float64"})
 

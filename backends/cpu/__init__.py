@@ -7,14 +7,15 @@ around every call into ``_native``, so calls from several Python threads run con
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
 
-from pruneplug.arrays import dtype_name
+from pruneplug.arrays import dtype_name, score_dtype
 from pruneplug.errors import BackendExecutionError, NonFiniteError
 from pruneplug.hookspecs import hookimpl
-from pruneplug.types import BackendInfo
+from pruneplug.types import BackendInfo, implemented_operations
 
 NAME = "cpu"
 
@@ -25,19 +26,6 @@ try:  # never raise at import: an unbuilt extension makes the backend unavailabl
 except ImportError as exc:  # pragma: no cover - depends on the build
     ffi = lib = None
     _IMPORT_ERROR = f"the C extension pruneplug_backends.cpu._native is not built: {exc}"
-
-OPERATIONS = {
-    "importance",
-    "unstructured_mask",
-    "nm_mask",
-    "block_mask",
-    "apply_mask",
-    "prune_unstructured",
-    "prune_nm",
-    "compress_24",
-    "decompress_24",
-    "prune_compress_24",
-}
 
 _DTYPE_CODE = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
 _TRANSFORM_CODE = {"abs": 0, "square": 1, "identity": 2}
@@ -52,7 +40,7 @@ def pruneplug_backend_info() -> BackendInfo:
         priority=100,
         array_types={"numpy"},
         dtypes=set(_DTYPE_CODE) | {"int8"},  # int8: 2:4 compression only
-        operations=OPERATIONS,
+        operations=implemented_operations(sys.modules[__name__]),
         available=lib is not None,
         reason=_IMPORT_ERROR,
         description="C kernels (cffi, OpenMP): sampled-bracket exact selection, branch-free N:M",
@@ -167,7 +155,7 @@ def pruneplug_apply_mask(weights: np.ndarray, mask: np.ndarray) -> None:
 @hookimpl
 def pruneplug_importance(weights: np.ndarray, method: str):
     name = _dtype_name(weights)
-    scores = np.empty(weights.shape, dtype=np.float32 if weights.dtype.itemsize == 2 else weights.dtype)
+    scores = np.empty(weights.shape, dtype=score_dtype(weights.dtype))
     stats = ffi.new("double[4]")
     bad = _bad()
     st = lib.pp_importance(_ptr(weights), _DTYPE_CODE[name], _METHOD_CODE[method], weights.size,

@@ -20,8 +20,6 @@ except ImportError:  # pragma: no cover - depends on the build
     ffi = lib = None
     _HAVE_24 = False
 
-OPERATIONS = frozenset({"compress_24", "decompress_24", "prune_compress_24"})
-
 _DTYPE = {"float16": 0, "bfloat16": 1, "float32": 2, "int8": 4}
 _LAYOUT = {"ptx": 0, "cutlass": 1}
 _TRANSFORM = {"abs": 0, "square": 1}

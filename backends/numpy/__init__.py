@@ -7,11 +7,14 @@ inputs on purpose; the ``cpu`` backend is the fast one.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
+from pruneplug.arrays import score_dtype
 from pruneplug.errors import NonFiniteError
 from pruneplug.hookspecs import hookimpl
-from pruneplug.types import FLOAT_DTYPES, BackendInfo
+from pruneplug.types import FLOAT_DTYPES, BackendInfo, implemented_operations
 
 NAME = "numpy"
 
@@ -23,8 +26,7 @@ def pruneplug_backend_info() -> BackendInfo:
         priority=0,
         array_types={"numpy"},
         dtypes=FLOAT_DTYPES | {"int8"},
-        operations={"importance", "unstructured_mask", "nm_mask", "block_mask", "apply_mask",
-                    "compress_24", "decompress_24", "prune_compress_24"},
+        operations=implemented_operations(sys.modules[__name__]),
         description="pure NumPy reference implementation (the specification)",
     )
 
@@ -32,11 +34,6 @@ def pruneplug_backend_info() -> BackendInfo:
 # ---------------------------------------------------------------------------------------------
 # scores
 # ---------------------------------------------------------------------------------------------
-def score_dtype(dtype: np.dtype) -> np.dtype:
-    """float32 for float16/bfloat16 weights, otherwise the weights' dtype."""
-    return np.dtype(np.float32) if np.dtype(dtype).itemsize == 2 else np.dtype(dtype)
-
-
 def check_finite(values: np.ndarray, transform: str) -> None:
     """Raise NonFiniteError for NaN/Inf weights, or NaN scores (``identity``)."""
     as_float = values.astype(np.float64).ravel()  # exact for every supported dtype
