@@ -16,7 +16,9 @@ from typing import Any, Callable
 import numpy as np
 
 from pruneplug.errors import ReadOnlyError, UnsupportedArrayError, UnsupportedDtypeError
-from pruneplug.types import FLOAT_DTYPES
+
+#: Dtypes magnitude pruning accepts (also ``pruneplug.types.FLOAT_DTYPES``).
+FLOAT_DTYPES: frozenset[str] = frozenset({"float16", "bfloat16", "float32", "float64"})
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, FrozenSet
 
+from pruneplug.arrays import FLOAT_DTYPES, adapt  # FLOAT_DTYPES: also read from here by backends
+
 #: Every operation name a backend may declare (the hook names without ``pruneplug_``).
 OPERATIONS: FrozenSet[str] = frozenset(
     {
@@ -22,7 +24,6 @@ OPERATIONS: FrozenSet[str] = frozenset(
 )
 
 
-
 def implemented_operations(plugin: Any) -> FrozenSet[str]:
     """The operations of :data:`OPERATIONS` that ``plugin`` (a module, class or object) implements
     with a ``@pruneplug.hookimpl`` function ``pruneplug_<operation>``: what a backend declares, read
@@ -35,10 +36,6 @@ def implemented_operations(plugin: Any) -> FrozenSet[str]:
         ['apply_mask', 'block_mask', 'compress_24']
     """
     return frozenset(op for op in OPERATIONS if hasattr(getattr(plugin, f"pruneplug_{op}", None), "pruneplug_impl"))
-
-
-#: Dtypes magnitude pruning accepts.
-FLOAT_DTYPES: FrozenSet[str] = frozenset({"float16", "bfloat16", "float32", "float64"})
 
 
 @dataclass(frozen=True)
@@ -171,8 +168,6 @@ class Mask:
 
     def to_float(self, dtype: Any = "float32") -> Any:
         """The mask as numbers: 1.0 keep, 0.0 prune (Aprender's representation)."""
-        from pruneplug.arrays import adapt
-
         adapted = adapt(self.data, "mask")
         return adapted.wrap(adapted.array.astype(dtype))
 
