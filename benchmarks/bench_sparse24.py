@@ -66,14 +66,14 @@ def interleaved(fns: dict, repeats: int) -> dict:
 
 def c_funcs(w: np.ndarray, layout: str):
     from pruneplug_backends.cpu import compress24 as c24
-    from pruneplug_backends.cpu._native import ffi, lib
+    from pruneplug_backends.cpu.native import DTYPE_CODE, LAYOUT_CODE, ffi, lib
 
     values, meta = c24._outputs(w)
     bad = ffi.new("int64_t[3]")
     rows, cols = w.shape
 
     def reused():
-        st = lib.pp24_compress(c24._ptr(w), c24._DTYPE[w.dtype.name], rows, cols, c24._LAYOUT[layout],
+        st = lib.pp24_compress(c24._ptr(w), DTYPE_CODE[w.dtype.name], rows, cols, LAYOUT_CODE[layout],
                                c24._ptr(values), c24._ptr(meta), 0, bad, bad + 1, bad + 2)
         assert st == 0
 

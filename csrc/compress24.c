@@ -163,13 +163,13 @@ static int64_t compress_rows8(const uint8_t *w, int64_t r0, int64_t r1, int64_t 
 /* The first group of row r with more than m/2 nonzeros (and its count), scanning scalar. */
 static void first_bad_group(const void *w, int dtype, int64_t r, int64_t cols, int64_t *group, int64_t *count)
 {
-    int m = dtype == PP24_F32 ? 2 : 4;
+    int m = dtype == PP_F32 ? 2 : 4;
     for (int64_t g = 0; g < cols / m; g++) {
         int n = 0;
         for (int i = 0; i < m; i++) {
             int64_t k = r * cols + g * m + i;
-            if (dtype == PP24_F32) n += (((const uint32_t *)w)[k] & 0x7FFFFFFFu) != 0;
-            else if (dtype == PP24_I8) n += ((const uint8_t *)w)[k] != 0;
+            if (dtype == PP_F32) n += (((const uint32_t *)w)[k] & 0x7FFFFFFFu) != 0;
+            else if (dtype == PP_I8) n += ((const uint8_t *)w)[k] != 0;
             else n += (((const uint16_t *)w)[k] & 0x7FFFu) != 0;
         }
         if (n > m / 2) {
@@ -184,13 +184,13 @@ static void first_bad_group(const void *w, int dtype, int64_t r, int64_t cols, i
 
 static int check_args(int dtype, int64_t rows, int64_t cols, int layout)
 {
-    if (dtype != PP24_F16 && dtype != PP24_BF16 && dtype != PP24_F32 && dtype != PP24_I8) return 0;
+    if (dtype != PP_F16 && dtype != PP_BF16 && dtype != PP_F32 && dtype != PP_I8) return 0;
     if (layout != PP24_PTX && layout != PP24_CUTLASS) return 0;
     if (rows < 0 || cols < 0) return 0;
-    int64_t per_word = dtype == PP24_F32 ? 8 : (dtype == PP24_I8 ? 32 : 16);
+    int64_t per_word = dtype == PP_F32 ? 8 : (dtype == PP_I8 ? 32 : 16);
     if (cols % per_word) return 0;
     if (layout == PP24_CUTLASS) {
-        if (rows % (dtype == PP24_I8 ? 16 : 32)) return 0;
+        if (rows % (dtype == PP_I8 ? 16 : 32)) return 0;
         if ((cols / per_word) % 2) return 0;
     }
     return 1;
@@ -201,8 +201,8 @@ static meta_map make_map(int dtype, int64_t rows, int64_t cols, int layout)
     meta_map mm;
     mm.layout = layout;
     mm.rows = rows;
-    mm.ncols = cols / (dtype == PP24_F32 ? 8 : (dtype == PP24_I8 ? 32 : 16));
-    mm.word_bytes = dtype == PP24_I8 ? 4 : 2;
+    mm.ncols = cols / (dtype == PP_F32 ? 8 : (dtype == PP_I8 ? 32 : 16));
+    mm.word_bytes = dtype == PP_I8 ? 4 : 2;
     return mm;
 }
 
@@ -210,9 +210,9 @@ static meta_map make_map(int dtype, int64_t rows, int64_t cols, int layout)
 static int64_t compress_range(const void *weights, int dtype, int64_t r0, int64_t r1, int64_t cols,
                               const meta_map *mm, void *values, void *metadata)
 {
-    if (dtype == PP24_F32)
+    if (dtype == PP_F32)
         return compress_rows32((const uint32_t *)weights, r0, r1, cols, mm, (uint32_t *)values, (uint16_t *)metadata);
-    if (dtype == PP24_I8)
+    if (dtype == PP_I8)
         return compress_rows8((const uint8_t *)weights, r0, r1, cols, mm, (uint8_t *)values, (uint32_t *)metadata);
     return compress_rows16((const uint16_t *)weights, r0, r1, cols, mm, (uint16_t *)values, (uint16_t *)metadata);
 }
@@ -225,7 +225,7 @@ static int64_t compress_bands(const void *weights, int dtype, int64_t b0, int64_
                               const meta_map *mm, void *values, void *metadata, void *band)
 {
     int64_t group = mm->word_bytes == 2 ? 32 : 16, ncols = mm->ncols;
-    size_t esize = dtype == PP24_F32 ? 4 : (dtype == PP24_I8 ? 1 : 2);
+    size_t esize = dtype == PP_F32 ? 4 : (dtype == PP_I8 ? 1 : 2);
     meta_map local = {PP24_PTX, group, ncols, mm->word_bytes};
     for (int64_t b = b0; b < b1; b++) {
         int64_t r0 = b * group;
@@ -289,7 +289,7 @@ int pp24_compress(const void *weights, int dtype, int64_t rows, int64_t cols, in
 static int64_t decompress_rows(const void *values, const void *metadata, int dtype, int64_t r0, int64_t r1,
                                int64_t cols, const meta_map *mm, void *dense)
 {
-    const uint8_t *invalid = dtype == PP24_F32 ? INVALID12 : INVALID24;
+    const uint8_t *invalid = dtype == PP_F32 ? INVALID12 : INVALID24;
     int per_word = mm->word_bytes * 2;
     for (int64_t r = r0; r < r1; r++) {
         int64_t base = row_base(mm, r);
@@ -302,12 +302,12 @@ static int64_t decompress_rows(const void *values, const void *metadata, int dty
                 bad |= invalid[nib];
                 unsigned i0 = nib & 3u, i1 = nib >> 2;
                 int64_t grp = c * per_word + j;
-                if (dtype == PP24_F32) {
+                if (dtype == PP_F32) {
                     uint32_t v = ((const uint32_t *)values)[r * (cols / 2) + grp];
                     uint32_t *d = (uint32_t *)dense + r * cols + grp * 2;
                     d[0] = nib == 0xEu ? 0u : v;
                     d[1] = nib == 0xEu ? v : 0u;
-                } else if (dtype == PP24_I8) {
+                } else if (dtype == PP_I8) {
                     uint16_t pair;
                     memcpy(&pair, (const uint8_t *)values + r * (cols / 2) + grp * 2, 2);
                     uint32_t g = ((uint32_t)(pair & 0xFFu) << (8 * i0)) | ((uint32_t)(pair >> 8) << (8 * i1));
@@ -344,7 +344,7 @@ int pp24_decompress(const void *values, const void *metadata, int dtype, int64_t
         if (first[t] < 0) continue;
         int64_t r = first[t], base = row_base(&mm, r);
         int per_word = mm.word_bytes * 2;
-        const uint8_t *invalid = dtype == PP24_F32 ? INVALID12 : INVALID24;
+        const uint8_t *invalid = dtype == PP_F32 ? INVALID12 : INVALID24;
         for (int64_t c = 0; c < mm.ncols; c++) {
             int64_t idx = word_index(&mm, base, c);
             uint32_t word = mm.word_bytes == 2 ? ((const uint16_t *)metadata)[idx] : ((const uint32_t *)metadata)[idx];
@@ -379,27 +379,27 @@ static inline unsigned top2(uint32_t k0, uint32_t k1, uint32_t k2, uint32_t k3)
 static inline uint32_t key_of(uint32_t bits, int dtype, int transform)
 {
     switch (dtype) {
-    case PP24_I8: {
+    case PP_I8: {
         int8_t x = (int8_t)bits;
         return (uint32_t)(x < 0 ? -(int)x : (int)x);
     }
-    case PP24_F16:
-        if (transform == PP24_ABS) return bits & 0x7FFFu;
+    case PP_F16:
+        if (transform == PP_ABS) return bits & 0x7FFFu;
         { float x = pp_h2f((uint16_t)bits); return pp_f2u(x * x); }
-    case PP24_BF16:
-        if (transform == PP24_ABS) return bits & 0x7FFFu;
+    case PP_BF16:
+        if (transform == PP_ABS) return bits & 0x7FFFu;
         { float x = pp_bf2f((uint16_t)bits); return pp_f2u(x * x); }
     default:
-        if (transform == PP24_ABS) return bits & 0x7FFFFFFFu;
+        if (transform == PP_ABS) return bits & 0x7FFFFFFFu;
         { float x = pp_u2f(bits); return pp_f2u(x * x); }
     }
 }
 
 static inline int nonfinite(uint32_t bits, int dtype)
 {
-    if (dtype == PP24_F32) return (bits & 0x7F800000u) == 0x7F800000u;
-    if (dtype == PP24_F16) return (bits & 0x7C00u) == 0x7C00u;
-    if (dtype == PP24_BF16) return (bits & 0x7F80u) == 0x7F80u;
+    if (dtype == PP_F32) return (bits & 0x7F800000u) == 0x7F800000u;
+    if (dtype == PP_F16) return (bits & 0x7C00u) == 0x7C00u;
+    if (dtype == PP_BF16) return (bits & 0x7F80u) == 0x7F80u;
     return 0;
 }
 
@@ -421,7 +421,7 @@ static void prune_compress_rows(const void *w, int dtype, int transform, int64_t
             for (int j = 0; j < per_word; j++) {
                 int64_t grp = c * per_word + j;
                 unsigned nib;
-                if (dtype == PP24_F32) {
+                if (dtype == PP_F32) {
                     const uint32_t *g = (const uint32_t *)w + r * cols + grp * 2;
                     for (int i = 0; i < 2; i++)
                         if (nonfinite(g[i], dtype)) {
@@ -434,7 +434,7 @@ static void prune_compress_rows(const void *w, int dtype, int transform, int64_t
                     uint32_t e[4];
                     int64_t k = r * cols + grp * 4;
                     for (int i = 0; i < 4; i++) {
-                        e[i] = dtype == PP24_I8 ? ((const uint8_t *)w)[k + i] : ((const uint16_t *)w)[k + i];
+                        e[i] = dtype == PP_I8 ? ((const uint8_t *)w)[k + i] : ((const uint16_t *)w)[k + i];
                         if (nonfinite(e[i], dtype)) {
                             if (nf->first < 0) nf->first = k + i;
                             nf->count++;
@@ -444,7 +444,7 @@ static void prune_compress_rows(const void *w, int dtype, int transform, int64_t
                                          key_of(e[2], dtype, transform), key_of(e[3], dtype, transform));
                     for (int i = 0; i < 4; i++)
                         if (!(keep >> i & 1)) e[i] = 0;
-                    if (dtype == PP24_I8) {
+                    if (dtype == PP_I8) {
                         uint32_t g = e[0] | e[1] << 8 | e[2] << 16 | e[3] << 24;
                         nib = put8(g, (uint8_t *)vals + r * (cols / 2) + grp * 2, &bad);
                     } else {
@@ -467,7 +467,7 @@ int pp24_prune_compress(const void *weights, int dtype, int transform, int64_t r
                         int64_t *bad_row, int64_t *bad_group, int64_t *bad_value)
 {
     if (!check_args(dtype, rows, cols, layout)) return PP24_ERR_ARG;
-    if (transform != PP24_ABS && transform != PP24_SQUARE) return PP24_ERR_ARG;
+    if (transform != PP_ABS && transform != PP_SQUARE) return PP24_ERR_ARG;
     meta_map mm = make_map(dtype, rows, cols, layout);
     int nt = pp_threads(nthreads, (size_t)(rows * cols));
     if ((int64_t)nt > rows) nt = rows > 0 ? (int)rows : 1;

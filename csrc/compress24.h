@@ -29,6 +29,8 @@
 
 #include <stdint.h>
 
+#include "pruneplug.h"
+
 enum pp24_status {
     PP24_OK = 0,
     PP24_ERR_NOT_SPARSE = -20,
@@ -37,12 +39,11 @@ enum pp24_status {
     PP24_ERR_ARG = -23
 };
 
-enum pp24_dtype { PP24_F16 = 0, PP24_BF16 = 1, PP24_F32 = 2, PP24_I8 = 4 };
+/* `dtype` is one of enum pp_dtype (pruneplug.h): PP_F16, PP_BF16, PP_F32 or PP_I8; the
+ * `transform` of pp24_prune_compress is PP_ABS or PP_SQUARE (enum pp_transform; int8 always
+ * uses |w|). */
 
 enum pp24_layout { PP24_PTX = 0, PP24_CUTLASS = 1 };
-
-/* Transforms for pp24_prune_compress (same codes as enum pp_transform; int8 always uses |w|). */
-enum pp24_transform { PP24_ABS = 0, PP24_SQUARE = 1 };
 
 int pp24_compress(const void *weights, int dtype, int64_t rows, int64_t cols, int layout,
                   void *values, void *metadata, int nthreads,

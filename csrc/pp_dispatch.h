@@ -9,7 +9,7 @@
                               uint8_t *out, int nt, int options, int *path, int64_t *bad_count,   \
                               int64_t *bad_first);                                                \
     int pp_k_nm_##S(void *values, int dtype, int transform, size_t outer, size_t length,          \
-                    size_t inner, size_t nk, size_t m, uint8_t *out, int fresh, int nthreads,     \
+                    size_t inner, size_t nk, size_t m, uint8_t *out, int nthreads,                \
                     int64_t *bad_count, int64_t *bad_first);                                      \
     int pp_k_block_sums_##S(const void *values, int dtype, int transform, size_t rows,            \
                             size_t cols, size_t bh, size_t bw, double *sums, int nthreads,        \

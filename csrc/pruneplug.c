@@ -26,7 +26,7 @@ typedef struct {
     const char *name;
     int (*unstructured)(void *, int, int, size_t, size_t, uint8_t *, int, int, int *, int64_t *,
                         int64_t *);
-    int (*nm)(void *, int, int, size_t, size_t, size_t, size_t, size_t, uint8_t *, int, int,
+    int (*nm)(void *, int, int, size_t, size_t, size_t, size_t, size_t, uint8_t *, int,
               int64_t *, int64_t *);
     int (*block_sums)(const void *, int, int, size_t, size_t, size_t, size_t, double *, int,
                       int64_t *, int64_t *);
@@ -126,34 +126,34 @@ int pp_prune_unstructured(void *weights, int dtype, int transform, int64_t n, in
 }
 
 static int pp_nm_any(void *values, int dtype, int transform, int64_t outer, int64_t length,
-                     int64_t inner, int64_t n, int64_t m, uint8_t *out, int fresh, int nthreads,
+                     int64_t inner, int64_t keep, int64_t m, uint8_t *out, int nthreads,
                      int64_t *bad_count, int64_t *bad_first)
 {
     int64_t bc, bf;
     if (!bad_count) bad_count = &bc;
     if (!bad_first) bad_first = &bf;
     pp_clear_bad(bad_count, bad_first);
-    if (!pp_valid(dtype, transform) || outer < 0 || length < 0 || inner < 0 || m < 1 || n < 0 ||
-        n > m || length % m)
+    if (!pp_valid(dtype, transform) || outer < 0 || length < 0 || inner < 0 || m < 1 || keep < 0 ||
+        keep > m || length % m)
         return PP_ERR_ARG;
     return pp_pick()->nm(values, dtype, transform, (size_t)outer, (size_t)length, (size_t)inner,
-                         (size_t)n, (size_t)m, out, fresh, nthreads, bad_count, bad_first);
+                         (size_t)keep, (size_t)m, out, nthreads, bad_count, bad_first);
 }
 
 int pp_nm_mask(const void *values, int dtype, int transform, int64_t outer, int64_t length,
-               int64_t inner, int64_t n, int64_t m, uint8_t *out, int out_is_fresh, int nthreads,
+               int64_t inner, int64_t keep, int64_t m, uint8_t *out, int nthreads,
                int64_t *bad_count, int64_t *bad_first)
 {
     if (!out) return PP_ERR_ARG;
-    return pp_nm_any((void *)values, dtype, transform, outer, length, inner, n, m, out,
-                     out_is_fresh, nthreads, bad_count, bad_first);
+    return pp_nm_any((void *)values, dtype, transform, outer, length, inner, keep, m, out,
+                     nthreads, bad_count, bad_first);
 }
 
 int pp_prune_nm(void *weights, int dtype, int transform, int64_t outer, int64_t length,
-                int64_t inner, int64_t n, int64_t m, int nthreads,
+                int64_t inner, int64_t keep, int64_t m, int nthreads,
                 int64_t *bad_count, int64_t *bad_first)
 {
-    return pp_nm_any(weights, dtype, transform, outer, length, inner, n, m, NULL, 0, nthreads,
+    return pp_nm_any(weights, dtype, transform, outer, length, inner, keep, m, NULL, nthreads,
                      bad_count, bad_first);
 }
 
@@ -161,19 +161,6 @@ static int pp_block_args(int dtype, int transform, int64_t rows, int64_t cols, i
 {
     return pp_valid(dtype, transform) && rows >= 0 && cols >= 0 && bh >= 1 && bw >= 1 &&
            rows % bh == 0 && cols % bw == 0;
-}
-
-int pp_block_sums(const void *values, int dtype, int transform, int64_t rows, int64_t cols,
-                  int64_t bh, int64_t bw, double *sums, int nthreads,
-                  int64_t *bad_count, int64_t *bad_first)
-{
-    int64_t bc, bf;
-    if (!bad_count) bad_count = &bc;
-    if (!bad_first) bad_first = &bf;
-    pp_clear_bad(bad_count, bad_first);
-    if (!pp_block_args(dtype, transform, rows, cols, bh, bw)) return PP_ERR_ARG;
-    return pp_pick()->block_sums(values, dtype, transform, (size_t)rows, (size_t)cols, (size_t)bh,
-                                 (size_t)bw, sums, nthreads, bad_count, bad_first);
 }
 
 int pp_block_mask(const void *values, int dtype, int transform, int64_t rows, int64_t cols,

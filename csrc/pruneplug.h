@@ -30,7 +30,9 @@ enum pp_status {
     PP_ERR_ARG = -3
 };
 
-enum pp_dtype { PP_F16 = 0, PP_BF16 = 1, PP_F32 = 2, PP_F64 = 3 };
+/* Element types, the one list of codes: the cffi layer reads them as lib.PP_F16, ... (int8: 2:4
+ * compression only, csrc/compress24.h). */
+enum pp_dtype { PP_F16 = 0, PP_BF16 = 1, PP_F32 = 2, PP_F64 = 3, PP_I8 = 4 };
 
 enum pp_transform { PP_ABS = 0, PP_SQUARE = 1, PP_IDENTITY = 2 };
 
@@ -66,16 +68,15 @@ int pp_prune_unstructured(void *weights, int dtype, int transform, int64_t n, in
                           int64_t *bad_count, int64_t *bad_first);
 
 /* N:M along the middle axis of an (outer, length, inner) C-contiguous view: in every group of m
- * consecutive elements along `length` (elements `inner` apart) keep the n largest scores; ties
- * keep the lower index. `length` is a multiple of m. If `out_is_fresh` is nonzero the caller
- * owns `out` exclusively and it may be written before the non-finite check completes. */
+ * consecutive elements along `length` (elements `inner` apart) keep the `keep` largest scores;
+ * ties keep the lower index. `length` is a multiple of m, 0 <= keep <= m. */
 int pp_nm_mask(const void *values, int dtype, int transform, int64_t outer, int64_t length,
-               int64_t inner, int64_t n, int64_t m, uint8_t *out, int out_is_fresh, int nthreads,
+               int64_t inner, int64_t keep, int64_t m, uint8_t *out, int nthreads,
                int64_t *bad_count, int64_t *bad_first);
 
 /* Same, zeroing the pruned weights in place. */
 int pp_prune_nm(void *weights, int dtype, int transform, int64_t outer, int64_t length,
-                int64_t inner, int64_t n, int64_t m, int nthreads,
+                int64_t inner, int64_t keep, int64_t m, int nthreads,
                 int64_t *bad_count, int64_t *bad_first);
 
 /* Block mask of a (rows, cols) array in (bh, bw) blocks; prunes exactly k blocks ranked by a
@@ -83,11 +84,6 @@ int pp_prune_nm(void *weights, int dtype, int transform, int64_t outer, int64_t 
  * rank highest). `out` receives rows*cols bytes. */
 int pp_block_mask(const void *values, int dtype, int transform, int64_t rows, int64_t cols,
                   int64_t bh, int64_t bw, int64_t k, uint8_t *out, int nthreads,
-                  int64_t *bad_count, int64_t *bad_first);
-
-/* Block sums only (rows/bh * cols/bw doubles, row-major block order). */
-int pp_block_sums(const void *values, int dtype, int transform, int64_t rows, int64_t cols,
-                  int64_t bh, int64_t bw, double *sums, int nthreads,
                   int64_t *bad_count, int64_t *bad_first);
 
 /* weights[i] = mask[i] ? weights[i] : +0.0, bits of kept entries untouched. */

@@ -31,7 +31,7 @@ from pruneplug.checkpoint import global_unstructured_masks, inspect_checkpoint, 
 from pruneplug.sparse24 import SparseWeight24, compress_24, decompress_24, prune_24
 from pruneplug import compressed_tensors  # noqa: E402  (a submodule, imported for pp.compressed_tensors)
 
-__version__ = "0.1.0"
+from pruneplug.version import __version__  # noqa: E402
 
 __all__ = [
     "BackendInfo",

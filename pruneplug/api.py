@@ -45,7 +45,7 @@ def _scores_array(scores: Any, argname: str = "scores"):
 
 
 def _run(backend: str | None, operation: str, array: Any, array_type: str, **kwargs: Any) -> tuple[str, Any]:
-    registry = get_registry()
+    registry = get_registry().snapshot()  # select and call on the same backends
     name = registry.select(backend, array_type=array_type, dtype=dtype_name(array), operation=operation)
     return name, registry.call(name, operation, **kwargs)
 
@@ -358,7 +358,7 @@ def _prune_in_place(target: Any, adapted: Any, backend: str | None, return_mask:
                     fused_operation: str, pattern: str, **arguments: Any) -> Mask | None:
     """Prune ``target`` in place on one backend: its fused operation when the caller needs no mask
     and the backend has one (no mask is materialised), otherwise the mask, then ``apply_mask``."""
-    registry = get_registry()
+    registry = get_registry().snapshot()  # every step on the same backends
     dtype = dtype_name(target)
     name = registry.select(backend, array_type=adapted.array_type, dtype=dtype, operation=mask_operation)
     if not return_mask and registry.supports(name, fused_operation):

@@ -16,7 +16,9 @@ from typing import Any, Callable
 import numpy as np
 
 from pruneplug.errors import ReadOnlyError, UnsupportedArrayError, UnsupportedDtypeError
-from pruneplug.types import FLOAT_DTYPES
+
+#: Dtypes magnitude pruning accepts (also ``pruneplug.types.FLOAT_DTYPES``).
+FLOAT_DTYPES: frozenset[str] = frozenset({"float16", "bfloat16", "float32", "float64"})
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,21 @@ def dtype_name(array: Any) -> str:
 def _dtype_name(dtype: Any) -> str:
     # A pure memo: NumPy's dtype.name costs microseconds, which matters for small arrays.
     return np.dtype(dtype).name
+
+
+def score_dtype(dtype: Any) -> np.dtype:
+    """The dtype of importance scores for weights of ``dtype``: float32 for the 16-bit floats
+    (float16 and bfloat16 widen exactly), otherwise the weights' own dtype. The one home of this
+    rule: the backends and the checkpoint's global select read it.
+
+    Example::
+
+        >>> import ml_dtypes
+        >>> score_dtype(ml_dtypes.bfloat16), score_dtype("float64")
+        (dtype('float32'), dtype('float64'))
+    """
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype.itemsize == 2 else dtype
 
 
 def check_float_dtype(array: Any, argname: str) -> str:

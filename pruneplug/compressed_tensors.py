@@ -48,7 +48,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from pruneplug.arrays import adapt, dtype_name, to_numpy
-from pruneplug.errors import InvalidArgumentError, NotNMSparseError, ShapeError, UnsupportedArrayError
+from pruneplug.errors import InvalidArgumentError, ShapeError, UnsupportedArrayError
+from pruneplug.sparse24 import kept_pair_arrays, not_nm_sparse_error
 
 SPARSE_BITMASK = "sparse-bitmask"
 SPARSE_24_BITMASK = "sparse-24-bitmask"
@@ -59,17 +60,6 @@ PARAM_NAMES = {
     SPARSE_BITMASK: ("shape", "compressed", "bitmask", "row_offsets"),
     SPARSE_24_BITMASK: ("shape", "compressed", "bitmask"),
 }
-
-# Kept positions (idx0, idx1) of a group of 4 by its nonzero pattern (bit i = element i is
-# nonzero), PyTorch/CUTLASS padding for groups with fewer than two nonzeros; None: 3 or 4 nonzeros.
-_KEEP_24: list[tuple[int, int] | None] = [None] * 16
-for _p in range(16):
-    _nz = [i for i in range(4) if _p >> i & 1]
-    if len(_nz) == 2:
-        _KEEP_24[_p] = (_nz[0], _nz[1])
-    elif len(_nz) < 2:
-        _KEEP_24[_p] = {0: (2, 3), 1: (0, 2), 2: (1, 2), 4: (2, 3), 8: (2, 3)}[_p]
-
 
 def _check_fmt(fmt: Any) -> str:
     if fmt not in FORMATS:
@@ -108,13 +98,8 @@ def keep_mask_24(array: np.ndarray) -> np.ndarray:
     bad = np.argwhere(counts > 2)
     if bad.size:
         r, g = (int(x) for x in bad[0])
-        raise NotNMSparseError(
-            f"weights are not 2:4 sparse along the last axis: row {r}, group {g} (columns "
-            f"{4 * g}..{4 * g + 3}) has {int(counts[r, g])} nonzeros; {int(bad.shape[0])} group(s) "
-            "have more than 2. Prune first (pruneplug.prune(w, pattern='2:4'))"
-        )
-    idx0 = np.array([k[0] if k else 0 for k in _KEEP_24], dtype=np.intp)[pattern]
-    idx1 = np.array([k[1] if k else 1 for k in _KEEP_24], dtype=np.intp)[pattern]
+        raise not_nm_sparse_error(2, 4, r, g, int(counts[r, g]), int(bad.shape[0]))
+    idx0, idx1 = (table.astype(np.intp)[pattern] for table in kept_pair_arrays())
     keep = np.zeros((rows, cols // 4, 4), dtype=bool)
     np.put_along_axis(keep, idx0[..., None], True, axis=2)
     np.put_along_axis(keep, idx1[..., None], True, axis=2)

@@ -4,7 +4,8 @@ The built-in backends are ordinary plugins found through the ``pruneplug`` entry
 same way a third party's are. A plugin that fails to import or register is reported (a
 :class:`~pruneplug.errors.PluginLoadWarning` and a row in :func:`pruneplug.backends`) and never
 breaks ``import pruneplug``. ``PRUNEPLUG_DISABLE_PLUGINS`` (comma-separated entry-point names)
-skips plugins; ``PRUNEPLUG_BACKEND`` sets the default backend (``"auto"`` when unset).
+skips plugins, except the ``numpy`` reference backend: it is the specification every backend and
+the conformance kit compare with, so it is always registered; ``PRUNEPLUG_BACKEND`` sets the default backend (``"auto"`` when unset).
 
 The one piece of global state in pruneplug is the plugin manager held here.
 """
@@ -21,9 +22,105 @@ import pluggy
 
 from pruneplug import hookspecs
 from pruneplug.errors import BackendNotFoundError, BackendUnavailableError, PluginLoadWarning
-from pruneplug.types import BackendInfo, BackendStatus
+from pruneplug.types import OPERATIONS, BackendInfo, BackendStatus
 
 ENTRY_POINT_GROUP = "pruneplug"
+#: The entry point of the reference backend (the specification): never disabled.
+REFERENCE_PLUGIN = "numpy"
+
+
+class RegistryView:
+    """The registry as it was at one moment: the backends, their plugins and their hook
+    implementations, never changed after it is built (a registration or unregistration builds a
+    new view). A call selects and calls on one view, so a plugin unregistered by another thread in
+    between cannot make it fail: the call finishes on the backends it started with.
+
+    Selections and resolved hooks are memoised per view (plain dict writes of values that depend
+    only on the view: safe under concurrent calls).
+    """
+
+    def __init__(self, backends: dict[str, tuple[BackendInfo, str]],
+                 implementations: dict[tuple[str, str], tuple[Callable[..., Any], tuple[str, ...], tuple[str, ...]]]):
+        self._backends = backends  # backend name -> (info, plugin name)
+        self._implementations = implementations  # (backend, operation) -> (function, argnames, kwargnames)
+        self._selected: dict[tuple[str, str, str, str], str] = {}
+
+    def names(self) -> list[str]:
+        return list(self._backends)
+
+    def plugin_name(self, name: str) -> str:
+        return self._backends[name][1]
+
+    def info(self, name: str) -> BackendInfo:
+        if name not in self._backends:
+            known = ", ".join(sorted(self._backends)) or "none"
+            raise BackendNotFoundError(f"backend={name!r} is not registered; registered backends: {known}")
+        return self._backends[name][0]
+
+    def supports(self, backend: str, operation: str) -> bool:
+        return operation in self.info(backend).operations
+
+    def select(self, backend: str | None, *, array_type: str, dtype: str, operation: str) -> str:
+        """The backend to run ``operation``: the named one (or an error saying why it cannot run),
+        or for ``"auto"`` the highest-priority available one that supports it. Never a silent
+        fallback from a named backend."""
+        if backend is None:
+            backend = os.environ.get("PRUNEPLUG_BACKEND", "auto") or "auto"
+        key = (backend, array_type, dtype, operation)
+        selected = self._selected.get(key)
+        if selected is None:
+            selected = self._select(backend, array_type, dtype, operation)
+            self._selected[key] = selected  # only successful choices are remembered
+        return selected
+
+    def _select(self, backend: str, array_type: str, dtype: str, operation: str) -> str:
+        if backend != "auto":
+            info = self.info(backend)
+            if not info.available:
+                raise BackendUnavailableError(f"backend={backend!r} is not available here: {info.reason}")
+            _check_support(info, array_type, dtype, operation)
+            return backend
+        candidates = [
+            info
+            for info, _ in self._backends.values()
+            if info.available and info.supports(array_type, dtype, operation)
+        ]
+        if not candidates:
+            raise BackendUnavailableError(
+                f"no available backend supports {operation} on {array_type} arrays of dtype {dtype}; "
+                f"see pruneplug.backends()"
+            )
+        return max(candidates, key=lambda i: (i.priority, i.name)).name
+
+    def call(self, backend: str, operation: str, **kwargs: Any) -> Any:
+        """Call ``operation``'s hook on ``backend``'s plugin alone (keywords only).
+
+        The one implementation is called the way pluggy calls it (the arguments it names, so a
+        plugin may accept fewer than the spec; those with defaults by keyword), without pluggy's
+        per-call machinery: the backend is already chosen, and for small arrays those microseconds
+        are the cost.
+        """
+        target = self._implementations.get((backend, operation))
+        if target is None:
+            self.info(backend)  # BackendNotFoundError for an unknown name
+            raise BackendUnavailableError(
+                f"backend={backend!r} declares {operation} but implements no pruneplug_{operation}")
+        function, argnames, kwargnames = target
+        return function(*[kwargs[name] for name in argnames],
+                        **{name: kwargs[name] for name in kwargnames if name in kwargs})
+
+
+def _check_support(info: BackendInfo, array_type: str, dtype: str, operation: str) -> None:
+    if array_type not in info.array_types:
+        raise BackendUnavailableError(
+            f"backend={info.name!r} takes {sorted(info.array_types)} arrays, got a {array_type} array"
+        )
+    if dtype not in info.dtypes:
+        raise BackendUnavailableError(
+            f"backend={info.name!r} does not support dtype {dtype}; it supports {sorted(info.dtypes)}"
+        )
+    if operation not in info.operations:
+        raise BackendUnavailableError(f"backend={info.name!r} does not implement {operation}")
 
 
 class Registry:
@@ -33,24 +130,23 @@ class Registry:
 
         reg = Registry()
         reg.load_entry_points()
-        name = reg.select("auto", array_type="numpy", dtype="float32", operation="nm_mask")
-        mask = reg.call(name, "nm_mask", values=w, n=2, m=4, axis=1, transform="abs", out=None)
+        view = reg.snapshot()  # select and call on the same set of backends
+        name = view.select("auto", array_type="numpy", dtype="float32", operation="nm_mask")
+        mask = view.call(name, "nm_mask", values=w, n=2, m=4, axis=1, transform="abs", out=None)
     """
 
     def __init__(self) -> None:
         self.plugin_manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.plugin_manager.add_hookspecs(hookspecs)
         self._failures: dict[str, str] = {}  # plugin name -> error text
-        self._infos: dict[str, tuple[BackendInfo, Any]] = {}  # backend name -> (info, plugin)
-        self._infos_loaded = False
-        self._callers: dict[tuple[str, str], tuple[Callable[..., Any], tuple[str, ...], tuple[str, ...]]] = {}
-        self._selected: dict[tuple[str, str, str, str], str] = {}
+        self._view: RegistryView | None = None  # None: rebuild on next use
         self._lock = threading.RLock()
 
     # -- loading ---------------------------------------------------------------------------
     def load_entry_points(self) -> None:
         """Register every plugin of the ``pruneplug`` entry-point group, isolating failures."""
         disabled = {n.strip() for n in os.environ.get("PRUNEPLUG_DISABLE_PLUGINS", "").split(",") if n.strip()}
+        disabled.discard(REFERENCE_PLUGIN)
         for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
             if entry_point.name in disabled or self.plugin_manager.has_plugin(entry_point.name):
                 continue
@@ -66,24 +162,19 @@ class Registry:
             registered = self.plugin_manager.register(plugin, name=name)
             if registered is None:
                 raise ValueError(f"plugin {name or plugin!r} is blocked or already registered")
-            self._forget()
+            self._view = None
             return registered
 
     def unregister(self, name: str) -> None:
         """Unregister the plugin that provides backend (or plugin) ``name``."""
         with self._lock:
-            self._ensure_infos()
-            plugin = self._infos[name][1] if name in self._infos else self.plugin_manager.get_plugin(name)
+            view = self.snapshot()
+            plugin_name = view.plugin_name(name) if name in view.names() else name
+            plugin = self.plugin_manager.get_plugin(plugin_name)
             if plugin is None:
                 raise BackendNotFoundError(f"backend {name!r} is not registered")
             self.plugin_manager.unregister(plugin)
-            self._forget()
-
-    def _forget(self) -> None:
-        """Drop everything derived from the set of plugins (it just changed)."""
-        self._infos_loaded = False
-        self._callers.clear()
-        self._selected.clear()
+            self._view = None
 
     def _report_failure(self, plugin_name: str, error: str) -> None:
         self._failures[plugin_name] = error
@@ -93,39 +184,50 @@ class Registry:
             stacklevel=3,
         )
 
-    # -- declarations ----------------------------------------------------------------------
-    def _ensure_infos(self) -> None:
-        if self._infos_loaded:
-            return
-        with self._lock:
-            if self._infos_loaded:
-                return
-            infos: dict[str, tuple[BackendInfo, Any]] = {}
-            for impl in self.plugin_manager.hook.pruneplug_backend_info.get_hookimpls():
-                try:
-                    info = impl.function()
-                    if not isinstance(info, BackendInfo):
-                        raise TypeError(f"pruneplug_backend_info returned {type(info).__name__}, expected BackendInfo")
-                except Exception as exc:
-                    self._report_failure(impl.plugin_name, f"{type(exc).__name__}: {exc}")
-                    continue
-                if info.name in infos:
-                    self._report_failure(impl.plugin_name, f"backend name {info.name!r} is already taken")
-                    continue
-                infos[info.name] = (info, impl.plugin)
-            self._infos = infos
-            self._infos_loaded = True
+    # -- the current view --------------------------------------------------------------------
+    def snapshot(self) -> RegistryView:
+        """The registry as it is now, immutable: select and call on it so that a concurrent
+        (un)registration cannot change the backends under a call that has started."""
+        view = self._view
+        if view is None:
+            with self._lock:
+                if self._view is None:
+                    self._view = self._build_view()
+                view = self._view
+        return view
 
+    def _build_view(self) -> RegistryView:
+        backends: dict[str, tuple[BackendInfo, str]] = {}
+        plugins: dict[int, str] = {}  # id(plugin) -> backend name
+        for impl in self.plugin_manager.hook.pruneplug_backend_info.get_hookimpls():
+            try:
+                info = impl.function()
+                if not isinstance(info, BackendInfo):
+                    raise TypeError(f"pruneplug_backend_info returned {type(info).__name__}, expected BackendInfo")
+            except Exception as exc:
+                self._report_failure(impl.plugin_name, f"{type(exc).__name__}: {exc}")
+                continue
+            if info.name in backends:
+                self._report_failure(impl.plugin_name, f"backend name {info.name!r} is already taken")
+                continue
+            backends[info.name] = (info, impl.plugin_name)
+            plugins[id(impl.plugin)] = info.name
+        implementations = {}
+        for operation in OPERATIONS:
+            hook = getattr(self.plugin_manager.hook, f"pruneplug_{operation}", None)
+            for impl in hook.get_hookimpls() if hook is not None else ():
+                name = plugins.get(id(impl.plugin))
+                if name is not None:
+                    implementations[(name, operation)] = (impl.function, tuple(impl.argnames), tuple(impl.kwargnames))
+        return RegistryView(backends, implementations)
+
+    # -- declarations ----------------------------------------------------------------------
     def info(self, name: str) -> BackendInfo:
-        self._ensure_infos()
-        if name not in self._infos:
-            known = ", ".join(sorted(self._infos)) or "none"
-            raise BackendNotFoundError(f"backend={name!r} is not registered; registered backends: {known}")
-        return self._infos[name][0]
+        return self.snapshot().info(name)
 
     def statuses(self) -> list[BackendStatus]:
         """Every backend and every plugin that failed to load, highest priority first."""
-        self._ensure_infos()
+        view = self.snapshot()
         rows = [
             BackendStatus(
                 name=info.name,
@@ -135,9 +237,10 @@ class Registry:
                 array_types=info.array_types,
                 dtypes=info.dtypes,
                 operations=info.operations,
-                plugin=self.plugin_manager.get_name(plugin) or "?",
+                plugin=view.plugin_name(name),
             )
-            for info, plugin in self._infos.values()
+            for name in view.names()
+            for info in (view.info(name),)
         ]
         rows.sort(key=lambda r: (-r.priority, r.name))
         for plugin_name, error in sorted(self._failures.items()):
@@ -156,81 +259,17 @@ class Registry:
             )
         return rows
 
-    # -- selection and calls ---------------------------------------------------------------
+    # -- selection and calls (each on the current view; use snapshot() to do both on one) ------
     def select(self, backend: str | None, *, array_type: str, dtype: str, operation: str) -> str:
-        """The backend to run ``operation``: the named one (or an error saying why it cannot run),
-        or for ``"auto"`` the highest-priority available one that supports it. Never a silent
-        fallback from a named backend."""
-        if backend is None:
-            backend = os.environ.get("PRUNEPLUG_BACKEND", "auto") or "auto"
-        key = (backend, array_type, dtype, operation)
-        selected = self._selected.get(key)
-        if selected is None:
-            selected = self._select(backend, array_type, dtype, operation)
-            self._selected[key] = selected  # only successful choices are remembered
-        return selected
-
-    def _select(self, backend: str, array_type: str, dtype: str, operation: str) -> str:
-        self._ensure_infos()
-        if backend != "auto":
-            info = self.info(backend)
-            if not info.available:
-                raise BackendUnavailableError(f"backend={backend!r} is not available here: {info.reason}")
-            self._check_support(info, array_type, dtype, operation)
-            return backend
-        candidates = [
-            info
-            for info, _ in self._infos.values()
-            if info.available and info.supports(array_type, dtype, operation)
-        ]
-        if not candidates:
-            raise BackendUnavailableError(
-                f"no available backend supports {operation} on {array_type} arrays of dtype {dtype}; "
-                f"see pruneplug.backends()"
-            )
-        return max(candidates, key=lambda i: (i.priority, i.name)).name
-
-    @staticmethod
-    def _check_support(info: BackendInfo, array_type: str, dtype: str, operation: str) -> None:
-        if array_type not in info.array_types:
-            raise BackendUnavailableError(
-                f"backend={info.name!r} takes {sorted(info.array_types)} arrays, got a {array_type} array"
-            )
-        if dtype not in info.dtypes:
-            raise BackendUnavailableError(
-                f"backend={info.name!r} does not support dtype {dtype}; it supports {sorted(info.dtypes)}"
-            )
-        if operation not in info.operations:
-            raise BackendUnavailableError(f"backend={info.name!r} does not implement {operation}")
+        """:meth:`RegistryView.select` on the current view."""
+        return self.snapshot().select(backend, array_type=array_type, dtype=dtype, operation=operation)
 
     def supports(self, backend: str, operation: str) -> bool:
-        return operation in self.info(backend).operations
+        return self.snapshot().supports(backend, operation)
 
     def call(self, backend: str, operation: str, **kwargs: Any) -> Any:
-        """Call ``operation``'s hook on ``backend``'s plugin alone (keywords only).
-
-        The one implementation is called the way pluggy calls it (the arguments it names, so a
-        plugin may accept fewer than the spec; those with defaults by keyword), without pluggy's
-        per-call machinery: the backend is already chosen, and for small arrays those microseconds
-        are the cost.
-        """
-        key = (backend, operation)
-        target = self._callers.get(key)
-        if target is None:
-            target = self._implementation(backend, operation)
-            self._callers[key] = target
-        function, argnames, kwargnames = target
-        return function(*[kwargs[name] for name in argnames],
-                        **{name: kwargs[name] for name in kwargnames if name in kwargs})
-
-    def _implementation(self, backend: str, operation: str):
-        self._ensure_infos()
-        plugin = self._infos[backend][1]
-        hook = getattr(self.plugin_manager.hook, f"pruneplug_{operation}")
-        for impl in hook.get_hookimpls():
-            if impl.plugin is plugin:
-                return impl.function, tuple(impl.argnames), tuple(impl.kwargnames)
-        raise BackendUnavailableError(f"backend={backend!r} declares {operation} but implements no pruneplug_{operation}")
+        """:meth:`RegistryView.call` on the current view."""
+        return self.snapshot().call(backend, operation, **kwargs)
 
 
 _registry: Registry | None = None

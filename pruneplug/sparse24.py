@@ -182,17 +182,47 @@ def cutlass_offsets(rows: int, ncols: int, meta_dtype: str) -> np.ndarray:
     return (dc // 2) * (2 * rows) + dr * 2 + dc % 2
 
 
-def not_sparse_error(dtype: str, row: int, group: int, count: int, bad_groups: int | None = None) -> NotNMSparseError:
-    """The error every backend raises for a group with too many nonzeros (same message everywhere)."""
-    fmt = format_of(dtype)
-    n = fmt.m // 2
-    first = group * fmt.m
+def _kept_pair(pattern: int) -> tuple[int, int] | None:
+    nonzero = [i for i in range(4) if pattern >> i & 1]
+    if len(nonzero) == 2:
+        return nonzero[0], nonzero[1]
+    if len(nonzero) > 2:
+        return None
+    # PyTorch's padding: 0000/0001/0010 -> (2,3), 0100 -> (1,2), 1000 -> (0,2) (e0 first)
+    return {0: (2, 3), 1: (0, 2), 2: (1, 2), 4: (2, 3), 8: (2, 3)}[pattern]
+
+
+#: The two kept positions ``(idx0, idx1)`` of a group of 4 by its nonzero pattern (bit ``i`` set:
+#: element ``i`` is nonzero), with PyTorch's padding for fewer than two nonzeros (the table in the
+#: module docstring); ``None`` for 3 or 4 nonzeros. The one home of this table: the reference
+#: backend and the compressed-tensors ``sparse-24-bitmask`` format read it.
+KEPT_PAIRS: tuple[tuple[int, int] | None, ...] = tuple(_kept_pair(p) for p in range(16))
+
+
+def kept_pair_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """:data:`KEPT_PAIRS` as two uint8 lookup arrays ``(idx0, idx1)`` indexed by pattern; patterns
+    with 3 or 4 nonzeros map to ``(0, 1)``, as PyTorch truncates them (callers reject them first)."""
+    pairs = [pair or (0, 1) for pair in KEPT_PAIRS]
+    return np.array([p[0] for p in pairs], np.uint8), np.array([p[1] for p in pairs], np.uint8)
+
+
+def not_nm_sparse_error(n: int, m: int, row: int, group: int, count: int,
+                        bad_groups: int | None = None) -> NotNMSparseError:
+    """The error for a group of ``m`` along the last axis with more than ``n`` nonzeros (one message
+    for every backend and format)."""
+    first = group * m
     more = f"; {bad_groups} group(s) in all" if bad_groups is not None else ""
     return NotNMSparseError(
-        f"weights are not {fmt.pattern} sparse along the last axis: row {row}, group {group} "
-        f"(columns {first}..{first + fmt.m - 1}) has {count} nonzeros, at most {n} allowed{more}; "
-        f"prune first (pruneplug.prune_24 or pruneplug.prune(w, pattern='{fmt.pattern}'))"
+        f"weights are not {n}:{m} sparse along the last axis: row {row}, group {group} "
+        f"(columns {first}..{first + m - 1}) has {count} nonzeros, at most {n} allowed{more}; "
+        f"prune first (pruneplug.prune_24 or pruneplug.prune(w, pattern='{n}:{m}'))"
     )
+
+
+def not_sparse_error(dtype: str, row: int, group: int, count: int, bad_groups: int | None = None) -> NotNMSparseError:
+    """The error every backend raises for a group with too many nonzeros for ``dtype``'s format."""
+    fmt = format_of(dtype)
+    return not_nm_sparse_error(fmt.m // 2, fmt.m, row, group, count, bad_groups)
 
 
 def invalid_nibble_error(dtype: str, layout: str, row: int, group: int, nibble: int) -> InvalidArgumentError:
@@ -282,7 +312,7 @@ def compress_24(w: Any, layout: str = "cutlass", *, backend: str | None = None) 
     """
     layout = check_layout(layout)
     adapted, array, dtype = _weights(w, layout)
-    registry = get_registry()
+    registry = get_registry().snapshot()  # select and call on the same backends
     name = registry.select(backend, array_type=adapted.array_type, dtype=dtype, operation="compress_24")
     values, metadata = registry.call(name, "compress_24", weights=array, layout=layout)
     return SparseWeight24(adapted.wrap(values), adapted.wrap(metadata), tuple(int(s) for s in array.shape),
@@ -309,7 +339,7 @@ def prune_24(w: Any, layout: str = "cutlass", method: str = "l1", *, backend: st
     layout = check_layout(layout)
     transform = check_method(method)
     adapted, array, dtype = _weights(w, layout)
-    registry = get_registry()
+    registry = get_registry().snapshot()  # select and call on the same backends
     name = registry.select(backend, array_type=adapted.array_type, dtype=dtype, operation="compress_24")
     if registry.supports(name, "prune_compress_24"):
         values, metadata = registry.call(name, "prune_compress_24", weights=array, layout=layout, transform=transform)
@@ -372,7 +402,7 @@ def decompress_24(sw: SparseWeight24 | None = None, *, values: Any = None, metad
         raise ShapeError(f"metadata: shape {tuple(md.array.shape)} does not fit a {shape} {dtype} weight; expected {expected}")
     if v.array_type != md.array_type:
         raise InvalidArgumentError(f"values are a {v.array_type} array but metadata a {md.array_type} array")
-    registry = get_registry()
+    registry = get_registry().snapshot()  # select and call on the same backends
     name = registry.select(backend, array_type=v.array_type, dtype=dtype, operation="decompress_24")
     dense = registry.call(name, "decompress_24", values=contiguous(v.array), metadata=contiguous(md.array),
                           shape=shape, layout=layout)

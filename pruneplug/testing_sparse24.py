@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from pruneplug.registry import get_registry
 from pruneplug.sparse24 import DTYPES, LAYOUTS, SparseWeight24, compress_24, decompress_24, format_of, prune_24
 from pruneplug.testing import Check, Harness, assert_same_bits, assert_same_outcome, np_dtype, tricky_array
 
@@ -136,8 +137,6 @@ def check_decompress_24_invalid_nibbles(h: Harness) -> None:
 
 
 def check_prune_compress_24(h: Harness) -> None:
-    from pruneplug.registry import get_registry
-
     fused = "prune_compress_24" in get_registry().info(h.backend).operations
     for dtype in [d for d in _dtypes(h) if fused or d != "int8"]:  # int8 pruning needs the fused hook
         for layout in LAYOUTS:

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, FrozenSet
 
+from pruneplug.arrays import FLOAT_DTYPES, adapt  # FLOAT_DTYPES: also read from here by backends
+
 #: Every operation name a backend may declare (the hook names without ``pruneplug_``).
 OPERATIONS: FrozenSet[str] = frozenset(
     {
@@ -22,8 +24,19 @@ OPERATIONS: FrozenSet[str] = frozenset(
     }
 )
 
-#: Dtypes magnitude pruning accepts.
-FLOAT_DTYPES: FrozenSet[str] = frozenset({"float16", "bfloat16", "float32", "float64"})
+
+def implemented_operations(plugin: Any) -> FrozenSet[str]:
+    """The operations of :data:`OPERATIONS` that ``plugin`` (a module, class or object) implements
+    with a ``@pruneplug.hookimpl`` function ``pruneplug_<operation>``: what a backend declares, read
+    from its hooks so that the declaration and the implementation cannot drift apart.
+
+    Example::
+
+        >>> import pruneplug_backends.numpy as reference
+        >>> sorted(implemented_operations(reference))[:3]
+        ['apply_mask', 'block_mask', 'compress_24']
+    """
+    return frozenset(op for op in OPERATIONS if hasattr(getattr(plugin, f"pruneplug_{op}", None), "pruneplug_impl"))
 
 
 @dataclass(frozen=True)
@@ -158,8 +171,6 @@ class Mask:
 
     def to_float(self, dtype: Any = "float32") -> Any:
         """The mask as numbers: 1.0 keep, 0.0 prune (Aprender's representation)."""
-        from pruneplug.arrays import adapt
-
         adapted = adapt(self.data, "mask")
         return adapted.wrap(adapted.array.astype(dtype))
 

@@ -396,3 +396,84 @@ def test_messages_escape_what_the_user_passed():
     with pytest.raises(errors.InvalidArgumentError) as info:
         pp.prune(np.ones(4), 0.5, pattern="row\n" * 1000)
     assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+# --- issue 9 item 12: a call uses the registry as it was when it started ----------------------
+class _FastReference:
+    """A high-priority backend that runs the numpy reference (so that results can be compared)."""
+
+    def __init__(self):
+        import pruneplug_backends.numpy as reference
+
+        self.reference = reference
+
+    @pp.hookimpl
+    def pruneplug_backend_info(self):
+        return pp.BackendInfo(name="hi", priority=10_000, operations={"unstructured_mask", "nm_mask", "apply_mask"})
+
+    @pp.hookimpl
+    def pruneplug_unstructured_mask(self, values, k, transform, out):
+        return self.reference.pruneplug_unstructured_mask(values=values, k=k, transform=transform, out=out)
+
+    @pp.hookimpl
+    def pruneplug_nm_mask(self, values, n, m, axis, transform, out):
+        return self.reference.pruneplug_nm_mask(values=values, n=n, m=m, axis=axis, transform=transform, out=out)
+
+    @pp.hookimpl
+    def pruneplug_apply_mask(self, weights, mask):
+        self.reference.pruneplug_apply_mask(weights=weights, mask=mask)
+
+
+def test_unregistering_while_other_threads_call_auto():
+    import threading
+
+    w = np.random.default_rng(3).standard_normal((16, 16)).astype(np.float32)
+    expected_u = pp.prune(w, 0.5, backend="numpy")
+    expected_nm = pp.prune(w, pattern="2:4", backend="numpy")
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    chosen: set[str] = set()
+
+    def caller():
+        try:
+            while not stop.is_set():
+                got, mask = pp.prune(w, 0.5, return_mask=True)  # mask, then apply: two steps
+                chosen.add(mask.backend)
+                np.testing.assert_array_equal(got, expected_u)
+                np.testing.assert_array_equal(pp.prune(w, pattern="2:4"), expected_nm)
+                np.testing.assert_array_equal(pp.generate_nm_mask(np.abs(w), 2, 4).data, expected_nm != 0)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            failures.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(300):
+            if stop.is_set():
+                break
+            pp.register_backend(_FastReference(), "hi-plugin")
+            pp.unregister_backend("hi")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert not failures, repr(failures[0])
+    assert "hi" not in {b.name for b in pp.backends()}
+    assert pp.prune(w, 0.5, return_mask=True)[1].backend != "hi"
+
+
+# --- issue 9 item 8: NumPy warnings never reach the user --------------------------------------
+def test_square_overflow_is_defined_and_silent(tmp_path):
+    import warnings
+
+    w = np.array([[3e19, -1.0, 2e19, 0.5]], np.float32)  # w * w overflows float32: +inf scores
+    np.savez(tmp_path / "in.npz", w=w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for backend in ("numpy", "cpu"):
+            assert pp.importance(w, "l2", backend=backend).stats.max == math.inf
+            np.testing.assert_array_equal(pp.prune(w, 0.5, method="l2", backend=backend), w * [[1, 0, 1, 0]])
+        pp.prune_checkpoint(tmp_path / "in.npz", tmp_path / "out.npz", sparsity=0.5, scope="global", method="l2")
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npz")["w"], w * [[1, 0, 1, 0]])

@@ -26,8 +26,8 @@ if cpu.lib is None:  # pragma: no cover - unbuilt extension
 ffi, lib = cpu.ffi, cpu.lib
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 TRANSFORMS = ("abs", "square", "identity")
-DT = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
-TR = {"abs": 0, "square": 1, "identity": 2}
+DT = cpu.DTYPE_CODE  # csrc/pruneplug.h's enum values, read from the extension
+TR = cpu.TRANSFORM_CODE
 # Up to PP_INCACHE_N (2^16; 2^15 for identity): the in-cache histogram path; above: the sampled bracket. Several threads are requested explicitly (the
 # automatic choice stays on one thread below PP_PAR_MIN = 2^20 elements).
 N_LARGE = 150_001
@@ -295,7 +295,7 @@ def test_results_independent_of_thread_count(dtype):
         for t in (1, 2, 3):
             out = np.empty(shape, dtype=bool)
             bad = ffi.new("int64_t[2]")
-            assert lib.pp_nm_mask(_p(v), DT[dtype], 0, outer, length, inner, n, m, _p(out, "uint8_t *"), 0, t,
+            assert lib.pp_nm_mask(_p(v), DT[dtype], 0, outer, length, inner, n, m, _p(out, "uint8_t *"), t,
                                   bad, bad + 1) == 0
             outs.append(out)
         assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])

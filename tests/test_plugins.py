@@ -50,6 +50,17 @@ def test_disabled_plugins_are_skipped(plugin_site):
     assert "PluginLoadWarning" not in result.stderr
 
 
+def test_the_reference_backend_cannot_be_disabled(plugin_site):
+    result = _run(plugin_site, LIST_BACKENDS, PRUNEPLUG_DISABLE_PLUGINS="numpy,cpu")
+    assert result.returncode == 0, result.stderr
+    backends = eval(result.stdout)
+    assert backends["numpy"] == (True, None) and "cpu" not in backends
+    # the conformance kit compares with the reference, so it still runs
+    kit = _run(plugin_site, args=["-m", "pytest", "-q", "-p", "no:cacheprovider", "kit_for_demo.py"],
+               PRUNEPLUG_DISABLE_PLUGINS="numpy")
+    assert kit.returncode == 0, kit.stdout[-3000:] + kit.stderr[-2000:]
+
+
 def test_third_party_backend_passes_the_conformance_kit(plugin_site):
     result = _run(plugin_site, args=["-m", "pytest", "-q", "-p", "no:cacheprovider", "kit_for_demo.py", "-rs"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]

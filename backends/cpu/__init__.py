@@ -7,41 +7,21 @@ around every call into ``_native``, so calls from several Python threads run con
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
 
-from pruneplug.arrays import dtype_name
+from pruneplug.arrays import dtype_name, score_dtype
 from pruneplug.errors import BackendExecutionError, NonFiniteError
 from pruneplug.hookspecs import hookimpl
-from pruneplug.types import BackendInfo
+from pruneplug.types import FLOAT_DTYPES, BackendInfo, implemented_operations
+# never raises at import: an unbuilt extension makes the backend unavailable, not broken
+from pruneplug_backends.cpu.native import DTYPE_CODE, TRANSFORM_CODE, ffi, lib
+from pruneplug_backends.cpu.native import IMPORT_ERROR as _IMPORT_ERROR
 
 NAME = "cpu"
-
-try:  # never raise at import: an unbuilt extension makes the backend unavailable, not broken
-    from pruneplug_backends.cpu._native import ffi, lib
-
-    _IMPORT_ERROR: str | None = None
-except ImportError as exc:  # pragma: no cover - depends on the build
-    ffi = lib = None
-    _IMPORT_ERROR = f"the C extension pruneplug_backends.cpu._native is not built: {exc}"
-
-OPERATIONS = {
-    "importance",
-    "unstructured_mask",
-    "nm_mask",
-    "block_mask",
-    "apply_mask",
-    "prune_unstructured",
-    "prune_nm",
-    "compress_24",
-    "decompress_24",
-    "prune_compress_24",
-}
-
-_DTYPE_CODE = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
-_TRANSFORM_CODE = {"abs": 0, "square": 1, "identity": 2}
-_METHOD_CODE = {"l1": 0, "l2": 1}
+_METHOD_TRANSFORM = {"l1": "abs", "l2": "square"}
 _BITS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
@@ -51,8 +31,8 @@ def pruneplug_backend_info() -> BackendInfo:
         name=NAME,
         priority=100,
         array_types={"numpy"},
-        dtypes=set(_DTYPE_CODE) | {"int8"},  # int8: 2:4 compression only
-        operations=OPERATIONS,
+        dtypes=FLOAT_DTYPES | {"int8"},  # int8: 2:4 compression only
+        operations=implemented_operations(sys.modules[__name__]),
         available=lib is not None,
         reason=_IMPORT_ERROR,
         description="C kernels (cffi, OpenMP): sampled-bracket exact selection, branch-free N:M",
@@ -64,7 +44,7 @@ def pruneplug_backend_info() -> BackendInfo:
 # ---------------------------------------------------------------------------------------------
 def _dtype_name(a: np.ndarray) -> str:
     name = dtype_name(a)  # memoised: NumPy's dtype.name costs ~1.5 us, a quarter of a 1e4 call
-    if name not in _DTYPE_CODE:
+    if name not in FLOAT_DTYPES:
         raise BackendExecutionError(f"cpu backend: unsupported dtype {a.dtype}")
     return name
 
@@ -111,7 +91,7 @@ def _as_outer_len_inner(shape: tuple, axis: int) -> tuple[int, int, int]:
 def pruneplug_unstructured_mask(values: np.ndarray, k: int, transform: str, out=None) -> np.ndarray:
     mask = _mask_out(values, out)
     bad = _bad()
-    st = lib.pp_unstructured_mask(_ptr(values), _DTYPE_CODE[_dtype_name(values)], _TRANSFORM_CODE[transform],
+    st = lib.pp_unstructured_mask(_ptr(values), DTYPE_CODE[_dtype_name(values)], TRANSFORM_CODE[transform],
                                   values.size, k, _ptr(mask, "uint8_t[]"), 0, 0, ffi.NULL, bad, bad + 1)
     _check(st, transform, bad)
     return mask
@@ -120,7 +100,7 @@ def pruneplug_unstructured_mask(values: np.ndarray, k: int, transform: str, out=
 @hookimpl
 def pruneplug_prune_unstructured(weights: np.ndarray, k: int, transform: str) -> None:
     bad = _bad()
-    st = lib.pp_prune_unstructured(_ptr(weights), _DTYPE_CODE[_dtype_name(weights)], _TRANSFORM_CODE[transform],
+    st = lib.pp_prune_unstructured(_ptr(weights), DTYPE_CODE[_dtype_name(weights)], TRANSFORM_CODE[transform],
                                    weights.size, k, 0, 0, ffi.NULL, bad, bad + 1)
     _check(st, transform, bad)
 
@@ -130,8 +110,8 @@ def pruneplug_nm_mask(values: np.ndarray, n: int, m: int, axis: int, transform: 
     mask = _mask_out(values, out)
     outer, length, inner = _as_outer_len_inner(values.shape, axis)
     bad = _bad()
-    st = lib.pp_nm_mask(_ptr(values), _DTYPE_CODE[_dtype_name(values)], _TRANSFORM_CODE[transform],
-                        outer, length, inner, n, m, _ptr(mask, "uint8_t[]"), int(out is None), 0, bad, bad + 1)
+    st = lib.pp_nm_mask(_ptr(values), DTYPE_CODE[_dtype_name(values)], TRANSFORM_CODE[transform],
+                        outer, length, inner, n, m, _ptr(mask, "uint8_t[]"), 0, bad, bad + 1)
     _check(st, transform, bad)
     return mask
 
@@ -140,7 +120,7 @@ def pruneplug_nm_mask(values: np.ndarray, n: int, m: int, axis: int, transform: 
 def pruneplug_prune_nm(weights: np.ndarray, n: int, m: int, axis: int, transform: str) -> None:
     outer, length, inner = _as_outer_len_inner(weights.shape, axis)
     bad = _bad()
-    st = lib.pp_prune_nm(_ptr(weights), _DTYPE_CODE[_dtype_name(weights)], _TRANSFORM_CODE[transform],
+    st = lib.pp_prune_nm(_ptr(weights), DTYPE_CODE[_dtype_name(weights)], TRANSFORM_CODE[transform],
                          outer, length, inner, n, m, 0, bad, bad + 1)
     _check(st, transform, bad)
 
@@ -151,7 +131,7 @@ def pruneplug_block_mask(values: np.ndarray, block_shape, k: int, transform: str
     rows, cols = values.shape
     bh, bw = block_shape
     bad = _bad()
-    st = lib.pp_block_mask(_ptr(values), _DTYPE_CODE[_dtype_name(values)], _TRANSFORM_CODE[transform],
+    st = lib.pp_block_mask(_ptr(values), DTYPE_CODE[_dtype_name(values)], TRANSFORM_CODE[transform],
                            rows, cols, bh, bw, k, _ptr(mask, "uint8_t[]"), 0, bad, bad + 1)
     _check(st, transform, bad)
     return mask
@@ -159,7 +139,7 @@ def pruneplug_block_mask(values: np.ndarray, block_shape, k: int, transform: str
 
 @hookimpl
 def pruneplug_apply_mask(weights: np.ndarray, mask: np.ndarray) -> None:
-    st = lib.pp_apply_mask(_ptr(weights), _DTYPE_CODE[_dtype_name(weights)], _ptr(mask, "uint8_t[]"),
+    st = lib.pp_apply_mask(_ptr(weights), DTYPE_CODE[_dtype_name(weights)], _ptr(mask, "uint8_t[]"),
                            weights.size, 0)
     _check(st, "abs", None)
 
@@ -167,12 +147,13 @@ def pruneplug_apply_mask(weights: np.ndarray, mask: np.ndarray) -> None:
 @hookimpl
 def pruneplug_importance(weights: np.ndarray, method: str):
     name = _dtype_name(weights)
-    scores = np.empty(weights.shape, dtype=np.float32 if weights.dtype.itemsize == 2 else weights.dtype)
+    scores = np.empty(weights.shape, dtype=score_dtype(weights.dtype))
     stats = ffi.new("double[4]")
     bad = _bad()
-    st = lib.pp_importance(_ptr(weights), _DTYPE_CODE[name], _METHOD_CODE[method], weights.size,
+    transform = _METHOD_TRANSFORM[method]
+    st = lib.pp_importance(_ptr(weights), DTYPE_CODE[name], TRANSFORM_CODE[transform], weights.size,
                            _ptr(scores), stats, 0, bad, bad + 1)
-    _check(st, {"l1": "abs", "l2": "square"}[method], bad)
+    _check(st, transform, bad)
     return scores, (float(stats[0]), float(stats[1]), float(stats[2]), float(stats[3]))
 
 

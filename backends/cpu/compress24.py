@@ -12,19 +12,9 @@ from pruneplug.errors import BackendExecutionError, NonFiniteError
 from pruneplug.hookspecs import hookimpl
 from pruneplug.sparse24 import format_of, invalid_nibble_error, metadata_shape, not_sparse_error
 
-try:
-    from pruneplug_backends.cpu._native import ffi, lib
+from pruneplug_backends.cpu.native import DTYPE_CODE, LAYOUT_CODE, TRANSFORM_CODE, ffi, lib
 
-    _HAVE_24 = hasattr(lib, "pp24_compress")
-except ImportError:  # pragma: no cover - depends on the build
-    ffi = lib = None
-    _HAVE_24 = False
-
-OPERATIONS = frozenset({"compress_24", "decompress_24", "prune_compress_24"})
-
-_DTYPE = {"float16": 0, "bfloat16": 1, "float32": 2, "int8": 4}
-_LAYOUT = {"ptx": 0, "cutlass": 1}
-_TRANSFORM = {"abs": 0, "square": 1}
+_HAVE_24 = lib is not None and hasattr(lib, "pp24_compress")
 
 
 def _native() -> Any:
@@ -61,7 +51,7 @@ def pruneplug_compress_24(weights: np.ndarray, layout: str):
     rows, cols = weights.shape
     values, metadata = _outputs(weights)
     bad = ffi.new("int64_t[3]")
-    st = native.pp24_compress(_ptr(weights), _DTYPE[dtype], rows, cols, _LAYOUT[layout], _ptr(values),
+    st = native.pp24_compress(_ptr(weights), DTYPE_CODE[dtype], rows, cols, LAYOUT_CODE[layout], _ptr(values),
                               _ptr(metadata), 0, bad, bad + 1, bad + 2)
     if st == native.PP24_ERR_NOT_SPARSE:
         raise not_sparse_error(dtype, int(bad[0]), int(bad[1]), int(bad[2]))
@@ -77,7 +67,7 @@ def pruneplug_decompress_24(values: np.ndarray, metadata: np.ndarray, shape, lay
     rows, cols = (int(s) for s in shape)
     dense = np.empty((rows, cols), dtype=values.dtype)
     bad = ffi.new("int64_t[3]")
-    st = native.pp24_decompress(_ptr(values), _ptr(metadata), _DTYPE[dtype], rows, cols, _LAYOUT[layout],
+    st = native.pp24_decompress(_ptr(values), _ptr(metadata), DTYPE_CODE[dtype], rows, cols, LAYOUT_CODE[layout],
                                 _ptr(dense), 0, bad, bad + 1, bad + 2)
     if st == native.PP24_ERR_BAD_NIBBLE:
         raise invalid_nibble_error(dtype, layout, int(bad[0]), int(bad[1]), int(bad[2]))
@@ -93,8 +83,8 @@ def pruneplug_prune_compress_24(weights: np.ndarray, layout: str, transform: str
     rows, cols = weights.shape
     values, metadata = _outputs(weights)
     bad = ffi.new("int64_t[3]")
-    st = native.pp24_prune_compress(_ptr(weights), _DTYPE[dtype], _TRANSFORM[transform], rows, cols,
-                                    _LAYOUT[layout], _ptr(values), _ptr(metadata), 0, bad, bad + 1, bad + 2)
+    st = native.pp24_prune_compress(_ptr(weights), DTYPE_CODE[dtype], TRANSFORM_CODE[transform], rows, cols,
+                                    LAYOUT_CODE[layout], _ptr(values), _ptr(metadata), 0, bad, bad + 1, bad + 2)
     if st == native.PP24_ERR_NONFINITE:
         raise NonFiniteError.for_values(transform, int(bad[0]), int(bad[1]))
     if st != native.PP24_OK:

@@ -27,10 +27,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pruneplug.arrays import score_dtype
 from pruneplug.errors import DeviceMemoryError, NonFiniteError
 from pruneplug.hookspecs import hookimpl
 from pruneplug.sparse24 import format_of, invalid_nibble_error, metadata_shape, not_sparse_error
-from pruneplug.types import FLOAT_DTYPES, BackendInfo
+from pruneplug.types import FLOAT_DTYPES, OPERATIONS, BackendInfo  # cuda implements every operation
 
 from . import _kernels as K
 
@@ -39,10 +40,6 @@ TILE = K.COMMON["PP_TILE"]  # elements per block-tile in the streaming kernels
 DIGIT = K.COMMON["PP_DIGIT"]  # radix bits per selection round
 BINS = K.COMMON["PP_BINS"]
 MAX_STREAM_GRID = 1024  # streaming kernels loop over tiles; depends on n only (deterministic stats)
-OPERATIONS = frozenset(
-    {"importance", "unstructured_mask", "nm_mask", "block_mask", "apply_mask", "prune_unstructured", "prune_nm",
-     "compress_24", "decompress_24", "prune_compress_24"}
-)
 #: int8 is for 2:4 compression only: the core rejects non-float dtypes for every other operation
 #: before it selects a backend (pruneplug.arrays.check_float_dtype), as for the cpu backend.
 DTYPES = FLOAT_DTYPES | frozenset({"int8"})
@@ -380,8 +377,7 @@ class CudaBackend:
         self._check(weights)
         transform = {"l1": "abs", "l2": "square"}[method]
         dtype = self._dtype(weights)
-        score_dtype = np.float64 if dtype == "float64" else np.float32
-        scores = self._alloc(weights.shape, score_dtype, "the scores")
+        scores = self._alloc(weights.shape, score_dtype(weights.dtype), "the scores")
         n = int(weights.size)
         if n == 0:
             return scores, (math.nan,) * 4

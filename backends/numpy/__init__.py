@@ -7,11 +7,13 @@ inputs on purpose; the ``cpu`` backend is the fast one.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-from pruneplug.errors import NonFiniteError
 from pruneplug.hookspecs import hookimpl
-from pruneplug.types import FLOAT_DTYPES, BackendInfo
+from pruneplug.types import FLOAT_DTYPES, BackendInfo, implemented_operations
+from pruneplug_backends.numpy.scores import check_finite, scores_of  # noqa: F401  (part of the reference's API)
 
 NAME = "numpy"
 
@@ -23,8 +25,7 @@ def pruneplug_backend_info() -> BackendInfo:
         priority=0,
         array_types={"numpy"},
         dtypes=FLOAT_DTYPES | {"int8"},
-        operations={"importance", "unstructured_mask", "nm_mask", "block_mask", "apply_mask",
-                    "compress_24", "decompress_24", "prune_compress_24"},
+        operations=implemented_operations(sys.modules[__name__]),
         description="pure NumPy reference implementation (the specification)",
     )
 
@@ -32,36 +33,6 @@ def pruneplug_backend_info() -> BackendInfo:
 # ---------------------------------------------------------------------------------------------
 # scores
 # ---------------------------------------------------------------------------------------------
-def score_dtype(dtype: np.dtype) -> np.dtype:
-    """float32 for float16/bfloat16 weights, otherwise the weights' dtype."""
-    return np.dtype(np.float32) if np.dtype(dtype).itemsize == 2 else np.dtype(dtype)
-
-
-def check_finite(values: np.ndarray, transform: str) -> None:
-    """Raise NonFiniteError for NaN/Inf weights, or NaN scores (``identity``)."""
-    as_float = values.astype(np.float64).ravel()  # exact for every supported dtype
-    bad = np.isnan(as_float) if transform == "identity" else ~np.isfinite(as_float)
-    if bad.any():
-        bad_indices = np.flatnonzero(bad)
-        raise NonFiniteError.for_values(transform, int(bad_indices.size), int(bad_indices[0]))
-
-
-def scores_of(values: np.ndarray, transform: str) -> np.ndarray:
-    """Scores for ``transform`` ("abs", "square", "identity"), after the finiteness check.
-
-    Half-precision inputs are widened to float32 first (exactly), so ``identity`` scores compare
-    as their float32 values and ``-0.0 == +0.0`` everywhere.
-    """
-    check_finite(values, transform)
-    x = values.astype(score_dtype(values.dtype))  # a copy: never write into the caller's array
-    if transform == "abs":
-        return np.abs(x)
-    if transform == "square":
-        with np.errstate(over="ignore", under="ignore"):  # squares may overflow to inf: valid scores
-            return x * x
-    return x
-
-
 @hookimpl
 def pruneplug_importance(weights: np.ndarray, method: str):
     scores = scores_of(weights, {"l1": "abs", "l2": "square"}[method])

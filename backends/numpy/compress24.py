@@ -11,33 +11,18 @@ from __future__ import annotations
 import numpy as np
 
 from pruneplug.hookspecs import hookimpl
+from pruneplug_backends.numpy.scores import scores_of
 from pruneplug.sparse24 import (
     cutlass_offsets,
     format_of,
     invalid_nibble_error,
+    kept_pair_arrays,
     metadata_shape,
     not_sparse_error,
 )
 
 
-def _kept_pair_table() -> tuple[np.ndarray, np.ndarray]:
-    """(idx0, idx1) of a group of 4 by its nonzero pattern (bit i = element i nonzero); patterns
-    with 3 or 4 nonzeros get (0, 1), as PyTorch truncates them (the caller rejects them first)."""
-    idx0 = np.zeros(16, dtype=np.uint8)
-    idx1 = np.zeros(16, dtype=np.uint8)
-    for pattern in range(16):
-        nonzero = [i for i in range(4) if pattern >> i & 1]
-        if len(nonzero) == 2:
-            pair = (nonzero[0], nonzero[1])
-        elif len(nonzero) > 2:
-            pair = (0, 1)
-        else:  # PyTorch's padding: 0000/0001/0010 -> (2,3), 0100 -> (1,2), 1000 -> (0,2) (e0 first)
-            pair = {0: (2, 3), 1: (0, 2), 2: (1, 2), 4: (2, 3), 8: (2, 3)}[pattern]
-        idx0[pattern], idx1[pattern] = pair
-    return idx0, idx1
-
-
-IDX0, IDX1 = _kept_pair_table()
+IDX0, IDX1 = kept_pair_arrays()
 
 
 def _nonzero(a: np.ndarray) -> np.ndarray:
@@ -134,8 +119,6 @@ def prune_scores(weights: np.ndarray, transform: str) -> np.ndarray:
     the integer's absolute value in int16."""
     if weights.dtype == np.int8:
         return np.abs(weights.astype(np.int16))
-    from pruneplug_backends.numpy import scores_of
-
     return scores_of(weights, transform)
 
 

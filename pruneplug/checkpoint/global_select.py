@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from pruneplug import api
-from pruneplug.arrays import adapt, check_float_dtype
+from pruneplug.arrays import adapt, check_float_dtype, score_dtype
 from pruneplug.checkpoint.formats import _ST_DTYPES, TensorRef, _flat_chunks
 from pruneplug.checkpoint.report import ProgressLike, _NullProgress
 from pruneplug.errors import InvalidArgumentError, NonFiniteError
@@ -40,13 +40,13 @@ def _score_keys(x: np.ndarray, method: str) -> np.ndarray:
     """The scores of a chunk of weights as uint64 keys (the float64 bits of the non-negative score),
     raising ValueError when a weight is NaN or infinite. Scores are the core's: float32 for 16-bit
     weights, otherwise the weights' dtype (so float32 ``w*w`` is rounded in float32)."""
-    if x.dtype.itemsize == 2:
-        x = x.astype(np.float32)
+    x = x.astype(score_dtype(x.dtype), copy=False)
     a = np.abs(x)
     if a.size and not (a.max() <= np.finfo(a.dtype).max):
         raise ValueError("non-finite")
     if method == "l2":
-        np.multiply(a, a, out=a)
+        with np.errstate(over="ignore"):  # a square beyond the dtype's range is +inf, a valid score
+            np.multiply(a, a, out=a)
     if a.dtype != np.float64:
         a = a.astype(np.float64)
     return a.view(np.uint64)

@@ -16,6 +16,7 @@ from pruneplug.checkpoint.global_select import GlobalPlan
 from pruneplug.checkpoint.report import TensorReport
 from pruneplug.checkpoint.writers import NpzWriter, SafetensorsWriter, _Transaction, _write_guard
 from pruneplug.errors import CheckpointError, InvalidArgumentError
+from pruneplug.version import __version__
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -109,8 +110,6 @@ def _plan_outputs(ckpt: Checkpoint, out: Path | None, txn: _Transaction, dry_run
 
 
 def _settings_metadata(settings: dict, selected: list[str], plan: GlobalPlan | None) -> dict[str, str]:
-    from pruneplug import __version__
-
     meta = {f"pruneplug.{k}": json.dumps(v) if isinstance(v, (list, bool)) or v is None else str(v)
             for k, v in settings.items()}
     meta["pruneplug.version"] = __version__
