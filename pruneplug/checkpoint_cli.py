@@ -14,6 +14,7 @@ import textwrap
 import time
 from typing import IO
 
+from pruneplug.console import EXIT_USAGE, error, warn
 from pruneplug.checkpoint import (
     FORMATS,
     SELECTION_RULE,
@@ -147,26 +148,35 @@ def _add_prune(subparsers) -> None:
                    help="progress bar on stderr: auto (only on a terminal, default), always, never")
     p.add_argument("--quiet", action="store_true", help="print only the totals, not the per-tensor table")
     p.add_argument("--all", action="store_true", help="list untouched tensors in the table too")
+    p.add_argument("--warn-sparsity", type=float, default=0.95, metavar="FRACTION",
+                   help="warn (even with --quiet) and flag in the report each pruned tensor at least this "
+                   "sparse after pruning: the layer is (nearly) removed (default: 0.95)")
     p.set_defaults(handler=run_prune)
 
 
 def run_prune(args: argparse.Namespace) -> int:
     if args.output is None and not args.in_place and not args.dry_run:
-        print("pruneplug prune: error: give -o OUT, or --in-place to overwrite IN, or --dry-run", file=sys.stderr)
-        return 2
+        error("prune", "give -o OUT, or --in-place to overwrite IN, or --dry-run")
+        return EXIT_USAGE
     pattern = args.pattern
     sparsity = args.sparsity
     if sparsity is None and ":" not in pattern:
-        print(f"pruneplug prune: error: --pattern {pattern} needs --sparsity", file=sys.stderr)
-        return 2
+        error("prune", f"--pattern {pattern} needs --sparsity")
+        return EXIT_USAGE
     report = prune_checkpoint(
         args.input, args.output, sparsity=sparsity, pattern=pattern, scope=args.scope, method=args.method,
         axis=args.axis, format=args.format, include=args.include, exclude=args.exclude,
         backend=None if args.backend == "auto" else args.backend, masks_out=args.masks_out,
         report=args.report, dry_run=args.dry_run, strict=args.strict, in_place=args.in_place,
-        progress=_progress(args),
+        progress=_progress(args), warn_sparsity=args.warn_sparsity,
     )
     print(report.format_totals() if args.quiet else report.format_table(show_kept=args.all))
+    if args.format != "dense" and report.output is not None and os.path.isfile(report.output):
+        warn("prune", f"{report.output} is a bare .safetensors file in --format {args.format}: no config.json tells "
+             f"loaders to decompress it, so it is marked format={args.format} and transformers refuses it rather "
+             "than load it as dense; prune the model directory instead to get a loadable model")
+    if report.warning():
+        warn("prune", report.warning() + " (--warn-sparsity)")
     where = "dry run: nothing written" if report.dry_run else f"wrote {report.output}"
     extras = [x for x in (report.masks_out and f"masks {report.masks_out}", args.report and f"report {args.report}") if x]
     print(f"{where}{' (' + ', '.join(extras) + ')' if extras else ''} in {report.seconds:.1f} s")
@@ -181,7 +191,9 @@ def _add_inspect(subparsers) -> None:
         "inspect", help="per-tensor shape, dtype, sparsity, N:M structure and magnitude quantiles",
         description="Inspect a checkpoint: per tensor shape, dtype, sparsity (exact zeros), whether it is "
         "2:4 along the last axis and the tightest N:M for M = 4, 8, 16, and |w| quantiles "
-        "(min, 1%%, 50%%, 99%%, max in the table; 0, 1, 25, 50, 75, 99, 100%% in --json).",
+        "(min, 1%, 50%, 99%, max in the table; 0, 1, 25, 50, 75, 99, 100% in --json). Weights stored in "
+        "a compressed-tensors format (sparse-bitmask, sparse-24-bitmask) are decompressed and shown as "
+        "the weights they are.",
         epilog=f"which tensors the histogram and threshold use: {SELECTION_RULE}")
     p.add_argument("input", metavar="IN", help="a .safetensors file, a sharded directory or an .npz")
     p.add_argument("--plot", metavar="FILE.png", help="draw per-tensor sparsity and a |w| histogram with the "
@@ -201,7 +213,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            print("pruneplug inspect: error: --plot needs matplotlib: pip install 'pruneplug[plot]'", file=sys.stderr)
+            error("inspect", "--plot needs matplotlib: pip install 'pruneplug[plot]'")
             return 1
     report = inspect_checkpoint(args.input, include=args.include, exclude=args.exclude,
                                 threshold_sparsity=args.threshold_sparsity, histogram=bool(args.plot),

@@ -38,6 +38,7 @@ class InspectRow:
     nm: dict = field(default_factory=dict)
     quantiles: list | None = None
     selected: bool = False
+    stored_as: str = "dense"  # or the compressed-tensors format it was decompressed from
 
     @property
     def sparsity(self) -> float | None:
@@ -80,6 +81,10 @@ class InspectReport:
         numel = sum(t.numel for t in counted)
         lines.append(f"total: {len(self.tensors)} tensors, {sum(t.numel for t in self.tensors):,} parameters, "
                      f"floating sparsity {100 * (sum(t.zeros for t in counted) / numel if numel else 0):.2f}%")
+        stored = [t for t in self.tensors if t.stored_as != "dense"]
+        if stored:
+            formats = ", ".join(sorted({t.stored_as for t in stored}))
+            lines.append(f"{len(stored)} weights stored compressed ({formats}), shown decompressed")
         pp_meta = {k: v for k, v in self.metadata.items() if k.startswith("pruneplug.")}
         if pp_meta:
             lines.append("pruned by pruneplug: " + ", ".join(f"{k[10:]}={v}" for k, v in sorted(pp_meta.items())))
@@ -118,7 +123,8 @@ def inspect_checkpoint(src: str | os.PathLike, *, include: Sequence[str] | None 
     progress.start("inspecting", len(names), ckpt.total_bytes)
     for name in names:
         ref = ckpt.tensors[name]
-        row = InspectRow(name, list(ref.shape), ref.dtype, ref.numel, selected=reasons[name] is None)
+        row = InspectRow(name, list(ref.shape), ref.dtype, ref.numel, selected=reasons[name] is None,
+                         stored_as=ref.stored_as)
         if ref.prunable:
             array = ref.array()
             row.zeros = _count_zeros(_flat_chunks(array))

@@ -25,6 +25,8 @@ from pruneplug.checkpoint.formats import Checkpoint, TensorRef, _count_zeros, _f
 from pruneplug.checkpoint.global_select import GlobalPlan, _source, _sparsity_for, plan_global
 from pruneplug.checkpoint.outputs import (
     _check_side_outputs,
+    check_writable_form,
+    stores_compressed,
     _check_space,
     _finish_directory,
     _plan_outputs,
@@ -32,7 +34,7 @@ from pruneplug.checkpoint.outputs import (
     _settings_metadata,
 )
 from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport, _NullProgress
-from pruneplug.checkpoint.selection import SELECTION_RULE, select_tensors
+from pruneplug.checkpoint.selection import SELECTION_RULE, as_patterns, select_tensors
 from pruneplug.checkpoint.writers import SafetensorsWriter, _Transaction, _write_guard
 from pruneplug.errors import CheckpointError, InvalidArgumentError, PrunePlugError
 
@@ -74,8 +76,8 @@ def prune_checkpoint(
     method: str = "l1",
     axis: int = -1,
     format: str = "dense",
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
     backend: str | None = None,
     masks_out: str | os.PathLike | None = None,
     report: str | os.PathLike | None = None,
@@ -83,6 +85,7 @@ def prune_checkpoint(
     strict: bool = False,
     in_place: bool = False,
     progress: ProgressLike | None = None,
+    warn_sparsity: float = 0.95,
     _before_commit: Callable[[], None] | None = None,
 ) -> PruneReport:
     """Prune a checkpoint and write it in the same form; return a :class:`PruneReport`.
@@ -96,7 +99,9 @@ def prune_checkpoint(
     (exactly ``round(sparsity*total)`` over all selected tensors, see :mod:`pruneplug.checkpoint.global_select`);
     ``"N:M"`` along ``axis``; ``"row"``, ``"column"``, ``"block(H,W)"`` per tensor. Tensors the pattern
     does not fit are skipped and reported, or an error with ``strict=True``. ``format`` stores pruned
-    weights dense or in a compressed-tensors format. Which tensors: :data:`SELECTION_RULE`.
+    weights dense or in a compressed-tensors format. Which tensors: :data:`SELECTION_RULE`;
+    ``include``/``exclude`` are regexes, a single string being one regex. A pruned tensor that ends
+    ``warn_sparsity`` or more zero (default 0.95) is flagged in the report (``nearly_removed``).
 
     Every output (checkpoint, masks, report) is written to a temporary file next to it and renamed
     at the end; any error leaves no partial output.
@@ -109,14 +114,16 @@ def prune_checkpoint(
     started = time.perf_counter()
     progress = progress or _NullProgress()
     src_path = Path(src)
+    include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     _check_arguments(sparsity, pattern, scope, method, axis, format)
+    api._check_sparsity(warn_sparsity)
     ckpt = open_checkpoint(src_path)
     if format != "dense" and ckpt.kind == "npz":
         raise InvalidArgumentError(f"format={format!r} is a safetensors format; an npz checkpoint can only be written dense")
     out_path = _resolve_output(ckpt, dst, in_place, dry_run)
     masks_path = Path(masks_out) if masks_out is not None else None
     report_path = Path(report) if report is not None else None
-    _check_side_outputs(src_path, masks_path, report_path, dry_run)
+    _check_side_outputs(ckpt, out_path, masks_path, report_path, in_place, dry_run)
 
     names = sorted(ckpt.tensors)  # tensor order: sorted by name, whatever the file layout
     tasks = _decide_tasks(ckpt, names, include, exclude, pattern, axis, strict)
@@ -124,6 +131,7 @@ def prune_checkpoint(
     if not selected:
         raise CheckpointError(
             f"{src_path}: no tensor selected for pruning ({len(names)} tensors; rule: {SELECTION_RULE})")
+    check_writable_form(ckpt, [n for n in selected if stores_compressed(ckpt.tensors[n].shape, format)], format)
     if out_path is not None:
         _check_space(out_path, ckpt.total_bytes + (sum(ckpt.tensors[n].numel for n in selected) if masks_path else 0))
     plan = _plan_global_counts(tasks, selected, sparsity, method, progress) if scope == "global" else None
@@ -151,13 +159,14 @@ def prune_checkpoint(
                 writers.remove(mask_writer)
             progress.close()
             if out_path is not None and not dry_run:
-                _finish_directory(ckpt, outputs, rows, format, settings, plan)
+                _finish_directory(ckpt, outputs, rows, format, settings, plan, out_path)
             report_obj = PruneReport(
                 input=str(src_path), output=None if dry_run or out_path is None else str(out_path),
                 settings=settings, selection_rule=SELECTION_RULE if not include else "--include/--exclude regexes",
                 tensors=[rows[n] for n in names], threshold=plan.threshold if plan else None,
                 passes=plan.passes if plan else 0, dry_run=dry_run, seconds=time.perf_counter() - started,
                 masks_out=str(masks_path) if masks_path is not None and not dry_run else None,
+                warn_sparsity=warn_sparsity,
             )
             if report_path is not None:
                 _write_report(txn, report_path, report_obj)
@@ -203,6 +212,9 @@ def _check_pattern(sparsity: float | None, pattern: str, scope: str) -> None:
     if pattern not in ("unstructured", "row", "column") and not (isinstance(pattern, str) and _BLOCK_RE.match(pattern)):
         raise InvalidArgumentError(
             f"pattern={pattern!r}: expected 'unstructured', 'N:M' (e.g. '2:4'), 'row', 'column' or 'block(H,W)'")
+    block = _BLOCK_RE.match(pattern)
+    if block and min(int(block.group(1)), int(block.group(2))) < 1:
+        raise InvalidArgumentError(f"pattern={pattern!r}: block height and width must be at least 1")
     if sparsity is None:
         raise InvalidArgumentError(f"pattern={pattern!r} needs a sparsity (a number in [0, 1])")
     api._check_sparsity(sparsity)
@@ -351,7 +363,7 @@ def _copy_unchanged(ref: TensorRef, row: TensorReport, writer: Any, kind: str) -
     if ref.prunable:  # a floating tensor: its zeros are counted in the report
         row.zeros_before = row.zeros_after = _count_zeros(ref.chunks())
     if writer is not None:
-        if kind == "npz":
+        if kind == "npz" or ref.loader is not None:  # npz, or a compressed input decoded on read
             writer.write(ref.name, ref.array())
         else:  # the stored bytes, so any dtype (even one NumPy cannot hold) is copied exactly
             writer.write(ref.name, ref.raw_chunks(), ref.dtype, ref.shape)
@@ -389,7 +401,7 @@ def _call_prune(view: Any, task: _Task, how: _HowToPrune, want_mask: bool) -> An
 
 
 def _write_pruned(writer: Any, ref: TensorRef, pruned: np.ndarray, row: TensorReport, format: str) -> None:
-    if format != "dense" and (format == "sparse-bitmask" or len(ref.shape) == 2):
+    if stores_compressed(ref.shape, format):
         from pruneplug import compressed_tensors
 
         for key, value in compressed_tensors.encode(ref.name, pruned, format).items():
