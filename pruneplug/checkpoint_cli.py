@@ -123,11 +123,12 @@ examples:
 
 def _add_prune(subparsers) -> None:
     p = subparsers.add_parser(
-        "prune", help="prune a checkpoint (safetensors file, sharded directory or .npz)",
+        "prune", help="prune a checkpoint (safetensors file, sharded or model directory, or .npz)",
         description="Prune a checkpoint by weight magnitude and write it in the same form, atomically.",
         epilog=PRUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", metavar="IN", help="a .safetensors file, a directory with model.safetensors.index.json, or an .npz")
-    p.add_argument("-o", "--output", metavar="OUT", help="output path, same form as IN (a directory for a sharded IN)")
+    p.add_argument("input", metavar="IN", help="a .safetensors file, a directory with model.safetensors.index.json, a model directory "
+                   "(model.safetensors, config.json, tokenizer files), or an .npz")
+    p.add_argument("-o", "--output", metavar="OUT", help="output path, same form as IN (a directory for a directory IN)")
     p.add_argument("--sparsity", type=float, help="fraction of weights to prune, in [0, 1] (not with N:M)")
     p.add_argument("--scope", choices=("layer", "global"), default="layer", help="per tensor or across all selected tensors (default: layer)")
     p.add_argument("--method", choices=("l1", "l2"), default="l1", help="importance: |w| or w*w (default: l1)")
@@ -195,7 +196,7 @@ def _add_inspect(subparsers) -> None:
         "a compressed-tensors format (sparse-bitmask, sparse-24-bitmask) are decompressed and shown as "
         "the weights they are.",
         epilog=f"which tensors the histogram and threshold use: {SELECTION_RULE}")
-    p.add_argument("input", metavar="IN", help="a .safetensors file, a sharded directory or an .npz")
+    p.add_argument("input", metavar="IN", help="a .safetensors file, a sharded or model directory, or an .npz")
     p.add_argument("--plot", metavar="FILE.png", help="draw per-tensor sparsity and a |w| histogram with the "
                    "pruning threshold (needs matplotlib: pip install 'pruneplug[plot]')")
     p.add_argument("--threshold-sparsity", type=float, default=0.5,

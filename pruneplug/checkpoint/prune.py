@@ -90,8 +90,9 @@ def prune_checkpoint(
 ) -> PruneReport:
     """Prune a checkpoint and write it in the same form; return a :class:`PruneReport`.
 
-    ``src`` is a ``.safetensors`` file, a sharded directory (``model.safetensors.index.json``) or an
-    ``.npz``; ``dst`` the output (a file, or a directory for a sharded input; an existing directory
+    ``src`` is a ``.safetensors`` file, a sharded directory (``model.safetensors.index.json``), a
+    model directory (one ``model.safetensors``, config and tokenizer files) or an ``.npz``; ``dst``
+    the output (a file, or a directory for a directory input; an existing directory
     given for a single file receives a file of the input's name). ``dst`` equal to ``src`` needs
     ``in_place=True``; ``dry_run=True`` computes everything and writes nothing but the report.
 
