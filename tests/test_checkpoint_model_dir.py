@@ -238,3 +238,22 @@ def test_transformers_loads_a_pruned_model_directory(tmp_path, capsys, bert_dir)
     assert rc == 0 and "warning" in err
     with pytest.raises(Exception, match="sparse-24-bitmask|metadata"):
         _state_dict(trap)
+
+
+def test_a_bare_compressed_file_in_a_directory_becomes_loadable_again(tmp_path, capsys, model_dir):
+    """The trap undone: pruning a directory whose model.safetensors is a bare compressed file writes
+    format=pt beside the config.json that says how to decompress it."""
+    rc, _, _ = run(capsys, "prune", model_dir / "model.safetensors", "-o", tmp_path / "c.safetensors",
+                   "--pattern", "2:4", "--format", "sparse-24-bitmask")
+    shutil.copy(tmp_path / "c.safetensors", model_dir / "model.safetensors")
+    rc, _, err = run(capsys, "prune", model_dir, "-o", tmp_path / "out", "--pattern", "2:4",
+                     "--format", "sparse-24-bitmask")
+    assert rc == 0, err
+    _, _, meta = read_safetensors(tmp_path / "out" / "model.safetensors")
+    assert meta["format"] == "pt"
+    assert "quantization_config" in json.loads((tmp_path / "out" / "config.json").read_text())
+
+
+def test_warn_sparsity_is_checked(tmp_path, capsys, model_dir):
+    rc, _, err = run(capsys, "prune", model_dir, "-o", tmp_path / "o", "--sparsity", "0.5", "--warn-sparsity", "2")
+    assert rc == 1 and "warn_sparsity=2.0 must be a number in [0, 1]" in err

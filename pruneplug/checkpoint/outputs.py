@@ -121,13 +121,13 @@ def _plan_outputs(ckpt: Checkpoint, out: Path | None, txn: _Transaction, dry_run
 def file_metadata(metadata: dict[str, str], kind: str, format: str) -> dict[str, str]:
     """A safetensors output's own metadata. A bare file in a compressed format gets ``format`` set
     to the format's name, not ``pt``: transformers then refuses to load it as a dense model (it
-    would silently re-initialise every compressed weight); a model directory keeps ``pt`` and has
-    config.json tell loaders to decompress. A dense output of such a file gets ``pt`` back."""
+    would silently re-initialise every compressed weight); a file in a directory keeps (or gets
+    back) ``pt`` and has config.json tell loaders to decompress, and so does a dense output."""
     from pruneplug import compressed_tensors as ct
 
     if kind == "safetensors" and format != "dense":
         return {**metadata, "format": format}
-    if format == "dense" and metadata.get("format") in ct.FORMATS:
+    if metadata.get("format") in ct.FORMATS:
         return {**metadata, "format": "pt"}
     return metadata
 

@@ -117,7 +117,8 @@ def prune_checkpoint(
     src_path = Path(src)
     include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     _check_arguments(sparsity, pattern, scope, method, axis, format)
-    api._check_sparsity(warn_sparsity)
+    if isinstance(warn_sparsity, bool) or not isinstance(warn_sparsity, (int, float)) or not 0 <= warn_sparsity <= 1:
+        raise InvalidArgumentError(f"warn_sparsity={warn_sparsity!r} must be a number in [0, 1]")
     ckpt = open_checkpoint(src_path)
     if format != "dense" and ckpt.kind == "npz":
         raise InvalidArgumentError(f"format={format!r} is a safetensors format; an npz checkpoint can only be written dense")
