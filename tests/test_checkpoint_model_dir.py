@@ -257,3 +257,22 @@ def test_a_bare_compressed_file_in_a_directory_becomes_loadable_again(tmp_path, 
 def test_warn_sparsity_is_checked(tmp_path, capsys, model_dir):
     rc, _, err = run(capsys, "prune", model_dir, "-o", tmp_path / "o", "--sparsity", "0.5", "--warn-sparsity", "2")
     assert rc == 1 and "warn_sparsity=2.0 must be a number in [0, 1]" in err
+
+
+def test_config_json_that_is_a_symlink_is_replaced_not_written_through(tmp_path, capsys):
+    """A Hugging Face cache snapshot links every file to a blob: updating config.json must write a
+    new file in OUT, not change the blob."""
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    (blobs / "cfg").write_text(json.dumps({"model_type": "toy"}))
+    before = (blobs / "cfg").read_bytes()
+    src = write_model_dir(tmp_path / "snap", model_tensors())
+    (src / "config.json").unlink()
+    (src / "config.json").symlink_to("../blobs/cfg")
+    for out in (tmp_path / "out", src):  # to a new directory, then in place
+        extra = ["-o", out] if out != src else ["--in-place"]
+        rc, _, err = run(capsys, "prune", src, *extra, "--pattern", "2:4", "--format", "sparse-24-bitmask")
+        assert rc == 0, err
+        assert not (out / "config.json").is_symlink()
+        assert "quantization_config" in json.loads((out / "config.json").read_text())
+        assert (blobs / "cfg").read_bytes() == before

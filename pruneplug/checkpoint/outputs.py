@@ -280,6 +280,8 @@ def update_config(config: Path, ckpt: Checkpoint, rows: dict[str, TensorReport],
             cfg["quantization_config"] = ct.quantization_config(sparsity_cfg)
         if "torch_dtype" not in cfg and "dtype" not in cfg:
             cfg["torch_dtype"] = _main_dtype(rows)
+    if config.is_symlink():  # a copied link (a Hugging Face cache points into its blobs): never write through it
+        config.unlink()
     config.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
