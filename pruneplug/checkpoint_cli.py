@@ -142,6 +142,9 @@ def _add_prune(subparsers) -> None:
     p.add_argument("--backend", default="auto", help="auto (default), cpu, cuda, numpy or a plugin's backend name")
     p.add_argument("--masks-out", metavar="MASKS.safetensors", help="also write the keep-masks (bool) of the pruned tensors")
     p.add_argument("--report", metavar="REPORT.json", help="write the summary as JSON")
+    p.add_argument("--warn-sparsity", type=float, default=0.95, metavar="FRACTION",
+                   help="warn (even with --quiet) and flag in the report each pruned tensor at least this "
+                   "sparse after pruning: the layer is (nearly) removed (default: 0.95)")
     p.add_argument("--dry-run", action="store_true", help="compute and report everything, write no checkpoint")
     p.add_argument("--strict", action="store_true", help="a selected tensor the pattern does not fit is an error, not a skip")
     p.add_argument("--in-place", action="store_true", help="allow OUT to be IN (or omit -o): replace the input atomically")
@@ -149,9 +152,6 @@ def _add_prune(subparsers) -> None:
                    help="progress bar on stderr: auto (only on a terminal, default), always, never")
     p.add_argument("--quiet", action="store_true", help="print only the totals, not the per-tensor table")
     p.add_argument("--all", action="store_true", help="list untouched tensors in the table too")
-    p.add_argument("--warn-sparsity", type=float, default=0.95, metavar="FRACTION",
-                   help="warn (even with --quiet) and flag in the report each pruned tensor at least this "
-                   "sparse after pruning: the layer is (nearly) removed (default: 0.95)")
     p.set_defaults(handler=run_prune)
 
 

@@ -145,7 +145,7 @@ def _settings_metadata(settings: dict, selected: list[str], plan: GlobalPlan | N
 
 
 def _finish_directory(ckpt: Checkpoint, outputs, rows: dict[str, TensorReport], format: str, settings: dict,
-                      plan: GlobalPlan | None, out: Path) -> None:
+                      plan: GlobalPlan | None, out: Path | None = None) -> None:
     """For a sharded output: the index (new weight map and total size) and the other files of the
     input directory (config, tokenizer, ...) copied; with a compressed format, config.json gains
     the compressed-tensors ``quantization_config``."""
@@ -181,16 +181,17 @@ def _write_index(ckpt: Checkpoint, outputs, rows: dict[str, TensorReport], setti
     (tmpdir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
 
 
-def _copy_link(link: Path, dest: Path, out: Path) -> None:
+def _copy_link(link: Path, dest: Path, out: Path | None) -> None:
     """Copy a symbolic link as a link. A relative target is rewritten so that the copy, once the
-    output is at ``out``, points where the original does (unchanged when ``out`` is the input)."""
+    output is at ``out``, points where the original does (unchanged when ``out`` is the input or
+    not given)."""
     target = os.readlink(link)
-    if not os.path.isabs(target) and os.path.abspath(out) != os.path.abspath(link.parent):
+    if out is not None and not os.path.isabs(target) and os.path.abspath(out) != os.path.abspath(link.parent):
         target = os.path.relpath(os.path.join(os.path.abspath(link.parent), target), os.path.abspath(out))
     os.symlink(target, dest)
 
 
-def _copy_other_files(ckpt: Checkpoint, tmpdir: Path, out: Path) -> None:
+def _copy_other_files(ckpt: Checkpoint, tmpdir: Path, out: Path | None) -> None:
     """Everything in the input directory but its weights, index and hidden files (config, tokenizer,
     ...), byte for byte; symbolic links are copied as links (see :func:`_copy_link`)."""
     shards = {f.path.name for f in ckpt.files} | {INDEX_NAME}
