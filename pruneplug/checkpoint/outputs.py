@@ -244,6 +244,24 @@ def check_writable_form(ckpt: Checkpoint, stored_compressed: list[str], format: 
             owner[added] = name
 
 
+def module_of(name: str) -> str:
+    """The module a parameter belongs to: ``a.b.weight`` -> ``a.b`` (compressed-tensors' targets
+    and ignore lists name modules, not parameters)."""
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+_TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+def _main_dtype(rows: dict[str, TensorReport]) -> str:
+    """The floating dtype that holds most parameters (what the model was saved in)."""
+    counts: dict[str, int] = {}
+    for r in rows.values():
+        if r.dtype in _TORCH_DTYPES:
+            counts[r.dtype] = counts.get(r.dtype, 0) + r.numel
+    return _TORCH_DTYPES[max(counts, key=counts.get)] if counts else "float32"
+
+
 def update_config(config: Path, ckpt: Checkpoint, rows: dict[str, TensorReport], format: str) -> None:
     """The output's config.json: with a compressed format, the compressed-tensors
     ``quantization_config`` (so loaders decompress it) and ``torch_dtype`` when absent (transformers
@@ -284,21 +302,3 @@ def update_config(config: Path, ckpt: Checkpoint, rows: dict[str, TensorReport],
     if config.is_symlink():  # a copied link (a Hugging Face cache points into its blobs): never write through it
         config.unlink()
     config.write_text(json.dumps(cfg, indent=2) + "\n")
-
-
-def module_of(name: str) -> str:
-    """The module a parameter belongs to: ``a.b.weight`` -> ``a.b`` (compressed-tensors' targets
-    and ignore lists name modules, not parameters)."""
-    return name.rsplit(".", 1)[0] if "." in name else name
-
-
-_TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-
-
-def _main_dtype(rows: dict[str, TensorReport]) -> str:
-    """The floating dtype that holds most parameters (what the model was saved in)."""
-    counts: dict[str, int] = {}
-    for r in rows.values():
-        if r.dtype in _TORCH_DTYPES:
-            counts[r.dtype] = counts.get(r.dtype, 0) + r.numel
-    return _TORCH_DTYPES[max(counts, key=counts.get)] if counts else "float32"

@@ -34,7 +34,8 @@ from pruneplug.checkpoint.outputs import (
     _settings_metadata,
 )
 from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport, _NullProgress
-from pruneplug.checkpoint.selection import SELECTION_RULE, as_patterns, select_tensors
+from pruneplug.checkpoint.selection import as_patterns
+from pruneplug.checkpoint.selection import SELECTION_RULE, select_tensors
 from pruneplug.checkpoint.writers import SafetensorsWriter, _Transaction, _write_guard
 from pruneplug.errors import CheckpointError, InvalidArgumentError, PrunePlugError
 
