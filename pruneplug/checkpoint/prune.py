@@ -82,11 +82,11 @@ def prune_checkpoint(
     backend: str | None = None,
     masks_out: str | os.PathLike | None = None,
     report: str | os.PathLike | None = None,
+    warn_sparsity: float = 0.95,
     dry_run: bool = False,
     strict: bool = False,
     in_place: bool = False,
     progress: ProgressLike | None = None,
-    warn_sparsity: float = 0.95,
     _before_commit: Callable[[], None] | None = None,
 ) -> PruneReport:
     """Prune a checkpoint and write it in the same form; return a :class:`PruneReport`.
@@ -101,25 +101,25 @@ def prune_checkpoint(
     (exactly ``round(sparsity*total)`` over all selected tensors, see :mod:`pruneplug.checkpoint.global_select`);
     ``"N:M"`` along ``axis``; ``"row"``, ``"column"``, ``"block(H,W)"`` per tensor. Tensors the pattern
     does not fit are skipped and reported, or an error with ``strict=True``. ``format`` stores pruned
-    weights dense or in a compressed-tensors format. Which tensors: :data:`SELECTION_RULE`;
-    ``include``/``exclude`` are regexes, a single string being one regex. A pruned tensor that ends
-    ``warn_sparsity`` or more zero (default 0.95) is flagged in the report (``nearly_removed``).
+    weights dense or in a compressed-tensors format. Which tensors: :data:`SELECTION_RULE`.
 
     Every output (checkpoint, masks, report) is written to a temporary file next to it and renamed
-    at the end; any error leaves no partial output.
+    at the end; any error leaves no partial output. ``include``/``exclude`` are regexes, a single
+    string being one regex. A pruned tensor that ends ``warn_sparsity`` or more zero (default 0.95)
+    is flagged in the report (``nearly_removed``).
 
     Example::
 
         report = pp.prune_checkpoint("model.safetensors", "pruned.safetensors", sparsity=0.5, scope="global")
         print(report.format_table())
     """
+    include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
+    if isinstance(warn_sparsity, bool) or not isinstance(warn_sparsity, (int, float)) or not 0 <= warn_sparsity <= 1:
+        raise InvalidArgumentError(f"warn_sparsity={warn_sparsity!r} must be a number in [0, 1]")
     started = time.perf_counter()
     progress = progress or _NullProgress()
     src_path = Path(src)
-    include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     _check_arguments(sparsity, pattern, scope, method, axis, format)
-    if isinstance(warn_sparsity, bool) or not isinstance(warn_sparsity, (int, float)) or not 0 <= warn_sparsity <= 1:
-        raise InvalidArgumentError(f"warn_sparsity={warn_sparsity!r} must be a number in [0, 1]")
     ckpt = open_checkpoint(src_path)
     if format != "dense" and ckpt.kind == "npz":
         raise InvalidArgumentError(f"format={format!r} is a safetensors format; an npz checkpoint can only be written dense")
@@ -134,9 +134,9 @@ def prune_checkpoint(
     if not selected:
         raise CheckpointError(
             f"{src_path}: no tensor selected for pruning ({len(names)} tensors; rule: {SELECTION_RULE})")
-    check_writable_form(ckpt, [n for n in selected if stores_compressed(ckpt.tensors[n].shape, format)], format)
     if out_path is not None:
         _check_space(out_path, ckpt.total_bytes + (sum(ckpt.tensors[n].numel for n in selected) if masks_path else 0))
+    check_writable_form(ckpt, [n for n in selected if stores_compressed(ckpt.tensors[n].shape, format)], format)
     plan = _plan_global_counts(tasks, selected, sparsity, method, progress) if scope == "global" else None
 
     settings = {
