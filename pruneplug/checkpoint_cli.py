@@ -19,6 +19,7 @@ from pruneplug.checkpoint import (
     FORMATS,
     SELECTION_RULE,
     ProgressLike,
+    check_plot_path,
     inspect_checkpoint,
     plot_inspection,
     prune_checkpoint,
@@ -216,6 +217,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         except ImportError:
             error("inspect", "--plot needs matplotlib: pip install 'pruneplug[plot]'")
             return 1
+        check_plot_path(args.input, args.plot)  # before the work
     report = inspect_checkpoint(args.input, include=args.include, exclude=args.exclude,
                                 threshold_sparsity=args.threshold_sparsity, histogram=bool(args.plot),
                                 progress=_progress(args))

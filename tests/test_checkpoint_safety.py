@@ -361,3 +361,13 @@ def test_symlinks_in_a_directory_are_copied_as_links(tmp_path, capsys, tensors):
     assert (out / "vocab.txt").resolve() == (tmp_path / "shared.txt").resolve()  # same file, from OUT
     rc, _, err = run(capsys, "prune", src, "--in-place", "--sparsity", "0.5")
     assert rc == 0 and os.readlink(src / "vocab.txt") == "../shared.txt"
+
+
+def test_plot_path_that_is_the_input_is_refused(tmp_path, capsys, single, tensors):
+    pytest.importorskip("matplotlib")
+    before = single.read_bytes()
+    rc, _, err = run(capsys, "inspect", single, "--plot", tmp_path / "." / single.name)
+    assert rc == 1 and "--plot" in err and "IN" in err and single.read_bytes() == before
+    src = write_sharded(tmp_path / "d", tensors)
+    rc, _, err = run(capsys, "inspect", src, "--plot", src / "config.json")
+    assert rc == 1 and "inside the IN directory" in err

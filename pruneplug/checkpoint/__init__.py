@@ -34,7 +34,15 @@ from pruneplug.checkpoint.formats import (
     read_safetensors_header,
 )
 from pruneplug.checkpoint.global_select import GlobalPlan, global_unstructured_masks, plan_global
-from pruneplug.checkpoint.inspect import NM_MS, QUANTILES, InspectReport, InspectRow, inspect_checkpoint, plot_inspection
+from pruneplug.checkpoint.inspect import (
+    NM_MS,
+    QUANTILES,
+    InspectReport,
+    InspectRow,
+    check_plot_path,
+    inspect_checkpoint,
+    plot_inspection,
+)
 from pruneplug.checkpoint.prune import FORMATS, prune_checkpoint
 from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport
 from pruneplug.checkpoint.selection import EMBEDDING_RE, HEAD_RE, NORM_RE, SELECTION_RULE, select_tensors

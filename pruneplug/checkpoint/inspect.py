@@ -7,6 +7,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy as np
 from pruneplug import api
 from pruneplug.checkpoint.formats import CHUNK, _count_zeros, _flat_chunks, open_checkpoint
 from pruneplug.checkpoint.global_select import _source, plan_global
+from pruneplug.checkpoint.paths import Place, check_distinct
 from pruneplug.checkpoint.report import ProgressLike, _NullProgress
 from pruneplug.checkpoint.selection import select_tensors
 from pruneplug.errors import CheckpointError
@@ -161,8 +163,14 @@ def inspect_checkpoint(src: str | os.PathLike, *, include: Sequence[str] | None 
     return result
 
 
+def check_plot_path(src: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Refuse a ``--plot`` path that names the input (or a file inside an input directory)."""
+    check_distinct([Place("IN", Path(src), Path(src).is_dir()), Place("--plot", Path(path), False)])
+
+
 def plot_inspection(report: InspectReport, path: str | os.PathLike) -> None:
     """Draw per-tensor sparsity and the ``|w|`` histogram with the pruning threshold into a PNG."""
+    check_plot_path(report.path, path)
     try:
         import matplotlib
 

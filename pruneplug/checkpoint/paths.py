@@ -1,4 +1,5 @@
-"""The path rules of :func:`~pruneplug.checkpoint.prune_checkpoint`, checked before any work.
+"""The path rules of :func:`~pruneplug.checkpoint.prune_checkpoint` (and of `inspect --plot`),
+checked before any work.
 
 Every pair among IN, OUT, ``--report`` and ``--masks-out`` must name different things, whatever
 the spelling: ``./``, ``..``, symbolic links and hard links (the same ``st_dev``/``st_ino``) are
