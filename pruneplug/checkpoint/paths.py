@@ -1,4 +1,4 @@
-"""The path rules of :func:`~pruneplug.checkpoint.prune_checkpoint` (and of `inspect --plot`),
+"""The path rules of :func:`~pruneplug.checkpoint.prune_checkpoint` (and of ``inspect --plot``),
 checked before any work.
 
 Every pair among IN, OUT, ``--report`` and ``--masks-out`` must name different things, whatever
@@ -18,7 +18,7 @@ Example::
     >>> check_distinct(places)
     Traceback (most recent call last):
     ...
-    pruneplug.errors.CheckpointError: IN m.safetensors and --report m.safetensors are the same path
+    pruneplug.errors.CheckpointError: IN m.safetensors and --report m.safetensors are the same path; choose another path
 """
 
 from __future__ import annotations
