@@ -14,7 +14,6 @@ import textwrap
 import time
 from typing import IO
 
-from pruneplug.console import EXIT_USAGE, error, warn
 from pruneplug.checkpoint import (
     FORMATS,
     SELECTION_RULE,
@@ -24,6 +23,7 @@ from pruneplug.checkpoint import (
     plot_inspection,
     prune_checkpoint,
 )
+from pruneplug.console import EXIT_USAGE, error, warn
 
 
 class ProgressBar(ProgressLike):

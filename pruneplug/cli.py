@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from pruneplug.console import EXIT_ERROR, EXIT_USAGE, error, one_line, warn  # noqa: F401  (the CLI's own)
+from pruneplug.console import EXIT_ERROR, error
 from pruneplug.errors import PrunePlugError
 
 
