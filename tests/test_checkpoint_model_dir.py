@@ -43,11 +43,14 @@ def model_dir(tmp_path):
 
 
 def test_model_directory_dense_output_is_the_directory_with_the_file_pruned(tmp_path, capsys, model_dir):
+    (model_dir / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    (model_dir / ".cache").mkdir()  # a hidden directory is not part of the model
+    (model_dir / ".cache" / "x").write_text("x")
     rc, _, err = run(capsys, "prune", model_dir, "-o", tmp_path / "out", "--sparsity", "0.5")
     assert rc == 0, err
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in model_dir.iterdir())
-    for name in ("config.json", "tokenizer.json", "special_tokens_map.json"):
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in model_dir.iterdir() if p.name != ".cache")
+    for name in ("config.json", "tokenizer.json", "special_tokens_map.json", ".gitattributes"):
         assert (out / name).read_bytes() == (model_dir / name).read_bytes()  # dense: config untouched
     rc, _, err = run(capsys, "prune", model_dir / "model.safetensors", "-o", tmp_path / "file.safetensors",
                      "--sparsity", "0.5")

@@ -192,12 +192,13 @@ def _copy_link(link: Path, dest: Path, out: Path | None) -> None:
 
 
 def _copy_other_files(ckpt: Checkpoint, tmpdir: Path, out: Path | None) -> None:
-    """Everything in the input directory but its weights, index and hidden files (config, tokenizer,
-    ...), byte for byte; symbolic links are copied as links (see :func:`_copy_link`)."""
+    """Everything in the input directory but its weights, index and hidden directories (config,
+    tokenizer, .gitattributes, ...), byte for byte; symbolic links are copied as links (see
+    :func:`_copy_link`)."""
     shards = {f.path.name for f in ckpt.files} | {INDEX_NAME}
     for item in sorted(ckpt.path.iterdir()):
-        if item.name in shards or item.name.startswith("."):
-            continue
+        if item.name in shards or (item.name.startswith(".") and item.is_dir() and not item.is_symlink()):
+            continue  # hidden directories (.git, .cache) are not part of the model; hidden files are
         if item.is_symlink():  # copied as a link, never followed
             _copy_link(item, tmpdir / item.name, out)
         elif item.is_dir():
