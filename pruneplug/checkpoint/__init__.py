@@ -1,4 +1,5 @@
-"""Prune whole checkpoints: safetensors files, sharded safetensors directories, ``.npz`` archives.
+"""Prune whole checkpoints: safetensors files, sharded safetensors directories, Hugging Face model
+directories, ``.npz`` archives.
 
 Three entry points, used by the ``pruneplug prune`` / ``pruneplug inspect`` commands:
 
@@ -10,13 +11,16 @@ Three entry points, used by the ``pruneplug prune`` / ``pruneplug inspect`` comm
 
 Where things are:
 
-* :mod:`~pruneplug.checkpoint.formats`: reading (safetensors headers, sharded directories, ``.npz``),
+* :mod:`~pruneplug.checkpoint.formats`: reading (safetensors headers, sharded and model directories,
+  ``.npz``, compressed-tensors weights decoded on read),
   :class:`TensorRef` and :class:`Checkpoint`, the dtype maps;
 * :mod:`~pruneplug.checkpoint.selection`: which tensors are pruned (:data:`SELECTION_RULE`);
 * :mod:`~pruneplug.checkpoint.global_select`: global pruning in bounded memory (the radix select);
 * :mod:`~pruneplug.checkpoint.prune`: :func:`prune_checkpoint`, step by step;
-* :mod:`~pruneplug.checkpoint.outputs`: output paths, one writer per output file, a sharded
-  directory's index and other files;
+* :mod:`~pruneplug.checkpoint.paths`: the path rules (IN, OUT, ``--report``, ``--masks-out`` and
+  ``--plot`` name different things; side outputs stay out of checkpoint directories);
+* :mod:`~pruneplug.checkpoint.outputs`: output paths, one writer per output file, a directory's
+  index, config.json and other files;
 * :mod:`~pruneplug.checkpoint.writers`: the transaction (temporary files renamed at the end) and
   the streaming safetensors and ``.npz`` writers;
 * :mod:`~pruneplug.checkpoint.report`: progress and the prune report;
