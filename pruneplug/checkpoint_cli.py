@@ -18,10 +18,12 @@ from pruneplug.checkpoint import (
     FORMATS,
     SELECTION_RULE,
     ProgressLike,
+    check_plot_path,
     inspect_checkpoint,
     plot_inspection,
     prune_checkpoint,
 )
+from pruneplug.console import EXIT_USAGE, error, warn
 
 
 class ProgressBar(ProgressLike):
@@ -122,11 +124,12 @@ examples:
 
 def _add_prune(subparsers) -> None:
     p = subparsers.add_parser(
-        "prune", help="prune a checkpoint (safetensors file, sharded directory or .npz)",
+        "prune", help="prune a checkpoint (safetensors file, sharded or model directory, or .npz)",
         description="Prune a checkpoint by weight magnitude and write it in the same form, atomically.",
         epilog=PRUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", metavar="IN", help="a .safetensors file, a directory with model.safetensors.index.json, or an .npz")
-    p.add_argument("-o", "--output", metavar="OUT", help="output path, same form as IN (a directory for a sharded IN)")
+    p.add_argument("input", metavar="IN", help="a .safetensors file, a directory with model.safetensors.index.json, a model directory "
+                   "(model.safetensors, config.json, tokenizer files), or an .npz")
+    p.add_argument("-o", "--output", metavar="OUT", help="output path, same form as IN (a directory for a directory IN)")
     p.add_argument("--sparsity", type=float, help="fraction of weights to prune, in [0, 1] (not with N:M)")
     p.add_argument("--scope", choices=("layer", "global"), default="layer", help="per tensor or across all selected tensors (default: layer)")
     p.add_argument("--method", choices=("l1", "l2"), default="l1", help="importance: |w| or w*w (default: l1)")
@@ -140,6 +143,9 @@ def _add_prune(subparsers) -> None:
     p.add_argument("--backend", default="auto", help="auto (default), cpu, cuda, numpy or a plugin's backend name")
     p.add_argument("--masks-out", metavar="MASKS.safetensors", help="also write the keep-masks (bool) of the pruned tensors")
     p.add_argument("--report", metavar="REPORT.json", help="write the summary as JSON")
+    p.add_argument("--warn-sparsity", type=float, default=0.95, metavar="FRACTION",
+                   help="warn (even with --quiet) and flag in the report each pruned tensor at least this "
+                   "sparse after pruning: the layer is (nearly) removed (default: 0.95)")
     p.add_argument("--dry-run", action="store_true", help="compute and report everything, write no checkpoint")
     p.add_argument("--strict", action="store_true", help="a selected tensor the pattern does not fit is an error, not a skip")
     p.add_argument("--in-place", action="store_true", help="allow OUT to be IN (or omit -o): replace the input atomically")
@@ -152,21 +158,27 @@ def _add_prune(subparsers) -> None:
 
 def run_prune(args: argparse.Namespace) -> int:
     if args.output is None and not args.in_place and not args.dry_run:
-        print("pruneplug prune: error: give -o OUT, or --in-place to overwrite IN, or --dry-run", file=sys.stderr)
-        return 2
+        error("prune", "give -o OUT, or --in-place to overwrite IN, or --dry-run")
+        return EXIT_USAGE
     pattern = args.pattern
     sparsity = args.sparsity
     if sparsity is None and ":" not in pattern:
-        print(f"pruneplug prune: error: --pattern {pattern} needs --sparsity", file=sys.stderr)
-        return 2
+        error("prune", f"--pattern {pattern} needs --sparsity")
+        return EXIT_USAGE
     report = prune_checkpoint(
         args.input, args.output, sparsity=sparsity, pattern=pattern, scope=args.scope, method=args.method,
         axis=args.axis, format=args.format, include=args.include, exclude=args.exclude,
         backend=None if args.backend == "auto" else args.backend, masks_out=args.masks_out,
         report=args.report, dry_run=args.dry_run, strict=args.strict, in_place=args.in_place,
-        progress=_progress(args),
+        progress=_progress(args), warn_sparsity=args.warn_sparsity,
     )
     print(report.format_totals() if args.quiet else report.format_table(show_kept=args.all))
+    if args.format != "dense" and report.output is not None and os.path.isfile(report.output):
+        warn("prune", f"{report.output} is a bare .safetensors file in --format {args.format}: no config.json tells "
+             f"loaders to decompress it, so it is marked format={args.format} and transformers refuses it rather "
+             "than load it as dense; prune the model directory instead to get a loadable model")
+    if report.warning():
+        warn("prune", report.warning() + " (--warn-sparsity)")
     where = "dry run: nothing written" if report.dry_run else f"wrote {report.output}"
     extras = [x for x in (report.masks_out and f"masks {report.masks_out}", args.report and f"report {args.report}") if x]
     print(f"{where}{' (' + ', '.join(extras) + ')' if extras else ''} in {report.seconds:.1f} s")
@@ -181,9 +193,11 @@ def _add_inspect(subparsers) -> None:
         "inspect", help="per-tensor shape, dtype, sparsity, N:M structure and magnitude quantiles",
         description="Inspect a checkpoint: per tensor shape, dtype, sparsity (exact zeros), whether it is "
         "2:4 along the last axis and the tightest N:M for M = 4, 8, 16, and |w| quantiles "
-        "(min, 1%%, 50%%, 99%%, max in the table; 0, 1, 25, 50, 75, 99, 100%% in --json).",
+        "(min, 1%, 50%, 99%, max in the table; 0, 1, 25, 50, 75, 99, 100% in --json). Weights stored in "
+        "a compressed-tensors format (sparse-bitmask, sparse-24-bitmask) are decompressed and shown as "
+        "the weights they are.",
         epilog=f"which tensors the histogram and threshold use: {SELECTION_RULE}")
-    p.add_argument("input", metavar="IN", help="a .safetensors file, a sharded directory or an .npz")
+    p.add_argument("input", metavar="IN", help="a .safetensors file, a sharded or model directory, or an .npz")
     p.add_argument("--plot", metavar="FILE.png", help="draw per-tensor sparsity and a |w| histogram with the "
                    "pruning threshold (needs matplotlib: pip install 'pruneplug[plot]')")
     p.add_argument("--threshold-sparsity", type=float, default=0.5,
@@ -201,8 +215,9 @@ def run_inspect(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            print("pruneplug inspect: error: --plot needs matplotlib: pip install 'pruneplug[plot]'", file=sys.stderr)
+            error("inspect", "--plot needs matplotlib: pip install 'pruneplug[plot]'")
             return 1
+        check_plot_path(args.input, args.plot)  # before the work
     report = inspect_checkpoint(args.input, include=args.include, exclude=args.exclude,
                                 threshold_sparsity=args.threshold_sparsity, histogram=bool(args.plot),
                                 progress=_progress(args))

@@ -7,13 +7,12 @@ Errors a user can cause end with a one-line message and a non-zero exit status, 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Sequence
 
+from pruneplug.console import EXIT_ERROR, error
 from pruneplug.errors import PrunePlugError
-
-EXIT_USAGE = 2
-EXIT_ERROR = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +37,7 @@ def _add_example(subparsers) -> None:
         "example",
         help="prune a 16->8 linear layer step by step (the Aprender walkthrough)",
         description="Prune a 16->8 linear layer with Kaiming-uniform weights: L1/L2 importance with "
-        "statistics, a 50%% unstructured mask, a 2:4 mask, apply, and a summary.",
+        "statistics, a 50% unstructured mask, a 2:4 mask, apply, and a summary.",
     )
     parser.add_argument("--seed", type=int, default=42, help="random seed for the weights (default: 42)")
     parser.add_argument("--backend", default=None, help="backend to use (default: auto)")
@@ -82,14 +81,33 @@ def _run_backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def _silence_stdout() -> None:
+    """After a broken pipe (``pruneplug inspect --json X | head``): point stdout at /dev/null so
+    that the interpreter's last flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a descriptor (tests capture it)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        status = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler of errors
+        return status
     except PrunePlugError as exc:
-        print(f"pruneplug {args.command}: error: {exc}", file=sys.stderr)
+        error(args.command, str(exc))
+        return EXIT_ERROR
+    except BrokenPipeError:  # the reader went away: nothing more to say, and no one to say it to
+        _silence_stdout()
+        return EXIT_ERROR
+    except (OSError, MemoryError) as exc:  # failures of the machine, not of pruneplug: one line too
+        error(args.command, f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
+              + (f": {exc.filename}" if getattr(exc, "filename", None) else ""))
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("pruneplug: interrupted", file=sys.stderr)

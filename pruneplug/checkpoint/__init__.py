@@ -1,4 +1,5 @@
-"""Prune whole checkpoints: safetensors files, sharded safetensors directories, ``.npz`` archives.
+"""Prune whole checkpoints: safetensors files, sharded safetensors directories, Hugging Face model
+directories, ``.npz`` archives.
 
 Three entry points, used by the ``pruneplug prune`` / ``pruneplug inspect`` commands:
 
@@ -10,13 +11,16 @@ Three entry points, used by the ``pruneplug prune`` / ``pruneplug inspect`` comm
 
 Where things are:
 
-* :mod:`~pruneplug.checkpoint.formats`: reading (safetensors headers, sharded directories, ``.npz``),
+* :mod:`~pruneplug.checkpoint.formats`: reading (safetensors headers, sharded and model directories,
+  ``.npz``, compressed-tensors weights decoded on read),
   :class:`TensorRef` and :class:`Checkpoint`, the dtype maps;
 * :mod:`~pruneplug.checkpoint.selection`: which tensors are pruned (:data:`SELECTION_RULE`);
 * :mod:`~pruneplug.checkpoint.global_select`: global pruning in bounded memory (the radix select);
 * :mod:`~pruneplug.checkpoint.prune`: :func:`prune_checkpoint`, step by step;
-* :mod:`~pruneplug.checkpoint.outputs`: output paths, one writer per output file, a sharded
-  directory's index and other files;
+* :mod:`~pruneplug.checkpoint.paths`: the path rules (IN, OUT, ``--report``, ``--masks-out`` and
+  ``--plot`` name different things; side outputs stay out of checkpoint directories);
+* :mod:`~pruneplug.checkpoint.outputs`: output paths, one writer per output file, a directory's
+  index, config.json and other files;
 * :mod:`~pruneplug.checkpoint.writers`: the transaction (temporary files renamed at the end) and
   the streaming safetensors and ``.npz`` writers;
 * :mod:`~pruneplug.checkpoint.report`: progress and the prune report;
@@ -34,7 +38,15 @@ from pruneplug.checkpoint.formats import (
     read_safetensors_header,
 )
 from pruneplug.checkpoint.global_select import GlobalPlan, global_unstructured_masks, plan_global
-from pruneplug.checkpoint.inspect import NM_MS, QUANTILES, InspectReport, InspectRow, inspect_checkpoint, plot_inspection
+from pruneplug.checkpoint.inspect import (
+    NM_MS,
+    QUANTILES,
+    InspectReport,
+    InspectRow,
+    check_plot_path,
+    inspect_checkpoint,
+    plot_inspection,
+)
 from pruneplug.checkpoint.prune import FORMATS, prune_checkpoint
 from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport
 from pruneplug.checkpoint.selection import EMBEDDING_RE, HEAD_RE, NORM_RE, SELECTION_RULE, select_tensors

@@ -17,10 +17,13 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from pruneplug.errors import CheckpointError
+from pruneplug.errors import CheckpointError, PrunePlugError
 
 
 INDEX_NAME = "model.safetensors.index.json"
+MODEL_FILE = "model.safetensors"  # the one weights file of a Hugging Face model directory
+#: Checkpoint kinds that are directories: written as a directory, every other file copied.
+DIRECTORY_KINDS = ("sharded", "directory")
 CHUNK = 1 << 20  # elements per streaming chunk (about 8 MiB of keys)
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -76,6 +79,7 @@ class TensorRef:
     file: Path | None = None
     offset: int = 0  # absolute byte offset of the data in ``file``
     loader: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    stored_as: str = "dense"  # or a compressed-tensors format, decoded by ``loader`` when read
 
     @property
     def numel(self) -> int:
@@ -148,10 +152,7 @@ def read_safetensors_header(path: str | os.PathLike) -> SafetensorsFile:
             raw = f.read(n)
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: corrupt safetensors header (not valid JSON: {exc})") from exc
+    header = _parse_json(raw, f"{path}: corrupt safetensors header")
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
@@ -161,10 +162,11 @@ def read_safetensors_header(path: str | os.PathLike) -> SafetensorsFile:
     for name, entry in header.items():
         try:
             dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
-            if not all(isinstance(s, int) and s >= 0 for s in shape) or not (0 <= begin <= end):
+            if (not isinstance(dtype, str) or not all(_is_count(s) for s in shape)
+                    or not (_is_count(begin) and _is_count(end) and begin <= end)):
                 raise ValueError
         except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: corrupt safetensors header entry for {name!r}: {entry!r}") from None
+            raise CheckpointError(f"{path}: corrupt safetensors header entry for {name!r}: {_brief(entry)}") from None
         if dtype not in _ST_DTYPES:
             raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
         itemsize = _ST_DTYPES[dtype][1]
@@ -185,6 +187,100 @@ def read_safetensors_header(path: str | os.PathLike) -> SafetensorsFile:
         raise CheckpointError(f"{path}: {what} safetensors file: the header describes {position} bytes, the file has {size}")
     _validate_with_safetensors(path, {r.name for r in refs})
     return SafetensorsFile(path, refs, dict(metadata), n)
+
+
+class _Duplicate(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_conflicting_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    """JSON objects whose keys repeat with different values are refused (a header that declares a
+    tensor twice is ambiguous: Python's ``json`` keeps the last, other readers the first)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out and out[key] != value:
+            raise _Duplicate(key)
+        out[key] = value
+    return out
+
+
+def _parse_json(raw: bytes, what: str) -> Any:
+    """JSON from a file's bytes; any way it can be malformed (bad UTF-8, bad syntax, nesting too
+    deep, an integer of thousands of digits, a key declared twice differently) is a CheckpointError."""
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_conflicting_duplicates)
+    except _Duplicate as exc:
+        raise CheckpointError(f"{what}: {exc.key!r} is declared twice, differently") from None
+    except RecursionError:
+        raise CheckpointError(f"{what}: JSON nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, int literals over the digit limit
+        raise CheckpointError(f"{what} (not valid JSON: {_brief(exc)})") from None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _brief(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a corrupt entry can be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+_COMPRESSED_PARTS = ("shape", "compressed", "bitmask")
+
+
+def _logical(st: SafetensorsFile) -> SafetensorsFile:
+    """The file's weights as they are meant, not as stored: each compressed-tensors group
+    (``<p>.shape`` I64, ``<p>.compressed``, ``<p>.bitmask`` U8, and ``<p>.row_offsets`` for
+    ``sparse-bitmask``; no ``<p>.weight`` beside them) becomes one tensor ``<p>.weight`` with the
+    dense shape, decoded when read. Other tensors are unchanged."""
+    by_name = {r.name: r for r in st.tensors}
+    groups: dict[str, dict[str, TensorRef]] = {}
+    for ref in st.tensors:
+        if ref.name.endswith(".compressed"):
+            prefix = ref.name[: -len(".compressed")]
+            parts = {p: by_name.get(f"{prefix}.{p}") for p in _COMPRESSED_PARTS + ("row_offsets",)}
+            if (parts["shape"] is not None and parts["bitmask"] is not None and f"{prefix}.weight" not in by_name
+                    and parts["shape"].dtype == "I64" and parts["bitmask"].dtype == "U8"):
+                groups[prefix] = {p: r for p, r in parts.items() if r is not None}
+    if not groups:
+        return st
+    replaced = {r.name for parts in groups.values() for r in parts.values()}
+    first = {prefix: min(parts.values(), key=lambda r: r.offset) for prefix, parts in groups.items()}
+    refs = []
+    for ref in st.tensors:
+        prefix = next((p for p, r in first.items() if r is ref), None)
+        if prefix is not None:
+            refs.append(_compressed_ref(st.path, prefix, groups[prefix]))
+        elif ref.name not in replaced:
+            refs.append(ref)
+    return SafetensorsFile(st.path, refs, st.metadata, st.header_size)
+
+
+def _compressed_ref(path: Path, prefix: str, parts: dict[str, TensorRef]) -> TensorRef:
+    from pruneplug import compressed_tensors as ct
+
+    fmt = ct.SPARSE_BITMASK if "row_offsets" in parts else ct.SPARSE_24_BITMASK
+    name = f"{prefix}.weight"
+    shape_ref, values = parts["shape"], parts["compressed"]
+    if shape_ref.numel > 8:
+        raise CheckpointError(f"{path}: {shape_ref.name!r} has {shape_ref.numel} entries; a dense shape was expected")
+    shape = tuple(int(x) for x in shape_ref.array().reshape(-1))
+    if not shape or any(x < 0 for x in shape):
+        raise CheckpointError(f"{path}: {shape_ref.name!r} holds {list(shape)}, not a dense shape")
+    itemsize = _ST_DTYPES[values.dtype][1]
+
+    def load() -> np.ndarray:
+        try:
+            return ct.decode(name, {r.name: r.array() for r in parts.values()}, fmt)
+        except PrunePlugError as exc:
+            raise CheckpointError(f"{path}: cannot decompress {name!r} ({fmt}): {exc}") from None
+
+    return TensorRef(name, values.dtype, shape, math.prod(shape) * itemsize, path, values.offset,
+                     loader=load, stored_as=fmt)
 
 
 def _validate_with_safetensors(path: Path, names: set[str]) -> None:
@@ -214,6 +310,7 @@ class Checkpoint:
     files: list[SafetensorsFile] = field(default_factory=list)
     index: dict | None = None
     npz_compressed: bool = False
+    other_members: list[str] = field(default_factory=list)  # npz members that are not .npy arrays
 
     @property
     def total_bytes(self) -> int:
@@ -229,35 +326,50 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if path.is_dir():
         if (path / INDEX_NAME).is_file():
             return _open_sharded(path)
-        raise CheckpointError(f"{path}: a directory without {INDEX_NAME}; expected a sharded safetensors checkpoint")
+        if (path / MODEL_FILE).is_file():  # a Hugging Face model directory with one weights file
+            st = _logical(read_safetensors_header(path / MODEL_FILE))
+            return Checkpoint(path, "directory", {r.name: r for r in st.tensors}, st.metadata, [st])
+        raise CheckpointError(f"{path}: a directory without {INDEX_NAME} or {MODEL_FILE}; expected a sharded "
+                              "safetensors checkpoint or a model directory")
     if path.suffix == ".npz":
         return _open_npz(path)
-    st = read_safetensors_header(path)
+    st = _logical(read_safetensors_header(path))
     return Checkpoint(path, "safetensors", {r.name: r for r in st.tensors}, st.metadata, [st])
 
 
 def _open_sharded(path: Path) -> Checkpoint:
+    index_path = path / INDEX_NAME
     try:
-        index = json.loads((path / INDEX_NAME).read_text())
-        weight_map = index["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError
+        raw = index_path.read_bytes()
     except OSError as exc:
-        raise CheckpointError(f"cannot read {path / INDEX_NAME}: {exc.strerror or exc}") from exc
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path / INDEX_NAME}: corrupt index (expected JSON with a 'weight_map' object)") from exc
-    files, tensors = [], {}
+        raise CheckpointError(f"cannot read {index_path}: {exc.strerror or exc}") from exc
+    index = _parse_json(raw, f"{index_path}: corrupt index")
+    expected = "expected a JSON object with a 'weight_map' object of tensor name -> shard file name"
+    if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+        raise CheckpointError(f"{index_path}: corrupt index ({expected})")
+    weight_map = index["weight_map"]
+    bad = next(((k, v) for k, v in weight_map.items() if not isinstance(v, str)), None)
+    if bad is not None:
+        raise CheckpointError(f"{index_path}: corrupt index: weight_map[{bad[0]!r}] is {_brief(bad[1])}, not a file name")
+    if not isinstance(index.get("metadata", {}), (dict, type(None))):
+        raise CheckpointError(f"{index_path}: corrupt index: 'metadata' is {_brief(index['metadata'])}, not an object")
+    files, tensors, stored = [], {}, set()
     for shard in sorted(set(weight_map.values())):
         shard_path = path / shard
-        if Path(shard).name != shard or not shard_path.is_file():
-            raise CheckpointError(f"{path / INDEX_NAME}: shard {shard!r} is missing")
+        if shard in ("", ".", "..") or Path(shard).name != shard or "\\" in shard:
+            raise CheckpointError(f"{index_path}: shard {shard!r} is outside the checkpoint directory {path}: refused "
+                                  "(shards must be plain file names inside it)")
+        if not shard_path.is_file():
+            raise CheckpointError(f"{index_path}: shard {shard!r} is missing")
         st = read_safetensors_header(shard_path)
-        files.append(st)
         for ref in st.tensors:
             if weight_map.get(ref.name) != shard:
                 raise CheckpointError(f"{shard_path}: tensor {ref.name!r} is not mapped to this shard in {INDEX_NAME}")
-            tensors[ref.name] = ref
-    missing = sorted(set(weight_map) - set(tensors))
+            stored.add(ref.name)
+        st = _logical(st)
+        files.append(st)
+        tensors.update((ref.name, ref) for ref in st.tensors)
+    missing = sorted(set(weight_map) - stored)
     if missing:
         raise CheckpointError(f"{path / INDEX_NAME}: tensors missing from their shards: {missing[:5]}")
     metadata = index.get("metadata") or {}
@@ -279,9 +391,9 @@ def _open_npz(path: Path) -> Checkpoint:
         try:
             parsed = json.loads(comment)
             metadata = {str(k): str(v) for k, v in parsed.items()} if isinstance(parsed, dict) else {"comment": comment}
-        except json.JSONDecodeError:
+        except (RecursionError, ValueError):  # not JSON: an ordinary zip comment, kept as it is
             metadata = {"comment": comment}
-    dtypes = json.loads(metadata.get("pruneplug.dtypes", "{}"))
+    dtypes = _declared_dtypes(path, metadata)
     tensors = {}
     fmt = np.lib.format
     with zipfile.ZipFile(path) as zf:
@@ -297,13 +409,42 @@ def _open_npz(path: Path) -> Checkpoint:
             except Exception as exc:
                 raise CheckpointError(f"{path}: corrupt npz member {info.filename!r}: {exc}") from exc
     for name, (shape, _fortran, dtype) in headers.items():
+        _check_declared_dtype(path, name, dtypes.get(name), np.dtype(dtype))
         st = _NP_TO_ST.get(dtypes.get(name) or np.dtype(dtype).name)
         if st is None:
             st = "U8"  # stored as raw bytes, copied unchanged
         tensors[name] = TensorRef(name, st, tuple(shape), math.prod(shape) * np.dtype(dtype).itemsize,
                                   path, loader=_npz_loader(path, name, dtypes.get(name)))
     return Checkpoint(path, "npz", tensors, metadata,
-                      npz_compressed=any(i.compress_type != zipfile.ZIP_STORED for i in infos))
+                      npz_compressed=any(i.compress_type != zipfile.ZIP_STORED for i in infos),
+                      other_members=[i.filename for i in infos if not i.filename.endswith(".npy")])
+
+
+def _declared_dtypes(path: Path, metadata: dict[str, str]) -> dict[str, str]:
+    """``pruneplug.dtypes`` of an npz comment: member name -> the dtype its raw values hold."""
+    text = metadata.get("pruneplug.dtypes")
+    if text is None:
+        return {}
+    try:
+        dtypes = json.loads(text)
+    except (RecursionError, ValueError):
+        dtypes = None
+    if not isinstance(dtypes, dict) or not all(isinstance(v, str) for v in dtypes.values()):
+        raise CheckpointError(f"{path}: corrupt npz comment: 'pruneplug.dtypes' must be a JSON object of "
+                              f"member name -> dtype name, got {_brief(text)}")
+    return dtypes
+
+
+def _check_declared_dtype(path: Path, name: str, declared: str | None, stored: np.dtype) -> None:
+    """A declared dtype reinterprets a member's bytes: only one NumPy cannot name (bfloat16, float8),
+    over raw integers of the same width (what :class:`~pruneplug.checkpoint.NpzWriter` writes)."""
+    if declared is None or declared == stored.name:
+        return
+    st = _NP_TO_ST.get(declared)
+    if st not in _ML_DTYPES or stored.kind not in "uiV" or stored.itemsize != _ST_DTYPES[st][1]:
+        raise CheckpointError(
+            f"{path}: member {name!r} is stored as {stored.name} but the comment declares it {declared!r}; "
+            f"a declared dtype must be bfloat16 or float8 over raw integers of its width: refused")
 
 
 def _npz_loader(path: Path, name: str, dtype_name: str | None) -> Callable[[], np.ndarray]:
@@ -313,10 +454,10 @@ def _npz_loader(path: Path, name: str, dtype_name: str | None) -> Callable[[], n
                 array = data[name]
         except Exception as exc:
             raise CheckpointError(f"{path}: cannot read {name!r}: {exc}") from exc
-        if dtype_name == "bfloat16":
+        if dtype_name is not None and _NP_TO_ST.get(dtype_name) in _ML_DTYPES:
             import ml_dtypes
 
-            array = array.view(ml_dtypes.bfloat16)
+            array = array.view(getattr(ml_dtypes, dtype_name))
         return np.ascontiguousarray(array)
 
     return load

@@ -7,6 +7,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy as np
 from pruneplug import api
 from pruneplug.checkpoint.formats import CHUNK, _count_zeros, _flat_chunks, open_checkpoint
 from pruneplug.checkpoint.global_select import _source, plan_global
+from pruneplug.checkpoint.paths import Place, check_distinct
 from pruneplug.checkpoint.report import ProgressLike, _NullProgress
 from pruneplug.checkpoint.selection import select_tensors
 from pruneplug.errors import CheckpointError
@@ -38,6 +40,7 @@ class InspectRow:
     nm: dict = field(default_factory=dict)
     quantiles: list | None = None
     selected: bool = False
+    stored_as: str = "dense"  # or the compressed-tensors format it was decompressed from
 
     @property
     def sparsity(self) -> float | None:
@@ -80,6 +83,10 @@ class InspectReport:
         numel = sum(t.numel for t in counted)
         lines.append(f"total: {len(self.tensors)} tensors, {sum(t.numel for t in self.tensors):,} parameters, "
                      f"floating sparsity {100 * (sum(t.zeros for t in counted) / numel if numel else 0):.2f}%")
+        stored = [t for t in self.tensors if t.stored_as != "dense"]
+        if stored:
+            formats = ", ".join(sorted({t.stored_as for t in stored}))
+            lines.append(f"{len(stored)} weights stored compressed ({formats}), shown decompressed")
         pp_meta = {k: v for k, v in self.metadata.items() if k.startswith("pruneplug.")}
         if pp_meta:
             lines.append("pruned by pruneplug: " + ", ".join(f"{k[10:]}={v}" for k, v in sorted(pp_meta.items())))
@@ -118,7 +125,8 @@ def inspect_checkpoint(src: str | os.PathLike, *, include: Sequence[str] | None 
     progress.start("inspecting", len(names), ckpt.total_bytes)
     for name in names:
         ref = ckpt.tensors[name]
-        row = InspectRow(name, list(ref.shape), ref.dtype, ref.numel, selected=reasons[name] is None)
+        row = InspectRow(name, list(ref.shape), ref.dtype, ref.numel, selected=reasons[name] is None,
+                         stored_as=ref.stored_as)
         if ref.prunable:
             array = ref.array()
             row.zeros = _count_zeros(_flat_chunks(array))
@@ -155,8 +163,14 @@ def inspect_checkpoint(src: str | os.PathLike, *, include: Sequence[str] | None 
     return result
 
 
+def check_plot_path(src: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Refuse a ``--plot`` path that names the input (or a file inside an input directory)."""
+    check_distinct([Place("IN", Path(src), Path(src).is_dir()), Place("--plot", Path(path), False)])
+
+
 def plot_inspection(report: InspectReport, path: str | os.PathLike) -> None:
     """Draw per-tensor sparsity and the ``|w|`` histogram with the pruning threshold into a PNG."""
+    check_plot_path(report.path, path)
     try:
         import matplotlib
 

@@ -24,6 +24,8 @@ from pruneplug.checkpoint.formats import Checkpoint, TensorRef, _count_zeros, _f
 from pruneplug.checkpoint.global_select import GlobalPlan, _source, _sparsity_for, plan_global
 from pruneplug.checkpoint.outputs import (
     _check_side_outputs,
+    check_writable_form,
+    stores_compressed,
     _check_space,
     _finish_directory,
     _plan_outputs,
@@ -31,6 +33,7 @@ from pruneplug.checkpoint.outputs import (
     _settings_metadata,
 )
 from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport, _NullProgress
+from pruneplug.checkpoint.selection import as_patterns
 from pruneplug.checkpoint.selection import SELECTION_RULE, select_tensors
 from pruneplug.checkpoint.writers import SafetensorsWriter, _Transaction, _write_guard
 from pruneplug.errors import CheckpointError, InvalidArgumentError, PrunePlugError
@@ -73,11 +76,12 @@ def prune_checkpoint(
     method: str = "l1",
     axis: int = -1,
     format: str = "dense",
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
     backend: str | None = None,
     masks_out: str | os.PathLike | None = None,
     report: str | os.PathLike | None = None,
+    warn_sparsity: float = 0.95,
     dry_run: bool = False,
     strict: bool = False,
     in_place: bool = False,
@@ -86,8 +90,9 @@ def prune_checkpoint(
 ) -> PruneReport:
     """Prune a checkpoint and write it in the same form; return a :class:`PruneReport`.
 
-    ``src`` is a ``.safetensors`` file, a sharded directory (``model.safetensors.index.json``) or an
-    ``.npz``; ``dst`` the output (a file, or a directory for a sharded input; an existing directory
+    ``src`` is a ``.safetensors`` file, a sharded directory (``model.safetensors.index.json``), a
+    model directory (one ``model.safetensors``, config and tokenizer files) or an ``.npz``; ``dst``
+    the output (a file, or a directory for a directory input; an existing directory
     given for a single file receives a file of the input's name). ``dst`` equal to ``src`` needs
     ``in_place=True``; ``dry_run=True`` computes everything and writes nothing but the report.
 
@@ -98,13 +103,18 @@ def prune_checkpoint(
     weights dense or in a compressed-tensors format. Which tensors: :data:`SELECTION_RULE`.
 
     Every output (checkpoint, masks, report) is written to a temporary file next to it and renamed
-    at the end; any error leaves no partial output.
+    at the end; any error leaves no partial output. ``include``/``exclude`` are regexes, a single
+    string being one regex. A pruned tensor that ends ``warn_sparsity`` or more zero (default 0.95)
+    is flagged in the report (``nearly_removed``).
 
     Example::
 
         report = pp.prune_checkpoint("model.safetensors", "pruned.safetensors", sparsity=0.5, scope="global")
         print(report.format_table())
     """
+    include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
+    if isinstance(warn_sparsity, bool) or not isinstance(warn_sparsity, (int, float)) or not 0 <= warn_sparsity <= 1:
+        raise InvalidArgumentError(f"warn_sparsity={warn_sparsity!r} must be a number in [0, 1]")
     started = time.perf_counter()
     progress = progress or _NullProgress()
     src_path = Path(src)
@@ -115,7 +125,7 @@ def prune_checkpoint(
     out_path = _resolve_output(ckpt, dst, in_place, dry_run)
     masks_path = Path(masks_out) if masks_out is not None else None
     report_path = Path(report) if report is not None else None
-    _check_side_outputs(src_path, masks_path, report_path, dry_run)
+    _check_side_outputs(ckpt, out_path, masks_path, report_path, in_place, dry_run)
 
     names = sorted(ckpt.tensors)  # tensor order: sorted by name, whatever the file layout
     tasks = _decide_tasks(ckpt, names, include, exclude, pattern, axis, strict)
@@ -125,6 +135,7 @@ def prune_checkpoint(
             f"{src_path}: no tensor selected for pruning ({len(names)} tensors; rule: {SELECTION_RULE})")
     if out_path is not None:
         _check_space(out_path, ckpt.total_bytes + (sum(ckpt.tensors[n].numel for n in selected) if masks_path else 0))
+    check_writable_form(ckpt, [n for n in selected if stores_compressed(ckpt.tensors[n].shape, format)], format)
     plan = _plan_global_counts(tasks, selected, sparsity, method, progress) if scope == "global" else None
 
     settings = {
@@ -150,13 +161,14 @@ def prune_checkpoint(
                 writers.remove(mask_writer)
             progress.close()
             if out_path is not None and not dry_run:
-                _finish_directory(ckpt, outputs, rows, format, settings, plan)
+                _finish_directory(ckpt, outputs, rows, format, settings, plan, out_path)
             report_obj = PruneReport(
                 input=str(src_path), output=None if dry_run or out_path is None else str(out_path),
                 settings=settings, selection_rule=SELECTION_RULE if not include else "--include/--exclude regexes",
                 tensors=[rows[n] for n in names], threshold=plan.threshold if plan else None,
                 passes=plan.passes if plan else 0, dry_run=dry_run, seconds=time.perf_counter() - started,
                 masks_out=str(masks_path) if masks_path is not None and not dry_run else None,
+                warn_sparsity=warn_sparsity,
             )
             if report_path is not None:
                 _write_report(txn, report_path, report_obj)
@@ -343,7 +355,7 @@ def _copy_unchanged(ref: TensorRef, row: TensorReport, writer: Any, kind: str) -
     if ref.prunable:  # a floating tensor: its zeros are counted in the report
         row.zeros_before = row.zeros_after = _count_zeros(ref.chunks())
     if writer is not None:
-        if kind == "npz":
+        if kind == "npz" or ref.loader is not None:  # npz, or a compressed input decoded on read
             writer.write(ref.name, ref.array())
         else:  # the stored bytes, so any dtype (even one NumPy cannot hold) is copied exactly
             writer.write(ref.name, ref.raw_chunks(), ref.dtype, ref.shape)
@@ -381,7 +393,7 @@ def _call_prune(view: Any, task: _Task, how: _HowToPrune, want_mask: bool) -> An
 
 
 def _write_pruned(writer: Any, ref: TensorRef, pruned: np.ndarray, row: TensorReport, format: str) -> None:
-    if format != "dense" and (format == "sparse-bitmask" or len(ref.shape) == 2):
+    if stores_compressed(ref.shape, format):
         from pruneplug import compressed_tensors
 
         for key, value in compressed_tensors.encode(ref.name, pruned, format).items():

@@ -66,6 +66,23 @@ class PruneReport:
     dry_run: bool = False
     seconds: float = 0.0
     masks_out: str | None = None
+    warn_sparsity: float = 0.95  # a pruned tensor this sparse or more is flagged: the layer is (nearly) removed
+
+    def nearly_removed(self) -> list[TensorReport]:
+        """The pruned tensors that are ``warn_sparsity`` or more zero after pruning (a global prune
+        can take a layer to 100 %), in tensor order."""
+        return [t for t in self.tensors if t.status == "pruned" and t.sparsity_after is not None
+                and t.numel and t.sparsity_after >= self.warn_sparsity]
+
+    def warning(self) -> str | None:
+        """One line naming the (nearly) removed tensors, or None."""
+        hits = self.nearly_removed()
+        if not hits:
+            return None
+        shown = ", ".join(f"{t.name} {100 * t.sparsity_after:.2f}%" for t in hits[:8])
+        more = f" and {len(hits) - 8} more" if len(hits) > 8 else ""
+        return (f"{len(hits)} pruned tensor(s) are {100 * self.warn_sparsity:g}% or more zero, the layer (nearly) "
+                f"removed: {shown}{more}")
 
     def totals(self) -> dict:
         pruned_rows = [t for t in self.tensors if t.status == "pruned"]
@@ -87,12 +104,15 @@ class PruneReport:
         }
 
     def to_dict(self) -> dict:
+        flagged = {id(t) for t in self.nearly_removed()}
         return {
             "input": self.input, "output": self.output, "dry_run": self.dry_run,
             "settings": self.settings, "selection_rule": self.selection_rule,
             "threshold": self.threshold, "passes": self.passes, "seconds": round(self.seconds, 3),
             "masks_out": self.masks_out, "totals": self.totals(),
-            "tensors": [t.to_dict() for t in self.tensors],
+            "warn_sparsity": self.warn_sparsity,
+            "nearly_removed": [t.name for t in self.nearly_removed()],
+            "tensors": [{**t.to_dict(), "nearly_removed": id(t) in flagged} for t in self.tensors],
         }
 
     def format_table(self, show_kept: bool = True) -> str:

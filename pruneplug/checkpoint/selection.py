@@ -22,9 +22,32 @@ SELECTION_RULE = (
 )
 
 
+def as_patterns(value: str | Sequence[str] | None, argname: str) -> list[str]:
+    """``include`` / ``exclude`` as a list of regexes: a single string is one regex (not its
+    characters), ``None`` none.
+
+    Example::
+
+        >>> as_patterns("mlp", "include"), as_patterns(["a", "b"], "exclude")
+        (['mlp'], ['a', 'b'])
+    """
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    try:
+        patterns = list(value)
+    except TypeError:
+        raise InvalidArgumentError(f"{argname}={value!r}: expected a regex string or a list of them") from None
+    bad = next((p for p in patterns if not isinstance(p, str)), None)
+    if bad is not None:
+        raise InvalidArgumentError(f"{argname} holds {bad!r}: expected regex strings")
+    return patterns
+
+
 def _compile(patterns: Sequence[str] | None, option: str) -> list[tuple[str, re.Pattern]]:
     out = []
-    for p in patterns or ():
+    for p in as_patterns(patterns, option.lstrip("-")):
         try:
             out.append((p, re.compile(p)))
         except re.error as exc:

@@ -25,16 +25,19 @@ class _Transaction:
 
     def __init__(self) -> None:
         self.staged: list[tuple[Path, Path, bool]] = []  # (temporary, final, is_dir)
+        self.modes: dict[Path, int] = {}  # temporary -> its mode at commit (default: the umask's)
 
-    def stage_file(self, final: Path) -> Path:
+    def stage_file(self, final: Path, mode: int | None = None) -> Path:
         fd, tmp = self._make(final, lambda d: tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=d))
         os.close(fd)
         self.staged.append((Path(tmp), final, False))
+        self.modes[Path(tmp)] = (0o666 & ~_umask()) if mode is None else mode
         return Path(tmp)
 
-    def stage_dir(self, final: Path) -> Path:
+    def stage_dir(self, final: Path, mode: int | None = None) -> Path:
         tmp = Path(self._make(final, lambda d: tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=d)))
         self.staged.append((tmp, final, True))
+        self.modes[tmp] = (0o777 & ~_umask()) if mode is None else mode
         return tmp
 
     @staticmethod
@@ -50,6 +53,7 @@ class _Transaction:
     def commit(self) -> None:
         try:
             for tmp, final, is_dir in self.staged:
+                os.chmod(tmp, self.modes[tmp])
                 if is_dir and final.exists():
                     # replace a directory (in place): move the old one aside, the new one in, then drop the old
                     old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
@@ -62,7 +66,6 @@ class _Transaction:
                         raise
                     shutil.rmtree(old, ignore_errors=True)
                 else:
-                    os.chmod(tmp, (0o777 if is_dir else 0o666) & ~_umask())
                     os.replace(tmp, final)
         except OSError as exc:
             raise CheckpointError(f"cannot move the output into place: {exc.strerror or exc}") from exc
