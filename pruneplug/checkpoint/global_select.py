@@ -130,6 +130,16 @@ def _count(source: _Source, selection: ExactSelection, method: str, backend: str
     return less, equal
 
 
+def exact_counts(selection: ExactSelection, sources: Sequence[_Source], method: str,
+                 backend: str | None = None) -> list[int]:
+    """Each source's exact count to prune under a decided selection (one counting pass)."""
+    if selection.k in (0, selection.n):
+        return [0 if selection.k == 0 else s.numel for s in sources]
+    pairs = [_count(s, selection, method, backend) for s in sources]
+    quota = selection.tie_quota([eq for _, eq in pairs])
+    return [lt + q for (lt, _), q in zip(pairs, quota)]
+
+
 def plan_global(sources: Sequence[_Source], sparsity: float, method: str,
                 progress: "ProgressLike | None" = None, gather_limit: int | None = None,
                 backend: str | None = None) -> GlobalPlan:
@@ -138,13 +148,7 @@ def plan_global(sources: Sequence[_Source], sparsity: float, method: str,
     no longer gathers candidates.)"""
     del gather_limit
     selection = decide_global(sources, sparsity, method, progress, backend)
-    if selection.k in (0, selection.n):
-        counts = [0 if selection.k == 0 else s.numel for s in sources]
-    else:
-        pairs = [_count(s, selection, method, backend) for s in sources]
-        quota = selection.tie_quota([eq for _, eq in pairs])
-        counts = [lt + q for (lt, _), q in zip(pairs, quota)]
-    return GlobalPlan(counts, selection.threshold, selection.passes, selection)
+    return GlobalPlan(exact_counts(selection, sources, method, backend), selection.threshold, selection.passes, selection)
 
 
 def _source(ref: TensorRef, chunk: int | None = None) -> _Source:
