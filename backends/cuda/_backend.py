@@ -31,7 +31,7 @@ from pruneplug.arrays import score_dtype
 from pruneplug.errors import DeviceMemoryError, NonFiniteError
 from pruneplug.hookspecs import hookimpl
 from pruneplug.sparse24 import format_of, invalid_nibble_error, metadata_shape, not_sparse_error
-from pruneplug.types import FLOAT_DTYPES, OPERATIONS, BackendInfo  # cuda implements every operation
+from pruneplug.types import FLOAT_DTYPES, BackendInfo, implemented_operations
 
 from . import _kernels as K
 
@@ -83,6 +83,10 @@ def name_nm(kernel: str, dtype: str, transform: str, m: int | None = None) -> st
 
 def name_24(kernel: str, dtype: str, layout: str) -> str:
     return f"{kernel}<{K.DT24[dtype]}, {K.LAYOUT24[layout]}>"
+
+
+def name_keyhist(dtype: str, transform: str, keys: str) -> str:
+    return f"key_histogram<{_dt(dtype)}, {_tr(transform)}, {K.KEYS[keys]}>"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,6 +562,30 @@ class CudaBackend:
         self._raise_not_sparse(h, dtype, cols)  # cannot happen after pruning; never return a bad result
         return values, metadata
 
+    # -- exact selection over many arrays (pruneplug.selection) --------------------------------
+    def key_histogram(self, values: Any, transform: str, keys: str, shift: int, bits: int, prefix: int) -> Any:
+        """The key histogram of ``values`` for one request (``keyhist.cu``; 2^bits + 2 counts)."""
+        self._check(values)
+        dtype = self._dtype(values)
+        hist = self._alloc((1 << bits) + 2, np.uint64, "the key histogram", zero=True)
+        ws = self._workspace()
+        lut = self._bf16_square_keys()  # read only by bfloat16 squares with mag16 keys
+        if values.size:
+            grid = self._stream_grid(values.size)
+            self._fn("keyhist.cu", name_keyhist(dtype, transform, keys))(
+                (grid,), (BLOCK,), (self._raw(values), np.int64(values.size), np.int32(shift), np.int32(bits),
+                                    np.uint64(prefix), lut, hist, ws))
+        self._read_ws(ws, transform)  # sync: NonFiniteError, or the histogram is complete
+        return hist.view(np.int64)
+
+    def _bf16_square_keys(self) -> Any:
+        """The mag16 keys of bfloat16 squares on the device (made once, on the host, by the core)."""
+        if getattr(self, "_bf16_lut", None) is None:
+            from pruneplug.selection import bf16_square_keys
+
+            self._bf16_lut = self.xp.asarray(bf16_square_keys())
+        return self._bf16_lut
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -611,7 +639,7 @@ class CudaPlugin:
         if available and note:
             reason = note  # what an available backend lacks (shown by `pruneplug backends`)
         return BackendInfo(name=self.name, priority=self._priority, array_types=self._array_types,
-                           dtypes=dtypes, operations=OPERATIONS, available=available, reason=reason,
+                           dtypes=dtypes, operations=implemented_operations(self), available=available, reason=reason,
                            description=self._description)
 
     @hookimpl
@@ -663,3 +691,8 @@ class CudaPlugin:
     def pruneplug_prune_compress_24(self, weights, layout, transform):
         with self._stream():
             return self.backend.prune_compress_24(weights, layout, transform)
+
+    @hookimpl
+    def pruneplug_key_histogram(self, values, transform, keys, shift, bits, prefix):
+        with self._stream():
+            return self.backend.key_histogram(values, transform, keys, shift, bits, prefix)

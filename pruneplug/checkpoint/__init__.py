@@ -15,14 +15,15 @@ Where things are:
   ``.npz``, compressed-tensors weights decoded on read),
   :class:`TensorRef` and :class:`Checkpoint`, the dtype maps;
 * :mod:`~pruneplug.checkpoint.selection`: which tensors are pruned (:data:`SELECTION_RULE`);
-* :mod:`~pruneplug.checkpoint.global_select`: global pruning in bounded memory (the radix select);
+* :mod:`~pruneplug.checkpoint.global_select`: global pruning in bounded memory (drives
+  :mod:`pruneplug.selection` over the tensors);
 * :mod:`~pruneplug.checkpoint.prune`: :func:`prune_checkpoint`, step by step;
 * :mod:`~pruneplug.checkpoint.paths`: the path rules (IN, OUT, ``--report``, ``--masks-out`` and
   ``--plot`` name different things; side outputs stay out of checkpoint directories);
 * :mod:`~pruneplug.checkpoint.outputs`: output paths, one writer per output file, a directory's
   index, config.json and other files;
-* :mod:`~pruneplug.checkpoint.writers`: the transaction (temporary files renamed at the end) and
-  the streaming safetensors and ``.npz`` writers;
+* :mod:`~pruneplug.checkpoint.writers`: the transaction (unnamed temporaries linked and renamed at
+  the end) and the safetensors (``pwrite``, ``copy_file_range``) and ``.npz`` writers;
 * :mod:`~pruneplug.checkpoint.report`: progress and the prune report;
 * :mod:`~pruneplug.checkpoint.inspect`: :func:`inspect_checkpoint` and its plot.
 """
