@@ -114,6 +114,19 @@ def test_torch_current_stream_is_picked_up(monkeypatch, cupy_default):
     assert isinstance(scope, _FakeExternalStream) and (scope.ptr, scope.device_id) == (0x5150, 1)
 
 
+def test_torch_stream_through_the_cuda_stream_protocol(monkeypatch):
+    """CuPy 14 deprecates ExternalStream for Stream.from_external(obj with __cuda_stream__)."""
+    from types import SimpleNamespace
+
+    _fakes(monkeypatch)
+    torch_stream = SimpleNamespace(cuda_stream=0x5150, __cuda_stream__=lambda: (0, 0x5150))
+    monkeypatch.setattr(sys.modules["torch"].cuda, "current_stream", lambda: torch_stream)
+    wrapped = []
+    sys.modules["cupy"].cuda.Stream.from_external = lambda obj: wrapped.append(obj) or _FakeExternalStream(0x5150, -1)
+    scope = cuda_plugin.torch_stream()
+    assert wrapped == [torch_stream] and isinstance(scope, _FakeExternalStream)
+
+
 @pytest.mark.parametrize("case", [{"initialized": False}, {"torch_stream": 0}, {"cupy_stream": 0x77}])
 def test_torch_stream_is_left_alone(monkeypatch, case):
     """No torch CUDA context; torch on the default stream (CuPy's too); a CuPy stream the caller chose."""

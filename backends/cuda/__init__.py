@@ -147,7 +147,9 @@ def torch_stream() -> Any:
     stream = torch.cuda.current_stream()
     if stream.cuda_stream == 0:
         return contextlib.nullcontext()
-    return cupy.cuda.ExternalStream(stream.cuda_stream, torch.cuda.current_device())
+    if hasattr(cupy.cuda.Stream, "from_external") and hasattr(stream, "__cuda_stream__"):
+        return cupy.cuda.Stream.from_external(stream)  # CuPy 14: the CUDA stream protocol
+    return cupy.cuda.ExternalStream(stream.cuda_stream, torch.cuda.current_device())  # deprecated in 14
 
 
 def _make_backend() -> CudaBackend:
