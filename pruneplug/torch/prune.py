@@ -7,6 +7,7 @@ import re
 import time
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 
 from pruneplug import api
@@ -66,7 +67,7 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
     if not params:
         raise InvalidArgumentError(f"prune_model: no parameter selected (rule: {SELECTION_RULE})")
     rows = {n: _row(n, p) for n, p in model.named_parameters() if n in params}
-    zeros_before = {n: int((p == 0).sum()) for n, p in params.items()}
+    zeros_before = {n: _zeros(p) for n, p in params.items()}
 
     def prune_some(ctx: CalibrationContext | None, names: Iterable[str]) -> None:
         for name in names:
@@ -83,7 +84,7 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
 
     for name, row in rows.items():
         row.zeros_before = zeros_before[name]
-        row.zeros_after = int((params[name] == 0).sum())
+        row.zeros_after = _zeros(params[name])
         row.pruned = row.zeros_after - row.zeros_before if row.zeros_after >= row.zeros_before else 0
     settings = {"sparsity": sparsity, "pattern": pattern, "scope": scope, "method": criterion.name,
                 "groups": groups or criterion.default_groups, "include": list(include or []),
@@ -98,6 +99,14 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
                        selection_rule=SELECTION_RULE if not include else "--include/--exclude regexes",
                        tensors=sorted(list(rows.values()) + kept, key=lambda r: r.name),
                        seconds=time.perf_counter() - started)
+
+
+def _zeros(p: torch.Tensor) -> int:
+    """Zeros of a parameter (NumPy on CPU tensors: no torch thread pool for a count)."""
+    t = p.detach()
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64, torch.float16):
+        return int(t.numel() - np.count_nonzero(t.numpy()))
+    return int((t == 0).sum())
 
 
 def _row(name: str, p: torch.Tensor) -> TensorReport:
