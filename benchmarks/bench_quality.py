@@ -63,10 +63,13 @@ class PeakRSS:
 
 
 def timed(fn):
+    """(result, wall seconds, peak MiB); the process CPU seconds are printed too (the machine is
+    shared: wall time includes waiting for a core)."""
     with PeakRSS() as mem:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(f"    (wall {seconds:.2f} s, process CPU {cpu:.2f} s, load average {os.getloadavg()[0]:.1f})", flush=True)
     return out, seconds, mem.mib
 
 

@@ -31,7 +31,7 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
                 method: str = "l1", groups: str | None = None, calibration: Any = None,
                 calibration_mode: str = DEFAULT_CALIBRATION_MODE, include: Sequence[str] | None = None,
                 exclude: Sequence[str] | None = None, backend: str | None = None,
-                axis: int | None = None) -> PruneReport:
+                axis: int | None = None, statistics: CalibrationContext | None = None) -> PruneReport:
     """Prune the selected weights of ``model`` in place and return the report the CLI prints.
 
     * Which weights: the CLI's rule (:data:`pruneplug.checkpoint.selection.SELECTION_RULE`) applied
@@ -44,6 +44,8 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
       magnitude on CPU tensors: exactly ``round(sparsity * total)`` over all selected weights),
       ``"row"``, ``"column"``, ``"block(H,W)"``; or ``pattern="N:M"`` alone. ``groups`` for
       unstructured: ``"layer"`` or ``"row"`` (the criterion's default: ``"row"`` for Wanda).
+    * ``statistics``: a :class:`CalibrationContext` that receives the statistics the weights were
+      scored with (those collected from batches included), e.g. to save them.
     * CPU tensors are pruned through NumPy views, CUDA tensors through DLPack on the ``cuda``
       backend: no host copies.
 
@@ -70,6 +72,10 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
     zeros_before = {n: _zeros(p) for n, p in params.items()}
 
     def prune_some(ctx: CalibrationContext | None, names: Iterable[str]) -> None:
+        names = list(names)
+        if statistics is not None and ctx is not None:
+            for name in names:
+                statistics.add(name, ctx[name])
         for name in names:
             _prune_one(name, params[name], criterion, sparsity, pattern, groups, ctx, backend, axis)
 
