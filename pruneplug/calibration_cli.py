@@ -101,6 +101,8 @@ def prune_model_dir(args: argparse.Namespace, progress: Any = None) -> Any:
     out = Path(args.output)
     if out.exists():
         raise CheckpointError(f"-o {out}: already exists (the one-step form writes a new model directory)")
+    if not out.parent.is_dir():
+        raise CheckpointError(f"-o {out}: the directory {str(out.parent)!r} does not exist")
     weights = _weights_in(src)
     model, batches = _batches(str(src), args.calibration, args)
     sparsity = args.sparsity

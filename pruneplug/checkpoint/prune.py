@@ -117,8 +117,8 @@ def prune_checkpoint(
     started = time.perf_counter()
     progress = progress or _NullProgress()
     src_path = Path(src)
-    calibration = _check_criterion(method, scope, calibration, masks_out)
-    _check_arguments(sparsity, pattern, scope, method if calibration is None else "l1", axis, format)
+    calibration, groups = _check_criterion(method, scope, calibration, masks_out, groups)
+    _check_arguments(sparsity, pattern, scope, method if method in ("l1", "l2") else "l1", axis, format)
     ckpt = open_checkpoint(src_path)
     if format != "dense" and ckpt.kind == "npz":
         raise InvalidArgumentError(f"format={format!r} is a safetensors format; an npz checkpoint can only be written dense")
@@ -190,24 +190,35 @@ def prune_checkpoint(
 # ---------------------------------------------------------------------------------------------
 # before the work: arguments, each tensor's fate, the global plan
 # ---------------------------------------------------------------------------------------------
-def _check_criterion(method: Any, scope: str, calibration: Any, masks_out: Any) -> Any:
-    """The CalibrationContext of a criterion that needs statistics (None for magnitude), after
-    the checks that only concern such criteria."""
+def _check_criterion(method: Any, scope: str, calibration: Any, masks_out: Any, groups: str | None) -> tuple[Any, str]:
+    """The CalibrationContext of a criterion that needs statistics (None for magnitude) and the
+    comparison group (the criterion's own unless ``groups`` says), after the checks that only
+    concern them."""
     from pruneplug.calibration import CalibrationContext
     from pruneplug.criteria import get_criterion
     from pruneplug.errors import CalibrationRequiredError
 
+    if groups not in (None, "layer", "row"):
+        raise InvalidArgumentError(f"groups={groups!r}: expected 'layer' or 'row'")
+    if groups == "row" and scope == "global":
+        raise InvalidArgumentError("groups='row' compares within each row of each tensor: it cannot be combined "
+                                   "with scope='global'")
+    if method in ("l1", "l2"):  # the core's magnitude methods (checked with the other arguments)
+        return None, groups or "layer"
     criterion = get_criterion(method)
+    groups = groups or criterion.default_groups
+    if scope == "global":
+        raise InvalidArgumentError(f"scope='global' applies to magnitude pruning (method 'l1' or 'l2'); "
+                                   f"method={criterion.name!r} compares scores within each tensor")
     if not criterion.requires_calibration():
-        return None
+        return None, groups
     if calibration is None:
         raise CalibrationRequiredError(criterion.name)
-    if scope == "global":
-        raise InvalidArgumentError(f"scope='global' applies to magnitude pruning; method={criterion.name!r} "
-                                   "compares scores within each tensor")
     if masks_out is not None:
         raise InvalidArgumentError(f"--masks-out is not supported with method={criterion.name!r}")
-    return calibration if isinstance(calibration, CalibrationContext) else CalibrationContext.load(calibration)
+    if not isinstance(calibration, CalibrationContext):
+        calibration = CalibrationContext.load(calibration)
+    return calibration, groups
 
 
 def _check_arguments(sparsity: float | None, pattern: str, scope: str, method: str, axis: int, format: str) -> None:
@@ -375,6 +386,8 @@ def _process(task: _Task, writer: Any, mask_writer: Any, how: _HowToPrune) -> Te
         mask_writer.write(ref.name, how.xp.asnumpy(mask.data) if how.xp is not None else np.asarray(mask.data))
         del mask
     row.pruned = _pruned_count(how.pattern, how.sparsity, ref.shape, task.k)
+    if how.pattern == "unstructured" and how.groups == "row" and len(ref.shape) == 2:  # exact count per row
+        row.pruned = api.count_to_prune(how.sparsity, ref.shape[1]) * ref.shape[0]
     row.zeros_after = int(np.count_nonzero(pruned == 0))
     if writer is not None:
         _write_pruned(writer, ref, pruned, row, how.format)
@@ -412,7 +425,7 @@ def _prune_tensor(task: _Task, how: _HowToPrune, row: TensorReport, want_mask: b
 
 
 def _call_prune(view: Any, task: _Task, how: _HowToPrune, want_mask: bool) -> Any:
-    if how.calibration is not None or how.groups is not None:  # a criterion's scores, or row groups
+    if how.calibration is not None or how.groups == "row" or how.method not in ("l1", "l2"):  # criteria, row groups
         from pruneplug.criteria import prune_scored
 
         xp = how.xp if how.xp is not None else np
