@@ -195,3 +195,21 @@ def test_checks_against_a_checkpoint():
         ctx.check_layer("c.weight", (3, 5))
     with pytest.raises(CalibrationError, match="'b.weight'"):
         ctx.check_names(["a.weight"])
+
+
+def test_a_third_party_criterion_object_plugs_in():
+    class Reversed(pp.criteria.Criterion):
+        """Prunes the largest weights: proves the scores, not magnitude, decide."""
+
+        name = "reversed"
+
+        def compute(self, weights, calibration=None, *, layer=None, backend=None):
+            values = -np.abs(np.asarray(weights, dtype=np.float32))
+            return pp.ImportanceScores(values, self.name, pp.criteria.score_stats(values))
+
+    w = np.array([[1.0, -4.0, 2.0, 3.0]], dtype=np.float32)
+    pp.criteria.prune_scored(w, Reversed(), sparsity=0.5)
+    assert w.tolist() == [[1.0, 0.0, 2.0, 0.0]]
+    assert not Reversed().requires_calibration() and pp.criteria.get_criterion(Reversed()).name == "reversed"
+    stats = pp.criteria.score_stats(np.array([1.0, 3.0], dtype=np.float32))
+    assert (stats.min, stats.max, stats.mean, stats.std) == (1.0, 3.0, 2.0, 1.0)
