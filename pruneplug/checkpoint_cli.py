@@ -132,7 +132,13 @@ def _add_prune(subparsers) -> None:
     p.add_argument("-o", "--output", metavar="OUT", help="output path, same form as IN (a directory for a directory IN)")
     p.add_argument("--sparsity", type=float, help="fraction of weights to prune, in [0, 1] (not with N:M)")
     p.add_argument("--scope", choices=("layer", "global"), default="layer", help="per tensor or across all selected tensors (default: layer)")
-    p.add_argument("--method", choices=("l1", "l2"), default="l1", help="importance: |w| or w*w (default: l1)")
+    p.add_argument("--method", default="l1", help="importance criterion: l1 (|w|, default), l2 (w*w), wanda "
+                   "(|w| * input norm, needs --calibration) or a criterion plugin's name")
+    p.add_argument("--calibration", metavar="STATS|TEXTS", help="for --method wanda: a statistics file from "
+                   "`pruneplug calibrate` (IN any checkpoint, streamed), or calibration texts (IN a Hugging Face "
+                   "model directory, OUT a new directory: sequential calibration through the model)")
+    p.add_argument("--groups", choices=("layer", "row"), help="unstructured comparison group: the whole tensor or "
+                   "each output row (default: the method's own: row for wanda, layer otherwise)")
     p.add_argument("--pattern", default="unstructured",
                    help="'unstructured' (default), 'N:M' such as 2:4, 'row', 'column' or 'block(H,W)'")
     p.add_argument("--axis", type=int, default=-1, help="N:M group axis (default: -1, the input dimension of [out, in])")
@@ -153,6 +159,9 @@ def _add_prune(subparsers) -> None:
                    help="progress bar on stderr: auto (only on a terminal, default), always, never")
     p.add_argument("--quiet", action="store_true", help="print only the totals, not the per-tensor table")
     p.add_argument("--all", action="store_true", help="list untouched tensors in the table too")
+    from pruneplug import calibration_cli
+
+    calibration_cli.add_calibration_options(p)  # --samples, --seq-len, --batch-size (with --calibration TEXTS)
     p.set_defaults(handler=run_prune)
 
 
@@ -165,13 +174,19 @@ def run_prune(args: argparse.Namespace) -> int:
     if sparsity is None and ":" not in pattern:
         error("prune", f"--pattern {pattern} needs --sparsity")
         return EXIT_USAGE
-    report = prune_checkpoint(
-        args.input, args.output, sparsity=sparsity, pattern=pattern, scope=args.scope, method=args.method,
-        axis=args.axis, format=args.format, include=args.include, exclude=args.exclude,
-        backend=None if args.backend == "auto" else args.backend, masks_out=args.masks_out,
-        report=args.report, dry_run=args.dry_run, strict=args.strict, in_place=args.in_place,
-        progress=_progress(args), warn_sparsity=args.warn_sparsity,
-    )
+    from pruneplug import calibration_cli
+
+    if calibration_cli.is_texts(args.calibration):
+        report = calibration_cli.prune_model_dir(args, _progress(args))
+    else:
+        report = prune_checkpoint(
+            args.input, args.output, sparsity=sparsity, pattern=pattern, scope=args.scope, method=args.method,
+            axis=args.axis, format=args.format, include=args.include, exclude=args.exclude,
+            backend=None if args.backend == "auto" else args.backend, masks_out=args.masks_out,
+            report=args.report, dry_run=args.dry_run, strict=args.strict, in_place=args.in_place,
+            progress=_progress(args), warn_sparsity=args.warn_sparsity, calibration=args.calibration,
+            groups=args.groups,
+        )
     print(report.format_totals() if args.quiet else report.format_table(show_kept=args.all))
     if args.format != "dense" and report.output is not None and os.path.isfile(report.output):
         warn("prune", f"{report.output} is a bare .safetensors file in --format {args.format}: no config.json tells "
@@ -234,5 +249,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers) -> None:
     """Add ``prune`` and ``inspect`` to the ``pruneplug`` command line."""
+    from pruneplug import calibration_cli
+
     _add_prune(subparsers)
     _add_inspect(subparsers)
+    calibration_cli.add_commands(subparsers)

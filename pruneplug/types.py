@@ -23,6 +23,7 @@ OPERATIONS: FrozenSet[str] = frozenset(
         "prune_compress_24",
         "key_histogram",
         "prune_below_key",
+        "row_mask",
     }
 )
 
