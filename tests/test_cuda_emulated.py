@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from pruneplug.selection import DIGITS, KEY_BITS
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -150,6 +152,17 @@ def _entry_point_sweep(be, dtypes=DTYPES, dtypes24=("float16", "bfloat16", "floa
                     exp = ref.pruneplug_block_mask(values=x, block_shape=block, k=k, transform=transform)
                     same(be.block_mask(x, block, k, transform), exp, f"{dtype} {transform} {block} k={k}")
                     same(be.block_mask(x, block, k, transform, np.zeros(x.shape, bool)), exp, "out=")
+            for k in (0, 1, 24, 47, 48):  # per-row selection: k of every row's 48
+                exp = ref.pruneplug_row_mask(values=x, k=k, transform=transform)
+                same(be.row_mask(x, k, transform), exp, f"rows {dtype} {transform} k={k}")
+        for keys, kinds in _backend.K.KEY_DTYPES.items():  # the exact selection's key histograms
+            if dtype in kinds:
+                bits = DIGITS[keys][0]
+                for transform in ("abs", "square"):
+                    args = dict(values=x, transform=transform, keys=keys, shift=KEY_BITS[keys] - bits, bits=bits,
+                                prefix=0)
+                    same(be.key_histogram(**{**args, "values": x}), ref.pruneplug_key_histogram(**args),
+                         f"key histogram {dtype} {transform} {keys}")
         mask = np.random.default_rng(42).random(x.shape) < 0.5
         w, e = x.copy(), x.copy()
         be.apply_mask(w, mask)
