@@ -14,7 +14,7 @@ from pruneplug.errors import InvalidArgumentError, NonFiniteError
 from pruneplug.selection import ExactSelection, chunk_histogram, key_kind, part_counts, prune_part, select_exact
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
-SELECTION_BACKENDS = [b.name for b in pp.backends() if b.available and "key_histogram" in b.operations
+SELECTION_BACKENDS = [b.name for b in pp.backends() if b.available and {"key_histogram", "prune_below_key"} <= b.operations
                       and "numpy" in b.array_types]
 
 
