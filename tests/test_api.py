@@ -476,7 +476,12 @@ def test_square_overflow_is_defined_and_silent(tmp_path):
             assert pp.importance(w, "l2", backend=backend).stats.max == math.inf
             np.testing.assert_array_equal(pp.prune(w, 0.5, method="l2", backend=backend), w * [[1, 0, 1, 0]])
         pp.prune_checkpoint(tmp_path / "in.npz", tmp_path / "out.npz", sparsity=0.5, scope="global", method="l2")
+        huge = np.full((2, 4), np.finfo(np.float64).max)  # block sums beyond float64's range: +inf
+        huge[1, 2:] = 1.0
+        results = [pp.prune(huge, 0.5, pattern="block(1,2)", backend=b, return_mask=True)[1].data for b in ("numpy", "cpu")]
     np.testing.assert_array_equal(np.load(tmp_path / "out.npz")["w"], w * [[1, 0, 1, 0]])
+    for mask in results:  # three +inf blocks tie (lower index pruned first), the finite one is lowest
+        np.testing.assert_array_equal(mask, [[False, False, True, True], [True, True, False, False]])
 
 
 # --- issue 10: structured pruning passes the transform to the block hook (no score round trip) ---
