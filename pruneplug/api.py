@@ -18,7 +18,7 @@ from pruneplug.arrays import (
     dtype_name,
 )
 from pruneplug.errors import InvalidArgumentError, ShapeError, UnsupportedDtypeError
-from pruneplug.patterns import Pattern, parse_pattern
+from pruneplug.patterns import parse_pattern
 from pruneplug.registry import get_registry
 from pruneplug.types import BackendStatus, ImportanceScores, Mask, ScoreStats
 from pruneplug.validation import (
@@ -196,18 +196,30 @@ def _check_2d(array: Any, what: str) -> tuple[int, int]:
     return int(array.shape[0]), int(array.shape[1])
 
 
-def _block_mask(scores: Any, block_shape: tuple[int, int], sparsity: float, pattern: str,
-                backend: str | None, out: Any) -> Mask:
-    adapted = _scores_array(scores)
-    array = contiguous(adapted.array)
+def _line_block(kind: str, array: Any) -> tuple[int, int]:
+    """The block of a ``"row"`` (1, cols) or ``"column"`` (rows, 1) mask; with no columns (rows)
+    the lines are empty and a side of 1 is the same."""
+    rows, cols = _check_2d(array, f"a {kind} mask")
+    return (1, max(cols, 1)) if kind == "row" else (max(rows, 1), 1)
+
+
+def _blocks(array: Any, block_shape: tuple[int, int], pattern: str) -> int:
+    """How many blocks of ``block_shape`` tile the 2-D ``array`` (a ShapeError when they do not)."""
     rows, cols = _check_2d(array, f"a {pattern} mask")
     block_rows, block_cols = block_shape
     if rows % block_rows or cols % block_cols:
         raise ShapeError(
             f"block_shape={tuple(block_shape)} does not divide the scores' shape {(rows, cols)}"
         )
-    blocks = (rows // block_rows) * (cols // block_cols)
-    k = count_to_prune(sparsity, blocks)
+    return (rows // block_rows) * (cols // block_cols)
+
+
+def _block_mask(scores: Any, block_shape: tuple[int, int], sparsity: float, pattern: str,
+                backend: str | None, out: Any) -> Mask:
+    adapted = _scores_array(scores)
+    array = contiguous(adapted.array)
+    block_rows, block_cols = block_shape
+    k = count_to_prune(sparsity, _blocks(array, block_shape, pattern))
     out = _check_out(out, tuple(array.shape), adapted.array_type)
     name, data = _run(backend, "block_mask", array, adapted.array_type,
                       values=array, block_shape=(block_rows, block_cols), k=k, transform="identity", out=out)
@@ -241,9 +253,7 @@ def generate_row_mask(scores: Any, sparsity: float, *, backend: str | None = Non
                [ True,  True]])
     """
     adapted = _scores_array(scores)
-    _check_2d(adapted.array, "a row mask")
-    # A row is a (1, cols) block; with no columns the rows are empty and a (1, 1) block is the same.
-    return _block_mask(scores, (1, max(int(adapted.array.shape[1]), 1)), sparsity, "row", backend, out)
+    return _block_mask(scores, _line_block("row", adapted.array), sparsity, "row", backend, out)
 
 
 def generate_column_mask(scores: Any, sparsity: float, *, backend: str | None = None, out: Any = None) -> Mask:
@@ -257,8 +267,7 @@ def generate_column_mask(scores: Any, sparsity: float, *, backend: str | None = 
                [False,  True]])
     """
     adapted = _scores_array(scores)
-    _check_2d(adapted.array, "a column mask")
-    return _block_mask(scores, (max(int(adapted.array.shape[0]), 1), 1), sparsity, "column", backend, out)
+    return _block_mask(scores, _line_block("column", adapted.array), sparsity, "column", backend, out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,11 +351,11 @@ def prune(
         mask = _prune_nm(target, adapted, spec.n, spec.m, axis, transform, backend, return_mask)
     elif spec.kind == "unstructured":
         mask = _prune_unstructured(target, adapted, sparsity, transform, backend, return_mask)
-    else:
-        scores = importance(target, method, backend=backend).values
-        mask = _structured_mask(spec, scores, sparsity, backend)
-        apply_mask(mask, target, backend=backend)
-        mask = Mask(adapted.wrap(mask.data), mask.pattern, mask.backend)
+    else:  # row, column, block: the block hook scores with the transform itself
+        block_shape = spec.block_shape or _line_block(spec.kind, target)
+        k = count_to_prune(sparsity, _blocks(target, block_shape, str(spec)))
+        mask = _prune_in_place(target, adapted, backend, return_mask, "block_mask", None, str(spec),
+                               block_shape=block_shape, k=k, transform=transform)
     if inplace and target is not adapted.array:
         adapted.array[...] = target
     result = weights if inplace else adapted.wrap(target)
@@ -359,14 +368,6 @@ def _fresh_copy(array: Any) -> Any:
     """A C-contiguous native-byte-order copy that the caller may overwrite."""
     native = contiguous(array)
     return native.copy() if native is array else native
-
-
-def _structured_mask(spec: Pattern, scores: Any, sparsity: float, backend: str | None) -> Mask:
-    if spec.kind == "row":
-        return generate_row_mask(scores, sparsity, backend=backend)
-    if spec.kind == "column":
-        return generate_column_mask(scores, sparsity, backend=backend)
-    return generate_block_mask(scores, spec.block_shape, sparsity, backend=backend)
 
 
 def _prune_unstructured(target: Any, adapted: Any, sparsity: float, transform: str,
@@ -383,13 +384,13 @@ def _prune_nm(target: Any, adapted: Any, n: int, m: int, axis: int, transform: s
 
 
 def _prune_in_place(target: Any, adapted: Any, backend: str | None, return_mask: bool, mask_operation: str,
-                    fused_operation: str, pattern: str, **arguments: Any) -> Mask | None:
+                    fused_operation: str | None, pattern: str, **arguments: Any) -> Mask | None:
     """Prune ``target`` in place on one backend: its fused operation when the caller needs no mask
     and the backend has one (no mask is materialised), otherwise the mask, then ``apply_mask``."""
     registry = get_registry().snapshot()  # every step on the same backends
     dtype = dtype_name(target)
     name = registry.select(backend, array_type=adapted.array_type, dtype=dtype, operation=mask_operation)
-    if not return_mask and registry.supports(name, fused_operation):
+    if not return_mask and fused_operation is not None and registry.supports(name, fused_operation):
         registry.call(name, fused_operation, weights=target, **arguments)
         return None
     data = registry.call(name, mask_operation, values=target, out=None, **arguments)

@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,11 @@ def parse_pattern(text: Any) -> Pattern:
     """
     if not isinstance(text, str):
         raise InvalidArgumentError(f"pattern={shown(text)} must be a string; {_EXPECTED}")
+    return _parse(text)
+
+
+@functools.lru_cache(maxsize=64)  # a pure function of a string to an immutable value; ~1-4 us a parse
+def _parse(text: str) -> Pattern:
     if text in ("unstructured", "row", "column"):
         return Pattern(text)
     nm = _NM.fullmatch(text)

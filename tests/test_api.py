@@ -476,4 +476,50 @@ def test_square_overflow_is_defined_and_silent(tmp_path):
             assert pp.importance(w, "l2", backend=backend).stats.max == math.inf
             np.testing.assert_array_equal(pp.prune(w, 0.5, method="l2", backend=backend), w * [[1, 0, 1, 0]])
         pp.prune_checkpoint(tmp_path / "in.npz", tmp_path / "out.npz", sparsity=0.5, scope="global", method="l2")
+        huge = np.full((2, 4), np.finfo(np.float64).max)  # block sums beyond float64's range: +inf
+        huge[1, 2:] = 1.0
+        results = [pp.prune(huge, 0.5, pattern="block(1,2)", backend=b, return_mask=True)[1].data for b in ("numpy", "cpu")]
     np.testing.assert_array_equal(np.load(tmp_path / "out.npz")["w"], w * [[1, 0, 1, 0]])
+    for mask in results:  # three +inf blocks tie (lower index pruned first), the finite one is lowest
+        np.testing.assert_array_equal(mask, [[False, False, True, True], [True, True, False, False]])
+
+
+# --- issue 10: structured pruning passes the transform to the block hook (no score round trip) ---
+class _SpyReference:
+    def __init__(self):
+        import pruneplug_backends.numpy as reference
+
+        self.reference, self.calls = reference, []
+
+    @pp.hookimpl
+    def pruneplug_backend_info(self):
+        return pp.BackendInfo(name="spy", priority=10_000, operations={"importance", "block_mask", "apply_mask"})
+
+    @pp.hookimpl
+    def pruneplug_importance(self, weights, method):
+        self.calls.append(("importance", method))
+        return self.reference.pruneplug_importance(weights=weights, method=method)
+
+    @pp.hookimpl
+    def pruneplug_block_mask(self, values, block_shape, k, transform, out):
+        self.calls.append(("block_mask", tuple(block_shape), k, transform))
+        return self.reference.pruneplug_block_mask(values=values, block_shape=block_shape, k=k, transform=transform, out=out)
+
+    @pp.hookimpl
+    def pruneplug_apply_mask(self, weights, mask):
+        self.calls.append(("apply_mask",))
+        self.reference.pruneplug_apply_mask(weights=weights, mask=mask)
+
+
+def test_structured_prune_scores_in_the_block_hook(weights):
+    spy = _SpyReference()
+    pp.register_backend(spy, "spy-plugin")
+    try:
+        expected = pp.prune(weights, 0.25, pattern="row", method="l2", backend="numpy")
+        got = pp.prune(weights, 0.25, pattern="row", method="l2")
+        pp.prune(weights, 0.5, pattern="block(2,4)", method="l1")
+    finally:
+        pp.unregister_backend("spy")
+    np.testing.assert_array_equal(got, expected)
+    assert spy.calls == [("block_mask", (1, 16), 2, "square"), ("apply_mask",),
+                         ("block_mask", (2, 4), 8, "abs"), ("apply_mask",)]

@@ -95,7 +95,9 @@ def block_sums(scores: np.ndarray, block_shape: tuple[int, int]) -> np.ndarray:
     sums = np.zeros((scores.shape[0] // bh, scores.shape[1] // bw), dtype=np.float64)
     if sums.size == 0:  # no blocks: nothing to add (and bh * bw may be astronomically large)
         return sums
-    with np.errstate(invalid="ignore"):  # +Inf and -Inf in one block: a NaN sum, which ranks highest
+    # A sum beyond float64's range is +Inf (a valid score); +Inf and -Inf in one block give a NaN
+    # sum, which ranks highest. Both are defined behaviour, not warnings.
+    with np.errstate(invalid="ignore", over="ignore"):
         for i in range(bh):
             for j in range(bw):
                 sums += wide[i::bh, j::bw]
