@@ -6,6 +6,7 @@ the backend the registry picks. Nothing here knows any backend's internals.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import re
@@ -23,6 +24,21 @@ from pruneplug.registry import get_registry
 from pruneplug.types import BackendStatus, ImportanceScores, Mask, ScoreStats
 
 METHODS = {"l1": ("abs", "magnitude_l1"), "l2": ("square", "magnitude_l2")}
+
+
+def _dask_aware(function):
+    """Hand a call whose array is a Dask array to ``pruneplug.dask`` (imported only then), which has
+    a function of the same name and signature; every other call runs ``function`` itself."""
+    @functools.wraps(function)
+    def dispatch(*args: Any, **kwargs: Any) -> Any:
+        for arg in (*args[:2], kwargs.get("weights"), kwargs.get("scores")):
+            inner = arg.values if isinstance(arg, ImportanceScores) else arg.data if isinstance(arg, Mask) else arg
+            if type(inner).__module__.startswith("dask."):
+                from pruneplug import dask as dask_api
+
+                return getattr(dask_api, function.__name__)(*args, **kwargs)
+        return function(*args, **kwargs)
+    return dispatch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +125,7 @@ def _check_out(out: Any, shape: tuple, array_type: str) -> Any:
 # ---------------------------------------------------------------------------------------------
 # importance
 # ---------------------------------------------------------------------------------------------
+@_dask_aware
 def importance(weights: Any, method: str = "l1", *, backend: str | None = None) -> ImportanceScores:
     """Magnitude importance of ``weights``: ``|w|`` for ``"l1"``, ``w**2`` for ``"l2"``.
 
@@ -170,6 +187,7 @@ class MagnitudeImportance:
 # ---------------------------------------------------------------------------------------------
 # masks
 # ---------------------------------------------------------------------------------------------
+@_dask_aware
 def generate_unstructured_mask(scores: Any, sparsity: float, *, backend: str | None = None, out: Any = None) -> Mask:
     """Prune exactly ``round(sparsity * n)`` entries: the lowest scores, ties by lower flat index.
 
@@ -188,6 +206,7 @@ def generate_unstructured_mask(scores: Any, sparsity: float, *, backend: str | N
     return Mask(adapted.wrap(data), "unstructured", name)
 
 
+@_dask_aware
 def generate_nm_mask(scores: Any, n: int, m: int, axis: int = -1, *, backend: str | None = None, out: Any = None) -> Mask:
     """Keep the ``n`` largest of every ``m`` consecutive scores along ``axis`` (ties: lower index).
 
@@ -234,6 +253,7 @@ def _block_mask(scores: Any, block_shape: tuple[int, int], sparsity: float, patt
     return Mask(adapted.wrap(data), pattern, name)
 
 
+@_dask_aware
 def generate_block_mask(scores: Any, block_shape: tuple[int, int], sparsity: float, *,
                         backend: str | None = None, out: Any = None) -> Mask:
     """Prune whole blocks of a 2-D array: a block's score is the (float64, row-major) sum of its
@@ -253,6 +273,7 @@ def generate_block_mask(scores: Any, block_shape: tuple[int, int], sparsity: flo
     return _block_mask(scores, (bh, bw), sparsity, f"block({bh},{bw})", backend, out)
 
 
+@_dask_aware
 def generate_row_mask(scores: Any, sparsity: float, *, backend: str | None = None, out: Any = None) -> Mask:
     """Prune whole rows (output neurons) of a 2-D array by the sum of their scores.
 
@@ -268,6 +289,7 @@ def generate_row_mask(scores: Any, sparsity: float, *, backend: str | None = Non
     return _block_mask(scores, (1, int(adapted.array.shape[1])), sparsity, "row", backend, out)
 
 
+@_dask_aware
 def generate_column_mask(scores: Any, sparsity: float, *, backend: str | None = None, out: Any = None) -> Mask:
     """Prune whole columns (input features) of a 2-D array by the sum of their scores.
 
@@ -286,6 +308,7 @@ def generate_column_mask(scores: Any, sparsity: float, *, backend: str | None = 
 # ---------------------------------------------------------------------------------------------
 # applying masks and pruning
 # ---------------------------------------------------------------------------------------------
+@_dask_aware
 def apply_mask(mask: Mask | Any, weights: Any, *, backend: str | None = None) -> Any:
     """Set the entries of ``weights`` that ``mask`` prunes to ``+0.0``, in place; return ``weights``.
 
@@ -314,6 +337,7 @@ _NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
 _BLOCK_PATTERN = re.compile(r"^block\((\d+),\s*(\d+)\)$")
 
 
+@_dask_aware
 def prune(
     weights: Any,
     sparsity: float | None = None,

@@ -1,0 +1,199 @@
+"""Exact k-smallest selection over data split into parts that may interleave in the global order.
+
+The rule is the core's: prune the ``k`` lowest scores, ties by lower *global position*. A part is
+whatever holds some of the elements (a block of a Dask array, the parameter shards of one rank, the
+tensors of one checkpoint shard); a global position is an element's place in one global order
+(the flat C-order index of the whole array, or the offset of its tensor in the global tensor order
+plus its flat index). Inside a part, the local C order must agree with the global order, which holds
+for blocks of an array and for contiguous slices of flat tensors, but the parts themselves may
+interleave (the blocks of a 2-D array do).
+
+Every element gets two integers: its score *key* (an unsigned integer that orders like the score,
+:func:`score_keys`) and its global position. The selection is a radix select over these pairs that
+touches the data only through two per-part histograms, both merged by addition:
+
+* the key histogram of one 16-bit digit of the keys that share the prefix found so far; after
+  ``key_bits / 16`` passes (fewer when a bin holds a single candidate) the threshold key ``T`` and
+  the number of ties to prune at ``T`` are known;
+* only when ties at ``T`` are split (some pruned, some kept), the same radix select over the global
+  positions of the elements whose key is ``T``: at most ``ceil(log2(total) / 16)`` more passes.
+
+The result is a :class:`Cut` ``(T, P)``: an element is pruned exactly when ``key < T``, or
+``key == T`` and ``position < P``. Each part then counts its own pruned elements and prunes them
+with the ordinary exact-``k`` operation of the backend, whose stable local order is the global one.
+Merged data per pass is one histogram (65,536 int64 counts, 512 KiB, plus one slot), whatever the
+data size. The driver (:func:`select`) is pure: it sees merged histograms only, so the same loop
+runs over Dask blocks, torch.distributed ranks or checkpoint shards; the caller supplies the
+map-and-sum step.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from pruneplug.errors import NonFiniteError
+
+DIGIT_BITS = 16
+BINS = 1 << DIGIT_BITS
+NONFINITE_SLOT = BINS  # the histogram's extra slot: how many non-finite values the part holds
+
+
+@dataclass(frozen=True)
+class Request:
+    """What every part histograms in one pass.
+
+    ``what == "keys"``: the digit of width ``digit`` below the top ``bits`` bits of the keys whose
+    top ``bits`` bits equal ``prefix`` (all keys when ``bits == 0``). ``what == "positions"``: the
+    same over the global positions of the elements whose key equals ``threshold``.
+    """
+
+    what: str
+    prefix: int
+    bits: int
+    digit: int
+    width: int  # bits of the keys (or positions) in play
+    threshold: int = 0
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The selection: prune an element when ``key < threshold`` or (``key == threshold`` and
+    ``position < position_cut``)."""
+
+    threshold: int
+    position_cut: int
+    passes: int
+
+    def pruned_count(self, keys: Any, positions: Callable[[Any], Any]) -> int:
+        """How many of a part's elements the cut prunes: ``keys`` are the part's keys,
+        ``positions(where)`` gives the global positions of the elements selected by the bool array
+        ``where`` (computed only for ties)."""
+        xp = array_module(keys)
+        below = int(xp.count_nonzero(keys < xp.uint64(self.threshold)))
+        tied = keys == xp.uint64(self.threshold)
+        if not bool(tied.any()):
+            return below
+        return below + int(xp.count_nonzero(positions(tied) < self.position_cut))
+
+
+def array_module(array: Any) -> Any:
+    """NumPy or CuPy, whichever ``array`` belongs to."""
+    if type(array).__module__.split(".", 1)[0] == "cupy":
+        return sys.modules["cupy"]
+    return np
+
+
+def score_dtype(dtype: Any, wide: bool) -> np.dtype:
+    """The dtype keys are taken from: float64 when ``wide`` (several dtypes compared as float64
+    values), else float32 for 16-bit weights and the weights' dtype otherwise (the core's scores)."""
+    if wide:
+        return np.dtype(np.float64)
+    return np.dtype(np.float32) if np.dtype(dtype).itemsize == 2 else np.dtype(dtype)
+
+
+def key_bits(dtype: Any, wide: bool) -> int:
+    return 8 * score_dtype(dtype, wide).itemsize
+
+
+def score_keys(values: Any, transform: str, *, wide: bool = False, nan_high: bool = False) -> tuple[Any, int]:
+    """The flat uint64 keys of ``values``' scores (``transform`` "abs", "square" or "identity",
+    as the hooks define them) and how many values are invalid (NaN/Inf weights, NaN scores).
+
+    A key orders like its score: the score's IEEE bits with the sign bit set for non-negative
+    scores and all bits flipped for negative ones; ``-0.0`` counts as ``+0.0``. Invalid values get
+    the largest key (with ``nan_high``, as block sums rank NaN highest, they are not counted).
+    """
+    xp = array_module(values)
+    flat = values.reshape(-1)
+    sdt = score_dtype(values.dtype, False)
+    x = flat.astype(sdt)
+    if transform == "identity":
+        bad = xp.isnan(x)
+    else:
+        bad = ~xp.isfinite(x)
+    invalid = 0 if nan_high else int(xp.count_nonzero(bad))
+    if transform == "abs":
+        x = xp.abs(x)
+    elif transform == "square":
+        with np.errstate(over="ignore", under="ignore"):
+            x = x * x
+    if wide and sdt != np.float64:
+        x = x.astype(np.float64)
+    x = x + x.dtype.type(0.0)  # -0.0 + 0.0 == +0.0 in round-to-nearest
+    bits = 8 * x.dtype.itemsize
+    raw = x.view(np.uint32 if bits == 32 else np.uint64).astype(np.uint64)
+    sign = xp.uint64(1 << (bits - 1))
+    mask = xp.uint64((1 << bits) - 1)
+    keys = xp.where(raw & sign, (~raw) & mask, raw | sign)
+    if bool(bad.any()):
+        keys[bad] = mask
+    return keys, invalid
+
+
+def histogram(keys: Any, request: Request, positions: Callable[[Any], Any] | None = None,
+              invalid: int = 0) -> np.ndarray:
+    """One part's histogram for ``request`` (a NumPy int64 array of ``BINS + 1`` counts; the last
+    slot holds ``invalid``). ``positions(where)`` gives the global positions of the selected
+    elements (needed for ``what == "positions"``)."""
+    xp = array_module(keys)
+    if request.what == "keys":
+        values = keys
+    else:
+        values = positions(keys == xp.uint64(request.threshold)).astype(np.uint64)
+    if request.bits:
+        values = values[(values >> xp.uint64(request.width - request.bits)) == xp.uint64(request.prefix)]
+    shift = request.width - request.bits - request.digit
+    digits = (values >> xp.uint64(shift)) & xp.uint64((1 << request.digit) - 1)
+    hist = xp.bincount(digits.astype(np.int64), minlength=BINS)
+    out = np.zeros(BINS + 1, dtype=np.int64)
+    out[:BINS] = hist.get() if xp is not np else hist
+    out[NONFINITE_SLOT] = invalid
+    return out
+
+
+def select(k: int, total: int, key_width: int, merged_histogram: Callable[[Request], np.ndarray],
+           on_invalid: Callable[[int], None] | None = None) -> Cut:
+    """The exact cut pruning the ``k`` smallest (key, position) pairs among ``total``.
+
+    ``merged_histogram(request)`` histograms every part for ``request`` and returns the sum. When
+    the first pass reports invalid values, ``on_invalid(count)`` is called (it should raise).
+    """
+    if k <= 0:
+        return Cut(0, 0, 0)
+    if k >= total:
+        return Cut((1 << 64) - 1, total, 0)  # every key is at most the largest uint64
+    threshold, rank, count, passes = _radix(key_width, k - 1, "keys", 0, merged_histogram, on_invalid)
+    ties_to_prune = rank + 1  # rank is the threshold's 0-based rank among the ties
+    if ties_to_prune == count:
+        return Cut(threshold, total, passes)  # every tie is pruned
+    width = max(1, (total - 1).bit_length())
+    position, _, _, more = _radix(width, rank, "positions", threshold, merged_histogram, None)
+    return Cut(threshold, position + 1, passes + more)
+
+
+def _radix(width: int, rank: int, what: str, threshold: int, merged_histogram: Callable[[Request], np.ndarray],
+           on_invalid: Callable[[int], None] | None) -> tuple[int, int, int, int]:
+    """Radix select of the element of 0-based ``rank``; returns (value, its rank among the
+    elements equal to it, how many equal it, passes)."""
+    prefix, bits, passes = 0, 0, 0
+    while True:
+        digit = min(DIGIT_BITS, width - bits)
+        hist = merged_histogram(Request(what, prefix, bits, digit, width, threshold))
+        passes += 1
+        if passes == 1 and on_invalid is not None and int(hist[NONFINITE_SLOT]):
+            on_invalid(int(hist[NONFINITE_SLOT]))
+        cum = np.cumsum(hist[:BINS])
+        d = int(np.searchsorted(cum, rank, side="right"))
+        rank -= int(cum[d - 1]) if d else 0
+        prefix, bits = (prefix << digit) | d, bits + digit
+        if bits == width:
+            return prefix, rank, int(hist[d]), passes
+
+
+def nonfinite_error(transform: str, count: int, first_position: int) -> NonFiniteError:
+    """The core's error for ``count`` invalid values, the first at ``first_position``."""
+    return NonFiniteError.for_values(transform, count, first_position)
