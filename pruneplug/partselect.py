@@ -39,7 +39,6 @@ from pruneplug.errors import NonFiniteError
 
 DIGIT_BITS = 16
 BINS = 1 << DIGIT_BITS
-NONFINITE_SLOT = BINS  # the histogram's extra slot: how many non-finite values the part holds
 
 
 @dataclass(frozen=True)
@@ -135,8 +134,8 @@ def score_keys(values: Any, transform: str, *, wide: bool = False, nan_high: boo
 
 
 def histogram(keys: Any, request: Request, positions: Callable[[Any], Any] | None = None,
-              invalid: int = 0) -> np.ndarray:
-    """One part's histogram for ``request`` (a NumPy int64 array of ``BINS + 1`` counts; the last
+              invalid: int = 0, bins: int = BINS) -> np.ndarray:
+    """One part's histogram for ``request`` (a NumPy int64 array of ``bins + 1`` counts; the last
     slot holds ``invalid``). ``positions(where)`` gives the global positions of the selected
     elements (needed for ``what == "positions"``)."""
     xp = array_module(keys)
@@ -148,50 +147,79 @@ def histogram(keys: Any, request: Request, positions: Callable[[Any], Any] | Non
         values = values[(values >> xp.uint64(request.width - request.bits)) == xp.uint64(request.prefix)]
     shift = request.width - request.bits - request.digit
     digits = (values >> xp.uint64(shift)) & xp.uint64((1 << request.digit) - 1)
-    hist = xp.bincount(digits.astype(np.int64), minlength=BINS)
-    out = np.zeros(BINS + 1, dtype=np.int64)
-    out[:BINS] = hist.get() if xp is not np else hist
-    out[NONFINITE_SLOT] = invalid
+    hist = xp.bincount(digits.astype(np.int64), minlength=bins)
+    out = np.zeros(bins + 1, dtype=np.int64)
+    out[:bins] = hist.get() if xp is not np else hist
+    out[bins] = invalid
     return out
 
 
+class Selection:
+    """The selection as a state machine, so that several can run in lockstep (one collective per
+    pass for all of them): ask :attr:`request`, histogram every part for it, :meth:`update` with the
+    merged histogram, until :attr:`request` is ``None``; then :attr:`cut` is the answer.
+
+    ``digit_bits`` trades passes for histogram size (16: 512 KiB per histogram; 8: 2 KiB).
+    """
+
+    def __init__(self, k: int, total: int, key_width: int, digit_bits: int = DIGIT_BITS) -> None:
+        self.k, self.total, self.digit_bits = k, total, digit_bits
+        self.passes, self.invalid = 0, 0
+        self.cut: Cut | None = None
+        if k <= 0:
+            self.cut = Cut(0, 0, 0)
+        elif k >= total:
+            self.cut = Cut((1 << 64) - 1, total, 0)  # every key is at most the largest uint64
+        self._start("keys", key_width, k - 1, 0)
+
+    @property
+    def bins(self) -> int:
+        return 1 << self.digit_bits
+
+    def _start(self, what: str, width: int, rank: int, threshold: int) -> None:
+        self.what, self.width, self.rank, self.threshold = what, width, rank, threshold
+        self.prefix, self.bits = 0, 0
+
+    @property
+    def request(self) -> Request | None:
+        if self.cut is not None:
+            return None
+        digit = min(self.digit_bits, self.width - self.bits)
+        return Request(self.what, self.prefix, self.bits, digit, self.width, self.threshold)
+
+    def update(self, hist: np.ndarray) -> None:
+        """Advance by one pass with the merged histogram (``bins + 1`` counts, the last one invalid)."""
+        digit = self.request.digit
+        self.passes += 1
+        if self.passes == 1:
+            self.invalid = int(hist[-1])
+        cum = np.cumsum(hist[:-1])
+        d = int(np.searchsorted(cum, self.rank, side="right"))
+        self.rank -= int(cum[d - 1]) if d else 0
+        self.prefix, self.bits = (self.prefix << digit) | d, self.bits + digit
+        if self.bits < self.width:
+            return
+        if self.what == "positions":
+            self.cut = Cut(self.threshold, self.prefix + 1, self.passes)
+        elif self.rank + 1 == int(hist[d]):  # rank is the threshold's 0-based rank among its ties
+            self.cut = Cut(self.prefix, self.total, self.passes)  # every tie is pruned
+        else:  # ties split: pick them by global position
+            self._start("positions", max(1, (self.total - 1).bit_length()), self.rank, self.prefix)
+
+
 def select(k: int, total: int, key_width: int, merged_histogram: Callable[[Request], np.ndarray],
-           on_invalid: Callable[[int], None] | None = None) -> Cut:
+           on_invalid: Callable[[int], None] | None = None, digit_bits: int = DIGIT_BITS) -> Cut:
     """The exact cut pruning the ``k`` smallest (key, position) pairs among ``total``.
 
     ``merged_histogram(request)`` histograms every part for ``request`` and returns the sum. When
     the first pass reports invalid values, ``on_invalid(count)`` is called (it should raise).
     """
-    if k <= 0:
-        return Cut(0, 0, 0)
-    if k >= total:
-        return Cut((1 << 64) - 1, total, 0)  # every key is at most the largest uint64
-    threshold, rank, count, passes = _radix(key_width, k - 1, "keys", 0, merged_histogram, on_invalid)
-    ties_to_prune = rank + 1  # rank is the threshold's 0-based rank among the ties
-    if ties_to_prune == count:
-        return Cut(threshold, total, passes)  # every tie is pruned
-    width = max(1, (total - 1).bit_length())
-    position, _, _, more = _radix(width, rank, "positions", threshold, merged_histogram, None)
-    return Cut(threshold, position + 1, passes + more)
-
-
-def _radix(width: int, rank: int, what: str, threshold: int, merged_histogram: Callable[[Request], np.ndarray],
-           on_invalid: Callable[[int], None] | None) -> tuple[int, int, int, int]:
-    """Radix select of the element of 0-based ``rank``; returns (value, its rank among the
-    elements equal to it, how many equal it, passes)."""
-    prefix, bits, passes = 0, 0, 0
-    while True:
-        digit = min(DIGIT_BITS, width - bits)
-        hist = merged_histogram(Request(what, prefix, bits, digit, width, threshold))
-        passes += 1
-        if passes == 1 and on_invalid is not None and int(hist[NONFINITE_SLOT]):
-            on_invalid(int(hist[NONFINITE_SLOT]))
-        cum = np.cumsum(hist[:BINS])
-        d = int(np.searchsorted(cum, rank, side="right"))
-        rank -= int(cum[d - 1]) if d else 0
-        prefix, bits = (prefix << digit) | d, bits + digit
-        if bits == width:
-            return prefix, rank, int(hist[d]), passes
+    selection = Selection(k, total, key_width, digit_bits)
+    while selection.request is not None:
+        selection.update(merged_histogram(selection.request))
+        if selection.passes == 1 and selection.invalid and on_invalid is not None:
+            on_invalid(selection.invalid)
+    return selection.cut
 
 
 def nonfinite_error(transform: str, count: int, first_position: int) -> NonFiniteError:
