@@ -178,3 +178,44 @@ def pruneplug_prune_compress_24(weights: Array, layout: str, transform: str) -> 
     is 128) whatever ``transform`` says. Raise ``NonFiniteError`` for NaN or Inf float weights.
     ``pruneplug.prune_24`` uses it when the backend declares ``prune_compress_24`` (and needs it for
     int8); otherwise it prunes with the N:M hooks and compresses."""
+
+
+@hookspec(firstresult=True)
+def pruneplug_key_histogram(values: Array, transform: str, keys: str, shift: int, bits: int, prefix: int) -> Array:
+    """Histogram of one digit of the selection keys of ``values`` (one chunk of weights), restricted
+    to a key prefix: the only data-touching step of the exact selection over many arrays
+    (:mod:`pruneplug.selection`, which documents the algorithm and drives it).
+
+    ``transform`` is ``"abs"`` or ``"square"``. The key of a weight is an unsigned integer whose
+    order is the score order (equal scores, equal keys), by ``keys``:
+
+    * ``"mag16"`` (float16/bfloat16 values): the 15 magnitude bits (``bits & 0x7fff``); for bfloat16
+      with ``square``, the smallest magnitude whose float32 square equals this weight's
+      (``pruneplug.selection.bf16_square_keys()`` is that table);
+    * ``"f32"`` (float16, bfloat16, float32 values): the bits of the float32 score (``|w|`` or
+      ``w*w`` in float32; half-precision weights widened exactly first);
+    * ``"f64"`` (any float dtype): the bits of the score (computed in the score dtype of the module
+      docstring) converted exactly to float64.
+
+    With ``hi = key >> (shift + bits)`` (0 when ``shift + bits == 64``) and
+    ``digit = (key >> shift) & (2**bits - 1)``, return ``2**bits + 2`` int64 counts (a NumPy
+    array, or one of the backend's array type): ``[0]`` = keys with ``hi < prefix``,
+    ``[1 + d]`` = keys with ``hi == prefix`` and ``digit == d``, ``[-1]`` = keys with
+    ``hi > prefix``. ``0 <= bits <= 16``. Histograms of different chunks add up. Raise
+    ``NonFiniteError`` for NaN or Inf weights.
+    """
+
+
+@hookspec(firstresult=True)
+def pruneplug_prune_below_key(values: Array, transform: str, keys: str, threshold: int, ties: int,
+                              out: "Array | None", mask: "Array | None") -> "tuple[int, int, int, int]":
+    """Optional: apply a decided exact selection to one part in one pass (keys as in
+    ``pruneplug_key_histogram``): prune every weight whose key is ``< threshold`` and the first
+    ``ties`` weights (flat C order) whose key equals it. ``out`` (``None``: count only) is a
+    C-contiguous array like ``values`` and distinct from it that receives the pruned weights
+    (``+0.0`` where pruned, exact bits elsewhere); ``mask`` (``None``: none) a ``bool`` array that
+    receives the keep-mask. ``values`` is never written. Return ``(less, equal, zeros_before,
+    zeros_after)``: keys below and equal to ``threshold``, and exact zeros (``-0.0`` included) in
+    ``values`` and in the result. Raise ``NonFiniteError`` for NaN or Inf weights (``out`` and
+    ``mask`` are then unspecified).
+    """

@@ -18,6 +18,8 @@ OPERATIONS: FrozenSet[str] = frozenset(
         "compress_24",
         "decompress_24",
         "prune_compress_24",
+        "key_histogram",
+        "prune_below_key",
     }
 )
 

@@ -24,7 +24,7 @@ def pruneplug_backend_info() -> BackendInfo:
         array_types={"numpy"},
         dtypes=FLOAT_DTYPES | {"int8"},
         operations={"importance", "unstructured_mask", "nm_mask", "block_mask", "apply_mask",
-                    "compress_24", "decompress_24", "prune_compress_24"},
+                    "compress_24", "decompress_24", "prune_compress_24", "key_histogram", "prune_below_key"},
         description="pure NumPy reference implementation (the specification)",
     )
 
@@ -149,4 +149,8 @@ from pruneplug_backends.numpy.compress24 import (  # noqa: E402,F401  (2:4 compr
     pruneplug_compress_24,
     pruneplug_decompress_24,
     pruneplug_prune_compress_24,
+)
+from pruneplug_backends.numpy.keyhist import (  # noqa: E402,F401  (exact selection over many arrays)
+    pruneplug_key_histogram,
+    pruneplug_prune_below_key,
 )

@@ -1,0 +1,392 @@
+"""Exact selection over many arrays: the ``k`` lowest scores, mergeable by plain addition.
+
+One rule, used by :func:`pruneplug.global_unstructured_masks`, global checkpoint pruning and layer
+checkpoint pruning, and meant to run unchanged over the blocks of a Dask array or the ranks of a
+``torch.distributed`` group: prune exactly ``k`` of the ``n`` weights of several *parts* (arrays),
+the ``k`` lowest scores in one global order: by score, ties by part order, then by flat C-order
+index inside the part.
+
+How it works
+------------
+Scores become unsigned integer *keys* whose order is the score order (equal scores, equal keys).
+A radix select finds the threshold key ``T`` (the ``k``-th smallest) one digit at a time. The only
+step that touches data is a backend hook, :func:`chunk_histogram` (``pruneplug_key_histogram``):
+the histogram of one digit of the keys of one chunk, restricted to the keys whose higher bits equal
+the prefix decided so far. Histograms of different chunks, parts, blocks or ranks are merged by
+adding the integer arrays; every decision is a pure function of the merged histograms:
+
+* :meth:`ExactSelection.next_request` says which digit and prefix to histogram next (``None`` when
+  ``T`` is decided);
+* :meth:`ExactSelection.update` takes the merged histogram of that request and decides one digit;
+* then ``T`` (:attr:`~ExactSelection.threshold_key`), how many keys are below it
+  (:attr:`~ExactSelection.below`) and how many equal it (:attr:`~ExactSelection.ties`), and
+  :meth:`ExactSelection.tie_quota` hands out the ties in global order: given each part's number of
+  keys equal to ``T`` (parts in order), how many of its *first* tied elements each part prunes.
+
+A part then prunes every key ``< T`` and its first ``quota`` keys ``== T``: :func:`prune_part`
+(a backend call that also counts zeros for reports), or :func:`part_counts` plus any exact-``k``
+operation (``k_part = less + quota``; its stable order prunes exactly those).
+
+Keys (the ``keys`` kind, chosen from the parts' dtypes by :func:`key_kind`)
+--------------------------------------------------------------------------
+Scores are the core's: ``|w|`` (``abs``) or ``w*w`` (``square``), in float32 for float16/bfloat16
+weights and in the weights' dtype otherwise; they compare as float64 values across dtypes.
+
+* ``"mag16"`` (every part float16, or every part bfloat16): the 15 magnitude bits of the weight,
+  which order exactly like the score; for bfloat16 with ``square``, whose float32 square
+  underflows to 0 or to subnormals and overflows to inf (different magnitudes, equal scores), the
+  smallest magnitude with the same score (:func:`bf16_square_keys`). One pass of 32,768 bins.
+* ``"f32"`` (float16, bfloat16 and float32 mixed, or all float32): the float32 bits of the score.
+  Two passes (16 then 15 bits).
+* ``"f64"`` (any float64 part): the float64 bits of the score. Four passes (16, 16, 16, 15 bits).
+
+A histogram request (:class:`HistogramRequest`) is ``(keys, shift, bits, prefix)``; the histogram
+has ``2**bits + 2`` int64 bins: ``[0]`` counts keys with ``key >> (shift + bits) < prefix``, ``[-1]``
+those with a greater prefix, and ``[1 + d]`` those with the prefix and digit
+``(key >> shift) & (2**bits - 1) == d``. With ``bits=0, shift=0, prefix=T`` (:meth:`count_request`)
+it is ``[count(key < T), count(key == T), count(key > T)]``.
+
+Example: three parts by hand (the loop a Dask or ``torch.distributed`` driver runs, with its own
+``sum``)::
+
+    >>> import numpy as np
+    >>> from pruneplug.selection import ExactSelection, chunk_histogram, part_counts
+    >>> parts = [np.array([0.5, -2.0, 1.0], np.float32), np.array([1.0, 3.0], np.float32),
+    ...          np.array([-1.0, 0.25], np.float32)]
+    >>> sel = ExactSelection(k=4, n=7, dtypes=["float32"], transform="abs")
+    >>> while (request := sel.next_request()) is not None:
+    ...     sel.update(sum(chunk_histogram(p, "abs", request, backend="numpy") for p in parts))
+    >>> sel.threshold, sel.below, sel.ties, sel.passes
+    (1.0, 2, 3, 2)
+    >>> counts = [part_counts(p, "abs", sel, backend="numpy") for p in parts]  # (less, equal) each
+    >>> counts
+    [(1, 1), (0, 1), (1, 1)]
+    >>> sel.tie_quota([eq for _, eq in counts])
+    [1, 1, 0]
+
+So the first part prunes ``0.5`` and its ``1.0``, the second its ``1.0``, the third ``0.25`` and
+keeps ``-1.0``: four weights, ties broken by part order.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from pruneplug.arrays import adapt, check_float_dtype, contiguous, dtype_name
+from pruneplug.errors import InvalidArgumentError
+from pruneplug.registry import get_registry
+
+KEY_KINDS = ("mag16", "f32", "f64")
+#: significant bits of each key kind (keys are below ``2**KEY_BITS[kind]``)
+KEY_BITS = {"mag16": 15, "f32": 31, "f64": 63}
+#: the digits each kind is decided in, most significant first
+DIGITS = {"mag16": (15,), "f32": (16, 15), "f64": (16, 16, 16, 15)}
+TRANSFORMS = ("abs", "square")
+_HALF = ("float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class HistogramRequest:
+    """Which histogram to build: the digit ``(key >> shift) & (2**bits - 1)`` of the keys whose
+    ``key >> (shift + bits)`` equals ``prefix``; below and above counted in the two end bins."""
+
+    keys: str
+    shift: int
+    bits: int
+    prefix: int
+
+    @property
+    def bins(self) -> int:
+        return (1 << self.bits) + 2
+
+
+def key_kind(dtypes: Iterable[str], transform: str) -> str:
+    """The key kind for parts of these dtypes (see the module docstring).
+
+    >>> key_kind(["bfloat16"], "abs"), key_kind(["bfloat16", "float32"], "abs"), key_kind(["float64"], "square")
+    ('mag16', 'f32', 'f64')
+    """
+    if transform not in TRANSFORMS:
+        raise InvalidArgumentError(f"transform={transform!r}: exact selection over parts takes {list(TRANSFORMS)}")
+    names = set(dtypes)
+    bad = names - {"float16", "bfloat16", "float32", "float64"}
+    if bad:
+        raise InvalidArgumentError(f"dtypes {sorted(bad)} cannot be selected on; expected floating dtypes")
+    if len(names) == 1 and names <= set(_HALF):
+        return "mag16"
+    if names <= {"float16", "bfloat16", "float32"}:
+        return "f32"
+    return "f64"
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_square_keys() -> np.ndarray:
+    """The ``mag16`` key of bfloat16 weights under ``square``: for each of the 32,768 magnitudes,
+    the smallest magnitude whose float32 square is the same (read-only uint16 array).
+
+    >>> t = bf16_square_keys(); int(t[0x3F80]), int(t[1]), int(t[0x7F7F]) == int(t[0x5F80])
+    (16256, 0, True)
+    """
+    mags = np.arange(0x8000, dtype=np.uint32)
+    scores = (mags << 16).view(np.float32)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        squares = scores * scores
+    finite = np.isfinite(scores)  # NaN/inf magnitudes are errors; they keep their own bits
+    table = mags.astype(np.uint16)
+    sq = squares[finite]
+    # squares are non-decreasing in the magnitude: the first index of each run of equal squares
+    first = np.flatnonzero(np.concatenate(([True], sq[1:] != sq[:-1])))
+    run = np.cumsum(np.concatenate(([True], sq[1:] != sq[:-1]))) - 1
+    table[finite] = first[run].astype(np.uint16)
+    table.setflags(write=False)
+    return table
+
+
+def score_of_key(key: int, keys: str, dtype: str | None, transform: str) -> float:
+    """The score (a Python float, exact) whose key is ``key``; ``dtype`` is the parts' dtype for
+    ``mag16`` keys."""
+    if keys == "f64":
+        return float(np.array(key, np.uint64).view(np.float64))
+    if keys == "f32":
+        return float(np.array(key, np.uint32).view(np.float32))
+    if dtype == "float16":
+        value = np.float32(np.array(key, np.uint16).view(np.float16))
+    else:
+        value = np.array(key << 16, np.uint32).view(np.float32)[()]
+    with np.errstate(over="ignore", under="ignore"):
+        return float(value * value if transform == "square" else value)
+
+
+class ExactSelection:
+    """The state of one exact selection of ``k`` of ``n`` keys (see the module docstring).
+
+    ``dtypes`` are the parts' dtypes (all of them, for the key kind), ``transform`` ``"abs"`` (l1)
+    or ``"square"`` (l2). For ``k == 0`` nothing is requested and ``T = 0`` (nothing is below it);
+    for ``k == n`` nothing is requested and ``T = 2**KEY_BITS`` (everything is below it).
+    """
+
+    def __init__(self, k: int, n: int, dtypes: Iterable[str], transform: str) -> None:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= n:
+            raise InvalidArgumentError(f"k={k!r} must be an integer in [0, n={n}]")
+        names = sorted(set(dtypes))
+        self.k, self.n, self.transform = int(k), int(n), transform
+        self.keys = key_kind(names, transform) if names else "f64"
+        self.dtype = names[0] if self.keys == "mag16" else None
+        self._digits = list(DIGITS[self.keys])
+        self._prefix = 0  # key bits decided so far
+        self._decided = 0  # how many of them
+        self._rank = self.k - 1  # 0-based rank of T among the keys with the prefix
+        self.below = 0  # keys below the prefix range: once decided, keys < T
+        self.ties = 0  # keys equal to T, once decided
+        self.passes = 0
+        self._request: HistogramRequest | None = None
+        if self.k == 0 or self.k == self.n:
+            self._digits = []
+            self._prefix = 0 if self.k == 0 else 1 << KEY_BITS[self.keys]
+            self.below, self._decided = self.k, KEY_BITS[self.keys]
+        else:
+            self._request = self._make_request()
+
+    def _make_request(self) -> HistogramRequest:
+        bits = self._digits[0]
+        shift = KEY_BITS[self.keys] - self._decided - bits
+        return HistogramRequest(self.keys, shift, bits, self._prefix)
+
+    def next_request(self) -> HistogramRequest | None:
+        """The histogram to build next (merged over every chunk of every part), or ``None``."""
+        return self._request
+
+    def update(self, histogram: Any) -> None:
+        """Decide one digit from the merged histogram of :meth:`next_request`'s request."""
+        request = self._request
+        if request is None:
+            raise InvalidArgumentError("the selection is decided: no histogram was requested")
+        hist = np.asarray(histogram, dtype=np.int64)
+        if hist.shape != (request.bins,):
+            raise InvalidArgumentError(f"histogram has shape {hist.shape}, expected ({request.bins},)")
+        if int(hist.sum()) != self.n or int(hist[0]) != self.below:
+            raise InvalidArgumentError(
+                f"the merged histogram counts {int(hist.sum())} keys ({int(hist[0])} below the prefix); "
+                f"expected n={self.n} ({self.below} below): a chunk is missing or counted twice")
+        digits = hist[1:-1]
+        cum = np.cumsum(digits)
+        digit = int(np.searchsorted(cum, self._rank, side="right"))
+        skipped = int(cum[digit - 1]) if digit else 0
+        self._rank -= skipped
+        self.below += skipped
+        self._prefix = (self._prefix << request.bits) | digit
+        self._decided += request.bits
+        self._digits.pop(0)
+        self.passes += 1
+        if self._digits:
+            self._request = self._make_request()
+        else:
+            self.ties = int(digits[digit])
+            self._request = None
+
+    @property
+    def decided(self) -> bool:
+        return self._request is None
+
+    @property
+    def threshold_key(self) -> int:
+        """``T``: the ``k``-th smallest key (``k >= 1``); see the class docstring for 0 and n."""
+        self._require_decided()
+        return self._prefix
+
+    @property
+    def threshold(self) -> float | None:
+        """The score at ``T`` (``None`` when ``k`` is 0 or ``n``: no score is at the cut)."""
+        self._require_decided()
+        if self.k == 0 or self.k == self.n:
+            return None
+        return score_of_key(self._prefix, self.keys, self.dtype, self.transform)
+
+    def count_request(self) -> HistogramRequest:
+        """The request whose histogram of one part is ``[less, equal, greater]`` than ``T``."""
+        self._require_decided()
+        return HistogramRequest(self.keys, 0, 0, self._prefix)
+
+    def tie_quota(self, equal_counts: Sequence[int]) -> list[int]:
+        """Per part, how many of its first elements equal to ``T`` (flat order) it prunes, given
+        each part's count of keys equal to ``T`` in global part order: the ties go to the parts in
+        order until exactly ``k`` are pruned.
+
+        >>> sel = ExactSelection(k=3, n=6, dtypes=["float32"], transform="abs")
+        >>> sel.below, sel.ties, sel._request, sel._digits = 1, 4, None, []   # as if decided
+        >>> sel.tie_quota([1, 0, 3])
+        [1, 0, 1]
+        """
+        self._require_decided()
+        counts = [int(c) for c in equal_counts]
+        if min(counts, default=0) < 0 or (0 < self.k < self.n and sum(counts) != self.ties):
+            raise InvalidArgumentError(f"equal counts {counts} do not add up to the {self.ties} keys equal to T")
+        need = self.k - self.below
+        quota = []
+        for eq in counts:
+            take = min(eq, need)
+            need -= take
+            quota.append(take)
+        return quota
+
+    def _require_decided(self) -> None:
+        if self._request is not None:
+            raise InvalidArgumentError("the selection is not decided yet: call update() until next_request() is None")
+
+
+def _backend_array(values: Any, argname: str) -> tuple[Any, str]:
+    adapted = adapt(values, argname)
+    check_float_dtype(adapted.array, argname)
+    return contiguous(adapted.array), adapted.array_type
+
+
+def _check_request(request: HistogramRequest, dtype: str) -> None:
+    if request.keys not in KEY_KINDS:
+        raise InvalidArgumentError(f"request.keys={request.keys!r}: expected one of {list(KEY_KINDS)}")
+    if request.keys == "mag16" and dtype not in _HALF:
+        raise InvalidArgumentError(f"mag16 keys are for float16/bfloat16 values, got {dtype}")
+    if request.keys == "f32" and dtype == "float64":
+        raise InvalidArgumentError("f32 keys cannot hold float64 scores; use f64 keys")
+    top = request.shift + request.bits
+    if not (0 <= request.bits <= 16 and request.shift >= 0 and top <= 64
+            and 0 <= request.prefix < (1 << 64) and (top < 64 or request.prefix == 0)):
+        raise InvalidArgumentError(f"invalid histogram request {request}")
+
+
+def chunk_histogram(values: Any, transform: str, request: HistogramRequest, *, backend: str | None = None) -> np.ndarray:
+    """The key histogram of one chunk of weights for ``request`` (``request.bins`` int64 counts,
+    a NumPy array whatever the backend): the one data-touching step of :class:`ExactSelection`.
+
+    ``values`` is any float array the backends take (NumPy, CuPy, PyTorch); non-finite weights
+    raise :class:`~pruneplug.errors.NonFiniteError`.
+    """
+    array, array_type = _backend_array(values, "values")
+    if transform not in TRANSFORMS:
+        raise InvalidArgumentError(f"transform={transform!r}: expected one of {list(TRANSFORMS)}")
+    _check_request(request, dtype_name(array))
+    registry = get_registry()
+    name = registry.select(backend, array_type=array_type, dtype=dtype_name(array), operation="key_histogram")
+    hist = registry.call(name, "key_histogram", values=array, transform=transform, keys=request.keys,
+                         shift=request.shift, bits=request.bits, prefix=request.prefix)
+    if not isinstance(hist, np.ndarray):
+        hist = hist.get()  # a CuPy array: histograms are merged on the host
+    return np.asarray(hist, dtype=np.int64)
+
+
+def part_counts(values: Any, transform: str, selection: ExactSelection, *, backend: str | None = None) -> tuple[int, int]:
+    """``(count(key < T), count(key == T))`` of one part (or chunk) once ``selection`` is decided."""
+    hist = chunk_histogram(values, transform, selection.count_request(), backend=backend)
+    return int(hist[0]), int(hist[1])
+
+
+@dataclass
+class PartResult:
+    """What :func:`prune_part` did to one part: keys below ``T``, keys equal to ``T``, how many
+    weights it pruned (``less + ties pruned``), and exact zeros before and after."""
+
+    less: int
+    equal: int
+    pruned: int
+    zeros_before: int
+    zeros_after: int
+
+
+def prune_part(values: Any, transform: str, selection: ExactSelection, quota: int, *, out: Any = None,
+               mask: Any = None, backend: str | None = None) -> PartResult:
+    """Apply a decided selection to one part in one pass: prune every key ``< T`` and the first
+    ``quota`` keys ``== T`` (flat C order), writing the pruned weights into ``out`` (an array like
+    ``values``, not ``values`` itself; ``None`` to only count) and the keep-mask into ``mask``
+    (``bool``, ``None`` for none). ``values`` is never modified. Returns the counts
+    (:class:`PartResult`); ``quota`` larger than the part's ties prunes all of them.
+
+    Runs on the backends that implement ``prune_below_key`` (``numpy``, ``cpu``); elsewhere use
+    :func:`part_counts` and an exact-``k`` prune with ``k = less + quota``.
+
+    >>> import numpy as np
+    >>> from pruneplug.selection import ExactSelection, prune_part
+    >>> w = np.array([3.0, -1.0, 0.0, 1.0, 2.0], np.float32)
+    >>> sel = ExactSelection(k=2, n=5, dtypes=["float32"], transform="abs")
+    >>> while (r := sel.next_request()) is not None:
+    ...     sel.update(chunk_histogram(w, "abs", r, backend="numpy"))
+    >>> out = np.empty_like(w)
+    >>> prune_part(w, "abs", sel, sel.tie_quota([sel.ties])[0], out=out, backend="numpy"), out
+    (PartResult(less=1, equal=2, pruned=2, zeros_before=1, zeros_after=2), array([3., 0., 0., 1., 2.], dtype=float32))
+    """
+    array, array_type = _backend_array(values, "values")
+    selection._require_decided()
+    dtype = dtype_name(array)
+    if selection.keys == "mag16" and dtype not in _HALF:
+        raise InvalidArgumentError(f"the selection uses mag16 keys; values have dtype {dtype}")
+    if out is not None:
+        if out is values or (getattr(out, "shape", None) != array.shape or dtype_name(out) != dtype
+                             or not out.flags.c_contiguous or np.shares_memory(out, array)):
+            raise InvalidArgumentError("out must be a C-contiguous array of the values' shape and dtype, not the values")
+    if mask is not None and (getattr(mask, "shape", None) != array.shape or dtype_name(mask) != "bool"
+                             or not mask.flags.c_contiguous):
+        raise InvalidArgumentError("mask must be a C-contiguous bool array of the values' shape")
+    registry = get_registry()
+    name = registry.select(backend, array_type=array_type, dtype=dtype, operation="prune_below_key")
+    less, equal, zb, za = registry.call(name, "prune_below_key", values=array, transform=transform,
+                                        keys=selection.keys, threshold=selection.threshold_key,
+                                        ties=max(0, int(quota)), out=out, mask=mask)
+    return PartResult(int(less), int(equal), int(less) + min(int(equal), max(0, int(quota))), int(zb), int(za))
+
+
+def select_exact(parts: Sequence[Any], k: int, transform: str, *, backend: str | None = None,
+                 chunk: int = 1 << 22) -> ExactSelection:
+    """Run an :class:`ExactSelection` over in-memory ``parts`` (each fed in flat chunks of
+    ``chunk`` elements, which bounds the reference backend's temporary keys) and return it decided."""
+    arrays = [_backend_array(p, f"parts[{i}]")[0] for i, p in enumerate(parts)]
+    selection = ExactSelection(k, sum(int(a.size) for a in arrays), [dtype_name(a) for a in arrays], transform)
+    while (request := selection.next_request()) is not None:
+        total = np.zeros(request.bins, np.int64)
+        for a in arrays:
+            flat = a.reshape(-1)
+            for start in range(0, flat.size, chunk):
+                total += chunk_histogram(flat[start:start + chunk], transform, request, backend=backend)
+        selection.update(total)
+    return selection
