@@ -34,8 +34,9 @@ import dask.array as da
 import numpy as np
 
 from pruneplug import api, partselect
-from pruneplug.errors import InvalidArgumentError, ShapeError, UnsupportedDtypeError
+from pruneplug.errors import InvalidArgumentError, NonFiniteError, ShapeError, UnsupportedDtypeError
 from pruneplug.registry import get_registry
+from pruneplug.selection import chunk_histogram
 from pruneplug.types import FLOAT_DTYPES, ImportanceScores, Mask, ScoreStats
 
 
@@ -99,13 +100,44 @@ def _block_histogram(block: Any, shape: tuple, start: tuple, transform: str, nan
     return partselect.histogram(keys, request, _positions_fn(shape, start, block.shape), invalid)
 
 
-def _first_invalid(block: Any, shape: tuple, start: tuple, transform: str) -> int:
+def _invalid_in_block(block: Any, shape: tuple, start: tuple, transform: str) -> tuple[int, int]:
+    """(how many invalid values, global position of the first or -1) in one block."""
     xp = partselect.array_module(block)
     x = block.astype(_score_dtype(block.dtype))
-    bad = xp.isnan(x) if transform == "identity" else ~xp.isfinite(x)
-    if not bool(bad.any()):
-        return -1
-    return int(_positions_fn(shape, start, block.shape)(bad.reshape(-1)).min())
+    bad = (xp.isnan(x) if transform == "identity" else ~xp.isfinite(x)).reshape(-1)
+    count = int(xp.count_nonzero(bad))
+    return count, int(_positions_fn(shape, start, block.shape)(bad).min()) if count else -1
+
+
+def _nonfinite_error(x: da.Array, transform: str) -> Exception:
+    """The core's error for the whole array: total count and first global flat index."""
+    found = [r for r in dask.compute(*_map_blocks_delayed(x, _invalid_in_block, transform)) if r[0]]
+    return partselect.nonfinite_error(transform, sum(c for c, _ in found), min(f for _, f in found))
+
+
+def _key_histogram_block(block: Any, shape: tuple, start: tuple, transform: str, request: Any) -> np.ndarray:
+    return chunk_histogram(partselect.host_if_needed(block, None), transform, request)
+
+
+def _tie_histogram_block(block: Any, shape: tuple, start: tuple, transform: str, threshold: float,
+                         request: partselect.Request) -> np.ndarray:
+    tied = partselect.tied_mask(block, transform, threshold)
+    return partselect.position_histogram(_positions_fn(shape, start, block.shape)(tied), request)
+
+
+def _score_cut(x: da.Array, k: int, transform: str) -> partselect.ScoreCut:
+    """The exact cut of magnitude scores over all blocks: the key histograms come from the backends'
+    ``key_histogram`` hook (:func:`pruneplug.selection.chunk_histogram`), merged by a tree sum."""
+    def keys(request: Any) -> np.ndarray:
+        return _tree_sum(_map_blocks_delayed(x, _key_histogram_block, transform, request)).compute()
+
+    def ties(request: partselect.Request, threshold: float) -> np.ndarray:
+        return _tree_sum(_map_blocks_delayed(x, _tie_histogram_block, transform, threshold, request)).compute()
+
+    try:
+        return partselect.exact_cut(k, int(x.size), [np.dtype(x.dtype).name], transform, keys, ties)
+    except NonFiniteError:  # a block's error names its own index: report the whole array's
+        raise _nonfinite_error(x, transform) from None
 
 
 def _map_blocks_delayed(x: da.Array, fn, *args: Any) -> list:
@@ -133,8 +165,7 @@ def _select(x: da.Array, k: int, transform: str, nan_high: bool = False) -> part
         return _tree_sum(_map_blocks_delayed(x, _block_histogram, transform, nan_high, request)).compute()
 
     def on_invalid(count: int) -> None:
-        firsts = dask.compute(*_map_blocks_delayed(x, _first_invalid, transform))
-        raise partselect.nonfinite_error(transform, count, min(f for f in firsts if f >= 0))
+        raise _nonfinite_error(x, transform)
 
     width = partselect.key_bits(x.dtype, wide=False)
     return partselect.select(k, int(x.size), width, merged, on_invalid)
@@ -145,10 +176,13 @@ def _block_location(block_info: dict) -> tuple[tuple, tuple]:
     return tuple(info["shape"]), tuple(s for s, _ in info["array-location"])
 
 
-def _count_in_block(block: Any, cut: partselect.Cut, transform: str, nan_high: bool, block_info: dict) -> int:
+def _count_in_block(block: Any, cut: Any, transform: str, nan_high: bool, block_info: dict) -> int:
     shape, start = _block_location(block_info)
+    positions = _positions_fn(shape, start, block.shape)
+    if isinstance(cut, partselect.ScoreCut):
+        return cut.pruned_count(block, transform, positions)
     keys, _ = partselect.score_keys(block, transform, nan_high=nan_high)
-    return cut.pruned_count(keys, _positions_fn(shape, start, block.shape))
+    return cut.pruned_count(keys, positions)
 
 
 def _sparsity_for(k: int, n: int) -> float:
@@ -184,9 +218,11 @@ def _importance_block(block: Any, method: str, backend: str | None) -> Any:
 # ---------------------------------------------------------------------------------------------
 # unstructured
 # ---------------------------------------------------------------------------------------------
-def _unstructured_cut(x: da.Array, sparsity: float, transform: str) -> partselect.Cut:
+def _unstructured_cut(x: da.Array, sparsity: float, transform: str) -> Any:
+    """Magnitude scores (``abs``/``square``): the backends' key histograms; scores given as such
+    (``identity``, possibly negative): this module's keys (:func:`pruneplug.partselect.score_keys`)."""
     k = api.count_to_prune(sparsity, int(x.size))
-    return _select(x, k, transform)
+    return _select(x, k, transform) if transform == "identity" else _score_cut(x, k, transform)
 
 
 def generate_unstructured_mask(scores: Any, sparsity: float, *, backend: str | None = None, out: Any = None) -> Mask:
@@ -204,13 +240,13 @@ def _unstructured_mask_block(block: Any, cut: partselect.Cut, backend: str | Non
     return api.generate_unstructured_mask(block, _sparsity_for(k, block.size), backend=backend).data
 
 
-def _prune_block(block: Any, cut: partselect.Cut, transform: str, method: str, backend: str | None,
+def _prune_block(block: Any, cut: Any, transform: str, method: str, backend: str | None,
                  block_info=None) -> Any:
     k = _count_in_block(block, cut, transform, False, block_info)
     return api.prune(block, sparsity=_sparsity_for(k, block.size), method=method, backend=backend)
 
 
-def _unstructured_keep_block(block: Any, cut: partselect.Cut, transform: str, method: str, backend: str | None,
+def _unstructured_keep_block(block: Any, cut: Any, transform: str, method: str, backend: str | None,
                              block_info=None) -> Any:
     k = _count_in_block(block, cut, transform, False, block_info)
     return api.prune(block, sparsity=_sparsity_for(k, block.size), method=method, backend=backend,

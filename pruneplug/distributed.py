@@ -30,8 +30,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pruneplug import api, partselect
-from pruneplug.arrays import adapt, check_float_dtype
+from pruneplug.arrays import adapt, check_float_dtype, dtype_name
 from pruneplug.errors import InvalidArgumentError, NonFiniteError
+from pruneplug.selection import chunk_histogram
 from pruneplug.types import Mask
 
 LAYER_DIGIT_BITS = 8  # layer scope: 257 counts per parameter and pass, all sharded parameters at once
@@ -87,7 +88,7 @@ def prune_sharded(shards: Sequence[Shard] | Mapping[str, Any], sparsity: float, 
     order = _check_order(order, sizes)
     _check_coverage(pieces, sizes, group, dist)
     if scope == "global":
-        counts = _global_counts(pieces, sizes, order, sparsity, transform, group, dist)
+        counts = _global_counts(pieces, sizes, dtypes, order, sparsity, transform, group, dist)
     else:
         sharded = [n for n in order if n not in whole]
         counts = _layer_counts(pieces, sizes, dtypes, sharded, sparsity, transform, group, dist)
@@ -132,7 +133,8 @@ def _as_shards(shards: Sequence[Shard] | Mapping[str, Any]) -> list[Shard]:
 def _gather_sizes(pieces: list[Shard], group: Any, dist: Any) -> tuple[dict[str, int], dict[str, str], set[str]]:
     """Every parameter's full size and dtype, and which parameters some rank holds whole, from all
     ranks (one all_gather_object)."""
-    mine = [(p.name, p.full_numel, str(p.tensor.dtype), int(p.tensor.numel())) for p in pieces]
+    mine = [(p.name, p.full_numel, dtype_name(adapt(p.tensor.detach(), p.name).array), int(p.tensor.numel()))
+            for p in pieces]
     everyone: list[Any] = [None] * dist.get_world_size(group)
     dist.all_gather_object(everyone, mine, group=group)
     sizes: dict[str, int] = {}
@@ -201,33 +203,48 @@ def _positions(base: int):
     return positions
 
 
-def _global_counts(pieces: list[Shard], sizes: dict[str, int], order: list[str], sparsity: float,
-                   transform: str, group: Any, dist: Any) -> list[int]:
+def _global_counts(pieces: list[Shard], sizes: dict[str, int], dtypes: dict[str, str], order: list[str],
+                   sparsity: float, transform: str, group: Any, dist: Any) -> list[int]:
+    """Global scope: :func:`pruneplug.partselect.exact_cut` with histograms all-reduced. A rank
+    whose weights are not finite reports how many in an extra slot instead of raising alone (the
+    others would wait in the collective); then every rank raises the same error."""
     bases = dict(zip(order, np.cumsum([0] + [sizes[n] for n in order[:-1]]).tolist()))
     total = sum(sizes.values())
-    selection = partselect.Selection(api.count_to_prune(sparsity, total), total, 64)
-    while selection.request is not None:
-        request = selection.request
-        hist = np.zeros(selection.bins + 1, dtype=np.int64)
-        for piece in pieces:
-            keys, invalid = _keys(piece, transform, wide=True)
-            hist += partselect.histogram(keys, request, _positions(bases[piece.name] + piece.offset), invalid)
-        selection.update(_all_reduce(hist, group, dist))
-        if selection.passes == 1 and selection.invalid:
-            raise _invalid_error(pieces, bases, order, sizes, transform, selection.invalid, group, dist)
-    cut = selection.cut
-    return [cut.pruned_count(_keys(p, transform, True)[0], _positions(bases[p.name] + p.offset)) for p in pieces]
+    arrays = [adapt(p.tensor.detach(), p.name).array for p in pieces]
+
+    def keys(request: Any) -> np.ndarray:
+        hist = np.zeros(request.bins + 1, dtype=np.int64)
+        for array in arrays:
+            try:
+                hist[:-1] += chunk_histogram(partselect.host_if_needed(array, None), transform, request)
+            except NonFiniteError as exc:
+                hist[-1] += exc.count
+        merged = _all_reduce(hist, group, dist)
+        if merged[-1]:
+            raise _invalid_error(pieces, bases, order, transform, int(merged[-1]), group, dist)
+        return merged[:-1]
+
+    def ties(request: partselect.Request, threshold: float) -> np.ndarray:
+        hist = np.zeros(partselect.BINS + 1, dtype=np.int64)
+        for piece, array in zip(pieces, arrays):
+            tied = partselect.tied_mask(array, transform, threshold)
+            hist += partselect.position_histogram(_positions(bases[piece.name] + piece.offset)(tied), request)
+        return _all_reduce(hist, group, dist)
+
+    cut = partselect.exact_cut(api.count_to_prune(sparsity, total), total, sorted(set(dtypes.values())), transform,
+                               keys, ties)
+    return [cut.pruned_count(a, transform, _positions(bases[p.name] + p.offset)) for p, a in zip(pieces, arrays)]
 
 
-def _invalid_error(pieces: list[Shard], bases: dict[str, int], order: list[str], sizes: dict[str, int],
-                   transform: str, count: int, group: Any, dist: Any) -> NonFiniteError:
+def _invalid_error(pieces: list[Shard], bases: dict[str, int], order: list[str], transform: str, count: int,
+                   group: Any, dist: Any) -> NonFiniteError:
     """The same error on every rank: the parameter and flat index of the first invalid weight."""
-    first = np.array([sum(sizes.values())], dtype=np.int64)
+    first = np.array([np.iinfo(np.int64).max], dtype=np.int64)
     for piece in pieces:
-        keys, invalid = _keys(piece, transform, wide=True)
-        if invalid:
-            xp = partselect.array_module(keys)
-            bad = ~xp.isfinite(adapt(piece.tensor.detach(), piece.name).array.reshape(-1).astype(np.float64))
+        array = adapt(piece.tensor.detach(), piece.name).array.reshape(-1)
+        xp = partselect.array_module(array)
+        bad = ~xp.isfinite(array.astype(np.float64))
+        if bool(bad.any()):
             first[0] = min(int(first[0]), bases[piece.name] + piece.offset + int(xp.nonzero(bad)[0][0]))
     position = int(_all_reduce(first, group, dist, dist.ReduceOp.MIN)[0])
     name = next(n for n in reversed(order) if bases[n] <= position)

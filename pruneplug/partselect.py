@@ -172,6 +172,15 @@ class Selection:
             self.cut = Cut((1 << 64) - 1, total, 0)  # every key is at most the largest uint64
         self._start("keys", key_width, k - 1, 0)
 
+    @classmethod
+    def for_ties(cls, rank: int, total: int, threshold: int = 0, digit_bits: int = DIGIT_BITS) -> "Selection":
+        """The position select alone: among the tied elements, the one of 0-based ``rank`` by
+        global position (its cut prunes the tied elements up to it)."""
+        selection = cls(1, 2, 1, digit_bits)  # a placeholder key phase, replaced at once
+        selection.total = total
+        selection._start("positions", max(1, (total - 1).bit_length()), rank, threshold)
+        return selection
+
     @property
     def bins(self) -> int:
         return 1 << self.digit_bits
@@ -225,3 +234,88 @@ def select(k: int, total: int, key_width: int, merged_histogram: Callable[[Reque
 def nonfinite_error(transform: str, count: int, first_position: int) -> NonFiniteError:
     """The core's error for ``count`` invalid values, the first at ``first_position``."""
     return NonFiniteError.for_values(transform, count, first_position)
+
+
+def position_histogram(positions: Any, request: Request, bins: int = BINS) -> np.ndarray:
+    """One part's histogram of the global ``positions`` of its tied elements for a ``positions``
+    request (``bins + 1`` counts, the last one 0)."""
+    xp = array_module(positions)
+    values = positions.astype(np.uint64)
+    if request.bits:
+        values = values[(values >> xp.uint64(request.width - request.bits)) == xp.uint64(request.prefix)]
+    digits = (values >> xp.uint64(request.width - request.bits - request.digit)) & xp.uint64((1 << request.digit) - 1)
+    hist = xp.bincount(digits.astype(np.int64), minlength=bins)
+    out = np.zeros(bins + 1, dtype=np.int64)
+    out[:bins] = hist.get() if xp is not np else hist
+    return out
+
+
+def tied_mask(values: Any, transform: str, threshold: float) -> Any:
+    """Flat bool mask of the elements of ``values`` whose score (``abs`` or ``square``, the core's
+    score dtype) equals ``threshold`` (a float64 value)."""
+    xp = array_module(values)
+    x = values.reshape(-1).astype(score_dtype(values.dtype, False))
+    with np.errstate(over="ignore", under="ignore"):
+        scores = xp.abs(x) if transform == "abs" else x * x
+    return scores.astype(np.float64) == threshold
+
+
+@dataclass(frozen=True)
+class ScoreCut:
+    """The outcome of :func:`exact_cut`: the decided key selection of :mod:`pruneplug.selection`
+    and the position cut of its ties (ties with global position ``< position_cut`` are pruned)."""
+
+    selection: Any  # pruneplug.selection.ExactSelection, decided
+    position_cut: int
+    total: int
+    passes: int
+
+    def pruned_count(self, values: Any, transform: str, positions: Callable[[Any], Any],
+                     backend: str | None = None) -> int:
+        """How many of one part's elements the cut prunes (``positions(where)``: the global
+        positions of the part's elements selected by a flat bool array)."""
+        from pruneplug.selection import part_counts
+
+        less, equal = part_counts(host_if_needed(values, backend), transform, self.selection, backend=backend)
+        if equal == 0 or self.position_cut == 0:
+            return less
+        if self.position_cut >= self.total:
+            return less + equal
+        tied = tied_mask(values, transform, self.selection.threshold)
+        xp = array_module(tied)
+        return less + int(xp.count_nonzero(positions(tied) < self.position_cut))
+
+
+def host_if_needed(values: Any, backend: str | None) -> Any:
+    """``values`` itself when a backend histograms its array type, else a NumPy copy (CuPy blocks
+    are histogrammed on the host until a CUDA ``key_histogram`` exists)."""
+    from pruneplug.errors import BackendError
+    from pruneplug.registry import get_registry
+
+    if array_module(values) is np:
+        return values
+    try:
+        get_registry().select(backend, array_type="cupy", dtype=np.dtype(values.dtype).name, operation="key_histogram")
+        return values
+    except BackendError:
+        return values.get()
+
+
+def exact_cut(k: int, total: int, dtypes: list[str], transform: str,
+              key_histogram: Callable[[Any], np.ndarray], tie_histogram: Callable[[Request, float], np.ndarray]) -> ScoreCut:
+    """The exact cut over parts that may interleave: :class:`pruneplug.selection.ExactSelection`
+    decides the threshold score from the merged ``key_histogram(request)``; when its ties are split,
+    the position select over ``tie_histogram(request, threshold)`` (merged histograms of the tied
+    elements' global positions) decides which ties go."""
+    from pruneplug.selection import ExactSelection
+
+    selection = ExactSelection(k, total, dtypes, transform)
+    while (request := selection.next_request()) is not None:
+        selection.update(key_histogram(request))
+    need = k - selection.below
+    if k == 0 or need == selection.ties:
+        return ScoreCut(selection, 0 if k == 0 else total, total, selection.passes)
+    ties = Selection.for_ties(need - 1, total)
+    while ties.request is not None:
+        ties.update(tie_histogram(ties.request, selection.threshold))
+    return ScoreCut(selection, ties.cut.position_cut, total, selection.passes + ties.passes)
