@@ -147,6 +147,9 @@ def _add_prune(subparsers) -> None:
                    help="progress bar on stderr: auto (only on a terminal, default), always, never")
     p.add_argument("--quiet", action="store_true", help="print only the totals, not the per-tensor table")
     p.add_argument("--all", action="store_true", help="list untouched tensors in the table too")
+    p.add_argument("--dask", metavar="ADDRESS", help="prune a sharded directory on the Dask cluster at ADDRESS "
+                   "(tcp://host:8786); workers read and write whole shards on a shared file system")
+    p.add_argument("--workers", type=int, metavar="N", help="prune a sharded directory on a local Dask cluster of N processes")
     p.set_defaults(handler=run_prune)
 
 
@@ -159,13 +162,18 @@ def run_prune(args: argparse.Namespace) -> int:
     if sparsity is None and ":" not in pattern:
         print(f"pruneplug prune: error: --pattern {pattern} needs --sparsity", file=sys.stderr)
         return 2
-    report = prune_checkpoint(
-        args.input, args.output, sparsity=sparsity, pattern=pattern, scope=args.scope, method=args.method,
-        axis=args.axis, format=args.format, include=args.include, exclude=args.exclude,
-        backend=None if args.backend == "auto" else args.backend, masks_out=args.masks_out,
-        report=args.report, dry_run=args.dry_run, strict=args.strict, in_place=args.in_place,
-        progress=_progress(args),
-    )
+    if args.dask or args.workers:
+        from pruneplug.dask_checkpoint import prune_from_args
+
+        report = prune_from_args(args)
+    else:
+        report = prune_checkpoint(
+            args.input, args.output, sparsity=sparsity, pattern=pattern, scope=args.scope, method=args.method,
+            axis=args.axis, format=args.format, include=args.include, exclude=args.exclude,
+            backend=None if args.backend == "auto" else args.backend, masks_out=args.masks_out,
+            report=args.report, dry_run=args.dry_run, strict=args.strict, in_place=args.in_place,
+            progress=_progress(args),
+        )
     print(report.format_totals() if args.quiet else report.format_table(show_kept=args.all))
     where = "dry run: nothing written" if report.dry_run else f"wrote {report.output}"
     extras = [x for x in (report.masks_out and f"masks {report.masks_out}", args.report and f"report {args.report}") if x]

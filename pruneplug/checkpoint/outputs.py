@@ -187,3 +187,9 @@ def _add_sparsity_config(config: Path, rows: dict[str, TensorReport], format: st
     else:
         cfg["quantization_config"] = ct.quantization_config(sparsity_cfg)
     config.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+# Public names for front ends that write the shards elsewhere (pruneplug.dask_checkpoint) and finish
+# the directory exactly as prune_checkpoint does.
+settings_metadata = _settings_metadata
+finish_directory = _finish_directory
