@@ -1,6 +1,6 @@
 """cffi definition of the C backend (``pruneplug_backends.cpu._native``).
 
-The cdef is the concatenation of ``csrc/pruneplug.h`` and, when present, ``csrc/compress24.h``
+The cdef is the concatenation of ``csrc/pruneplug.h`` and, when present, ``csrc/compress24.h`` and ``csrc/pp_keyhist.h``
 (preprocessor lines dropped); every ``csrc/*.c`` is compiled. Set ``PRUNEPLUG_SANITIZE=1`` to build
 with AddressSanitizer and UBSan (run with libasan LD_PRELOADed).
 """
@@ -11,7 +11,7 @@ import os
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HEADERS = [h for h in ("pruneplug.h", "compress24.h") if os.path.exists(os.path.join(HERE, h))]
+HEADERS = [h for h in ("pruneplug.h", "compress24.h", "pp_keyhist.h") if os.path.exists(os.path.join(HERE, h))]
 
 
 def _rel(path):

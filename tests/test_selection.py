@@ -174,3 +174,39 @@ def test_errors():
 def test_module_doctests():
     result = doctest.testmod(sel_mod)
     assert result.attempted >= 5 and result.failed == 0
+
+
+@pytest.mark.parametrize("backend", [b for b in SELECTION_BACKENDS if b != "numpy"])
+@pytest.mark.parametrize("dtype,transform", [(BF16, "square"), (np.float32, "abs"), (np.float16, "square"),
+                                             (np.float64, "abs")])
+def test_threaded_passes_match_the_reference(backend, dtype, transform):
+    """Above the threading threshold (2^20 elements): per-thread ranges, tie offsets across them."""
+    rng = np.random.default_rng(11)
+    x = (rng.integers(-6, 7, 3_000_001) / 8.0).astype(dtype)  # heavy ties spread over every range
+    x[::7] = rng.standard_normal(x[::7].size).astype(dtype)
+    sel = select_exact([x], 1_234_567, transform, backend="numpy", chunk=1 << 22)
+    request = sel.count_request()
+    assert np.array_equal(chunk_histogram(x, transform, request, backend=backend),
+                          chunk_histogram(x, transform, request, backend="numpy"))
+    for quota in (0, 1, sel.ties // 2, sel.ties):
+        got_out, got_mask = np.empty_like(x), np.empty(x.shape, bool)
+        ref_out, ref_mask = np.empty_like(x), np.empty(x.shape, bool)
+        got = prune_part(x, transform, sel, quota, out=got_out, mask=got_mask, backend=backend)
+        ref = prune_part(x, transform, sel, quota, out=ref_out, mask=ref_mask, backend="numpy")
+        assert got == ref and got_out.tobytes() == ref_out.tobytes() and np.array_equal(got_mask, ref_mask)
+    for request in (sel_mod.HistogramRequest(sel.keys, max(0, sel_mod.KEY_BITS[sel.keys] - 16),
+                                             min(16, sel_mod.KEY_BITS[sel.keys]), 0),):
+        assert np.array_equal(chunk_histogram(x, transform, request, backend=backend),
+                              chunk_histogram(x, transform, request, backend="numpy"))
+
+
+@pytest.mark.parametrize("backend", SELECTION_BACKENDS)
+def test_nonfinite_is_reported_with_count_and_first_index(backend):
+    x = np.array([1.0, np.nan, 2.0, np.inf, -np.inf], np.float32)
+    sel = ExactSelection(k=2, n=5, dtypes=["float32"], transform="abs")
+    with pytest.raises(NonFiniteError) as err:
+        chunk_histogram(x, "abs", sel.next_request(), backend=backend)
+    assert (err.value.count, err.value.first_index) == (3, 1)
+    ok = select_exact([np.ones(5, np.float32)], 2, "abs", backend="numpy")
+    with pytest.raises(NonFiniteError):
+        prune_part(x, "abs", ok, 0, out=np.empty_like(x), backend=backend)

@@ -37,6 +37,8 @@ OPERATIONS = {
     "compress_24",
     "decompress_24",
     "prune_compress_24",
+    "key_histogram",
+    "prune_below_key",
 }
 
 _DTYPE_CODE = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
@@ -177,3 +179,4 @@ def pruneplug_importance(weights: np.ndarray, method: str):
 
 
 from pruneplug_backends.cpu.compress24 import pruneplug_compress_24, pruneplug_decompress_24, pruneplug_prune_compress_24  # noqa: E402,F401
+from pruneplug_backends.cpu.keyhist import pruneplug_key_histogram, pruneplug_prune_below_key  # noqa: E402,F401

@@ -1,0 +1,345 @@
+/* Exact selection over many arrays: key histograms and the prune-below-key pass (pp_keyhist.h).
+ *
+ * Each entry point switches once on (dtype, transform, keys) to a loop specialised by a macro, so
+ * the key of an element is a few integer (or one float) operations inlined into the loop. Work is
+ * split into one contiguous range per thread; results are combined in range order, so they never
+ * depend on the thread count. */
+#include "pruneplug.h"
+#include "pp_keyhist.h"
+#include "pp_internal.h"
+
+#define MAXT 64
+
+/* The smallest bfloat16 magnitude whose float32 square equals that of magnitude m (squares are
+ * non-decreasing in m; they underflow to 0 or subnormals and overflow to inf). NaN/Inf magnitudes
+ * keep their own value (they are rejected before use). */
+static void bf16_square_keys(uint16_t *t)
+{
+    uint32_t prev = 0;
+    uint16_t first = 0;
+    for (uint32_t m = 0; m < 0x8000u; m++) {
+        if (m >= 0x7f80u) { t[m] = (uint16_t)m; continue; }
+        float f = pp_bf2f((uint16_t)m);
+        uint32_t sq = pp_f2u(f * f);
+        if (m == 0 || sq != prev) first = (uint16_t)m;
+        prev = sq;
+        t[m] = first;
+    }
+}
+
+/* ---- per-element key and non-finite test, by (raw type, dtype, transform, keys) ------------- */
+#define BAD_F16(x) (((x) & 0x7fffu) >= 0x7c00u)
+#define BAD_BF16(x) (((x) & 0x7fffu) >= 0x7f80u)
+#define BAD_F32(x) (((x) & 0x7fffffffu) >= 0x7f800000u)
+#define BAD_F64(x) (((x) & 0x7fffffffffffffffULL) >= 0x7ff0000000000000ULL)
+#define SQ32(f) pp_f2u((f) * (f))
+
+/* key expressions of raw bits x (lut: the bf16 square table) */
+#define K_MAG(x) ((uint64_t)((x) & 0x7fffu))
+#define K_MAGLUT(x) ((uint64_t)lut[(x) & 0x7fffu])
+#define K_F16_ABS32(x) ((uint64_t)pp_f2u(pp_h2f((uint16_t)((x) & 0x7fffu))))
+#define K_F16_SQ32(x) ((uint64_t)SQ32(pp_h2f((uint16_t)(x))))
+#define K_BF16_ABS32(x) ((uint64_t)((uint32_t)((x) & 0x7fffu) << 16))
+#define K_BF16_SQ32(x) ((uint64_t)SQ32(pp_bf2f((uint16_t)((x) & 0x7fffu))))
+#define K_F32_ABS32(x) ((uint64_t)((x) & 0x7fffffffu))
+#define K_F32_SQ32(x) ((uint64_t)SQ32(pp_u2f(x)))
+#define K_TO64(k32) pp_d2u((double)pp_u2f((uint32_t)(k32)))
+#define K_F64_ABS(x) ((x) & 0x7fffffffffffffffULL)
+#define K_F64_SQ(x) pp_d2u(pp_u2d(x) * pp_u2d(x))
+
+/* ---- histogram ------------------------------------------------------------------------------ */
+typedef struct {
+    int shift, bits, top; /* top = shift + bits */
+    uint64_t prefix;
+    const uint16_t *lut;
+} hist_args;
+
+#define HIST_LOOP(NAME, RAW, BAD, KEY)                                                            \
+    static void NAME(const RAW *v, size_t b, size_t e, const hist_args *a, int64_t *h,           \
+                     int64_t *bad, int64_t *first)                                                \
+    {                                                                                             \
+        const uint16_t *lut = a->lut;                                                             \
+        (void)lut;                                                                                \
+        const int shift = a->shift, top = a->top;                                                 \
+        const uint64_t prefix = a->prefix, dmask = ((uint64_t)1 << a->bits) - 1;                  \
+        const size_t last = ((size_t)1 << a->bits) + 1;                                           \
+        int64_t nbad = 0, fbad = -1;                                                              \
+        for (size_t i = b; i < e; i++) {                                                          \
+            RAW x = v[i];                                                                         \
+            if (BAD(x)) {                                                                         \
+                if (fbad < 0) fbad = (int64_t)i;                                                  \
+                nbad++;                                                                           \
+                continue;                                                                         \
+            }                                                                                     \
+            uint64_t key = KEY(x);                                                                \
+            uint64_t hi = top >= 64 ? 0 : key >> top;                                             \
+            size_t bin = hi == prefix ? 1 + (size_t)((key >> shift) & dmask) : (hi < prefix ? 0 : last); \
+            h[bin]++;                                                                             \
+        }                                                                                         \
+        *bad = nbad;                                                                              \
+        *first = fbad;                                                                            \
+    }
+
+HIST_LOOP(h_f16_mag, uint16_t, BAD_F16, K_MAG)
+HIST_LOOP(h_bf16_mag, uint16_t, BAD_BF16, K_MAG)
+HIST_LOOP(h_bf16_maglut, uint16_t, BAD_BF16, K_MAGLUT)
+HIST_LOOP(h_f16_abs32, uint16_t, BAD_F16, K_F16_ABS32)
+HIST_LOOP(h_f16_sq32, uint16_t, BAD_F16, K_F16_SQ32)
+HIST_LOOP(h_bf16_abs32, uint16_t, BAD_BF16, K_BF16_ABS32)
+HIST_LOOP(h_bf16_sq32, uint16_t, BAD_BF16, K_BF16_SQ32)
+HIST_LOOP(h_f32_abs32, uint32_t, BAD_F32, K_F32_ABS32)
+HIST_LOOP(h_f32_sq32, uint32_t, BAD_F32, K_F32_SQ32)
+#define K_F16_ABS64(x) K_TO64(K_F16_ABS32(x))
+#define K_F16_SQ64(x) K_TO64(K_F16_SQ32(x))
+#define K_BF16_ABS64(x) K_TO64(K_BF16_ABS32(x))
+#define K_BF16_SQ64(x) K_TO64(K_BF16_SQ32(x))
+#define K_F32_ABS64(x) K_TO64(K_F32_ABS32(x))
+#define K_F32_SQ64(x) K_TO64(K_F32_SQ32(x))
+HIST_LOOP(h_f16_abs64, uint16_t, BAD_F16, K_F16_ABS64)
+HIST_LOOP(h_f16_sq64, uint16_t, BAD_F16, K_F16_SQ64)
+HIST_LOOP(h_bf16_abs64, uint16_t, BAD_BF16, K_BF16_ABS64)
+HIST_LOOP(h_bf16_sq64, uint16_t, BAD_BF16, K_BF16_SQ64)
+HIST_LOOP(h_f32_abs64, uint32_t, BAD_F32, K_F32_ABS64)
+HIST_LOOP(h_f32_sq64, uint32_t, BAD_F32, K_F32_SQ64)
+HIST_LOOP(h_f64_abs64, uint64_t, BAD_F64, K_F64_ABS)
+HIST_LOOP(h_f64_sq64, uint64_t, BAD_F64, K_F64_SQ)
+
+typedef void (*hist_fn)(const void *, size_t, size_t, const hist_args *, int64_t *, int64_t *, int64_t *);
+
+/* The loop for (dtype, transform, keys), or NULL when the combination is invalid. */
+static hist_fn pick_hist(int dtype, int transform, int keys, int *needs_lut)
+{
+    int sq = transform == PP_SQUARE;
+    *needs_lut = 0;
+    if (transform != PP_ABS && transform != PP_SQUARE) return NULL;
+#define H(f) ((hist_fn)(void (*)(void))(f))
+    switch (keys) {
+    case PP_KEYS_MAG16:
+        if (dtype == PP_F16) return H(h_f16_mag);
+        if (dtype == PP_BF16) {
+            *needs_lut = sq;
+            return sq ? H(h_bf16_maglut) : H(h_bf16_mag);
+        }
+        return NULL;
+    case PP_KEYS_F32:
+        if (dtype == PP_F16) return sq ? H(h_f16_sq32) : H(h_f16_abs32);
+        if (dtype == PP_BF16) return sq ? H(h_bf16_sq32) : H(h_bf16_abs32);
+        if (dtype == PP_F32) return sq ? H(h_f32_sq32) : H(h_f32_abs32);
+        return NULL;
+    case PP_KEYS_F64:
+        if (dtype == PP_F16) return sq ? H(h_f16_sq64) : H(h_f16_abs64);
+        if (dtype == PP_BF16) return sq ? H(h_bf16_sq64) : H(h_bf16_abs64);
+        if (dtype == PP_F32) return sq ? H(h_f32_sq64) : H(h_f32_abs64);
+        if (dtype == PP_F64) return sq ? H(h_f64_sq64) : H(h_f64_abs64);
+        return NULL;
+    }
+#undef H
+    return NULL;
+}
+
+/* Combine per-range non-finite findings (ranges in index order). */
+static int report_bad(int nt, const int64_t *bad, const int64_t *first, int64_t *bad_count, int64_t *bad_first)
+{
+    int64_t total = 0, f = -1;
+    for (int t = 0; t < nt; t++) {
+        total += bad[t];
+        if (f < 0 && first[t] >= 0) f = first[t];
+    }
+    if (!total) return PP_OK;
+    if (bad_count) *bad_count = total;
+    if (bad_first) *bad_first = f;
+    return PP_ERR_NONFINITE;
+}
+
+int pp_key_histogram(const void *values, int dtype, int transform, int keys, int64_t n,
+                     int shift, int bits, uint64_t prefix, int64_t *hist, int nthreads,
+                     int64_t *bad_count, int64_t *bad_first)
+{
+    int needs_lut;
+    hist_fn fn = pick_hist(dtype, transform, keys, &needs_lut);
+    if (!fn || n < 0 || bits < 0 || bits > 16 || shift < 0 || shift + bits > 64 || !hist) return PP_ERR_ARG;
+    size_t nbins = ((size_t)1 << bits) + 2;
+    uint16_t lut[needs_lut ? 0x8000 : 1];
+    if (needs_lut) bf16_square_keys(lut);
+    hist_args a = {shift, bits, shift + bits, prefix, needs_lut ? lut : NULL};
+    int nt = pp_threads(nthreads, (size_t)n);
+    if (nt > MAXT) nt = MAXT;
+    int64_t bad[MAXT] = {0}, first[MAXT];
+    memset(hist, 0, nbins * sizeof(int64_t));
+    if (nt == 1) {
+        fn(values, 0, (size_t)n, &a, hist, bad, first);
+        return report_bad(1, bad, first, bad_count, bad_first);
+    }
+    int64_t *local = calloc((size_t)nt * nbins, sizeof(int64_t));
+    if (!local) return PP_ERR_NOMEM;
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+    for (int t = 0; t < nt; t++) {
+        size_t b, e;
+        pp_part((size_t)n, (size_t)nt, (size_t)t, &b, &e);
+        fn(values, b, e, &a, local + (size_t)t * nbins, bad + t, first + t);
+    }
+    for (int t = 0; t < nt; t++)
+        for (size_t i = 0; i < nbins; i++) hist[i] += local[(size_t)t * nbins + i];
+    free(local);
+    return report_bad(nt, bad, first, bad_count, bad_first);
+}
+
+/* ---- prune below key --------------------------------------------------------------------- */
+typedef struct {
+    uint64_t t;
+    const uint16_t *lut;
+} prune_args;
+
+/* counts: less, equal, zeros before, zeros after (ties not yet pruned) */
+#define PRUNE_LOOP(NAME, RAW, BAD, KEY, ZERO)                                                     \
+    static void NAME(const RAW *v, size_t b, size_t e, const prune_args *a, RAW *out,            \
+                     uint8_t *mask, int64_t *c, int64_t *bad, int64_t *first)                    \
+    {                                                                                             \
+        const uint16_t *lut = a->lut;                                                             \
+        (void)lut;                                                                                \
+        const uint64_t t = a->t;                                                                  \
+        int64_t less = 0, eq = 0, zb = 0, za = 0, nbad = 0, fbad = -1;                            \
+        for (size_t i = b; i < e; i++) {                                                          \
+            RAW x = v[i];                                                                         \
+            if (BAD(x)) {                                                                         \
+                if (fbad < 0) fbad = (int64_t)i;                                                  \
+                nbad++;                                                                           \
+                continue;                                                                         \
+            }                                                                                     \
+            uint64_t key = KEY(x);                                                                \
+            int lt = key < t, z = ((x) & ZERO) == 0;                                              \
+            less += lt;                                                                           \
+            eq += key == t;                                                                       \
+            zb += z;                                                                              \
+            za += lt | z;                                                                         \
+            if (out) out[i] = lt ? (RAW)0 : x;                                                    \
+            if (mask) mask[i] = (uint8_t)!lt;                                                     \
+        }                                                                                         \
+        c[0] = less; c[1] = eq; c[2] = zb; c[3] = za;                                             \
+        *bad = nbad;                                                                              \
+        *first = fbad;                                                                            \
+    }                                                                                             \
+    /* prune the first `take` ties of [b, e); returns how many of them were nonzero */            \
+    static int64_t NAME##_ties(const RAW *v, size_t b, size_t e, const prune_args *a, RAW *out,  \
+                               uint8_t *mask, int64_t take)                                       \
+    {                                                                                             \
+        const uint16_t *lut = a->lut;                                                             \
+        (void)lut;                                                                                \
+        int64_t nonzero = 0;                                                                      \
+        for (size_t i = b; i < e && take > 0; i++) {                                              \
+            RAW x = v[i];                                                                         \
+            if (KEY(x) != a->t) continue;                                                         \
+            take--;                                                                               \
+            nonzero += ((x) & ZERO) != 0;                                                         \
+            if (out) out[i] = (RAW)0;                                                             \
+            if (mask) mask[i] = 0;                                                                \
+        }                                                                                         \
+        return nonzero;                                                                           \
+    }
+
+#define Z16 0x7fffu
+#define Z32 0x7fffffffu
+#define Z64 0x7fffffffffffffffULL
+PRUNE_LOOP(p_f16_mag, uint16_t, BAD_F16, K_MAG, Z16)
+PRUNE_LOOP(p_bf16_mag, uint16_t, BAD_BF16, K_MAG, Z16)
+PRUNE_LOOP(p_bf16_maglut, uint16_t, BAD_BF16, K_MAGLUT, Z16)
+PRUNE_LOOP(p_f16_abs32, uint16_t, BAD_F16, K_F16_ABS32, Z16)
+PRUNE_LOOP(p_f16_sq32, uint16_t, BAD_F16, K_F16_SQ32, Z16)
+PRUNE_LOOP(p_bf16_abs32, uint16_t, BAD_BF16, K_BF16_ABS32, Z16)
+PRUNE_LOOP(p_bf16_sq32, uint16_t, BAD_BF16, K_BF16_SQ32, Z16)
+PRUNE_LOOP(p_f32_abs32, uint32_t, BAD_F32, K_F32_ABS32, Z32)
+PRUNE_LOOP(p_f32_sq32, uint32_t, BAD_F32, K_F32_SQ32, Z32)
+PRUNE_LOOP(p_f16_abs64, uint16_t, BAD_F16, K_F16_ABS64, Z16)
+PRUNE_LOOP(p_f16_sq64, uint16_t, BAD_F16, K_F16_SQ64, Z16)
+PRUNE_LOOP(p_bf16_abs64, uint16_t, BAD_BF16, K_BF16_ABS64, Z16)
+PRUNE_LOOP(p_bf16_sq64, uint16_t, BAD_BF16, K_BF16_SQ64, Z16)
+PRUNE_LOOP(p_f32_abs64, uint32_t, BAD_F32, K_F32_ABS64, Z32)
+PRUNE_LOOP(p_f32_sq64, uint32_t, BAD_F32, K_F32_SQ64, Z32)
+PRUNE_LOOP(p_f64_abs64, uint64_t, BAD_F64, K_F64_ABS, Z64)
+PRUNE_LOOP(p_f64_sq64, uint64_t, BAD_F64, K_F64_SQ, Z64)
+
+typedef void (*prune_fn)(const void *, size_t, size_t, const prune_args *, void *, uint8_t *, int64_t *,
+                         int64_t *, int64_t *);
+typedef int64_t (*ties_fn)(const void *, size_t, size_t, const prune_args *, void *, uint8_t *, int64_t);
+
+static int pick_prune(int dtype, int transform, int keys, int *needs_lut, prune_fn *pf, ties_fn *tf)
+{
+    int sq = transform == PP_SQUARE;
+    *needs_lut = 0;
+    if (transform != PP_ABS && transform != PP_SQUARE) return 0;
+#define P(f)                                                                                      \
+    do {                                                                                          \
+        *pf = (prune_fn)(void (*)(void))(f);                                                      \
+        *tf = (ties_fn)(void (*)(void))(f##_ties);                                                \
+        return 1;                                                                                 \
+    } while (0)
+    switch (keys) {
+    case PP_KEYS_MAG16:
+        if (dtype == PP_F16) P(p_f16_mag);
+        if (dtype == PP_BF16) {
+            *needs_lut = sq;
+            if (sq) P(p_bf16_maglut);
+            P(p_bf16_mag);
+        }
+        return 0;
+    case PP_KEYS_F32:
+        if (dtype == PP_F16) { if (sq) P(p_f16_sq32); P(p_f16_abs32); }
+        if (dtype == PP_BF16) { if (sq) P(p_bf16_sq32); P(p_bf16_abs32); }
+        if (dtype == PP_F32) { if (sq) P(p_f32_sq32); P(p_f32_abs32); }
+        return 0;
+    case PP_KEYS_F64:
+        if (dtype == PP_F16) { if (sq) P(p_f16_sq64); P(p_f16_abs64); }
+        if (dtype == PP_BF16) { if (sq) P(p_bf16_sq64); P(p_bf16_abs64); }
+        if (dtype == PP_F32) { if (sq) P(p_f32_sq64); P(p_f32_abs64); }
+        if (dtype == PP_F64) { if (sq) P(p_f64_sq64); P(p_f64_abs64); }
+        return 0;
+    }
+#undef P
+    return 0;
+}
+
+int pp_prune_below_key(const void *values, int dtype, int transform, int keys, int64_t n,
+                       uint64_t threshold, int64_t ties, void *out, uint8_t *mask, int64_t *counts,
+                       int nthreads, int64_t *bad_count, int64_t *bad_first)
+{
+    int needs_lut;
+    prune_fn pf;
+    ties_fn tf;
+    if (!pick_prune(dtype, transform, keys, &needs_lut, &pf, &tf) || n < 0 || !counts || out == values)
+        return PP_ERR_ARG;
+    uint16_t lut[needs_lut ? 0x8000 : 1];
+    if (needs_lut) bf16_square_keys(lut);
+    prune_args a = {threshold, needs_lut ? lut : NULL};
+    int nt = pp_threads(nthreads, (size_t)n);
+    if (nt > MAXT) nt = MAXT;
+    int64_t c[MAXT][4], bad[MAXT] = {0}, first[MAXT];
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static, 1)
+    for (int t = 0; t < nt; t++) {
+        size_t b, e;
+        pp_part((size_t)n, (size_t)nt, (size_t)t, &b, &e);
+        pf(values, b, e, &a, out, mask, c[t], bad + t, first + t);
+    }
+    int st = report_bad(nt, bad, first, bad_count, bad_first);
+    if (st != PP_OK) return st;
+    /* ties: the first `ties` equal keys in flat order, i.e. ranges in order */
+    int64_t take[MAXT], offset = 0, extra[MAXT];
+    for (int t = 0; t < nt; t++) {
+        int64_t left = ties - offset;
+        take[t] = left <= 0 ? 0 : (left < c[t][1] ? left : c[t][1]);
+        offset += c[t][1];
+        extra[t] = 0;
+    }
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static, 1)
+    for (int t = 0; t < nt; t++) {
+        if (!take[t]) continue;
+        size_t b, e;
+        pp_part((size_t)n, (size_t)nt, (size_t)t, &b, &e);
+        extra[t] = tf(values, b, e, &a, out, mask, take[t]);
+    }
+    for (int i = 0; i < 4; i++) counts[i] = 0;
+    for (int t = 0; t < nt; t++) {
+        for (int i = 0; i < 4; i++) counts[i] += c[t][i];
+        counts[3] += extra[t];
+    }
+    return PP_OK;
+}
