@@ -10,6 +10,7 @@ import functools
 import math
 import numbers
 import re
+import sys
 from typing import Any
 
 from pruneplug.arrays import (
@@ -31,12 +32,13 @@ def _dask_aware(function):
     a function of the same name and signature; every other call runs ``function`` itself."""
     @functools.wraps(function)
     def dispatch(*args: Any, **kwargs: Any) -> Any:
-        for arg in (*args[:2], kwargs.get("weights"), kwargs.get("scores")):
-            inner = arg.values if isinstance(arg, ImportanceScores) else arg.data if isinstance(arg, Mask) else arg
-            if type(inner).__module__.startswith("dask."):
-                from pruneplug import dask as dask_api
+        if "dask.array" in sys.modules:  # no Dask array can exist before it is imported: a cheap test
+            for arg in (*args[:2], kwargs.get("weights"), kwargs.get("scores")):
+                inner = arg.values if isinstance(arg, ImportanceScores) else arg.data if isinstance(arg, Mask) else arg
+                if type(inner).__module__.startswith("dask."):
+                    from pruneplug import dask as dask_api
 
-                return getattr(dask_api, function.__name__)(*args, **kwargs)
+                    return getattr(dask_api, function.__name__)(*args, **kwargs)
         return function(*args, **kwargs)
     return dispatch
 

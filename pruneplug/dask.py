@@ -8,13 +8,26 @@ where the NumPy call returns one) whose computed value is bit-identical to the s
 computed array, whatever the chunking. Every chunk is handled by the ordinary public API, so it runs
 on the backend that fits it (``cpu`` for NumPy chunks, ``cuda`` for CuPy chunks, or ``backend=``).
 
-Exact-k selections (unstructured, block, row, column) run the radix select of
-:mod:`pruneplug.partselect` at call time: each pass maps a histogram over the blocks, sums the
-histograms in a tree and updates the selection on the client (2 passes for float32 and 16-bit
-weights, 4 for float64; ties split at the threshold add at most ``ceil(log2(n)/16)`` passes over
-the tied elements' global flat indices). Only histograms (512 KiB each) move, never the data. The
-returned array is the last pass: each block counts what the cut prunes in it and prunes that many
-with the backend. Because every pass recomputes the input, ``persist()`` an expensive input first.
+Exact-k selections run at call time, as a driver loop on the client: map a histogram over the
+blocks, sum the histograms in a tree of tasks, decide, repeat. Only histograms move (65,538 int64
+counts, 512 KiB, per block and pass), never the data:
+
+* magnitude pruning (``pp.prune``, unstructured) runs :class:`pruneplug.selection.ExactSelection`
+  on the backends' ``key_histogram`` hook (:func:`pruneplug.selection.chunk_histogram`): 1 pass for
+  float16/bfloat16 weights, 2 for float32, 4 for float64 (CuPy blocks are histogrammed on the host
+  while no CUDA backend implements the hook);
+* ties at the threshold are pruned by lower *global* flat index. The blocks of an N-D array
+  interleave in that order, so when the ties are split (some pruned, some kept) a second radix
+  select runs over the global flat indices of the tied elements only
+  (:func:`pruneplug.partselect.exact_cut`): at most ``ceil(log2(n) / 16)`` more passes (2 for
+  ``n <= 2**32``), each merging one 65,537-count histogram. Continuous data rarely needs it;
+* scores given as such (``generate_unstructured_mask``: they may be negative or infinite) and
+  block sums (``block``/``row``/``column``: NaN sums rank highest) use the same machinery on
+  :func:`pruneplug.partselect.score_keys` (the hook takes magnitudes only).
+
+The returned array is the last pass: each block counts what the cut prunes in it and prunes that
+many with the backend's exact-``k`` operation, whose stable order inside a block is the global one.
+Every pass recomputes the input, so ``persist()`` an expensive input first.
 
 N:M needs whole groups of ``m`` inside a block along ``axis``: blocks whose size along ``axis`` is
 not a multiple of ``m`` are rechunked to multiples of ``m`` first. Block, row and column masks need

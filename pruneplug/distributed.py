@@ -67,7 +67,9 @@ def prune_sharded(shards: Sequence[Shard] | Mapping[str, Any], sparsity: float, 
     """Prune this rank's parameter pieces so that, over the whole group, the result is the
     single-process one (see the module docstring); return this rank's keep-masks by name.
 
-    ``shards`` is a list of :class:`Shard` or a mapping name -> whole tensor held by this rank. Every
+    ``shards`` is a list of :class:`Shard`, or a mapping name -> tensor held by this rank: a whole
+    parameter, or a ``DTensor`` (its local piece, see :func:`from_dtensor`; so
+    ``dict(model.named_parameters())`` of an FSDP2 model works as it is). Every
     rank of ``group`` must call it with the same ``sparsity``, ``scope``, ``method`` and
     ``order``; ``inplace=False`` computes the masks without writing the tensors.
 
@@ -113,8 +115,46 @@ def _sparsity_for(k: int, n: int) -> float:
     return s
 
 
+def from_dtensor(name: str, tensor: Any) -> Shard | None:
+    """This rank's :class:`Shard` of a ``DTensor`` on a 1-D device mesh (what FSDP2's
+    ``fully_shard`` makes of every parameter): ``Shard(0)`` placement gives the local rows
+    (``torch.chunk`` split: ``ceil(rows / world)`` rows per rank), ``Replicate`` gives the whole
+    parameter on the mesh's first rank and ``None`` elsewhere. Other placements are an error.
+
+    Example::
+
+        pieces = [p for n, t in model.named_parameters() if (p := from_dtensor(n, t)) is not None]
+    """
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor import Shard as DimShard
+
+    mesh = tensor.device_mesh
+    placement = tensor.placements[0] if len(tensor.placements) == 1 else None
+    local = tensor.to_local()
+    if mesh.ndim == 1 and isinstance(placement, Replicate):
+        return Shard(name, local) if mesh.get_local_rank() == 0 else None
+    if mesh.ndim == 1 and isinstance(placement, DimShard) and placement.dim == 0 and tensor.ndim >= 1:
+        rows, world, rank = int(tensor.shape[0]), mesh.size(), mesh.get_local_rank()
+        per = -(-rows // world)
+        start = min(rank * per, rows)
+        if int(local.shape[0]) == max(0, min(per, rows - start)):
+            inner = int(tensor.numel()) // rows if rows else 0
+            return Shard(name, local, offset=start * inner, numel=int(tensor.numel()))
+    raise InvalidArgumentError(
+        f"DTensor {name!r}: placements {tuple(tensor.placements)} on a {mesh.ndim}-D mesh are not supported; "
+        "expected Shard(0) (torch.chunk rows) or Replicate on a 1-D mesh")
+
+
+def _is_dtensor(tensor: Any) -> bool:
+    return type(tensor).__name__ == "DTensor" and type(tensor).__module__.startswith("torch.distributed")
+
+
 def _as_shards(shards: Sequence[Shard] | Mapping[str, Any]) -> list[Shard]:
-    pieces = [Shard(n, t) for n, t in shards.items()] if isinstance(shards, Mapping) else list(shards)
+    if isinstance(shards, Mapping):
+        pieces = [from_dtensor(n, t) if _is_dtensor(t) else Shard(n, t) for n, t in shards.items()]
+        pieces = [p for p in pieces if p is not None]
+    else:
+        pieces = list(shards)
     seen = set()
     for piece in pieces:
         if not isinstance(piece, Shard):

@@ -8,23 +8,26 @@ plus its flat index). Inside a part, the local C order must agree with the globa
 for blocks of an array and for contiguous slices of flat tensors, but the parts themselves may
 interleave (the blocks of a 2-D array do).
 
-Every element gets two integers: its score *key* (an unsigned integer that orders like the score,
-:func:`score_keys`) and its global position. The selection is a radix select over these pairs that
-touches the data only through two per-part histograms, both merged by addition:
+Every element has two integers: its score *key* (an unsigned integer that orders like the score)
+and its global position. The selection touches the data only through per-part histograms, merged
+by addition, in two phases:
 
-* the key histogram of one 16-bit digit of the keys that share the prefix found so far; after
-  ``key_bits / 16`` passes (fewer when a bin holds a single candidate) the threshold key ``T`` and
-  the number of ties to prune at ``T`` are known;
-* only when ties at ``T`` are split (some pruned, some kept), the same radix select over the global
-  positions of the elements whose key is ``T``: at most ``ceil(log2(total) / 16)`` more passes.
+1. the threshold key ``T`` and how many ties at ``T`` are pruned: for magnitudes,
+   :class:`pruneplug.selection.ExactSelection` on the backends' ``key_histogram`` hook
+   (:func:`exact_cut`); for scores given as such (possibly negative or infinite) and block sums
+   (NaN ranks highest), :class:`Selection` on this module's :func:`score_keys` (16-bit digits of
+   the score's orderable bits: 2 passes for float32, 4 for float64);
+2. only when the ties at ``T`` are split (some pruned, some kept), a radix select over the global
+   positions of the elements whose key is ``T`` (:meth:`Selection.for_ties`): at most
+   ``ceil(log2(total) / 16)`` more passes, each one histogram of 65,537 counts (512 KiB) whatever
+   the data size.
 
-The result is a :class:`Cut` ``(T, P)``: an element is pruned exactly when ``key < T``, or
-``key == T`` and ``position < P``. Each part then counts its own pruned elements and prunes them
-with the ordinary exact-``k`` operation of the backend, whose stable local order is the global one.
-Merged data per pass is one histogram (65,536 int64 counts, 512 KiB, plus one slot), whatever the
-data size. The driver (:func:`select`) is pure: it sees merged histograms only, so the same loop
-runs over Dask blocks, torch.distributed ranks or checkpoint shards; the caller supplies the
-map-and-sum step.
+The result is a cut: an element is pruned exactly when ``key < T``, or ``key == T`` and
+``position < P`` (:class:`Cut`, :class:`ScoreCut`). Each part then counts its own pruned elements
+and prunes that many with the backend's ordinary exact-``k`` operation, whose stable local order
+is the global one. The drivers are pure: they see merged histograms only, so the same loop runs
+over Dask blocks (:mod:`pruneplug.dask`) and torch.distributed ranks
+(:mod:`pruneplug.distributed`); the caller supplies the map-and-sum step.
 """
 
 from __future__ import annotations

@@ -46,7 +46,17 @@ def pieces(params: dict[str, torch.Tensor], scheme: str, rank: int, world: int) 
             cuts = [0] + [min(n, (r + 1) * (n // world) + r * 3) for r in range(world - 1)] + [n]
             lo, hi = cuts[rank], cuts[rank + 1]
             out.append(Shard(name, p.reshape(-1)[lo:hi].clone(), offset=lo, numel=n))
-        else:  # "rows": sharded on dim 0, as a DTensor with Shard(0) placement
+        elif scheme == "dtensor":  # a real DTensor, Shard(0) on a 1-D CPU mesh (FSDP2's layout)
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.tensor import Shard as DimShard, distribute_tensor
+
+            from pruneplug.distributed import from_dtensor
+
+            mesh = init_device_mesh("cpu", (world,))
+            piece = from_dtensor(name, distribute_tensor(p, mesh, [DimShard(0)]))
+            if piece is not None and piece.tensor.numel():
+                out.append(Shard(name, piece.tensor.clone(), piece.offset, piece.numel))
+        else:  # "rows": sharded on dim 0 by hand
             rows = p.shape[0]
             lo, hi = rank * rows // world, (rank + 1) * rows // world
             inner = n // rows
@@ -64,7 +74,7 @@ def run(rank: int, world: int, out_dir: str, port: int) -> None:
     if rank == 0:
         torch.save(params, f"{out_dir}/full.pt")
     results, errors = {}, {}
-    for scheme in ("whole", "flat", "rows"):
+    for scheme in ("whole", "flat", "rows", "dtensor"):
         for scope in ("global", "layer"):
             for s in SPARSITIES:
                 mine = pieces(params, scheme, rank, world)

@@ -51,7 +51,7 @@ def _assemble(ranks, key, shape_of):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scheme", ["whole", "flat", "rows"])
+@pytest.mark.parametrize("scheme", ["whole", "flat", "rows", "dtensor"])
 def test_gloo_group_matches_single_process(group_run, scheme):
     full, ranks = group_run
     for s in (0.3, 0.9):
