@@ -5,7 +5,8 @@ Two measurements, each against what a user would run instead, in the same run:
 1. **Checkpoint** (``--ckpt-gb``, default 2): a sharded float32 safetensors directory (8 shards,
    4096 x 4096 weights); ``pruneplug prune --sparsity 0.5 --scope global`` single process (a fresh
    subprocess, its own peak RSS) against ``prune_checkpoint_dask`` on a ``LocalCluster`` of 2 worker
-   processes (cluster start-up timed apart). Reported: wall time, bytes that left the worker
+   processes (cluster start-up timed apart), for global and layer scope (their difference is the
+   cost of the selection passes). Reported: wall time, bytes that left the worker
    processes (``Worker.transfer_outgoing_bytes_total``: to other workers and to the client),
    peak RSS per worker, and whether the two output directories are byte-identical.
 2. **Array** (``--array-elements``, default 2.5e8 float32 = 1 GB; 1e9 does not fit next to the other
@@ -30,6 +31,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -104,42 +106,46 @@ def _worker_stats(client) -> tuple[int, list[float]]:
     return sum(v[0] for v in got.values()), [round(v[1]) for v in got.values()]
 
 
-def bench_checkpoint(tmp: Path, size_gb: float, repeat: int) -> dict:
+def bench_checkpoint(tmp: Path, size_gb: float, repeat: int, scopes: list[str]) -> dict:
     from pruneplug.dask_checkpoint import prune_checkpoint_dask
 
     src = tmp / "ckpt"
     nbytes = build_checkpoint(src, size_gb)
     _warm(src)
-    single, many = [], []
-    for r in range(repeat):
-        out = tmp / f"one{r}"
-        res = subprocess.run([sys.executable, "-c", SINGLE, "prune", str(src), "-o", str(out), "--sparsity", "0.5",
-                              "--scope", "global", "--quiet"], capture_output=True, text=True, check=True)
-        single.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    for r in range(repeat):
-        cluster, client, startup = _cluster(2)
-        try:
-            t = time.perf_counter()
-            report = prune_checkpoint_dask(src, tmp / f"many{r}", sparsity=0.5, scope="global", client=client)
-            seconds = time.perf_counter() - t
-            moved, rss = _worker_stats(client)
-        finally:
-            client.close()
-            cluster.close()
-        many.append({"seconds": seconds, "startup": startup, "bytes_out_of_workers": moved, "worker_maxrss_mb": rss,
-                     "passes": report.passes})
-    identical = _identical(tmp / "one0", tmp / "many0")
-    return {
-        "checkpoint_bytes": nbytes,
-        "single_seconds": statistics.median(s["seconds"] for s in single),
-        "single_maxrss_mb": round(max(s["maxrss_mb"] for s in single)),
-        "cluster2_seconds": statistics.median(m["seconds"] for m in many),
-        "cluster2_startup_seconds": statistics.median(m["startup"] for m in many),
-        "cluster2_bytes_out_of_workers": max(m["bytes_out_of_workers"] for m in many),
-        "cluster2_worker_maxrss_mb": many[0]["worker_maxrss_mb"],
-        "select_passes": many[0]["passes"],
-        "byte_identical": identical,
-    }
+    results: dict = {"checkpoint_bytes": nbytes}
+    for scope in scopes:
+        single, many = [], []
+        for r in range(repeat):
+            out = tmp / f"one-{scope}-{r}"
+            res = subprocess.run([sys.executable, "-c", SINGLE, "prune", str(src), "-o", str(out), "--sparsity", "0.5",
+                                  "--scope", scope, "--quiet"], capture_output=True, text=True, check=True)
+            single.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        for r in range(repeat):
+            cluster, client, startup = _cluster(2)
+            try:
+                t = time.perf_counter()
+                report = prune_checkpoint_dask(src, tmp / f"many-{scope}-{r}", sparsity=0.5, scope=scope, client=client)
+                seconds = time.perf_counter() - t
+                moved, rss = _worker_stats(client)
+            finally:
+                client.close()
+                cluster.close()
+            many.append({"seconds": seconds, "startup": startup, "bytes_out_of_workers": moved, "worker_maxrss_mb": rss,
+                         "passes": report.passes})
+        results[scope] = {
+            "single_seconds": statistics.median(s["seconds"] for s in single),
+            "single_maxrss_mb": round(max(s["maxrss_mb"] for s in single)),
+            "cluster2_seconds": statistics.median(m["seconds"] for m in many),
+            "cluster2_startup_seconds": statistics.median(m["startup"] for m in many),
+            "cluster2_bytes_out_of_workers": max(m["bytes_out_of_workers"] for m in many),
+            "cluster2_worker_maxrss_mb": many[0]["worker_maxrss_mb"],
+            "select_passes": many[0]["passes"],
+            "byte_identical": _identical(tmp / f"one-{scope}-0", tmp / f"many-{scope}-0"),
+        }
+        for r in range(repeat):  # keep the disk use to one scope's outputs
+            shutil.rmtree(tmp / f"one-{scope}-{r}")
+            shutil.rmtree(tmp / f"many-{scope}-{r}")
+    return results
 
 
 def bench_array(elements: int, repeat: int, chunk: int) -> dict:
@@ -212,12 +218,13 @@ def main() -> None:
     parser.add_argument("--chunk", type=float, default=2.5e7, help="Dask block size in elements (default 2.5e7: 100 MB)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip", choices=("checkpoint", "array"), action="append", default=[])
+    parser.add_argument("--scopes", default="global,layer", help="checkpoint scopes to run (default: global,layer)")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     results = {"loadavg_before": os.getloadavg()}
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         if "checkpoint" not in args.skip:
-            results["checkpoint"] = bench_checkpoint(Path(tmp), args.ckpt_gb, args.repeat)
+            results["checkpoint"] = bench_checkpoint(Path(tmp), args.ckpt_gb, args.repeat, args.scopes.split(","))
             print(json.dumps(results["checkpoint"], indent=2), flush=True)
     if "array" not in args.skip:
         results["array"] = bench_array(int(args.array_elements), args.repeat, int(args.chunk))

@@ -47,9 +47,9 @@ import dask.array as da
 import numpy as np
 
 from pruneplug import api, partselect
-from pruneplug.errors import InvalidArgumentError, NonFiniteError, ShapeError, UnsupportedDtypeError
+from pruneplug.errors import BackendError, InvalidArgumentError, NonFiniteError, ShapeError, UnsupportedDtypeError
 from pruneplug.registry import get_registry
-from pruneplug.selection import chunk_histogram
+from pruneplug.selection import chunk_histogram, part_counts, prune_part
 from pruneplug.types import FLOAT_DTYPES, ImportanceScores, Mask, ScoreStats
 
 
@@ -138,17 +138,26 @@ def _tie_histogram_block(block: Any, shape: tuple, start: tuple, transform: str,
     return partselect.position_histogram(_positions_fn(shape, start, block.shape)(tied), request)
 
 
+def _tied_positions_block(block: Any, shape: tuple, start: tuple, transform: str, threshold: float) -> np.ndarray:
+    positions = _positions_fn(shape, start, block.shape)(partselect.tied_mask(block, transform, threshold))
+    return positions.get() if partselect.array_module(positions) is not np else positions
+
+
 def _score_cut(x: da.Array, k: int, transform: str) -> partselect.ScoreCut:
     """The exact cut of magnitude scores over all blocks: the key histograms come from the backends'
-    ``key_histogram`` hook (:func:`pruneplug.selection.chunk_histogram`), merged by a tree sum."""
+    ``key_histogram`` hook (:func:`pruneplug.selection.chunk_histogram`), merged by a tree sum; split
+    ties are gathered as positions (one pass) when few, else decided by a position select."""
     def keys(request: Any) -> np.ndarray:
         return _tree_sum(_map_blocks_delayed(x, _key_histogram_block, transform, request)).compute()
 
     def ties(request: partselect.Request, threshold: float) -> np.ndarray:
         return _tree_sum(_map_blocks_delayed(x, _tie_histogram_block, transform, threshold, request)).compute()
 
+    def gather(threshold: float) -> list:
+        return list(dask.compute(*_map_blocks_delayed(x, _tied_positions_block, transform, threshold)))
+
     try:
-        return partselect.exact_cut(k, int(x.size), [np.dtype(x.dtype).name], transform, keys, ties)
+        return partselect.exact_cut(k, int(x.size), [np.dtype(x.dtype).name], transform, keys, ties, gather)
     except NonFiniteError:  # a block's error names its own index: report the whole array's
         raise _nonfinite_error(x, transform) from None
 
@@ -189,13 +198,10 @@ def _block_location(block_info: dict) -> tuple[tuple, tuple]:
     return tuple(info["shape"]), tuple(s for s, _ in info["array-location"])
 
 
-def _count_in_block(block: Any, cut: Any, transform: str, nan_high: bool, block_info: dict) -> int:
+def _count_in_block(block: Any, cut: partselect.Cut, transform: str, nan_high: bool, block_info: dict) -> int:
     shape, start = _block_location(block_info)
-    positions = _positions_fn(shape, start, block.shape)
-    if isinstance(cut, partselect.ScoreCut):
-        return cut.pruned_count(block, transform, positions)
     keys, _ = partselect.score_keys(block, transform, nan_high=nan_high)
-    return cut.pruned_count(keys, positions)
+    return cut.pruned_count(keys, _positions_fn(shape, start, block.shape))
 
 
 def _sparsity_for(k: int, n: int) -> float:
@@ -253,17 +259,47 @@ def _unstructured_mask_block(block: Any, cut: partselect.Cut, backend: str | Non
     return api.generate_unstructured_mask(block, _sparsity_for(k, block.size), backend=backend).data
 
 
-def _prune_block(block: Any, cut: Any, transform: str, method: str, backend: str | None,
+def _block_quota(cut: partselect.ScoreCut, block: Any, transform: str, block_info: dict) -> int:
+    """How many of its first ties this block prunes: from the gathered quotas, else by position."""
+    part = int(np.ravel_multi_index(block_info[0]["chunk-location"], block_info[0]["num-chunks"]))
+    quota = cut.quota(part)
+    if quota is None:
+        shape, start = _block_location(block_info)
+        tied = partselect.tied_mask(block, transform, cut.selection.threshold)
+        quota = int(partselect.array_module(tied).count_nonzero(
+            _positions_fn(shape, start, block.shape)(tied) < cut.position_cut))
+    return quota
+
+
+def _below_key_backend(block: Any, backend: str | None) -> str | None:
+    """The backend that prunes a block in one pass (``prune_below_key``), or None."""
+    try:
+        return get_registry().select(backend, array_type=_array_type_of(block), dtype=np.dtype(block.dtype).name,
+                                     operation="prune_below_key")
+    except BackendError:
+        return None
+
+
+def _array_type_of(block: Any) -> str:
+    return "numpy" if partselect.array_module(block) is np else "cupy"
+
+
+def _prune_block(block: Any, cut: Any, transform: str, method: str, backend: str | None, want_mask: bool,
                  block_info=None) -> Any:
-    k = _count_in_block(block, cut, transform, False, block_info)
-    return api.prune(block, sparsity=_sparsity_for(k, block.size), method=method, backend=backend)
-
-
-def _unstructured_keep_block(block: Any, cut: Any, transform: str, method: str, backend: str | None,
-                             block_info=None) -> Any:
-    k = _count_in_block(block, cut, transform, False, block_info)
-    return api.prune(block, sparsity=_sparsity_for(k, block.size), method=method, backend=backend,
-                     return_mask=True)[1].data
+    """The last pass over one block: the pruned block (or its keep-mask with ``want_mask``)."""
+    quota = _block_quota(cut, block, transform, block_info)
+    name = _below_key_backend(block, backend)
+    if name is not None:  # one pass: prune below the threshold key and the block's first ties
+        xp = partselect.array_module(block)
+        out = None if want_mask else xp.empty(block.shape, dtype=block.dtype)
+        mask = xp.empty(block.shape, dtype=bool) if want_mask else None
+        prune_part(block, transform, cut.selection, quota, out=out, mask=mask, backend=name)
+        return mask if want_mask else out
+    less, equal = part_counts(partselect.host_if_needed(block, None), transform, cut.selection)
+    k = less + min(equal, quota)
+    pruned, mask = api.prune(block, sparsity=_sparsity_for(k, block.size), method=method, backend=backend,
+                             return_mask=True)
+    return mask.data if want_mask else pruned
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,9 +467,9 @@ def prune(weights: da.Array, sparsity: float | None = None, *, pattern: str = "u
     if pattern == "unstructured":
         cut = _unstructured_cut(weights, sparsity, transform)
         if not return_mask:
-            return weights.map_blocks(_prune_block, cut, transform, method, backend, dtype=weights.dtype,
+            return weights.map_blocks(_prune_block, cut, transform, method, backend, False, dtype=weights.dtype,
                                       meta=weights._meta)
-        data = weights.map_blocks(_unstructured_keep_block, cut, transform, method, backend, dtype=bool,
+        data = weights.map_blocks(_prune_block, cut, transform, method, backend, True, dtype=bool,
                                   meta=weights._meta.astype(bool))
         mask = Mask(data, "unstructured", _backend_name(backend, weights, "unstructured_mask"))
         return apply_mask(mask, weights, backend=backend), mask

@@ -260,30 +260,47 @@ def tied_mask(values: Any, transform: str, threshold: float) -> Any:
     x = values.reshape(-1).astype(score_dtype(values.dtype, False))
     with np.errstate(over="ignore", under="ignore"):
         scores = xp.abs(x) if transform == "abs" else x * x
-    return scores.astype(np.float64) == threshold
+    return scores == scores.dtype.type(threshold)  # a score of this dtype: exact in it
+
+
+GATHER_LIMIT = 1 << 16  # ties gathered as positions (at most 512 KiB) instead of a position select
 
 
 @dataclass(frozen=True)
 class ScoreCut:
     """The outcome of :func:`exact_cut`: the decided key selection of :mod:`pruneplug.selection`
-    and the position cut of its ties (ties with global position ``< position_cut`` are pruned)."""
+    and the position cut of its ties (ties with global position ``< position_cut`` are pruned);
+    ``quotas``, when the ties were gathered, is how many ties each part prunes (parts in the order
+    ``gather_ties`` listed them)."""
 
     selection: Any  # pruneplug.selection.ExactSelection, decided
     position_cut: int
     total: int
     passes: int
+    quotas: tuple | None = None
+
+    def quota(self, part: int | None = None) -> int | None:
+        """How many of its first ties part ``part`` prunes (``None``: unknown, count the ties
+        below ``position_cut`` by position)."""
+        if self.position_cut == 0:
+            return 0
+        if self.position_cut >= self.total:
+            return self.total  # every tie (a quota above a part's ties prunes all of them)
+        return None if self.quotas is None or part is None else self.quotas[part]
 
     def pruned_count(self, values: Any, transform: str, positions: Callable[[Any], Any],
-                     backend: str | None = None) -> int:
+                     backend: str | None = None, part: int | None = None) -> int:
         """How many of one part's elements the cut prunes (``positions(where)``: the global
-        positions of the part's elements selected by a flat bool array)."""
+        positions of the part's elements selected by a flat bool array; ``part``: the part's index
+        in ``quotas``)."""
         from pruneplug.selection import part_counts
 
         less, equal = part_counts(host_if_needed(values, backend), transform, self.selection, backend=backend)
-        if equal == 0 or self.position_cut == 0:
+        quota = self.quota(part)
+        if quota is not None:
+            return less + min(equal, quota)
+        if equal == 0:
             return less
-        if self.position_cut >= self.total:
-            return less + equal
         tied = tied_mask(values, transform, self.selection.threshold)
         xp = array_module(tied)
         return less + int(xp.count_nonzero(positions(tied) < self.position_cut))
@@ -305,11 +322,14 @@ def host_if_needed(values: Any, backend: str | None) -> Any:
 
 
 def exact_cut(k: int, total: int, dtypes: list[str], transform: str,
-              key_histogram: Callable[[Any], np.ndarray], tie_histogram: Callable[[Request, float], np.ndarray]) -> ScoreCut:
+              key_histogram: Callable[[Any], np.ndarray], tie_histogram: Callable[[Request, float], np.ndarray],
+              gather_ties: Callable[[float], list] | None = None, gather_limit: int | None = None) -> ScoreCut:
     """The exact cut over parts that may interleave: :class:`pruneplug.selection.ExactSelection`
-    decides the threshold score from the merged ``key_histogram(request)``; when its ties are split,
-    the position select over ``tie_histogram(request, threshold)`` (merged histograms of the tied
-    elements' global positions) decides which ties go."""
+    decides the threshold score from the merged ``key_histogram(request)``. When its ties are
+    split, either (at most ``gather_limit`` ties, default :data:`GATHER_LIMIT`, and ``gather_ties`` given) one pass gathers the
+    tied elements' global positions per part (``gather_ties(threshold)``: a list of int arrays, one
+    per part) and decides each part's quota exactly, or a position select over the merged
+    ``tie_histogram(request, threshold)`` decides the position cut."""
     from pruneplug.selection import ExactSelection
 
     selection = ExactSelection(k, total, dtypes, transform)
@@ -318,6 +338,11 @@ def exact_cut(k: int, total: int, dtypes: list[str], transform: str,
     need = k - selection.below
     if k == 0 or need == selection.ties:
         return ScoreCut(selection, 0 if k == 0 else total, total, selection.passes)
+    if gather_ties is not None and selection.ties <= (GATHER_LIMIT if gather_limit is None else gather_limit):
+        per_part = [np.asarray(p, dtype=np.int64) for p in gather_ties(selection.threshold)]
+        cut = int(np.sort(np.concatenate(per_part))[need - 1]) + 1
+        quotas = tuple(int(np.count_nonzero(p < cut)) for p in per_part)
+        return ScoreCut(selection, cut, total, selection.passes + 1, quotas)
     ties = Selection.for_ties(need - 1, total)
     while ties.request is not None:
         ties.update(tie_histogram(ties.request, selection.threshold))

@@ -59,6 +59,21 @@ def test_ties_split_across_interleaved_chunks():
         assert np.array_equal(np.flatnonzero(got.ravel() == 0), np.arange(k))
 
 
+@pytest.mark.parametrize("gather_limit", [0, 1 << 16])
+def test_split_ties_by_position_select_or_gather(monkeypatch, gather_limit):
+    # both ways to decide split ties: a radix select over positions, or gathering them (few ties)
+    from pruneplug import partselect
+
+    monkeypatch.setattr(partselect, "GATHER_LIMIT", gather_limit)
+    w = np.round(np.random.default_rng(9).standard_normal((40, 50)) * 4).astype(np.float32) / 4
+    x = da.from_array(w, chunks=(7, 9))
+    for sparsity in (0.21, 0.5, 0.8):
+        got, mask = pp.prune(x, sparsity, return_mask=True)
+        want, want_mask = pp.prune(w, sparsity, return_mask=True)
+        _same(got.compute(), want)
+        _same(mask.data.compute(), want_mask.data)
+
+
 @pytest.mark.parametrize("chunks", [(2, 3, 4), (5, 1, 7)])
 def test_three_dimensional(chunks):
     w = _weights(np.float32, shape=(5, 8, 6), seed=3, tie_rows=False)
