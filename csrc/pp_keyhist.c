@@ -27,6 +27,14 @@ static void bf16_square_keys(uint16_t *t)
     }
 }
 
+/* Function multiversioning: the element loops are built for AVX2 and the baseline and the best
+ * is picked at load time (integer key arithmetic: the same results either way). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define PP_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PP_CLONES
+#endif
+
 /* ---- per-element key and non-finite test, by (raw type, dtype, transform, keys) ------------- */
 #define BAD_F16(x) (((x) & 0x7fffu) >= 0x7c00u)
 #define BAD_BF16(x) (((x) & 0x7fffu) >= 0x7f80u)
@@ -35,14 +43,14 @@ static void bf16_square_keys(uint16_t *t)
 #define SQ32(f) pp_f2u((f) * (f))
 
 /* key expressions of raw bits x (lut: the bf16 square table) */
-#define K_MAG(x) ((uint64_t)((x) & 0x7fffu))
-#define K_MAGLUT(x) ((uint64_t)lut[(x) & 0x7fffu])
-#define K_F16_ABS32(x) ((uint64_t)pp_f2u(pp_h2f((uint16_t)((x) & 0x7fffu))))
-#define K_F16_SQ32(x) ((uint64_t)SQ32(pp_h2f((uint16_t)(x))))
-#define K_BF16_ABS32(x) ((uint64_t)((uint32_t)((x) & 0x7fffu) << 16))
-#define K_BF16_SQ32(x) ((uint64_t)SQ32(pp_bf2f((uint16_t)((x) & 0x7fffu))))
-#define K_F32_ABS32(x) ((uint64_t)((x) & 0x7fffffffu))
-#define K_F32_SQ32(x) ((uint64_t)SQ32(pp_u2f(x)))
+#define K_MAG(x) ((uint32_t)((x) & 0x7fffu))
+#define K_MAGLUT(x) ((uint32_t)lut[(x) & 0x7fffu])
+#define K_F16_ABS32(x) (pp_f2u(pp_h2f((uint16_t)((x) & 0x7fffu))))
+#define K_F16_SQ32(x) (SQ32(pp_h2f((uint16_t)(x))))
+#define K_BF16_ABS32(x) ((uint32_t)((x) & 0x7fffu) << 16)
+#define K_BF16_SQ32(x) (SQ32(pp_bf2f((uint16_t)((x) & 0x7fffu))))
+#define K_F32_ABS32(x) ((uint32_t)((x) & 0x7fffffffu))
+#define K_F32_SQ32(x) (SQ32(pp_u2f(x)))
 #define K_TO64(k32) pp_d2u((double)pp_u2f((uint32_t)(k32)))
 #define K_F64_ABS(x) ((x) & 0x7fffffffffffffffULL)
 #define K_F64_SQ(x) pp_d2u(pp_u2d(x) * pp_u2d(x))
@@ -50,10 +58,15 @@ static void bf16_square_keys(uint16_t *t)
 /* ---- histogram ------------------------------------------------------------------------------ */
 typedef struct {
     int shift, bits, top; /* top = shift + bits */
+    int keybits;          /* every key is below 2^keybits (15, 31, 63 by kind) */
     uint64_t prefix;
     const uint16_t *lut;
 } hist_args;
 
+/* Counts go to 4 interleaved uint32 sub-histograms (element i to copy i % 4), so runs of equal
+ * keys do not serialise on one counter; they are added up every 2^30 elements, before a uint32
+ * could overflow. Non-finite values are counted branch-free and located afterwards (rare path). */
+#define HIST_BLOCK ((size_t)1 << 30)
 #define HIST_LOOP(NAME, RAW, BAD, KEY)                                                            \
     static void NAME(const RAW *v, size_t b, size_t e, const hist_args *a, int64_t *h,           \
                      int64_t *bad, int64_t *first)                                                \
@@ -62,22 +75,50 @@ typedef struct {
         (void)lut;                                                                                \
         const int shift = a->shift, top = a->top;                                                 \
         const uint64_t prefix = a->prefix, dmask = ((uint64_t)1 << a->bits) - 1;                  \
-        const size_t last = ((size_t)1 << a->bits) + 1;                                           \
-        int64_t nbad = 0, fbad = -1;                                                              \
-        for (size_t i = b; i < e; i++) {                                                          \
-            RAW x = v[i];                                                                         \
-            if (BAD(x)) {                                                                         \
-                if (fbad < 0) fbad = (int64_t)i;                                                  \
-                nbad++;                                                                           \
-                continue;                                                                         \
+        const size_t nb = (size_t)1 << a->bits, last = nb + 1;                                    \
+        uint32_t *sub = calloc(4 * nb, sizeof(uint32_t));                                         \
+        int64_t nbad = 0, below = 0, above = 0;                                                   \
+        for (size_t c0 = b; c0 < e; c0 += HIST_BLOCK) {                                           \
+            size_t c1 = e - c0 > HIST_BLOCK ? c0 + HIST_BLOCK : e;                                \
+            if (sub && top >= a->keybits && prefix == 0) { /* no prefix: every key is counted */         \
+                for (size_t i = c0; i < c1; i++) {                                                \
+                    RAW x = v[i];                                                                 \
+                    nbad += BAD(x);                                                               \
+                    sub[(i & 3) * nb + (size_t)((KEY(x) >> shift) & dmask)]++;                    \
+                }                                                                                 \
+            } else if (sub) {                                                                     \
+                for (size_t i = c0; i < c1; i++) {                                                \
+                    RAW x = v[i];                                                                 \
+                    nbad += BAD(x);                                                               \
+                    uint64_t key = KEY(x);                                                        \
+                    uint64_t hi = top >= 64 ? 0 : key >> top;                                     \
+                    below += hi < prefix;                                                         \
+                    above += hi > prefix;                                                         \
+                    if (hi == prefix) sub[(i & 3) * nb + (size_t)((key >> shift) & dmask)]++;     \
+                }                                                                                 \
+            } else { /* no memory for the sub-histograms: count straight into h */              \
+                for (size_t i = c0; i < c1; i++) {                                                \
+                    RAW x = v[i];                                                                 \
+                    nbad += BAD(x);                                                               \
+                    uint64_t key = KEY(x);                                                        \
+                    uint64_t hi = top >= 64 ? 0 : key >> top;                                     \
+                    h[hi == prefix ? 1 + (size_t)((key >> shift) & dmask) : (hi < prefix ? 0 : last)]++; \
+                }                                                                                 \
             }                                                                                     \
-            uint64_t key = KEY(x);                                                                \
-            uint64_t hi = top >= 64 ? 0 : key >> top;                                             \
-            size_t bin = hi == prefix ? 1 + (size_t)((key >> shift) & dmask) : (hi < prefix ? 0 : last); \
-            h[bin]++;                                                                             \
+            if (sub) {                                                                            \
+                for (size_t d = 0; d < nb; d++) {                                                 \
+                    h[1 + d] += (int64_t)sub[d] + sub[nb + d] + sub[2 * nb + d] + sub[3 * nb + d]; \
+                    sub[d] = sub[nb + d] = sub[2 * nb + d] = sub[3 * nb + d] = 0;                 \
+                }                                                                                 \
+            }                                                                                     \
         }                                                                                         \
+        free(sub);                                                                                \
+        h[0] += below;                                                                            \
+        h[last] += above;                                                                         \
         *bad = nbad;                                                                              \
-        *first = fbad;                                                                            \
+        *first = -1;                                                                              \
+        for (size_t i = b; nbad && i < e; i++)                                                    \
+            if (BAD(v[i])) { *first = (int64_t)i; break; }                                        \
     }
 
 HIST_LOOP(h_f16_mag, uint16_t, BAD_F16, K_MAG)
@@ -161,7 +202,8 @@ int pp_key_histogram(const void *values, int dtype, int transform, int keys, int
     size_t nbins = ((size_t)1 << bits) + 2;
     uint16_t lut[needs_lut ? 0x8000 : 1];
     if (needs_lut) bf16_square_keys(lut);
-    hist_args a = {shift, bits, shift + bits, prefix, needs_lut ? lut : NULL};
+    hist_args a = {shift, bits, shift + bits, keys == PP_KEYS_MAG16 ? 15 : keys == PP_KEYS_F32 ? 31 : 63, prefix,
+                   needs_lut ? lut : NULL};
     int nt = pp_threads(nthreads, (size_t)n);
     if (nt > MAXT) nt = MAXT;
     int64_t bad[MAXT] = {0}, first[MAXT];
@@ -190,34 +232,49 @@ typedef struct {
     const uint16_t *lut;
 } prune_args;
 
-/* counts: less, equal, zeros before, zeros after (ties not yet pruned) */
-#define PRUNE_LOOP(NAME, RAW, BAD, KEY, ZERO)                                                     \
-    static void NAME(const RAW *v, size_t b, size_t e, const prune_args *a, RAW *out,            \
-                     uint8_t *mask, int64_t *c, int64_t *bad, int64_t *first)                    \
+/* counts: less, equal, zeros before, zeros after (ties not yet pruned). The body is inlined with
+ * constant has_out / has_mask, so each of the four variants is one branch-free loop over keys of
+ * the kind's width (KT: 32 bits for mag16/f32 keys, which vectorise) with 32-bit counters, added
+ * up every 2^30 elements. */
+#define PRUNE_BLOCK ((size_t)1 << 30)
+#define PRUNE_LOOP(NAME, RAW, KT, BAD, KEY, ZERO)                                                 \
+    static inline __attribute__((always_inline)) void NAME##_body(                                \
+        const RAW *v, size_t b, size_t e, const uint16_t *lut, KT t, RAW *out,                    \
+        uint8_t *mask, int64_t *c, int64_t *nbad_out, const int has_out, const int has_mask)      \
     {                                                                                             \
-        const uint16_t *lut = a->lut;                                                             \
         (void)lut;                                                                                \
-        const uint64_t t = a->t;                                                                  \
-        int64_t less = 0, eq = 0, zb = 0, za = 0, nbad = 0, fbad = -1;                            \
-        for (size_t i = b; i < e; i++) {                                                          \
-            RAW x = v[i];                                                                         \
-            if (BAD(x)) {                                                                         \
-                if (fbad < 0) fbad = (int64_t)i;                                                  \
-                nbad++;                                                                           \
-                continue;                                                                         \
+        for (size_t c0 = b; c0 < e; c0 += PRUNE_BLOCK) {                                          \
+            size_t c1 = e - c0 > PRUNE_BLOCK ? c0 + PRUNE_BLOCK : e;                              \
+            uint32_t less = 0, eq = 0, zb = 0, za = 0, nbad = 0;                                  \
+            for (size_t i = c0; i < c1; i++) {                                                    \
+                RAW x = v[i];                                                                     \
+                KT key = (KT)KEY(x);                                                              \
+                uint32_t lt = key < t, z = ((x) & ZERO) == 0;                                     \
+                nbad += BAD(x);                                                                   \
+                less += lt;                                                                       \
+                eq += key == t;                                                                   \
+                zb += z;                                                                          \
+                za += lt | z;                                                                     \
+                if (has_out) out[i] = lt ? (RAW)0 : x;                                            \
+                if (has_mask) mask[i] = (uint8_t)!lt;                                             \
             }                                                                                     \
-            uint64_t key = KEY(x);                                                                \
-            int lt = key < t, z = ((x) & ZERO) == 0;                                              \
-            less += lt;                                                                           \
-            eq += key == t;                                                                       \
-            zb += z;                                                                              \
-            za += lt | z;                                                                         \
-            if (out) out[i] = lt ? (RAW)0 : x;                                                    \
-            if (mask) mask[i] = (uint8_t)!lt;                                                     \
+            c[0] += less; c[1] += eq; c[2] += zb; c[3] += za;                                     \
+            *nbad_out += nbad;                                                                    \
         }                                                                                         \
-        c[0] = less; c[1] = eq; c[2] = zb; c[3] = za;                                             \
-        *bad = nbad;                                                                              \
-        *first = fbad;                                                                            \
+    }                                                                                             \
+    PP_CLONES static void NAME(const RAW *v, size_t b, size_t e, const prune_args *a, RAW *out,  \
+                               uint8_t *mask, int64_t *c, int64_t *bad, int64_t *first)          \
+    {                                                                                             \
+        KT t = (KT)a->t; /* fits: thresholds are at most 2^15, 2^31 or 2^63 by kind */          \
+        c[0] = c[1] = c[2] = c[3] = 0;                                                            \
+        *bad = 0;                                                                                 \
+        if (out && mask) NAME##_body(v, b, e, a->lut, t, out, mask, c, bad, 1, 1);        \
+        else if (out) NAME##_body(v, b, e, a->lut, t, out, mask, c, bad, 1, 0);                 \
+        else if (mask) NAME##_body(v, b, e, a->lut, t, out, mask, c, bad, 0, 1);                 \
+        else NAME##_body(v, b, e, a->lut, t, out, mask, c, bad, 0, 0);                           \
+        *first = -1;                                                                              \
+        for (size_t i = b; *bad && i < e; i++)                                                    \
+            if (BAD(v[i])) { *first = (int64_t)i; break; }                                        \
     }                                                                                             \
     /* prune the first `take` ties of [b, e); returns how many of them were nonzero */            \
     static int64_t NAME##_ties(const RAW *v, size_t b, size_t e, const prune_args *a, RAW *out,  \
@@ -228,7 +285,7 @@ typedef struct {
         int64_t nonzero = 0;                                                                      \
         for (size_t i = b; i < e && take > 0; i++) {                                              \
             RAW x = v[i];                                                                         \
-            if (KEY(x) != a->t) continue;                                                         \
+            if ((uint64_t)KEY(x) != a->t) continue;                                               \
             take--;                                                                               \
             nonzero += ((x) & ZERO) != 0;                                                         \
             if (out) out[i] = (RAW)0;                                                             \
@@ -240,23 +297,23 @@ typedef struct {
 #define Z16 0x7fffu
 #define Z32 0x7fffffffu
 #define Z64 0x7fffffffffffffffULL
-PRUNE_LOOP(p_f16_mag, uint16_t, BAD_F16, K_MAG, Z16)
-PRUNE_LOOP(p_bf16_mag, uint16_t, BAD_BF16, K_MAG, Z16)
-PRUNE_LOOP(p_bf16_maglut, uint16_t, BAD_BF16, K_MAGLUT, Z16)
-PRUNE_LOOP(p_f16_abs32, uint16_t, BAD_F16, K_F16_ABS32, Z16)
-PRUNE_LOOP(p_f16_sq32, uint16_t, BAD_F16, K_F16_SQ32, Z16)
-PRUNE_LOOP(p_bf16_abs32, uint16_t, BAD_BF16, K_BF16_ABS32, Z16)
-PRUNE_LOOP(p_bf16_sq32, uint16_t, BAD_BF16, K_BF16_SQ32, Z16)
-PRUNE_LOOP(p_f32_abs32, uint32_t, BAD_F32, K_F32_ABS32, Z32)
-PRUNE_LOOP(p_f32_sq32, uint32_t, BAD_F32, K_F32_SQ32, Z32)
-PRUNE_LOOP(p_f16_abs64, uint16_t, BAD_F16, K_F16_ABS64, Z16)
-PRUNE_LOOP(p_f16_sq64, uint16_t, BAD_F16, K_F16_SQ64, Z16)
-PRUNE_LOOP(p_bf16_abs64, uint16_t, BAD_BF16, K_BF16_ABS64, Z16)
-PRUNE_LOOP(p_bf16_sq64, uint16_t, BAD_BF16, K_BF16_SQ64, Z16)
-PRUNE_LOOP(p_f32_abs64, uint32_t, BAD_F32, K_F32_ABS64, Z32)
-PRUNE_LOOP(p_f32_sq64, uint32_t, BAD_F32, K_F32_SQ64, Z32)
-PRUNE_LOOP(p_f64_abs64, uint64_t, BAD_F64, K_F64_ABS, Z64)
-PRUNE_LOOP(p_f64_sq64, uint64_t, BAD_F64, K_F64_SQ, Z64)
+PRUNE_LOOP(p_f16_mag, uint16_t, uint32_t, BAD_F16, K_MAG, Z16)
+PRUNE_LOOP(p_bf16_mag, uint16_t, uint32_t, BAD_BF16, K_MAG, Z16)
+PRUNE_LOOP(p_bf16_maglut, uint16_t, uint32_t, BAD_BF16, K_MAGLUT, Z16)
+PRUNE_LOOP(p_f16_abs32, uint16_t, uint32_t, BAD_F16, K_F16_ABS32, Z16)
+PRUNE_LOOP(p_f16_sq32, uint16_t, uint32_t, BAD_F16, K_F16_SQ32, Z16)
+PRUNE_LOOP(p_bf16_abs32, uint16_t, uint32_t, BAD_BF16, K_BF16_ABS32, Z16)
+PRUNE_LOOP(p_bf16_sq32, uint16_t, uint32_t, BAD_BF16, K_BF16_SQ32, Z16)
+PRUNE_LOOP(p_f32_abs32, uint32_t, uint32_t, BAD_F32, K_F32_ABS32, Z32)
+PRUNE_LOOP(p_f32_sq32, uint32_t, uint32_t, BAD_F32, K_F32_SQ32, Z32)
+PRUNE_LOOP(p_f16_abs64, uint16_t, uint64_t, BAD_F16, K_F16_ABS64, Z16)
+PRUNE_LOOP(p_f16_sq64, uint16_t, uint64_t, BAD_F16, K_F16_SQ64, Z16)
+PRUNE_LOOP(p_bf16_abs64, uint16_t, uint64_t, BAD_BF16, K_BF16_ABS64, Z16)
+PRUNE_LOOP(p_bf16_sq64, uint16_t, uint64_t, BAD_BF16, K_BF16_SQ64, Z16)
+PRUNE_LOOP(p_f32_abs64, uint32_t, uint64_t, BAD_F32, K_F32_ABS64, Z32)
+PRUNE_LOOP(p_f32_sq64, uint32_t, uint64_t, BAD_F32, K_F32_SQ64, Z32)
+PRUNE_LOOP(p_f64_abs64, uint64_t, uint64_t, BAD_F64, K_F64_ABS, Z64)
+PRUNE_LOOP(p_f64_sq64, uint64_t, uint64_t, BAD_F64, K_F64_SQ, Z64)
 
 typedef void (*prune_fn)(const void *, size_t, size_t, const prune_args *, void *, uint8_t *, int64_t *,
                          int64_t *, int64_t *);
@@ -341,5 +398,34 @@ int pp_prune_below_key(const void *values, int dtype, int transform, int keys, i
         for (int i = 0; i < 4; i++) counts[i] += c[t][i];
         counts[3] += extra[t];
     }
+    return PP_OK;
+}
+
+/* ---- zero count --------------------------------------------------------------------------- */
+#define ZERO_LOOP(NAME, RAW, ZERO)                                                                \
+    static int64_t NAME(const RAW *v, size_t b, size_t e)                                         \
+    {                                                                                             \
+        int64_t z = 0;                                                                            \
+        for (size_t i = b; i < e; i++) z += (v[i] & ZERO) == 0;                                   \
+        return z;                                                                                 \
+    }
+ZERO_LOOP(z16, uint16_t, Z16)
+ZERO_LOOP(z32, uint32_t, Z32)
+ZERO_LOOP(z64, uint64_t, Z64)
+
+int pp_count_zeros(const void *values, int itemsize, int64_t n, int64_t *zeros, int nthreads)
+{
+    if (n < 0 || !zeros || (itemsize != 2 && itemsize != 4 && itemsize != 8)) return PP_ERR_ARG;
+    int nt = pp_threads(nthreads, (size_t)n);
+    if (nt > MAXT) nt = MAXT;
+    int64_t z[MAXT];
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static, 1)
+    for (int t = 0; t < nt; t++) {
+        size_t b, e;
+        pp_part((size_t)n, (size_t)nt, (size_t)t, &b, &e);
+        z[t] = itemsize == 2 ? z16(values, b, e) : itemsize == 4 ? z32(values, b, e) : z64(values, b, e);
+    }
+    *zeros = 0;
+    for (int t = 0; t < nt; t++) *zeros += z[t];
     return PP_OK;
 }

@@ -40,7 +40,7 @@ BINS = 1 << DIGIT
 MAX_STREAM_GRID = 1024  # streaming kernels loop over tiles; depends on n only (deterministic stats)
 OPERATIONS = frozenset(
     {"importance", "unstructured_mask", "nm_mask", "block_mask", "apply_mask", "prune_unstructured", "prune_nm",
-     "compress_24", "decompress_24", "prune_compress_24"}
+     "compress_24", "decompress_24", "prune_compress_24", "key_histogram"}
 )
 #: int8 is for 2:4 compression only: the core rejects non-float dtypes for every other operation
 #: before it selects a backend (pruneplug.arrays.check_float_dtype), as for the cpu backend.
@@ -85,6 +85,10 @@ def name_24(kernel: str, dtype: str, layout: str) -> str:
     return f"{kernel}<{K.DT24[dtype]}, {K.LAYOUT24[layout]}>"
 
 
+def name_keyhist(dtype: str, transform: str, keys: str) -> str:
+    return f"key_histogram<{_dt(dtype)}, {_tr(transform)}, {K.KEYS[keys]}>"
+
+
 def launched_names() -> Iterator[tuple[str, str]]:
     """Every (file, kernel name) the launch code can ask for, built by the same functions."""
     floats = sorted(FLOAT_DTYPES)
@@ -113,6 +117,10 @@ def launched_names() -> Iterator[tuple[str, str]]:
         for d in K.DT24:
             for layout in K.LAYOUT24:
                 yield "compress24.cu", name_24(kernel, d, layout)
+    for keys, dtypes in K.KEY_DTYPES.items():
+        for d in dtypes:
+            for t in ("abs", "square"):
+                yield "keyhist.cu", name_keyhist(d, t, keys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,6 +592,30 @@ class CudaBackend:
         self._raise_not_sparse(h, dtype, cols)  # cannot happen after pruning; never return a bad result
         return values, metadata
 
+    # -- exact selection over many arrays (pruneplug.selection) --------------------------------
+    def key_histogram(self, values: Any, transform: str, keys: str, shift: int, bits: int, prefix: int) -> Any:
+        """The key histogram of ``values`` for one request (``keyhist.cu``; 2^bits + 2 counts)."""
+        self._check(values)
+        dtype = self._dtype(values)
+        hist = self._alloc((1 << bits) + 2, np.uint64, "the key histogram", zero=True)
+        ws = self._workspace()
+        lut = self._bf16_square_keys()  # read only by bfloat16 squares with mag16 keys
+        if values.size:
+            grid = self._stream_grid(values.size)
+            self._fn("keyhist.cu", name_keyhist(dtype, transform, keys))(
+                (grid,), (BLOCK,), (self._raw(values), np.int64(values.size), np.int32(shift), np.int32(bits),
+                                    np.uint64(prefix), lut, hist, ws))
+        self._read_ws(ws, transform)  # sync: NonFiniteError, or the histogram is complete
+        return hist.view(np.int64)
+
+    def _bf16_square_keys(self) -> Any:
+        """The mag16 keys of bfloat16 squares on the device (made once, on the host, by the core)."""
+        if getattr(self, "_bf16_lut", None) is None:
+            from pruneplug.selection import bf16_square_keys
+
+            self._bf16_lut = self.xp.asarray(bf16_square_keys())
+        return self._bf16_lut
+
 
 K_WS_SIZE = 16  # WS_SIZE in common.cuh
 K_WS_BINCOUNT = 4  # WS_BINCOUNT
@@ -671,3 +703,7 @@ class CudaPlugin:
     @hookimpl
     def pruneplug_prune_compress_24(self, weights, layout, transform):
         return self.backend.prune_compress_24(weights, layout, transform)
+
+    @hookimpl
+    def pruneplug_key_histogram(self, values, transform, keys, shift, bits, prefix):
+        return self.backend.key_histogram(values, transform, keys, shift, bits, prefix)

@@ -39,6 +39,9 @@ LAYOUT24 = {"ptx": 0, "cutlass": 1}
 KERNELS24 = ("compress24", "decompress24", "prune_compress24")
 
 _FLOATS = ("float16", "bfloat16", "float32", "float64")
+#: selection key kinds (KEYS_* in keyhist.cu) and the dtypes each takes
+KEYS = {"mag16": 0, "f32": 1, "f64": 2}
+KEY_DTYPES = {"mag16": ("float16", "bfloat16"), "f32": ("float16", "bfloat16", "float32"), "f64": _FLOATS}
 _TRANSFORMS = ("abs", "square", "identity")
 
 
@@ -78,7 +81,10 @@ def _name_expressions() -> dict[str, list[str]]:
     elementwise = [f"check_nonfinite<{DT[d]}, {TR[t]}>" for d in _FLOATS for t in _TRANSFORMS]
     elementwise += [f"apply_mask<{DT[d]}>" for d in _FLOATS] + ["fill_mask"]
     compress24 = [f"{k}<{DT24[d]}, {LAYOUT24[lay]}>" for k in KERNELS24 for d in DT24 for lay in LAYOUT24]
+    keyhist = [f"key_histogram<{DT[d]}, {TR[t]}, {KEYS[k]}>" for k, ds in KEY_DTYPES.items() for d in ds
+               for t in ("abs", "square")]
     return {
+        "keyhist.cu": keyhist,
         "importance.cu": importance,
         "select.cu": select,
         "nm.cu": nm,

@@ -1,23 +1,16 @@
-"""Exact global magnitude pruning: per-tensor prune counts from a bounded-memory radix select.
+"""Global magnitude pruning over many tensors: the drivers of :mod:`pruneplug.selection` for
+checkpoints (tensors streamed from disk) and for arrays in memory.
 
-Global pruning in bounded memory
---------------------------------
 Global scope prunes exactly ``k = round(sparsity * total)`` weights over all selected tensors, the
 ``k`` lowest scores in one order: by score, ties by *tensor order*, then by flat C-order index.
 Tensor order is the sorted order of the tensor names for checkpoints, and the dict's iteration order
-for :func:`global_unstructured_masks`. Scores are the core's (``|w|`` or ``w*w``, float32 for
-float16/bfloat16 weights, the weights' dtype otherwise), compared as float64 values, which is exact
-across dtypes.
+for :func:`global_unstructured_masks`. Scores are the core's, compared as float64 values.
 
-Nothing is concatenated. Scores become 64-bit keys (the float64 bits of a non-negative score order
-like the score), and a radix select over 16-bit digits finds the threshold key ``T`` in a few
-streaming passes over the tensors, chunk by chunk, holding one 65,536-bin histogram; once the
-threshold's bin holds few keys they are gathered and the exact ``T`` is picked. Then per tensor
-``k_t = count(score < T)`` plus the ties at ``T`` handed out in tensor order, and each tensor is pruned
-by the ordinary exact-``k`` operation (:func:`pruneplug.prune`, on the fastest backend): its stable
-order prunes exactly the scores below ``T`` and its first ties. Peak memory is one tensor's
-memory-mapped input, its pruned copy and its mask (plus the backend's own working memory for one
-tensor), whatever the number of tensors.
+Nothing is concatenated: :func:`decide_global` streams every tensor once per digit of the key (one
+pass for float16/bfloat16 checkpoints, two for float32, four with float64) through the backend's
+key histogram, holding one histogram; then each tensor prunes its keys below the threshold ``T``
+and its share of the ties at ``T`` (:func:`pruneplug.selection.prune_part`). Peak memory is one
+tensor's memory-mapped input, its pruned copy and its mask, whatever the number of tensors.
 """
 
 from __future__ import annotations
@@ -28,27 +21,16 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from pruneplug import api
-from pruneplug.arrays import adapt, check_float_dtype
-from pruneplug.checkpoint.formats import _ST_DTYPES, TensorRef, _flat_chunks
+from pruneplug.arrays import adapt, check_float_dtype, dtype_name
+from pruneplug.checkpoint import formats
+from pruneplug.checkpoint.formats import _ST_DTYPES, TensorRef, _flat_chunks, _numpy_dtype
 from pruneplug.checkpoint.report import ProgressLike, _NullProgress
 from pruneplug.errors import InvalidArgumentError, NonFiniteError
+from pruneplug.registry import get_registry
+from pruneplug.selection import ExactSelection, chunk_histogram, part_counts, prune_part
 from pruneplug.types import Mask
 
-
-def _score_keys(x: np.ndarray, method: str) -> np.ndarray:
-    """The scores of a chunk of weights as uint64 keys (the float64 bits of the non-negative score),
-    raising ValueError when a weight is NaN or infinite. Scores are the core's: float32 for 16-bit
-    weights, otherwise the weights' dtype (so float32 ``w*w`` is rounded in float32)."""
-    if x.dtype.itemsize == 2:
-        x = x.astype(np.float32)
-    a = np.abs(x)
-    if a.size and not (a.max() <= np.finfo(a.dtype).max):
-        raise ValueError("non-finite")
-    if method == "l2":
-        np.multiply(a, a, out=a)
-    if a.dtype != np.float64:
-        a = a.astype(np.float64)
-    return a.view(np.uint64)
+_TRANSFORM = {"l1": "abs", "l2": "square"}
 
 
 def _nonfinite_error(name: str, chunks: Callable[[], Iterator[np.ndarray]], method: str) -> NonFiniteError:
@@ -60,112 +42,120 @@ def _nonfinite_error(name: str, chunks: Callable[[], Iterator[np.ndarray]], meth
                 first = seen + int(np.flatnonzero(bad)[0])
             count += int(bad.sum())
         seen += chunk.size
-    base = NonFiniteError.for_values("abs" if method == "l1" else "square", count, max(first, 0))
+    base = NonFiniteError.for_values(_TRANSFORM[method], count, max(first, 0))
     return NonFiniteError(f"tensor {name!r}: {base}", count=count, first_index=max(first, 0))
 
 
 @dataclass
 class _Source:
-    """A tensor the global select streams: its name, size and a chunk iterator factory."""
+    """A tensor the global select streams: its name, size, a chunk iterator factory, its itemsize
+    and dtype name (``None``: read from its first chunk)."""
 
     name: str
     numel: int
     chunks: Callable[[], Iterator[np.ndarray]]
     itemsize: int = 4
+    dtype: str | None = None
+
+    def dtype_name(self) -> str | None:
+        if self.dtype is None:
+            first = next(iter(self.chunks()), None)
+            self.dtype = dtype_name(first) if first is not None else None
+        return self.dtype
 
 
 @dataclass
 class GlobalPlan:
-    """The outcome of the global select: how many weights to prune in each tensor, the threshold
-    score (float64; ``None`` when nothing or everything is pruned) and the number of passes."""
+    """The outcome of the global select: how many weights to prune in each tensor (``None`` until
+    the tensors are pruned, when they are counted on the way), the threshold score (float64;
+    ``None`` when nothing or everything is pruned), the number of passes, and the decided
+    :class:`~pruneplug.selection.ExactSelection`."""
 
-    counts: list[int]
+    counts: list[int] | None
     threshold: float | None
     passes: int
+    selection: ExactSelection | None = None
 
 
-def _keys_of(source: _Source, method: str, progress: ProgressLike) -> Iterator[np.ndarray]:
+def _histogram(source: _Source, method: str, request: Any, backend: str | None, progress: ProgressLike) -> np.ndarray:
+    total = np.zeros(request.bins, np.int64)
     try:
         for chunk in source.chunks():
             progress.update(0, chunk.size * source.itemsize)
-            yield _score_keys(chunk, method)
-    except ValueError:
+            total += chunk_histogram(chunk, _TRANSFORM[method], request, backend=backend)
+    except NonFiniteError:
         raise _nonfinite_error(source.name, source.chunks, method) from None
+    return total
 
 
-def plan_global(sources: Sequence[_Source], sparsity: float, method: str,
-                progress: "ProgressLike | None" = None, gather_limit: int | None = None) -> GlobalPlan:
-    """Exact per-tensor prune counts for global magnitude pruning (see the module docstring)."""
+def decide_global(sources: Sequence[_Source], sparsity: float, method: str,
+                  progress: "ProgressLike | None" = None, backend: str | None = None) -> ExactSelection:
+    """Run the exact selection over ``sources`` until the threshold is decided (one streaming pass
+    per key digit)."""
     progress = progress or _NullProgress()
     total = sum(s.numel for s in sources)
     nbytes = sum(s.numel * s.itemsize for s in sources)
-    k = api.count_to_prune(sparsity, total)
-    if k == 0 or k == total:
-        return GlobalPlan([0 if k == 0 else s.numel for s in sources], None, 0)
-    if gather_limit is None:
-        # candidates gathered at the end: at most 1 byte per element of the largest tensor (8-byte keys)
-        gather_limit = max(1 << 16, max(s.numel for s in sources) // 8)
-    rank = k - 1  # 0-based rank of the threshold key among the keys still in play
-    prefix, bits, passes = 0, 0, 0
-    zeros = [0] * len(sources)
-    while True:
-        passes += 1
-        shift = 48 - bits
-        hist = np.zeros(1 << 16, dtype=np.int64)
-        progress.start(f"global select, pass {passes}", len(sources), nbytes)
-        for t, source in enumerate(sources):
-            for keys in _keys_of(source, method, progress):
-                if bits == 0:
-                    zeros[t] += int(np.count_nonzero(keys == 0))
-                else:
-                    keys = keys[(keys >> np.uint64(64 - bits)) == np.uint64(prefix)]
-                hist += np.bincount(((keys >> np.uint64(shift)) & np.uint64(0xFFFF)).astype(np.intp), minlength=1 << 16)
+    dtypes = [d for d in (s.dtype_name() for s in sources) if d is not None]
+    selection = ExactSelection(api.count_to_prune(sparsity, total), total, dtypes, _TRANSFORM[method])
+    while (request := selection.next_request()) is not None:
+        progress.start(f"global select, pass {selection.passes + 1}", len(sources), nbytes)
+        merged = np.zeros(request.bins, np.int64)
+        for source in sources:
+            merged += _histogram(source, method, request, backend, progress)
             progress.update(1, 0)
         progress.close()
-        if bits == 0 and rank < sum(zeros):
-            # The threshold is a zero score: every tensor's zeros are its ties, nothing is below.
-            return _assign(k, [0] * len(sources), zeros, 0.0, passes)
-        cum = np.cumsum(hist)
-        digit = int(np.searchsorted(cum, rank, side="right"))
-        rank -= int(cum[digit - 1]) if digit else 0
-        prefix, bits = (prefix << 16) | digit, bits + 16
-        if bits == 64 or int(hist[digit]) <= gather_limit:
-            break
-    rest = 64 - bits
-    passes += 1
-    below = [0] * len(sources)
-    cands: list[np.ndarray] = []
-    progress.start("global select, final pass", len(sources), nbytes)
-    for t, source in enumerate(sources):
-        parts = []
-        for keys in _keys_of(source, method, progress):
-            top = keys >> np.uint64(rest) if rest else keys
-            below[t] += int(np.count_nonzero(top < np.uint64(prefix)))
-            parts.append(keys[top == np.uint64(prefix)])
-        cands.append(np.concatenate(parts) if parts else np.empty(0, np.uint64))
-        progress.update(1, 0)
-    progress.close()
-    pooled = np.concatenate(cands)
-    threshold = np.partition(pooled, rank)[rank]
-    del pooled
-    less = [b + int(np.count_nonzero(c < threshold)) for b, c in zip(below, cands)]
-    ties = [int(np.count_nonzero(c == threshold)) for c in cands]
-    return _assign(k, less, ties, float(np.array(threshold, np.uint64).view(np.float64)), passes)
+        selection.update(merged)
+    return selection
 
 
-def _assign(k: int, less: list[int], ties: list[int], threshold: float, passes: int) -> GlobalPlan:
-    need = k - sum(less)
-    counts = []
-    for lt, eq in zip(less, ties):
-        take = min(eq, need)
-        need -= take
-        counts.append(lt + take)
-    assert need == 0 and sum(counts) == k, "global select lost count"  # an internal invariant
-    return GlobalPlan(counts, threshold, passes)
+def tie_quotas(selection: ExactSelection, sources: Sequence[_Source], method: str,
+               backend: str | None = None) -> list[int]:
+    """Each source's share of the ties at ``T``, in source order. Counting the ties of each source
+    (one more pass) is needed only when some but not all of them are pruned."""
+    need = selection.k - selection.below
+    if need <= 0 or need >= selection.ties:
+        return [0 if need <= 0 else s.numel for s in sources]  # none, or every tie (a cap, not a count)
+    equal = [_count(source, selection, method, backend)[1] for source in sources]
+    return selection.tie_quota(equal)
 
 
-def _source(ref: TensorRef) -> _Source:
-    return _Source(ref.name, ref.numel, ref.chunks, _ST_DTYPES[ref.dtype][1])
+def _count(source: _Source, selection: ExactSelection, method: str, backend: str | None) -> tuple[int, int]:
+    less = equal = 0
+    try:
+        for chunk in source.chunks():
+            lt, eq = part_counts(chunk, _TRANSFORM[method], selection, backend=backend)
+            less, equal = less + lt, equal + eq
+    except NonFiniteError:
+        raise _nonfinite_error(source.name, source.chunks, method) from None
+    return less, equal
+
+
+def exact_counts(selection: ExactSelection, sources: Sequence[_Source], method: str,
+                 backend: str | None = None) -> list[int]:
+    """Each source's exact count to prune under a decided selection (one counting pass)."""
+    if selection.k in (0, selection.n):
+        return [0 if selection.k == 0 else s.numel for s in sources]
+    pairs = [_count(s, selection, method, backend) for s in sources]
+    quota = selection.tie_quota([eq for _, eq in pairs])
+    return [lt + q for (lt, _), q in zip(pairs, quota)]
+
+
+def plan_global(sources: Sequence[_Source], sparsity: float, method: str,
+                progress: "ProgressLike | None" = None, gather_limit: int | None = None,
+                backend: str | None = None) -> GlobalPlan:
+    """Exact per-tensor prune counts for global magnitude pruning: :func:`decide_global` plus one
+    counting pass. (``gather_limit`` is accepted for compatibility and has no effect: the select
+    no longer gathers candidates.)"""
+    del gather_limit
+    selection = decide_global(sources, sparsity, method, progress, backend)
+    return GlobalPlan(exact_counts(selection, sources, method, backend), selection.threshold, selection.passes, selection)
+
+
+def _source(ref: TensorRef, chunk: int | None = None) -> _Source:
+    size = chunk if chunk is not None else formats.CHUNK * 16  # read at call time (tests shrink CHUNK)
+    dtype = _numpy_dtype(ref.dtype)
+    return _Source(ref.name, ref.numel, lambda: ref.chunks(size), _ST_DTYPES[ref.dtype][1],
+                   dtype.name if dtype is not None else None)
 
 
 def _sparsity_for(k: int, n: int) -> float:
@@ -181,9 +171,8 @@ def global_unstructured_masks(tensors: Mapping[str, Any], sparsity: float, *, me
     ``round(sparsity * total)`` weights over all ``tensors`` (NumPy arrays or PyTorch CPU tensors),
     the lowest scores first, ties by the dict's iteration order, then by flat index.
 
-    Nothing is concatenated: peak extra memory is one tensor's scores and its mask (plus the
-    backend's working memory), whatever the number of tensors. Returns name -> :class:`Mask`
-    (``True`` = keep), in the user's array type.
+    Nothing is concatenated: peak extra memory is one chunk's keys and one mask, whatever the
+    number of tensors. Returns name -> :class:`Mask` (``True`` = keep), in the user's array type.
 
     Example::
 
@@ -196,27 +185,31 @@ def global_unstructured_masks(tensors: Mapping[str, Any], sparsity: float, *, me
     api._check_sparsity(sparsity)
     if not isinstance(tensors, Mapping):
         raise InvalidArgumentError(f"tensors must be a mapping of name -> array, got {type(tensors).__name__}")
-    arrays = {}
+    adapted = {}
     for name, value in tensors.items():
-        adapted = adapt(value, f"tensors[{name!r}]")
-        check_float_dtype(adapted.array, f"tensors[{name!r}]")
-        if adapted.array_type != "numpy":
+        a = adapt(value, f"tensors[{name!r}]")
+        check_float_dtype(a.array, f"tensors[{name!r}]")
+        if a.array_type != "numpy":
             raise InvalidArgumentError(f"tensors[{name!r}]: only NumPy arrays and CPU tensors are supported here")
-        arrays[name] = adapted.array
+        adapted[name] = a
+    if not adapted:
+        return {}
 
     def chunker(array: np.ndarray) -> Callable[[], Iterator[np.ndarray]]:
         def chunks() -> Iterator[np.ndarray]:
-            return _flat_chunks(array)  # reshape: a view for C-contiguous arrays, a copy otherwise
+            return _flat_chunks(array, formats.CHUNK * 16)  # a view for C-contiguous arrays, else a copy
         return chunks
 
-    sources = [_Source(name, int(a.size), chunker(a), a.dtype.itemsize) for name, a in arrays.items()]
-    if not sources:
-        return {}
-    plan = plan_global(sources, sparsity, method)
+    sources = [_Source(name, int(a.array.size), chunker(a.array), a.array.dtype.itemsize, dtype_name(a.array))
+               for name, a in adapted.items()]
+    selection = decide_global(sources, sparsity, method, backend=backend)
+    quotas = tie_quotas(selection, sources, method, backend)
+    registry = get_registry()
     masks = {}
-    for (name, value), k_t in zip(tensors.items(), plan.counts):
-        n = int(arrays[name].size)
-        scores = api.importance(value, method, backend=backend).values
-        masks[name] = api.generate_unstructured_mask(scores, _sparsity_for(k_t, n), backend=backend)
-        del scores
+    for (name, a), quota in zip(adapted.items(), quotas):
+        array = np.ascontiguousarray(a.array)
+        used = registry.select(backend, array_type="numpy", dtype=dtype_name(array), operation="prune_below_key")
+        keep = np.empty(array.shape, dtype=bool)
+        prune_part(array, _TRANSFORM[method], selection, quota, mask=keep, backend=used)
+        masks[name] = Mask(a.wrap(keep), "unstructured", used)
     return masks

@@ -102,7 +102,7 @@ def _plan_outputs(ckpt: Checkpoint, out: Path | None, txn: _Transaction, dry_run
         entries = [(r.name, r.dtype, r.shape, r.nbytes) for r in f.tensors] if format == "dense" else None
 
         def factory(meta, target=target, entries=entries):
-            with _write_guard(target):
+            with _write_guard(out if ckpt.kind == "safetensors" else out / target.name):  # the name users know
                 return SafetensorsWriter(target, meta, entries)
         result.append((target, [r.name for r in f.tensors], f.metadata, factory))
     return result

@@ -21,8 +21,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pruneplug import api
-from pruneplug.checkpoint.formats import Checkpoint, TensorRef, _count_zeros, _flat_chunks, open_checkpoint
-from pruneplug.checkpoint.global_select import GlobalPlan, _source, _sparsity_for, plan_global
+from pruneplug.checkpoint.formats import Checkpoint, TensorRef, _count_zeros, _flat_chunks, _numpy_dtype, open_checkpoint
+from pruneplug.checkpoint.global_select import GlobalPlan, _source, _sparsity_for, decide_global, exact_counts, tie_quotas
 from pruneplug.checkpoint.outputs import (
     _check_side_outputs,
     _check_space,
@@ -33,8 +33,10 @@ from pruneplug.checkpoint.outputs import (
 )
 from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport, _NullProgress
 from pruneplug.checkpoint.selection import SELECTION_RULE, select_tensors
-from pruneplug.checkpoint.writers import SafetensorsWriter, _Transaction, _write_guard
+from pruneplug.checkpoint.writers import SafetensorsWriter, _Transaction, _write_guard, terminate_like_interrupt
 from pruneplug.errors import CheckpointError, InvalidArgumentError, PrunePlugError
+from pruneplug.registry import get_registry
+from pruneplug.selection import ExactSelection, chunk_histogram, prune_part
 
 
 _NM_RE = re.compile(r"^(\d+):(\d+)$")
@@ -47,7 +49,7 @@ class _Task:
     ref: TensorRef
     status: str
     reason: str | None = None
-    k: int | None = None  # global scope: exact count to prune
+    k: int | None = None  # global scope: exact count to prune (known once the tensor is pruned)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class _HowToPrune:
     backend: str | None
     kind: str  # the checkpoint's form: how an unpruned tensor is copied
     xp: Any = None  # CuPy to prune on the GPU (see _device_module), None for NumPy
+    plan: GlobalPlan | None = None  # global scope: the decided selection
 
 
 def prune_checkpoint(
@@ -133,10 +136,10 @@ def prune_checkpoint(
         "axis": axis, "format": format, "include": list(include or []), "exclude": list(exclude or []),
         "backend": backend or "auto", "strict": strict,
     }
-    how = _HowToPrune(pattern, sparsity, method, axis, format, backend, ckpt.kind, _device_module(backend))
+    how = _HowToPrune(pattern, sparsity, method, axis, format, backend, ckpt.kind, _device_module(backend), plan)
     metadata_extra = _settings_metadata(settings, selected, plan)
 
-    with _Transaction() as txn:
+    with terminate_like_interrupt(), _Transaction() as txn:
         writers: list[Any] = []  # open writers: discarded (their temporaries closed) whatever happens
         try:
             outputs = _plan_outputs(ckpt, out_path, txn, dry_run, format)
@@ -145,7 +148,7 @@ def prune_checkpoint(
                 mask_writer = _open_mask_writer(txn, masks_path, outputs, tasks, metadata_extra)
                 writers.append(mask_writer)
             progress.start("pruning" if not dry_run else "pruning (dry run)", len(names), ckpt.total_bytes)
-            rows = _prune_tensors(outputs, tasks, mask_writer, how, metadata_extra, writers, progress)
+            rows = _prune_tensors(outputs, tasks, mask_writer, how, metadata_extra, writers, progress, dry_run)
             if mask_writer is not None:
                 mask_writer.close()
                 writers.remove(mask_writer)
@@ -274,12 +277,10 @@ def _pruned_count(pattern: str, sparsity: float | None, shape: tuple, k: int | N
 
 def _plan_global_counts(tasks: dict[str, _Task], selected: list[str], sparsity: float, method: str,
                         progress: ProgressLike) -> GlobalPlan:
-    """Global scope: run the select once and give each selected tensor its exact count to prune."""
-    sources = [_source(tasks[n].ref) for n in selected]
-    plan = plan_global(sources, sparsity, method, progress)
-    for n, k_t in zip(selected, plan.counts):
-        tasks[n].k = k_t
-    return plan
+    """Global scope: decide the threshold (one streaming pass per key digit); each tensor's exact
+    count follows from it when the tensor is pruned."""
+    selection = decide_global([_source(tasks[n].ref) for n in selected], sparsity, method, progress)
+    return GlobalPlan(None, selection.threshold, selection.passes, selection)
 
 
 def _device_module(backend: str | None) -> Any:
@@ -312,47 +313,171 @@ def _open_mask_writer(txn: _Transaction, masks_path: Path, outputs, tasks: dict[
 
 
 def _prune_tensors(outputs, tasks: dict[str, _Task], mask_writer: SafetensorsWriter | None, how: _HowToPrune,
-                   metadata_extra: dict[str, str], writers: list[Any], progress: ProgressLike) -> dict[str, TensorReport]:
-    """Every tensor, one output file at a time; each file's writer is added to ``writers`` while open."""
+                   metadata_extra: dict[str, str], writers: list[Any], progress: ProgressLike,
+                   dry_run: bool = False) -> dict[str, TensorReport]:
+    """Every tensor, each file's writer added to ``writers`` while open.
+
+    Dense safetensors outputs (and dry runs) take tensors at their offsets in any order: every
+    writer is opened first and the tensors are processed in tensor order (sorted names), so the
+    ties of a global selection are handed out as the tensors go by. Compressed formats and ``.npz``
+    are written in file order, one file at a time, with the ties counted beforehand."""
     rows: dict[str, TensorReport] = {}
+    selected = [n for n in sorted(tasks) if tasks[n].status == "pruned"]
+    pass_ = _TensorPass(how, selected, tasks, dry_run)
+    pass_.counts_first()
+    if how.format == "dense" and how.kind != "npz":
+        writer_of: dict[str, Any] = {}
+        for _out_file, in_names, metadata, make_writer in outputs:
+            writer = make_writer({**metadata, **metadata_extra}) if make_writer else None
+            if writer is not None:
+                writers.append(writer)
+            writer_of.update(dict.fromkeys(in_names, writer))
+        for name in sorted(writer_of):
+            rows[name] = pass_.process(tasks[name], writer_of[name], mask_writer)
+            progress.update(1, tasks[name].ref.nbytes)
+        for writer in [w for w in writers if w is not mask_writer]:
+            writer.close()
+            writers.remove(writer)
+        return rows
+    pass_.count_ties_first()
     for _out_file, in_names, metadata, make_writer in outputs:
         writer = make_writer({**metadata, **metadata_extra}) if make_writer else None
         if writer is not None:
             writers.append(writer)
         for name in in_names:
-            task = tasks[name]
-            rows[name] = _process(task, writer, mask_writer, how)
-            progress.update(1, task.ref.nbytes)
+            rows[name] = pass_.process(tasks[name], writer, mask_writer)
+            progress.update(1, tasks[name].ref.nbytes)
         if writer is not None:
             writer.close()
             writers.remove(writer)
     return rows
 
 
-def _process(task: _Task, writer: Any, mask_writer: Any, how: _HowToPrune) -> TensorReport:
-    """One tensor: pruned when selected, else copied unchanged; written (unless a dry run) and reported."""
-    ref = task.ref
-    row = TensorReport(ref.name, list(ref.shape), ref.dtype, ref.numel, task.status, task.reason)
-    if task.status != "pruned":
-        _copy_unchanged(ref, row, writer, how.kind)
+class _TensorPass:
+    """The per-tensor work: one streaming pass over each tensor.
+
+    Unstructured pruning (layer or global) on a backend with ``prune_below_key`` reads the
+    memory-mapped input once per key digit (layer scope; global scope decided beforehand) and then
+    once more to write the pruned copy into a reused buffer, counting the zeros before and after in
+    that same pass (a dry run only counts); the buffer goes to the file with ``pwrite``. Other
+    patterns and backends prune a copy with :func:`pruneplug.prune`."""
+
+    def __init__(self, how: _HowToPrune, selected: list[str], tasks: dict[str, _Task], dry_run: bool) -> None:
+        self.how, self.tasks, self.selected, self.dry_run = how, tasks, selected, dry_run
+        self.fast = self._fast_path_applies()
+        self.selection = how.plan.selection if how.plan is not None else None
+        self.remaining = None if self.selection is None else self.selection.k - self.selection.below
+        self.quotas: dict[str, int] | None = None
+        largest = max((tasks[n].ref.nbytes for n in selected), default=0)
+        self.scratch = np.empty(largest if self.fast else 0, np.uint8)  # reused: no page faults per tensor
+        self.mask_scratch = np.empty(0, np.bool_)
+
+    def _fast_path_applies(self) -> bool:
+        how = self.how
+        if how.pattern != "unstructured" or how.xp is not None:
+            return False
+        dtypes = {self.tasks[n].ref.dtype for n in self.selected}
+        if not dtypes:
+            return False
+        registry = get_registry()
+        try:
+            for st in dtypes:
+                dtype = _numpy_dtype(st)
+                name = registry.select(how.backend, array_type="numpy", dtype=dtype.name, operation="prune_below_key")
+                registry.select(name, array_type="numpy", dtype=dtype.name, operation="key_histogram")
+        except PrunePlugError:
+            return False
+        return True
+
+    def counts_first(self) -> None:
+        """Without the fast path, global scope prunes each tensor by an exact count: count them now."""
+        if self.selection is not None and not self.fast:
+            sources = [_source(self.tasks[n].ref) for n in self.selected]
+            for name, k in zip(self.selected, exact_counts(self.selection, sources, self.how.method)):
+                self.tasks[name].k = k
+
+    def count_ties_first(self) -> None:
+        """For file-order processing: each tensor's share of the global ties, counted up front."""
+        if self.selection is not None and self.fast:
+            sources = [_source(self.tasks[n].ref) for n in self.selected]
+            self.quotas = dict(zip(self.selected, tie_quotas(self.selection, sources, self.how.method, self.how.backend)))
+
+    def process(self, task: _Task, writer: Any, mask_writer: Any) -> TensorReport:
+        """One tensor: pruned when selected, else copied unchanged; written (unless a dry run) and reported."""
+        ref = task.ref
+        row = TensorReport(ref.name, list(ref.shape), ref.dtype, ref.numel, task.status, task.reason)
+        if task.status != "pruned":
+            _copy_unchanged(ref, row, writer, self.how.kind)
+            return row
+        if self.fast:
+            try:
+                pruned, mask = self._threshold_prune(task, row, want_out=writer is not None,
+                                                     want_mask=mask_writer is not None)
+            except PrunePlugError as exc:
+                if exc.args:  # name the tensor: the core does not know it
+                    exc.args = (f"tensor {ref.name!r}: {exc.args[0]}",) + exc.args[1:]
+                raise
+        else:
+            pruned, mask = _prune_tensor(task, self.how, row, want_mask=mask_writer is not None)
+            row.pruned = _pruned_count(self.how.pattern, self.how.sparsity, ref.shape, task.k)
+            row.zeros_after = _zeros(pruned)
+        if mask is not None:
+            if not isinstance(mask, np.ndarray):  # a Mask from pruneplug.prune, maybe on the GPU
+                mask = self.how.xp.asnumpy(mask.data) if self.how.xp is not None else np.asarray(mask.data)
+            mask_writer.write(ref.name, mask)
+            del mask
+        if writer is not None:
+            _write_pruned(writer, ref, pruned, row, self.how.format)
         return row
-    pruned, mask = _prune_tensor(task, how, row, want_mask=mask_writer is not None)
-    if mask is not None:
-        mask_writer.write(ref.name, how.xp.asnumpy(mask.data) if how.xp is not None else np.asarray(mask.data))
-        del mask
-    row.pruned = _pruned_count(how.pattern, how.sparsity, ref.shape, task.k)
-    row.zeros_after = int(np.count_nonzero(pruned == 0))
-    if writer is not None:
-        _write_pruned(writer, ref, pruned, row, how.format)
-    return row
+
+    def _threshold_prune(self, task: _Task, row: TensorReport, want_out: bool, want_mask: bool):
+        ref, how = task.ref, self.how
+        transform = {"l1": "abs", "l2": "square"}[how.method]
+        view = ref.array()
+        dtype = view.dtype
+        if self.selection is None:  # layer scope: this tensor is the whole selection
+            selection = ExactSelection(api.count_to_prune(how.sparsity, ref.numel), ref.numel, [dtype.name], transform)
+            while (request := selection.next_request()) is not None:
+                selection.update(chunk_histogram(view, transform, request, backend=how.backend))
+            quota = selection.k - selection.below
+        else:
+            selection = self.selection
+            quota = self.quotas[ref.name] if self.quotas is not None else self.remaining
+        out = self.scratch[:ref.nbytes].view(dtype).reshape(view.shape) if want_out else None
+        mask = None
+        if want_mask:
+            if self.mask_scratch.size < ref.numel:
+                self.mask_scratch = np.empty(ref.numel, np.bool_)
+            mask = self.mask_scratch[:ref.numel].reshape(view.shape)
+        result = prune_part(view, transform, selection, quota, out=out, mask=mask, backend=how.backend)
+        del view
+        if self.selection is not None and self.quotas is None:
+            self.remaining -= result.pruned - result.less  # the ties this tensor took
+        task.k = result.pruned
+        row.pruned, row.zeros_before, row.zeros_after = result.pruned, result.zeros_before, result.zeros_after
+        return out, mask
+
+
+def _zeros(array: np.ndarray) -> int:
+    """Exact zeros (-0.0 included) of a float array, counted on its bits in chunks (a bfloat16
+    comparison would run element by element in NumPy's dtype machinery)."""
+    bits = np.ascontiguousarray(array).reshape(-1).view({2: np.uint16, 4: np.uint32, 8: np.uint64}[array.dtype.itemsize])
+    zeros, step = 0, 1 << 22
+    for start in range(0, bits.size, step):
+        piece = bits[start:start + step]
+        zeros += piece.size - int(np.count_nonzero(piece << np.uint8(1)))  # all bits but the sign zero
+    return zeros
 
 
 def _copy_unchanged(ref: TensorRef, row: TensorReport, writer: Any, kind: str) -> None:
     if ref.prunable:  # a floating tensor: its zeros are counted in the report
-        row.zeros_before = row.zeros_after = _count_zeros(ref.chunks())
+        dtype = _numpy_dtype(ref.dtype)
+        row.zeros_before = row.zeros_after = _zeros(ref.array()) if dtype is not None else _count_zeros(ref.chunks())
     if writer is not None:
         if kind == "npz":
             writer.write(ref.name, ref.array())
+        elif hasattr(writer, "copy_from"):  # the stored bytes, copied inside the kernel
+            writer.copy_from(ref.name, ref.file, ref.offset, ref.nbytes, ref.dtype, ref.shape)
         else:  # the stored bytes, so any dtype (even one NumPy cannot hold) is copied exactly
             writer.write(ref.name, ref.raw_chunks(), ref.dtype, ref.shape)
 
@@ -361,7 +486,7 @@ def _prune_tensor(task: _Task, how: _HowToPrune, row: TensorReport, want_mask: b
     """The pruned NumPy array and its mask (None unless ``want_mask``); counts the zeros before."""
     ref = task.ref
     view = ref.array()
-    row.zeros_before = _count_zeros(_flat_chunks(view))
+    row.zeros_before = _zeros(view)
     if how.xp is not None:
         view = how.xp.asarray(np.ascontiguousarray(view))
     try:
