@@ -172,12 +172,10 @@ def _check_workers(client: Any, before: set[str]) -> None:
 
 
 def _commit(staging: Path, out: Path) -> None:
+    """The directory's mode as the single-process command leaves it (files keep the writer's), its
+    entries durable, then one rename."""
     os.chmod(staging, 0o777 & ~_umask())
-    fd = os.open(staging, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(staging)
     try:
         os.replace(staging, out)  # onto a missing or empty directory: one rename
     except OSError as exc:
@@ -288,10 +286,19 @@ def _prune_shard(src: str, file: str, target: str, fates: dict, how: dict, metad
                 writer.write(ref.name, pruned)
             rows.append(row)
         writer.close()
+        _fsync(Path(target))  # durable before the client's rename, from the machine that wrote it
     except BaseException:
         writer.discard()
         raise
     return rows
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _prune(view: np.ndarray, k: int | None, how: dict) -> tuple[np.ndarray, Any]:

@@ -31,8 +31,10 @@ def src(tmp_path):
     return write_sharded(tmp_path / "in", model_tensors(seed=3), shards=3)
 
 
-def _tree(directory: Path) -> dict[str, bytes]:
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+def _tree(directory: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file's bytes and mode bits."""
+    return {p.relative_to(directory).as_posix(): (p.read_bytes(), p.stat().st_mode & 0o7777)
+            for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 SETTINGS = [
@@ -52,6 +54,7 @@ def test_byte_identical_to_single_process(client, src, tmp_path, settings):
     report = prune_checkpoint_dask(src, tmp_path / "many", client=client, **settings)
     one, many = _tree(tmp_path / "one"), _tree(tmp_path / "many")
     assert sorted(one) == sorted(many)
+    assert (tmp_path / "one").stat().st_mode == (tmp_path / "many").stat().st_mode
     for name in one:
         assert one[name] == many[name], name
     assert report.output == str(tmp_path / "many")
