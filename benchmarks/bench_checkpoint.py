@@ -159,6 +159,9 @@ def compare(source: str, ours: str, theirs: str, threshold: float | None) -> dic
 
 
 def main() -> None:
+    if sys.argv[1:3] == ["--child", "cli"]:  # the CLI's own options follow: not ours to parse
+        print(json.dumps(child_cli(sys.argv[3:])))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1:bfloat16,2:float32", help="I/O mode: GB:dtype,... (default 1:bfloat16,2:float32)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement, the median is reported")
@@ -177,9 +180,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         kind, *rest = args.child
-        if kind == "cli":
-            result = child_cli(rest)
-        elif kind == "pruneplug":
+        if kind == "pruneplug":
             result = child_pruneplug(rest[0], rest[1], float(rest[2]), rest[3] if len(rest) > 3 and rest[3] != "auto" else None)
         else:
             result = child_torch(rest[0], rest[1], float(rest[2]))
@@ -235,7 +236,7 @@ def io_comparison(args: argparse.Namespace) -> dict:
             src, out, copy = tmp / f"model_{dtype}.safetensors", tmp / "out.safetensors", tmp / "copy.safetensors"
             facts = build(src, float(gb), dtype)
             row: dict = {"dtype": dtype, "checkpoint": facts, "runs": {}}
-            _timed(["cat", str(src)])  # warm the page cache once
+            _timed(f"cat {src} > /dev/null", shell=True)  # warm the page cache once
             cases = {
                 "cat": lambda: _timed(f"cat {src} > /dev/null", shell=True),
                 "dd_fsync": lambda: _timed(f"dd if={src} of={copy} bs=16M conv=fsync status=none", shell=True),

@@ -63,56 +63,59 @@ typedef struct {
     const uint16_t *lut;
 } hist_args;
 
-/* Counts go to 4 interleaved uint32 sub-histograms (element i to copy i % 4), so runs of equal
- * keys do not serialise on one counter; they are added up every 2^30 elements, before a uint32
- * could overflow. Non-finite values are counted branch-free and located afterwards (rare path). */
+/* Counts go to 2 uint32 sub-histograms (even and odd elements, the loop unrolled by 2), so runs
+ * of equal keys do not serialise on one counter; they are added up every 2^30 elements, before a
+ * uint32 could overflow. Non-finite values are counted branch-free and located afterwards (rare).
+ * Measured (bf16, 15-bit digit, one thread): 1 histogram 63-85 ms / 5e7, 4 interleaved by i % 4
+ * 91-106 ms, 2 unrolled 47-55 ms. */
 #define HIST_BLOCK ((size_t)1 << 30)
 #define HIST_LOOP(NAME, RAW, BAD, KEY)                                                            \
-    static void NAME(const RAW *v, size_t b, size_t e, const hist_args *a, int64_t *h,           \
-                     int64_t *bad, int64_t *first)                                                \
+    PP_CLONES static void NAME(const RAW *v, size_t b, size_t e, const hist_args *a, int64_t *h, \
+                               int64_t *bad, int64_t *first)                                      \
     {                                                                                             \
         const uint16_t *lut = a->lut;                                                             \
         (void)lut;                                                                                \
         const int shift = a->shift, top = a->top;                                                 \
         const uint64_t prefix = a->prefix, dmask = ((uint64_t)1 << a->bits) - 1;                  \
         const size_t nb = (size_t)1 << a->bits, last = nb + 1;                                    \
-        uint32_t *sub = calloc(4 * nb, sizeof(uint32_t));                                         \
+        uint32_t *s0 = calloc(2 * nb, sizeof(uint32_t)), *s1 = s0 ? s0 + nb : NULL;               \
         int64_t nbad = 0, below = 0, above = 0;                                                   \
         for (size_t c0 = b; c0 < e; c0 += HIST_BLOCK) {                                           \
-            size_t c1 = e - c0 > HIST_BLOCK ? c0 + HIST_BLOCK : e;                                \
-            if (sub && top >= a->keybits && prefix == 0) { /* no prefix: every key is counted */         \
-                for (size_t i = c0; i < c1; i++) {                                                \
-                    RAW x = v[i];                                                                 \
-                    nbad += BAD(x);                                                               \
-                    sub[(i & 3) * nb + (size_t)((KEY(x) >> shift) & dmask)]++;                    \
+            size_t c1 = e - c0 > HIST_BLOCK ? c0 + HIST_BLOCK : e, i = c0;                        \
+            if (s0 && top >= a->keybits && prefix == 0) { /* no prefix: every key is counted */  \
+                for (; i + 2 <= c1; i += 2) {                                                     \
+                    RAW x0 = v[i], x1 = v[i + 1];                                                 \
+                    nbad += BAD(x0) + BAD(x1);                                                    \
+                    s0[((uint64_t)KEY(x0) >> shift) & dmask]++;                                   \
+                    s1[((uint64_t)KEY(x1) >> shift) & dmask]++;                                   \
                 }                                                                                 \
-            } else if (sub) {                                                                     \
-                for (size_t i = c0; i < c1; i++) {                                                \
-                    RAW x = v[i];                                                                 \
-                    nbad += BAD(x);                                                               \
-                    uint64_t key = KEY(x);                                                        \
-                    uint64_t hi = top >= 64 ? 0 : key >> top;                                     \
-                    below += hi < prefix;                                                         \
-                    above += hi > prefix;                                                         \
-                    if (hi == prefix) sub[(i & 3) * nb + (size_t)((key >> shift) & dmask)]++;     \
-                }                                                                                 \
-            } else { /* no memory for the sub-histograms: count straight into h */              \
-                for (size_t i = c0; i < c1; i++) {                                                \
-                    RAW x = v[i];                                                                 \
-                    nbad += BAD(x);                                                               \
-                    uint64_t key = KEY(x);                                                        \
-                    uint64_t hi = top >= 64 ? 0 : key >> top;                                     \
-                    h[hi == prefix ? 1 + (size_t)((key >> shift) & dmask) : (hi < prefix ? 0 : last)]++; \
+            } else if (s0) {                                                                      \
+                for (; i + 2 <= c1; i += 2) {                                                     \
+                    RAW x0 = v[i], x1 = v[i + 1];                                                 \
+                    nbad += BAD(x0) + BAD(x1);                                                    \
+                    uint64_t k0 = KEY(x0), k1 = KEY(x1);                                          \
+                    uint64_t hi0 = top >= 64 ? 0 : k0 >> top, hi1 = top >= 64 ? 0 : k1 >> top;    \
+                    below += (hi0 < prefix) + (hi1 < prefix);                                     \
+                    above += (hi0 > prefix) + (hi1 > prefix);                                     \
+                    if (hi0 == prefix) s0[(k0 >> shift) & dmask]++;                               \
+                    if (hi1 == prefix) s1[(k1 >> shift) & dmask]++;                               \
                 }                                                                                 \
             }                                                                                     \
-            if (sub) {                                                                            \
+            for (; i < c1; i++) { /* the odd last element, or no memory for the sub-histograms */ \
+                RAW x = v[i];                                                                     \
+                nbad += BAD(x);                                                                   \
+                uint64_t key = KEY(x);                                                            \
+                uint64_t hi = top >= 64 ? 0 : key >> top;                                         \
+                h[hi == prefix ? 1 + (size_t)((key >> shift) & dmask) : (hi < prefix ? 0 : last)]++; \
+            }                                                                                     \
+            if (s0) {                                                                             \
                 for (size_t d = 0; d < nb; d++) {                                                 \
-                    h[1 + d] += (int64_t)sub[d] + sub[nb + d] + sub[2 * nb + d] + sub[3 * nb + d]; \
-                    sub[d] = sub[nb + d] = sub[2 * nb + d] = sub[3 * nb + d] = 0;                 \
+                    h[1 + d] += (int64_t)s0[d] + s1[d];                                           \
+                    s0[d] = s1[d] = 0;                                                            \
                 }                                                                                 \
             }                                                                                     \
         }                                                                                         \
-        free(sub);                                                                                \
+        free(s0);                                                                                 \
         h[0] += below;                                                                            \
         h[last] += above;                                                                         \
         *bad = nbad;                                                                              \

@@ -13,12 +13,13 @@ Where things are:
 * :mod:`~pruneplug.checkpoint.formats`: reading (safetensors headers, sharded directories, ``.npz``),
   :class:`TensorRef` and :class:`Checkpoint`, the dtype maps;
 * :mod:`~pruneplug.checkpoint.selection`: which tensors are pruned (:data:`SELECTION_RULE`);
-* :mod:`~pruneplug.checkpoint.global_select`: global pruning in bounded memory (the radix select);
+* :mod:`~pruneplug.checkpoint.global_select`: global pruning in bounded memory (drives
+  :mod:`pruneplug.selection` over the tensors);
 * :mod:`~pruneplug.checkpoint.prune`: :func:`prune_checkpoint`, step by step;
 * :mod:`~pruneplug.checkpoint.outputs`: output paths, one writer per output file, a sharded
   directory's index and other files;
-* :mod:`~pruneplug.checkpoint.writers`: the transaction (temporary files renamed at the end) and
-  the streaming safetensors and ``.npz`` writers;
+* :mod:`~pruneplug.checkpoint.writers`: the transaction (unnamed temporaries linked and renamed at
+  the end) and the safetensors (``pwrite``, ``copy_file_range``) and ``.npz`` writers;
 * :mod:`~pruneplug.checkpoint.report`: progress and the prune report;
 * :mod:`~pruneplug.checkpoint.inspect`: :func:`inspect_checkpoint` and its plot.
 """
