@@ -14,7 +14,8 @@ Two measurements, each against what a user would run instead, in the same run:
    ``pp.prune(dask_array, 0.5)`` on the threaded scheduler and on the 2-worker cluster (blocks
    persisted on the workers first, the result persisted there): the selection (all histogram passes,
    per-pass cost) and the final pruning pass apart, bytes out of the workers, peak RSS per worker,
-   bit-identity with the NumPy result.
+   bit-identity with the NumPy result; then the bytes of one selection and of the last pass apart,
+   with Dask's work stealing on and off.
 
 The page cache is warm (the input is read once before timing). Medians of ``--repeat`` runs.
 
@@ -215,13 +216,41 @@ def bench_array(elements: int, repeat: int, chunk: int) -> dict:
     }
 
 
+def bench_array_bytes(elements: int, chunk: int, stealing: bool) -> dict:
+    """Bytes out of the workers for one selection and for the last pass apart, with Dask's work
+    stealing on or off (stealing may move whole blocks to a less loaded worker)."""
+    import dask
+    import dask.array as da
+    from dask.distributed import wait
+
+    import pruneplug as pp
+    from pruneplug.dask import _score_cut  # the selection pp.prune runs, timed apart
+
+    with dask.config.set({"distributed.scheduler.work-stealing": stealing}):
+        cluster, client, _ = _cluster(2)
+        try:
+            x = da.random.default_rng(1).standard_normal(elements, chunks=chunk, dtype=np.float32).persist()
+            wait(x)
+            m0, _ = _worker_stats(client)
+            cut = _score_cut(x, pp.count_to_prune(0.5, elements), "abs")
+            m1, _ = _worker_stats(client)
+            result = pp.prune(x, 0.5).persist()  # the selection again, then the last pass
+            wait(result)
+            m2, _ = _worker_stats(client)
+        finally:
+            client.close()
+            cluster.close()
+    return {"stealing": stealing, "passes": cut.passes, "bytes_one_selection": m1 - m0,
+            "bytes_last_pass": (m2 - m1) - (m1 - m0)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt-gb", type=float, default=2.0)
     parser.add_argument("--array-elements", type=float, default=2.5e8)
     parser.add_argument("--chunk", type=float, default=2.5e7, help="Dask block size in elements (default 2.5e7: 100 MB)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--skip", choices=("checkpoint", "array"), action="append", default=[])
+    parser.add_argument("--skip", choices=("checkpoint", "array", "bytes"), action="append", default=[])
     parser.add_argument("--scopes", default="global,layer", help="checkpoint scopes to run (default: global,layer)")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
@@ -233,6 +262,10 @@ def main() -> None:
     if "array" not in args.skip:
         results["array"] = bench_array(int(args.array_elements), args.repeat, int(args.chunk))
         print(json.dumps(results["array"], indent=2), flush=True)
+    if "bytes" not in args.skip:
+        results["array_bytes"] = [bench_array_bytes(int(args.array_elements), int(args.chunk), stealing)
+                                  for stealing in (True, False)]
+        print(json.dumps(results["array_bytes"], indent=2), flush=True)
     results["loadavg_after"] = os.getloadavg()
     print(f"load average before {results['loadavg_before']}, after {results['loadavg_after']}")
     if args.json:
