@@ -176,6 +176,8 @@ def main() -> None:
     ap.add_argument("--backend", default=None, help="pruneplug backend (default: auto)")
     ap.add_argument("--dir", default=None, help="where to write the checkpoints (default: a temporary directory)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--compare-pythonpath", default=None,
+                    help="I/O mode: also run the CLI of another pruneplug found on this PYTHONPATH (an older commit)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -210,9 +212,10 @@ def child_cli(argv: list[str]) -> dict:
     return {"exit": code, "peak_rss_mb": _rss_mb()}
 
 
-def _timed(cmd: list[str] | str, shell: bool = False) -> tuple[float, dict | None]:
+def _timed(cmd: list[str] | str, shell: bool = False, env: dict | None = None) -> tuple[float, dict | None]:
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, shell=shell, capture_output=True, text=True)
+    cwd = tempfile.gettempdir() if env is not None else None  # not this checkout: it would shadow PYTHONPATH
+    proc = subprocess.run(cmd, shell=shell, capture_output=True, text=True, env=env, cwd=cwd)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
@@ -247,6 +250,14 @@ def io_comparison(args: argparse.Namespace) -> dict:
                         "--quiet"] + (["--backend", args.backend] if args.backend else [])
                 cases[f"{scope}_dry"] = lambda base=base: _timed(cli + base + ["--dry-run"])
                 cases[f"{scope}_written"] = lambda base=base: _timed(cli + base + ["-o", str(out)])
+                if args.compare_pythonpath:  # the same command run by the other pruneplug, from another directory
+                    env = dict(os.environ, PYTHONPATH=args.compare_pythonpath)
+                    other = [sys.executable, "-c", "import sys, runpy; sys.argv = sys.argv[1:]; "
+                             f"runpy.run_path({__file__!r}, run_name='__main__')", "bench", "--child", "cli"]
+                    cases[f"other_{scope}_dry"] = lambda base=base, env=env, other=other: _timed(
+                        other + base + ["--dry-run"], env=env)
+                    cases[f"other_{scope}_written"] = lambda base=base, env=env, other=other: _timed(
+                        other + base + ["-o", str(out)], env=env)
             for name, run in cases.items():
                 times, rss = [], []
                 for _ in range(args.repeat):
@@ -259,7 +270,7 @@ def io_comparison(args: argparse.Namespace) -> dict:
                 row["runs"][name] = {"seconds": _median(times), "all": [round(t, 3) for t in times],
                                      "peak_rss_mb": max(rss) if rss else None}
             r, start = row["runs"], row["runs"]["startup"]["seconds"]
-            for name in ("layer_dry", "global_dry", "layer_written", "global_written"):
+            for name in [n for n in r if n.endswith(("_dry", "_written"))]:
                 r[name]["net_seconds"] = r[name]["seconds"] - start
                 floor = r["cat"]["seconds"] if name.endswith("dry") else r["dd_fsync"]["seconds"]
                 r[name]["ratio"] = r[name]["net_seconds"] / floor
@@ -284,11 +295,14 @@ def _print_io(r: dict) -> None:
         print(f"{'cat FILE > /dev/null':<34} {runs['cat']['seconds']:8.3f} {'':>7} {'1':>7}")
         print(f"{'dd bs=16M conv=fsync':<34} {runs['dd_fsync']['seconds']:8.3f} {'':>7} {'1':>7}")
         print(f"{'interpreter start-up':<34} {start['seconds']:8.3f} {'':>7} {'':>7} {'':>7} {start['peak_rss_mb']:7.0f} MB")
-        for name, label in (("layer_dry", "prune --dry-run (layer)"), ("global_dry", "prune --dry-run --scope global"),
-                            ("layer_written", "prune -o OUT (layer)"), ("global_written", "prune -o OUT --scope global")):
-            x = runs[name]
-            print(f"{label:<34} {x['seconds']:8.3f} {x['net_seconds']:7.3f} {x['ratio']:6.2f}x {TARGETS[name]:6.1f}x "
-                  f"{x['peak_rss_mb']:7.0f} MB")
+        for prefix, who in (("", ""), ("other_", "other: ")):
+            for name, label in (("layer_dry", "prune --dry-run (layer)"), ("global_dry", "prune --dry-run --scope global"),
+                                ("layer_written", "prune -o OUT (layer)"), ("global_written", "prune -o OUT --scope global")):
+                x = runs.get(prefix + name)
+                if x is None:
+                    continue
+                print(f"{who + label:<34} {x['seconds']:8.3f} {x['net_seconds']:7.3f} {x['ratio']:6.2f}x "
+                      f"{TARGETS[name]:6.1f}x {x['peak_rss_mb']:7.0f} MB")
 
 
 # ---------------------------------------------------------------------------------------------

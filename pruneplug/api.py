@@ -6,7 +6,9 @@ the backend the registry picks. Nothing here knows any backend's internals.
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 from typing import Any
 
 from pruneplug.arrays import (
@@ -31,6 +33,22 @@ from pruneplug.validation import (
     normalize_axis,
     shown,
 )
+
+
+def _dask_aware(function):
+    """Hand a call whose array is a Dask array to ``pruneplug.dask`` (imported only then), which has
+    a function of the same name and signature; every other call runs ``function`` itself."""
+    @functools.wraps(function)
+    def dispatch(*args: Any, **kwargs: Any) -> Any:
+        if "dask.array" in sys.modules:  # no Dask array can exist before it is imported: a cheap test
+            for arg in (*args[:2], kwargs.get("weights"), kwargs.get("scores")):
+                inner = arg.values if isinstance(arg, ImportanceScores) else arg.data if isinstance(arg, Mask) else arg
+                if type(inner).__module__.startswith("dask."):
+                    from pruneplug import dask as dask_api
+
+                    return getattr(dask_api, function.__name__)(*args, **kwargs)
+        return function(*args, **kwargs)
+    return dispatch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,6 +86,7 @@ def _check_out(out: Any, shape: tuple, array_type: str) -> Any:
 # ---------------------------------------------------------------------------------------------
 # importance
 # ---------------------------------------------------------------------------------------------
+@_dask_aware
 def importance(weights: Any, method: str = "l1", *, backend: str | None = None) -> ImportanceScores:
     """Magnitude importance of ``weights``: ``|w|`` for ``"l1"``, ``w**2`` for ``"l2"``.
 
@@ -129,6 +148,7 @@ class MagnitudeImportance:
 # ---------------------------------------------------------------------------------------------
 # masks
 # ---------------------------------------------------------------------------------------------
+@_dask_aware
 def generate_unstructured_mask(scores: Any, sparsity: float, *, groups: str = "layer", backend: str | None = None,
                                out: Any = None) -> Mask:
     """Prune exactly ``round(sparsity * n)`` entries: the lowest scores, ties by lower flat index.
@@ -161,6 +181,7 @@ def generate_unstructured_mask(scores: Any, sparsity: float, *, groups: str = "l
     return Mask(adapted.wrap(data), "unstructured", name)
 
 
+@_dask_aware
 def generate_nm_mask(scores: Any, n: int, m: int, axis: int = -1, *, backend: str | None = None, out: Any = None) -> Mask:
     """Keep the ``n`` largest of every ``m`` consecutive scores along ``axis`` (ties: lower index).
 
@@ -226,6 +247,7 @@ def _block_mask(scores: Any, block_shape: tuple[int, int], sparsity: float, patt
     return Mask(adapted.wrap(data), pattern, name)
 
 
+@_dask_aware
 def generate_block_mask(scores: Any, block_shape: tuple[int, int], sparsity: float, *,
                         backend: str | None = None, out: Any = None) -> Mask:
     """Prune whole blocks of a 2-D array: a block's score is the (float64, row-major) sum of its
@@ -242,6 +264,7 @@ def generate_block_mask(scores: Any, block_shape: tuple[int, int], sparsity: flo
     return _block_mask(scores, (bh, bw), sparsity, f"block({bh},{bw})", backend, out)
 
 
+@_dask_aware
 def generate_row_mask(scores: Any, sparsity: float, *, backend: str | None = None, out: Any = None) -> Mask:
     """Prune whole rows (output neurons) of a 2-D array by the sum of their scores.
 
@@ -256,6 +279,7 @@ def generate_row_mask(scores: Any, sparsity: float, *, backend: str | None = Non
     return _block_mask(scores, _line_block("row", adapted.array), sparsity, "row", backend, out)
 
 
+@_dask_aware
 def generate_column_mask(scores: Any, sparsity: float, *, backend: str | None = None, out: Any = None) -> Mask:
     """Prune whole columns (input features) of a 2-D array by the sum of their scores.
 
@@ -273,6 +297,7 @@ def generate_column_mask(scores: Any, sparsity: float, *, backend: str | None = 
 # ---------------------------------------------------------------------------------------------
 # applying masks and pruning
 # ---------------------------------------------------------------------------------------------
+@_dask_aware
 def apply_mask(mask: Mask | Any, weights: Any, *, backend: str | None = None) -> Any:
     """Set the entries of ``weights`` that ``mask`` prunes to ``+0.0``, in place; return ``weights``.
 
@@ -297,6 +322,7 @@ def apply_mask(mask: Mask | Any, weights: Any, *, backend: str | None = None) ->
     return weights
 
 
+@_dask_aware
 def prune(
     weights: Any,
     sparsity: float | None = None,

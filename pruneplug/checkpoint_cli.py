@@ -162,6 +162,9 @@ def _add_prune(subparsers) -> None:
     from pruneplug import calibration_cli
 
     calibration_cli.add_calibration_options(p)  # --samples, --seq-len, --batch-size (with --calibration TEXTS)
+    p.add_argument("--dask", metavar="ADDRESS", help="prune a sharded directory on the Dask cluster at ADDRESS "
+                   "(tcp://host:8786); workers read and write whole shards on a shared file system")
+    p.add_argument("--workers", type=int, metavar="N", help="prune a sharded directory on a local Dask cluster of N processes")
     p.set_defaults(handler=run_prune)
 
 
@@ -176,7 +179,11 @@ def run_prune(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from pruneplug import calibration_cli
 
-    if calibration_cli.is_texts(args.calibration):
+    if args.dask or args.workers:
+        from pruneplug.dask_checkpoint import prune_from_args
+
+        report = prune_from_args(args)
+    elif calibration_cli.is_texts(args.calibration):
         report = calibration_cli.prune_model_dir(args, _progress(args))
     else:
         report = prune_checkpoint(

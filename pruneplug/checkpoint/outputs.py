@@ -302,3 +302,9 @@ def update_config(config: Path, ckpt: Checkpoint, rows: dict[str, TensorReport],
     if config.is_symlink():  # a copied link (a Hugging Face cache points into its blobs): never write through it
         config.unlink()
     config.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+# Public names for front ends that write the shards elsewhere (pruneplug.dask_checkpoint) and finish
+# the directory exactly as prune_checkpoint does.
+settings_metadata = _settings_metadata
+finish_directory = _finish_directory

@@ -593,3 +593,9 @@ def _write_report(txn: _Transaction, path: Path, report: PruneReport) -> None:
     tmp = txn.stage_file(path)
     with _write_guard(path):
         tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+# Public names for front ends that run these steps elsewhere (pruneplug.dask_checkpoint prunes the
+# shards of a directory on Dask workers and must decide exactly as prune_checkpoint does).
+check_arguments = _check_arguments
+decide_tasks = _decide_tasks
