@@ -187,3 +187,18 @@ def test_lazy_until_computed():
     got = pp.prune(x, 0.5)
     assert len(got.__dask_graph__()) >= x.numblocks[0] * x.numblocks[1]
     _same(got.compute(), got.compute())
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS)
+def test_row_groups_match_numpy(chunks):
+    """groups='row' (Wanda's comparison group) on a Dask array: rows made whole, exact per row."""
+    w = _weights(np.float32, seed=5)
+    x = da.from_array(w, chunks=chunks)
+    _same(pp.prune(x, sparsity=0.5, groups="row").compute(), pp.prune(w, sparsity=0.5, groups="row"))
+    scores = pp.importance(w).values
+    got = pp.generate_unstructured_mask(da.from_array(scores, chunks=chunks), 0.3, groups="row").data.compute()
+    _same(got, pp.generate_unstructured_mask(scores, 0.3, groups="row").data)
+    with pytest.raises(InvalidArgumentError, match="groups"):
+        pp.prune(x, sparsity=0.5, groups="column")
+    with pytest.raises(InvalidArgumentError, match="groups='row'"):
+        pp.prune(x, sparsity=0.5, pattern="row", groups="row")
