@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +85,9 @@ def is_texts(calibration: str | None) -> bool:
 
 def prune_model_dir(args: argparse.Namespace, progress: Any = None) -> Any:
     """The one-step form: sequential calibration and pruning of the model in memory give the
-    statistics; the checkpoint is then pruned with them (streamed: same names, dtypes and layout,
-    untouched tensors byte-identical) into a staging directory that is renamed to OUT_DIR, with
-    every other file of MODEL_DIR (config, tokenizer) copied."""
+    statistics; the model directory is then pruned with them by :func:`pruneplug.prune_checkpoint`
+    (streamed: same names, dtypes and layout, untouched tensors byte-identical, every other file of
+    MODEL_DIR copied, committed atomically to OUT_DIR)."""
     import pruneplug as pp
 
     src = Path(args.input)
@@ -112,19 +110,12 @@ def prune_model_dir(args: argparse.Namespace, progress: Any = None) -> Any:
                          groups=getattr(args, "groups", None), statistics=used)
     ctx = _renamed(used, weights)
     del model
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        for item in src.iterdir():
-            if item.is_file() and not item.name.endswith(".safetensors") and item.name != "model.safetensors.index.json":
-                shutil.copy2(item, staging / item.name)
-        target = staging if weights.is_dir() else staging / weights.name
-        result = pp.prune_checkpoint(weights, target, sparsity=sparsity, pattern=args.pattern, method=args.method,
-                                     calibration=ctx, include=args.include, exclude=args.exclude,
-                                     groups=getattr(args, "groups", None), progress=progress)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    # the model-directory form of prune_checkpoint: other files copied, atomic commit, path rules
+    result = pp.prune_checkpoint(src, out, sparsity=sparsity, pattern=args.pattern, method=args.method,
+                                 calibration=ctx, include=args.include, exclude=args.exclude,
+                                 groups=getattr(args, "groups", None), format=args.format, report=args.report,
+                                 warn_sparsity=args.warn_sparsity,
+                                 backend=None if args.backend == "auto" else args.backend, progress=progress)
     result.output = str(out)
     return result
 
