@@ -403,32 +403,3 @@ int pp_prune_below_key(const void *values, int dtype, int transform, int keys, i
     }
     return PP_OK;
 }
-
-/* ---- zero count --------------------------------------------------------------------------- */
-#define ZERO_LOOP(NAME, RAW, ZERO)                                                                \
-    static int64_t NAME(const RAW *v, size_t b, size_t e)                                         \
-    {                                                                                             \
-        int64_t z = 0;                                                                            \
-        for (size_t i = b; i < e; i++) z += (v[i] & ZERO) == 0;                                   \
-        return z;                                                                                 \
-    }
-ZERO_LOOP(z16, uint16_t, Z16)
-ZERO_LOOP(z32, uint32_t, Z32)
-ZERO_LOOP(z64, uint64_t, Z64)
-
-int pp_count_zeros(const void *values, int itemsize, int64_t n, int64_t *zeros, int nthreads)
-{
-    if (n < 0 || !zeros || (itemsize != 2 && itemsize != 4 && itemsize != 8)) return PP_ERR_ARG;
-    int nt = pp_threads(nthreads, (size_t)n);
-    if (nt > MAXT) nt = MAXT;
-    int64_t z[MAXT];
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static, 1)
-    for (int t = 0; t < nt; t++) {
-        size_t b, e;
-        pp_part((size_t)n, (size_t)nt, (size_t)t, &b, &e);
-        z[t] = itemsize == 2 ? z16(values, b, e) : itemsize == 4 ? z32(values, b, e) : z64(values, b, e);
-    }
-    *zeros = 0;
-    for (int t = 0; t < nt; t++) *zeros += z[t];
-    return PP_OK;
-}

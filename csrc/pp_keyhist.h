@@ -32,8 +32,4 @@ int pp_prune_below_key(const void *values, int dtype, int transform, int keys, i
                        uint64_t threshold, int64_t ties, void *out, uint8_t *mask, int64_t *counts,
                        int nthreads, int64_t *bad_count, int64_t *bad_first);
 
-/* Exact zeros (every bit but the sign 0: +0.0 and -0.0) among n floats of `itemsize` bytes
- * (2, 4 or 8); NaN and Inf are not zeros and not errors. For reports of unpruned tensors. */
-int pp_count_zeros(const void *values, int itemsize, int64_t n, int64_t *zeros, int nthreads);
-
 #endif
