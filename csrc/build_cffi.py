@@ -11,7 +11,7 @@ import os
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HEADERS = [h for h in ("pruneplug.h", "compress24.h") if os.path.exists(os.path.join(HERE, h))]
+HEADERS = [h for h in ("pruneplug.h", "compress24.h", "rowselect.h") if os.path.exists(os.path.join(HERE, h))]
 
 
 def _rel(path):

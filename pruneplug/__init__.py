@@ -30,10 +30,17 @@ from pruneplug.types import BackendInfo, BackendStatus, ImportanceScores, Mask, 
 from pruneplug.checkpoint import global_unstructured_masks, inspect_checkpoint, prune_checkpoint
 from pruneplug.sparse24 import SparseWeight24, compress_24, decompress_24, prune_24
 from pruneplug import compressed_tensors  # noqa: E402  (a submodule, imported for pp.compressed_tensors)
+from pruneplug.calibration import ActivationStats, CalibrationContext
+from pruneplug.criteria.wanda import WandaImportance
+from pruneplug import criteria  # noqa: E402  (importance criteria: pp.criteria.get_criterion, ...)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationStats",
+    "CalibrationContext",
+    "WandaImportance",
+    "criteria",
     "BackendInfo",
     "BackendStatus",
     "ImportanceScores",
@@ -64,3 +71,12 @@ __all__ = [
     "register_backend",
     "unregister_backend",
 ]
+
+
+def __getattr__(name: str):
+    # pp.torch (the PyTorch front end) is imported on first use: `import pruneplug` never imports torch.
+    if name == "torch":
+        import importlib
+
+        return importlib.import_module("pruneplug.torch")
+    raise AttributeError(f"module 'pruneplug' has no attribute {name!r}")

@@ -170,17 +170,31 @@ class MagnitudeImportance:
 # ---------------------------------------------------------------------------------------------
 # masks
 # ---------------------------------------------------------------------------------------------
-def generate_unstructured_mask(scores: Any, sparsity: float, *, backend: str | None = None, out: Any = None) -> Mask:
+def generate_unstructured_mask(scores: Any, sparsity: float, *, groups: str = "layer", backend: str | None = None,
+                               out: Any = None) -> Mask:
     """Prune exactly ``round(sparsity * n)`` entries: the lowest scores, ties by lower flat index.
+
+    ``groups="row"`` (2-D scores) compares scores within each row instead, as Wanda does: exactly
+    ``round(sparsity * columns)`` pruned in every row, ties by lower column index.
 
     Example::
 
         >>> import numpy as np, pruneplug as pp
         >>> pp.generate_unstructured_mask(np.array([3.0, 1.0, 1.0, 2.0]), 0.5).data
         array([ True, False, False,  True])
+        >>> pp.generate_unstructured_mask(np.array([[3.0, 1.0], [0.0, 9.0]]), 0.5, groups="row").data
+        array([[ True, False],
+               [False,  True]])
     """
     adapted = _scores_array(scores)
     array = contiguous(adapted.array)
+    if _check_groups(groups) == "row":
+        _, cols = _check_2d(array, "groups='row'")
+        k = count_to_prune(sparsity, cols)
+        out = _check_out(out, tuple(array.shape), adapted.array_type)
+        name, data = _run(backend, "row_mask", array, adapted.array_type, values=array, k=k, transform="identity",
+                          out=out)
+        return Mask(adapted.wrap(data), "unstructured", name)
     k = count_to_prune(sparsity, int(array.size))
     out = _check_out(out, tuple(array.shape), adapted.array_type)
     name, data = _run(backend, "unstructured_mask", array, adapted.array_type,
@@ -208,6 +222,13 @@ def generate_nm_mask(scores: Any, n: int, m: int, axis: int = -1, *, backend: st
     name, data = _run(backend, "nm_mask", array, adapted.array_type,
                       values=array, n=n, m=m, axis=axis, transform="identity", out=out)
     return Mask(adapted.wrap(data), f"{n}:{m}", name)
+
+
+def _check_groups(groups: Any) -> str:
+    if groups not in ("layer", "row"):
+        raise InvalidArgumentError(f"groups={groups!r}: expected 'layer' (one comparison over the whole array) "
+                                   "or 'row' (exact count in every row of a 2-D array)")
+    return groups
 
 
 def _check_2d(array: Any, what: str) -> tuple[int, int]:
@@ -324,6 +345,7 @@ def prune(
     backend: str | None = None,
     inplace: bool = False,
     return_mask: bool = False,
+    groups: str = "layer",
 ) -> Any:
     """Prune ``weights`` by magnitude; return the pruned array (and the :class:`Mask` when
     ``return_mask``).
@@ -357,9 +379,15 @@ def prune(
         raise InvalidArgumentError(f"pattern={pattern!r} needs sparsity= (a real number in [0, 1])")
     else:
         _check_sparsity(sparsity)
+    if _check_groups(groups) == "row" and (pattern != "unstructured" or adapted.array.ndim != 2):
+        raise InvalidArgumentError(f"groups='row' applies to unstructured pruning of 2-D weights, not "
+                                   f"pattern={pattern!r} on shape {tuple(adapted.array.shape)}")
 
     target = contiguous(adapted.array) if inplace else _fresh_copy(adapted.array)
-    if nm:
+    if groups == "row":
+        mask = _prune_in_place(target, adapted, backend, True, "row_mask", "", "unstructured",
+                               k=count_to_prune(sparsity, int(target.shape[1])), transform=transform)
+    elif nm:
         mask = _prune_nm(target, adapted, n, m, axis, transform, backend, return_mask)
     elif pattern == "unstructured":
         mask = _prune_unstructured(target, adapted, sparsity, transform, backend, return_mask)

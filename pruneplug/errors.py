@@ -98,5 +98,25 @@ class CheckpointError(PrunePlugError):
     """A checkpoint could not be read or written (corrupt input, unwritable output, ...)."""
 
 
+class CalibrationRequiredError(PrunePlugError, ValueError):
+    """An importance criterion that needs calibration statistics (Wanda, ...) was given none.
+
+    ``method`` is the criterion's name, as in Aprender's ``PruningError::CalibrationRequired``.
+    """
+
+    def __init__(self, method: str, detail: str = "") -> None:
+        super().__init__(
+            f"method {method!r} needs calibration statistics (pass calibration=... : a CalibrationContext, "
+            f"ActivationStats or a statistics file from `pruneplug calibrate`){': ' + detail if detail else ''}"
+        )
+        self.method = method
+
+
+class CalibrationError(InvalidArgumentError):
+    """Calibration statistics are unusable: a bad or mismatching statistics file (wrong layer
+    names or feature counts, NaN/Inf, a missing layer), or calibration texts that give no tokens.
+    The message names the file and the tensor."""
+
+
 class PluginLoadWarning(UserWarning):
     """A third-party plugin failed to import or register; pruneplug carries on without it."""

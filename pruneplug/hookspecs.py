@@ -123,6 +123,17 @@ def pruneplug_block_mask(
 
 
 @hookspec(firstresult=True)
+def pruneplug_row_mask(values: Array, k: int, transform: str, out: "Array | None") -> Array:
+    """Per-row exact keep-mask of a 2-D array: in *every* row prune exactly ``k`` entries
+    (``0 <= k <= columns``), the lowest scores of that row, among equal scores the lower column
+    index first (a stable ascending sort of each row). This is the comparison group Wanda uses:
+    scores are compared within an output row, never across rows. Return a ``bool`` array of
+    ``values``' shape (``out`` when given). Raise ``NonFiniteError`` (flat C-order first index over
+    the whole array) before writing anything.
+    """
+
+
+@hookspec(firstresult=True)
 def pruneplug_apply_mask(weights: Array, mask: Array) -> None:
     """Set ``weights[~mask]`` to ``+0.0`` in place (NaN and ``-0.0`` included); kept entries keep
     their exact bits. ``weights`` is writable and C-contiguous; ``mask`` is a C-contiguous ``bool``

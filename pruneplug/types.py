@@ -18,6 +18,7 @@ OPERATIONS: FrozenSet[str] = frozenset(
         "compress_24",
         "decompress_24",
         "prune_compress_24",
+        "row_mask",
     }
 )
 

@@ -37,6 +37,7 @@ OPERATIONS = {
     "compress_24",
     "decompress_24",
     "prune_compress_24",
+    "row_mask",
 }
 
 _DTYPE_CODE = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
@@ -177,3 +178,4 @@ def pruneplug_importance(weights: np.ndarray, method: str):
 
 
 from pruneplug_backends.cpu.compress24 import pruneplug_compress_24, pruneplug_decompress_24, pruneplug_prune_compress_24  # noqa: E402,F401
+from pruneplug_backends.cpu.rows import pruneplug_row_mask  # noqa: E402,F401  (per-row selection)

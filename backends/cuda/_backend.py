@@ -40,7 +40,7 @@ BINS = 1 << DIGIT
 MAX_STREAM_GRID = 1024  # streaming kernels loop over tiles; depends on n only (deterministic stats)
 OPERATIONS = frozenset(
     {"importance", "unstructured_mask", "nm_mask", "block_mask", "apply_mask", "prune_unstructured", "prune_nm",
-     "compress_24", "decompress_24", "prune_compress_24"}
+     "compress_24", "decompress_24", "prune_compress_24", "row_mask"}
 )
 #: int8 is for 2:4 compression only: the core rejects non-float dtypes for every other operation
 #: before it selects a backend (pruneplug.arrays.check_float_dtype), as for the cpu backend.
@@ -99,6 +99,8 @@ def launched_names() -> Iterator[tuple[str, str]]:
             yield "block.cu", name_select("block_sums", d, t)
             yield "elementwise.cu", name_select("check_nonfinite", d, t)
         yield "elementwise.cu", f"apply_mask<{_dt(d)}>"
+        for t in ("abs", "square", "identity"):
+            yield "rows.cu", name_select("row_select", d, t)
     for d, t in [(d, t) for d in floats for t in ("abs", "square", "identity")] + [("key64", "key")]:
         for kernel in ("radix_hist0", "radix_compact", "radix_mask"):
             yield "select.cu", name_select(kernel, d, t)
@@ -496,6 +498,27 @@ class CudaBackend:
         self._launch_block_expand(bkeep, self._bytes(result), cols, bh, bw)
         return result
 
+    def row_mask(self, values: Any, k: int, transform: str, out: Any = None):
+        """Per-row exact selection (rows.cu): the check first, so nothing is written on a reject."""
+        self._check(values, *(() if out is None else (out,)))
+        rows, cols = (int(s) for s in values.shape)
+        if cols >= 1 << 32:
+            raise ValueError(f"backend {self.name!r}: row_mask takes rows below 2^32 columns, got {cols}")
+        dtype, x = self._dtype(values), self._raw(values)
+        ws = self._workspace()
+        if values.size:
+            self._launch_check(x, dtype, transform, ws)
+            self._read_ws(ws, transform)
+        result = out if out is not None else self._alloc(values.shape, np.bool_, "the mask")
+        if values.size == 0:
+            return result
+        if k == 0 or k == cols:
+            self._launch_fill(self._bytes(result), k == 0)
+        else:  # one block per row
+            self._fn("rows.cu", name_select("row_select", dtype, transform))(
+                (rows,), (BLOCK,), (x, np.int64(cols), np.int64(k), self._bytes(result)))
+        return result
+
     def apply_mask(self, weights: Any, mask: Any) -> None:
         self._check(weights, mask)
         if weights.size == 0:
@@ -647,6 +670,10 @@ class CudaPlugin:
     @hookimpl
     def pruneplug_block_mask(self, values, block_shape, k, transform, out=None):
         return self.backend.block_mask(values, block_shape, k, transform, out)
+
+    @hookimpl
+    def pruneplug_row_mask(self, values, k, transform, out=None):
+        return self.backend.row_mask(values, k, transform, out)
 
     @hookimpl
     def pruneplug_apply_mask(self, weights, mask):

@@ -85,6 +85,7 @@ def _name_expressions() -> dict[str, list[str]]:
         "block.cu": block,
         "elementwise.cu": elementwise,
         "compress24.cu": compress24,
+        "rows.cu": [f"row_select<{DT[d]}, {TR[t]}>" for d in _FLOATS for t in _TRANSFORMS],
     }
 
 

@@ -24,7 +24,7 @@ def pruneplug_backend_info() -> BackendInfo:
         array_types={"numpy"},
         dtypes=FLOAT_DTYPES | {"int8"},
         operations={"importance", "unstructured_mask", "nm_mask", "block_mask", "apply_mask",
-                    "compress_24", "decompress_24", "prune_compress_24"},
+                    "compress_24", "decompress_24", "prune_compress_24", "row_mask"},
         description="pure NumPy reference implementation (the specification)",
     )
 
@@ -150,3 +150,4 @@ from pruneplug_backends.numpy.compress24 import (  # noqa: E402,F401  (2:4 compr
     pruneplug_decompress_24,
     pruneplug_prune_compress_24,
 )
+from pruneplug_backends.numpy.rows import pruneplug_row_mask  # noqa: E402,F401  (per-row selection)
