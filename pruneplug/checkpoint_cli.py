@@ -129,7 +129,13 @@ def _add_prune(subparsers) -> None:
     p.add_argument("-o", "--output", metavar="OUT", help="output path, same form as IN (a directory for a sharded IN)")
     p.add_argument("--sparsity", type=float, help="fraction of weights to prune, in [0, 1] (not with N:M)")
     p.add_argument("--scope", choices=("layer", "global"), default="layer", help="per tensor or across all selected tensors (default: layer)")
-    p.add_argument("--method", choices=("l1", "l2"), default="l1", help="importance: |w| or w*w (default: l1)")
+    p.add_argument("--method", default="l1", help="importance criterion: l1 (|w|, default), l2 (w*w), wanda "
+                   "(|w| * input norm, needs --calibration) or a criterion plugin's name")
+    p.add_argument("--calibration", metavar="STATS|TEXTS", help="for --method wanda: a statistics file from "
+                   "`pruneplug calibrate` (IN any checkpoint, streamed), or calibration texts (IN a Hugging Face "
+                   "model directory, OUT a new directory: sequential calibration through the model)")
+    p.add_argument("--groups", choices=("layer", "row"), help="unstructured comparison group: the whole tensor or "
+                   "each output row (default: the method's own: row for wanda, layer otherwise)")
     p.add_argument("--pattern", default="unstructured",
                    help="'unstructured' (default), 'N:M' such as 2:4, 'row', 'column' or 'block(H,W)'")
     p.add_argument("--axis", type=int, default=-1, help="N:M group axis (default: -1, the input dimension of [out, in])")
@@ -147,6 +153,9 @@ def _add_prune(subparsers) -> None:
                    help="progress bar on stderr: auto (only on a terminal, default), always, never")
     p.add_argument("--quiet", action="store_true", help="print only the totals, not the per-tensor table")
     p.add_argument("--all", action="store_true", help="list untouched tensors in the table too")
+    from pruneplug import calibration_cli
+
+    calibration_cli.add_calibration_options(p)  # --samples, --seq-len, --batch-size (with --calibration TEXTS)
     p.set_defaults(handler=run_prune)
 
 
@@ -159,13 +168,18 @@ def run_prune(args: argparse.Namespace) -> int:
     if sparsity is None and ":" not in pattern:
         print(f"pruneplug prune: error: --pattern {pattern} needs --sparsity", file=sys.stderr)
         return 2
-    report = prune_checkpoint(
-        args.input, args.output, sparsity=sparsity, pattern=pattern, scope=args.scope, method=args.method,
-        axis=args.axis, format=args.format, include=args.include, exclude=args.exclude,
-        backend=None if args.backend == "auto" else args.backend, masks_out=args.masks_out,
-        report=args.report, dry_run=args.dry_run, strict=args.strict, in_place=args.in_place,
-        progress=_progress(args),
-    )
+    from pruneplug import calibration_cli
+
+    if calibration_cli.is_texts(args.calibration):
+        report = calibration_cli.prune_model_dir(args, _progress(args))
+    else:
+        report = prune_checkpoint(
+            args.input, args.output, sparsity=sparsity, pattern=pattern, scope=args.scope, method=args.method,
+            axis=args.axis, format=args.format, include=args.include, exclude=args.exclude,
+            backend=None if args.backend == "auto" else args.backend, masks_out=args.masks_out,
+            report=args.report, dry_run=args.dry_run, strict=args.strict, in_place=args.in_place,
+            progress=_progress(args), calibration=args.calibration, groups=args.groups,
+        )
     print(report.format_totals() if args.quiet else report.format_table(show_kept=args.all))
     where = "dry run: nothing written" if report.dry_run else f"wrote {report.output}"
     extras = [x for x in (report.masks_out and f"masks {report.masks_out}", args.report and f"report {args.report}") if x]
@@ -219,5 +233,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers) -> None:
     """Add ``prune`` and ``inspect`` to the ``pruneplug`` command line."""
+    from pruneplug import calibration_cli
+
     _add_prune(subparsers)
     _add_inspect(subparsers)
+    calibration_cli.add_commands(subparsers)

@@ -19,7 +19,8 @@ EXIT_ERROR = 1
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pruneplug",
-        description="Magnitude pruning of neural-network weights (exact unstructured, N:M, block, row, column).",
+        description="Pruning of neural-network weights by magnitude or Wanda (exact unstructured, per-row, N:M, "
+        "block, row, column); `pruneplug calibrate` collects the statistics Wanda needs.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_example(subparsers)

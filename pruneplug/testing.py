@@ -507,7 +507,9 @@ def backend_checks(extra: Iterable[Check] = ()) -> list[Check]:
     """Every check of the kit, the 2:4 compression checks included, plus ``extra`` ones."""
     from pruneplug.testing_sparse24 import CHECKS as SPARSE24_CHECKS  # it imports this module
 
-    known = list(_CHECKS) + list(SPARSE24_CHECKS)
+    from pruneplug.testing_rows import CHECKS as ROW_CHECKS  # per-row selection
+
+    known = list(_CHECKS) + list(SPARSE24_CHECKS) + list(ROW_CHECKS)
     names = {c.name for c in known}
     return known + [c for c in extra if c.name not in names]
 

@@ -62,6 +62,8 @@ class _HowToPrune:
     backend: str | None
     kind: str  # the checkpoint's form: how an unpruned tensor is copied
     xp: Any = None  # CuPy to prune on the GPU (see _device_module), None for NumPy
+    calibration: Any = None  # a CalibrationContext: criteria with statistics (Wanda) score through it
+    groups: str | None = None  # comparison group of unstructured pruning (None: the criterion's own)
 
 
 def prune_checkpoint(
@@ -83,6 +85,8 @@ def prune_checkpoint(
     strict: bool = False,
     in_place: bool = False,
     progress: ProgressLike | None = None,
+    calibration: Any = None,
+    groups: str | None = None,
     _before_commit: Callable[[], None] | None = None,
 ) -> PruneReport:
     """Prune a checkpoint and write it in the same form; return a :class:`PruneReport`.
@@ -97,6 +101,10 @@ def prune_checkpoint(
     ``"N:M"`` along ``axis``; ``"row"``, ``"column"``, ``"block(H,W)"`` per tensor. Tensors the pattern
     does not fit are skipped and reported, or an error with ``strict=True``. ``format`` stores pruned
     weights dense or in a compressed-tensors format. Which tensors: :data:`SELECTION_RULE`.
+    ``method`` is any importance criterion (``pruneplug.criteria``); one that needs statistics
+    (``"wanda"``) takes ``calibration`` (a statistics file or :class:`~pruneplug.CalibrationContext`),
+    checked against the checkpoint (names, feature counts) before anything is written. ``groups``:
+    ``"layer"`` or ``"row"`` for unstructured pruning (default: the criterion's own).
 
     Every output (checkpoint, masks, report) is written to a temporary file next to it and renamed
     at the end; any error leaves no partial output.
@@ -109,7 +117,8 @@ def prune_checkpoint(
     started = time.perf_counter()
     progress = progress or _NullProgress()
     src_path = Path(src)
-    _check_arguments(sparsity, pattern, scope, method, axis, format)
+    calibration, groups = _check_criterion(method, scope, calibration, masks_out, groups)
+    _check_arguments(sparsity, pattern, scope, method if method in ("l1", "l2") else "l1", axis, format)
     ckpt = open_checkpoint(src_path)
     if format != "dense" and ckpt.kind == "npz":
         raise InvalidArgumentError(f"format={format!r} is a safetensors format; an npz checkpoint can only be written dense")
@@ -124,6 +133,10 @@ def prune_checkpoint(
     if not selected:
         raise CheckpointError(
             f"{src_path}: no tensor selected for pruning ({len(names)} tensors; rule: {SELECTION_RULE})")
+    if calibration is not None:  # statistics for exactly these tensors, of these shapes, before any work
+        calibration.check_names(names)
+        for n in selected:
+            calibration.check_layer(n, tasks[n].ref.shape)
     if out_path is not None:
         _check_space(out_path, ckpt.total_bytes + (sum(ckpt.tensors[n].numel for n in selected) if masks_path else 0))
     plan = _plan_global_counts(tasks, selected, sparsity, method, progress) if scope == "global" else None
@@ -133,7 +146,8 @@ def prune_checkpoint(
         "axis": axis, "format": format, "include": list(include or []), "exclude": list(exclude or []),
         "backend": backend or "auto", "strict": strict,
     }
-    how = _HowToPrune(pattern, sparsity, method, axis, format, backend, ckpt.kind, _device_module(backend))
+    how = _HowToPrune(pattern, sparsity, method, axis, format, backend, ckpt.kind, _device_module(backend),
+                      calibration, groups)
     metadata_extra = _settings_metadata(settings, selected, plan)
 
     with _Transaction() as txn:
@@ -176,6 +190,37 @@ def prune_checkpoint(
 # ---------------------------------------------------------------------------------------------
 # before the work: arguments, each tensor's fate, the global plan
 # ---------------------------------------------------------------------------------------------
+def _check_criterion(method: Any, scope: str, calibration: Any, masks_out: Any, groups: str | None) -> tuple[Any, str]:
+    """The CalibrationContext of a criterion that needs statistics (None for magnitude) and the
+    comparison group (the criterion's own unless ``groups`` says), after the checks that only
+    concern them."""
+    from pruneplug.calibration import CalibrationContext
+    from pruneplug.criteria import get_criterion
+    from pruneplug.errors import CalibrationRequiredError
+
+    if groups not in (None, "layer", "row"):
+        raise InvalidArgumentError(f"groups={groups!r}: expected 'layer' or 'row'")
+    if groups == "row" and scope == "global":
+        raise InvalidArgumentError("groups='row' compares within each row of each tensor: it cannot be combined "
+                                   "with scope='global'")
+    if method in ("l1", "l2"):  # the core's magnitude methods (checked with the other arguments)
+        return None, groups or "layer"
+    criterion = get_criterion(method)
+    groups = groups or criterion.default_groups
+    if scope == "global":
+        raise InvalidArgumentError(f"scope='global' applies to magnitude pruning (method 'l1' or 'l2'); "
+                                   f"method={criterion.name!r} compares scores within each tensor")
+    if not criterion.requires_calibration():
+        return None, groups
+    if calibration is None:
+        raise CalibrationRequiredError(criterion.name)
+    if masks_out is not None:
+        raise InvalidArgumentError(f"--masks-out is not supported with method={criterion.name!r}")
+    if not isinstance(calibration, CalibrationContext):
+        calibration = CalibrationContext.load(calibration)
+    return calibration, groups
+
+
 def _check_arguments(sparsity: float | None, pattern: str, scope: str, method: str, axis: int, format: str) -> None:
     if scope not in ("layer", "global"):
         raise InvalidArgumentError(f"scope={scope!r}: expected 'layer' or 'global'")
@@ -341,6 +386,8 @@ def _process(task: _Task, writer: Any, mask_writer: Any, how: _HowToPrune) -> Te
         mask_writer.write(ref.name, how.xp.asnumpy(mask.data) if how.xp is not None else np.asarray(mask.data))
         del mask
     row.pruned = _pruned_count(how.pattern, how.sparsity, ref.shape, task.k)
+    if how.pattern == "unstructured" and how.groups == "row" and len(ref.shape) == 2:  # exact count per row
+        row.pruned = api.count_to_prune(how.sparsity, ref.shape[1]) * ref.shape[0]
     row.zeros_after = int(np.count_nonzero(pruned == 0))
     if writer is not None:
         _write_pruned(writer, ref, pruned, row, how.format)
@@ -378,6 +425,15 @@ def _prune_tensor(task: _Task, how: _HowToPrune, row: TensorReport, want_mask: b
 
 
 def _call_prune(view: Any, task: _Task, how: _HowToPrune, want_mask: bool) -> Any:
+    if how.calibration is not None or how.groups == "row" or how.method not in ("l1", "l2"):  # criteria, row groups
+        from pruneplug.criteria import prune_scored
+
+        xp = how.xp if how.xp is not None else np
+        target = xp.array(view, copy=True)
+        prune_scored(target, how.method, sparsity=how.sparsity, pattern=how.pattern, groups=how.groups,
+                     calibration=how.calibration, layer=task.ref.name, axis=None if how.axis == -1 else how.axis,
+                     backend=how.backend)
+        return target
     if task.k is not None:  # global scope: exactly this tensor's share of the global count
         return api.prune(view, sparsity=_sparsity_for(task.k, task.ref.numel), method=how.method,
                          backend=how.backend, return_mask=want_mask)

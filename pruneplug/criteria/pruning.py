@@ -37,7 +37,8 @@ def prune_scored(weights: Any, method: Any = "l1", *, sparsity: float | None = N
     from pruneplug.criteria import get_criterion
 
     criterion = get_criterion(method)
-    groups = groups or criterion.default_groups
+    if groups is None:  # the criterion's own comparison group, for the pattern it concerns
+        groups = criterion.default_groups if pattern == "unstructured" else "layer"
     if groups not in ("layer", "row"):
         raise InvalidArgumentError(f"groups={groups!r}: expected 'layer' or 'row'")
     nm = _NM.match(pattern) if isinstance(pattern, str) else None

@@ -4,8 +4,8 @@ Two modes:
 
 * **one-pass** (:func:`calibrate`): one forward pass per batch through the dense model; every
   selected layer accumulates the float64 sum of squares of its input features and its token count.
-* **sequential** (:func:`calibrate_sequential`, what ``prune_model(..., calibration=batches)`` uses
-  by default): the layers are calibrated block by block in forward order, each block on the
+* **sequential** (:func:`calibrate_sequential`; ``prune_model(..., calibration_mode="sequential")``
+  and the one-step CLI): the layers are calibrated block by block in forward order, each block on the
   outputs of the *already pruned* earlier blocks, as the Wanda and SparseGPT papers do. The
   blocks are the children of the model's largest ``nn.ModuleList``/``nn.Sequential`` of layers
   (``encoder.layer``, ``model.layers``, ...); the hidden states entering the current block are
