@@ -252,9 +252,12 @@ class LayerRatios:
 
 
 def owl_counts(scores: Mapping[str, Any], target: float, *, m: float = DEFAULT_M, lam: float = DEFAULT_LAMBDA,
-               max_layer_sparsity: float = 1.0, units: "Mapping[str, str] | None" = None) -> LayerRatios:
+               max_layer_sparsity: float = 1.0, units: "Mapping[str, str] | None" = None,
+               sizes: "Mapping[str, int] | None" = None) -> LayerRatios:
     """OWL from score arrays (name -> Wanda scores ``|W| * ||X||``, any array type): per-tensor
     prune counts summing to ``round(target * total)`` exactly, capped at ``max_layer_sparsity``.
+    ``scores`` may compute each tensor's scores when asked for (it is read twice); ``sizes``
+    (name -> number of weights) spares a third read.
 
     Example::
 
@@ -270,7 +273,7 @@ def owl_counts(scores: Mapping[str, Any], target: float, *, m: float = DEFAULT_M
     units = dict(units) if units is not None else block_units(names)
     ratios = unit_outlier_ratios(scores, units, m)
     unit_names = list(ratios)
-    sizes = {name: int(to_numpy(scores[name]).size) for name in names}
+    sizes = dict(sizes) if sizes is not None else {name: int(to_numpy(scores[name]).size) for name in names}
     unit_sizes = [sum(sizes[n] for n in names if units[n] == u) for u in unit_names]
     unit_sparsity = dict(zip(unit_names, owl_sparsities([ratios[u] for u in unit_names], unit_sizes, target, lam)))
     per_tensor = [unit_sparsity[units[n]] for n in names]

@@ -134,17 +134,18 @@ def _share(total: int, x: int, cols: int) -> int:
     return (2 * total * x + cols) // (2 * cols)
 
 
-def _unstructured_keep(scores: Any, k: int, per_row: bool) -> Any:
-    """Keep-mask pruning the ``k`` lowest scores of a block (of every row with ``per_row``), ties by
-    lower index."""
+def _unstructured_keep(scores: Any, k: Any, per_row: bool) -> Any:
+    """Keep-mask pruning the ``k`` lowest scores of a block (with ``per_row``: of each row, ``k`` an
+    integer tensor of one count per row), ties by lower index."""
     import torch
 
     keep = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
+    if per_row:
+        order = torch.sort(scores, dim=1, stable=True).indices
+        rank = torch.arange(scores.shape[1], device=scores.device)
+        return keep.scatter_(1, order, rank[None, :] >= k[:, None])
     if k == 0:
         return keep
-    if per_row:
-        order = torch.sort(scores, dim=1, stable=True).indices[:, :k]
-        return keep.scatter_(1, order, False)
     order = torch.sort(scores.reshape(-1), stable=True).indices[:k]
     keep.view(-1)[order] = False
     return keep
@@ -162,8 +163,9 @@ def _nm_keep(scores: Any, n: int) -> Any:
 
 
 def sparsegpt_prune(weight: Any, hessian: Any, *, sparsity: "float | None" = None, pattern: str = "unstructured",
-                    groups: str = "layer", mask: Any = None, block_size: int = 128, damping: float = 0.01,
-                    dtype: str = "float32", max_retries: int = 4, name: str = "weight") -> SparseGPTResult:
+                    groups: str = "layer", mask: Any = None, count: "int | None" = None, block_size: int = 128,
+                    damping: float = 0.01, dtype: str = "float32", max_retries: int = 4,
+                    name: str = "weight") -> SparseGPTResult:
     """Prune ``weight`` (``out_features x in_features``) with SparseGPT and return the updated weight.
 
     ``hessian``: ``X^T X`` over the layer's calibration inputs (``in_features x in_features``; any
@@ -171,6 +173,8 @@ def sparsegpt_prune(weight: Any, hessian: Any, *, sparsity: "float | None" = Non
     (``groups="layer"``: exact count over the whole weight; ``"row"``: the same count in every
     row), or ``pattern="N:M"`` such as ``"2:4"`` (keep N of every M consecutive inputs of a row),
     or ``mask=`` (``True`` = keep) chosen by any other criterion: then only the weights are updated.
+    ``count`` (unstructured, instead of ``sparsity``): prune exactly this many (per-layer sparsities
+    such as OWL's); with ``groups="row"`` the first ``count % rows`` rows prune one more.
     Accepts torch tensors on any device (the computation runs there), NumPy arrays and CuPy arrays
     (through DLPack); returns the same type. Nothing is modified in place.
 
@@ -187,6 +191,12 @@ def sparsegpt_prune(weight: Any, hessian: Any, *, sparsity: "float | None" = Non
     """
     import torch
 
+    if count is not None:
+        if sparsity is not None or pattern != "unstructured" or mask is not None:
+            raise InvalidArgumentError("count= replaces sparsity= for pattern='unstructured' (no mask=)")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InvalidArgumentError(f"count={count!r} must be an integer >= 0")
+        sparsity = 0.0  # validated below; the count decides
     nm = _parse_pattern(pattern, sparsity, groups, mask)
     if dtype not in _DTYPES:
         raise InvalidArgumentError(f"dtype={dtype!r} is not supported; expected 'float32' or 'float64'")
@@ -219,8 +229,16 @@ def sparsegpt_prune(weight: Any, hessian: Any, *, sparsity: "float | None" = Non
     wt = w_in.to(cdtype).t().contiguous()
     wt[inv.dead] = 0
     keep = torch.ones((rows, cols), dtype=torch.bool, device=wt.device)
-    total = 0 if nm is not None or keep_in is not None else (
-        count_to_prune(sparsity, cols) if groups == "row" else count_to_prune(sparsity, rows * cols))
+    if count is not None and count > rows * cols:
+        raise InvalidArgumentError(f"tensor {name!r}: count={count} exceeds its {rows * cols} weights")
+    if nm is not None or keep_in is not None:
+        total: Any = 0
+    elif groups == "row":  # one count per row (an int64 tensor), spread over the blocks like the layer count
+        per_row, extra = divmod(count, rows) if count is not None else (count_to_prune(sparsity, cols), 0)
+        total = torch.full((rows,), per_row, dtype=torch.int64, device=wt.device)
+        total[:extra] += 1
+    else:
+        total = count if count is not None else count_to_prune(sparsity, rows * cols)
     error = torch.zeros((), dtype=torch.float64, device=wt.device)
     zero = torch.zeros((), dtype=cdtype, device=wt.device)
 
