@@ -94,18 +94,18 @@ def unit_outlier_ratios(scores: Mapping[str, Any], units: Mapping[str, str], m: 
         raise InvalidArgumentError(f"m={m!r} must be a finite number > 0 (outliers are scores above m x the mean)")
     sums: dict[str, float] = {}
     sizes: dict[str, int] = {}
-    for name, value in scores.items():
-        array = to_numpy(value)
+    for name in scores:  # indexing, not items(): a lazy mapping computes each tensor's scores when asked
+        array = to_numpy(scores[name])
         if array.size and not np.isfinite(array).all():
             raise InvalidArgumentError(f"tensor {name!r}: its scores contain NaN or Inf; outlier ratios need finite scores")
         unit = units[name]
         sums[unit] = sums.get(unit, 0.0) + float(np.sum(array, dtype=np.float64))
         sizes[unit] = sizes.get(unit, 0) + array.size
     above: dict[str, int] = {unit: 0 for unit in sums}
-    for name, value in scores.items():
+    for name in scores:
         unit = units[name]
         threshold = m * sums[unit] / sizes[unit] if sizes[unit] else 0.0
-        above[unit] += int(np.count_nonzero(to_numpy(value).astype(np.float64, copy=False) > threshold))
+        above[unit] += int(np.count_nonzero(to_numpy(scores[name]).astype(np.float64, copy=False) > threshold))
     return {unit: (above[unit] / sizes[unit] if sizes[unit] else 0.0) for unit in sums}
 
 
@@ -130,6 +130,15 @@ def owl_sparsities(ratios: Sequence[float], sizes: Sequence[int], target: float,
     x = np.zeros_like(d) if spread == 0 else 2.0 * lam * (d - d.min()) / spread
     mean = float(np.sum(x * n) / np.sum(n)) if n.sum() else 0.0
     return [float(v) for v in target - (x - mean)]
+
+
+def default_max_layer_sparsity(scope: str, sparsity: "float | None") -> float:
+    """The cap used when none is given: :data:`DEFAULT_GLOBAL_MAX_LAYER_SPARSITY` (0.99) for global
+    scope, 1.0 (no cap) for layer scope, and 1.0 when the requested sparsity itself is above 0.99
+    (a request to prune nearly everything is honoured, not refused)."""
+    if scope == "global" and (sparsity is None or sparsity <= DEFAULT_GLOBAL_MAX_LAYER_SPARSITY):
+        return DEFAULT_GLOBAL_MAX_LAYER_SPARSITY
+    return 1.0
 
 
 def layer_caps(sizes: Sequence[int], max_layer_sparsity: float) -> list[int]:

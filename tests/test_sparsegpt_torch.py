@@ -140,3 +140,16 @@ def test_global_scope_caps_a_small_scale_layer():
         assert int((m[0].weight == 0).sum() + (m[2].weight == 0).sum()) == round(0.7 * total)
     assert int((uncapped[2].weight == 0).sum()) == 64 * 16, "without a cap the layer is removed"
     assert int((capped[2].weight == 0).sum()) == int(0.99 * 64 * 16)
+
+
+def test_checkpoint_global_scope_is_capped_by_default(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    ones = {"b.weight": np.ones((4, 4), np.float32), "a.weight": np.ones((4, 4), np.float32),
+            "c.weight": np.ones((4, 4), np.float32)}
+    save_file(ones, str(tmp_path / "t.safetensors"))
+    report = pp.prune_checkpoint(tmp_path / "t.safetensors", tmp_path / "o.safetensors", sparsity=0.5, scope="global")
+    out = load_file(str(tmp_path / "o.safetensors"))
+    # ties in name order: a would lose all 16; capped at floor(0.99 * 16) = 15, b takes the rest
+    assert [int((out[n] == 0).sum()) for n in ("a.weight", "b.weight", "c.weight")] == [15, 9, 0]
+    assert report.settings["max_layer_sparsity"] == 0.99

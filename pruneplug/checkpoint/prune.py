@@ -87,6 +87,10 @@ def prune_checkpoint(
     progress: ProgressLike | None = None,
     calibration: Any = None,
     groups: str | None = None,
+    layer_ratios: str | None = None,
+    owl_m: float = 5.0,
+    owl_lambda: float = 0.08,
+    max_layer_sparsity: float | None = None,
     _before_commit: Callable[[], None] | None = None,
 ) -> PruneReport:
     """Prune a checkpoint and write it in the same form; return a :class:`PruneReport`.
@@ -105,6 +109,10 @@ def prune_checkpoint(
     (``"wanda"``) takes ``calibration`` (a statistics file or :class:`~pruneplug.CalibrationContext`),
     checked against the checkpoint (names, feature counts) before anything is written. ``groups``:
     ``"layer"`` or ``"row"`` for unstructured pruning (default: the criterion's own).
+    ``layer_ratios="owl"`` (unstructured, layer scope, with ``calibration``): per-tensor counts from
+    OWL (``owl_m``, ``owl_lambda``; Wanda scores of the checkpoint's tensors, read once more),
+    exact in total. ``max_layer_sparsity``: no tensor loses more than this fraction (default 0.99
+    with global scope; ``docs/sparsegpt.md``).
 
     Every output (checkpoint, masks, report) is written to a temporary file next to it and renamed
     at the end; any error leaves no partial output.
@@ -139,13 +147,24 @@ def prune_checkpoint(
             calibration.check_layer(n, tasks[n].ref.shape)
     if out_path is not None:
         _check_space(out_path, ckpt.total_bytes + (sum(ckpt.tensors[n].numel for n in selected) if masks_path else 0))
-    plan = _plan_global_counts(tasks, selected, sparsity, method, progress) if scope == "global" else None
+    from pruneplug.layer_ratios import default_max_layer_sparsity
+
+    cap = max_layer_sparsity if max_layer_sparsity is not None else default_max_layer_sparsity(scope, sparsity)
+    plan = _plan_global_counts(tasks, selected, sparsity, method, progress, cap) if scope == "global" else None
+    if layer_ratios not in (None, "uniform", "owl"):
+        raise InvalidArgumentError(f"layer_ratios={layer_ratios!r}: expected None, 'uniform' or 'owl'")
+    owl = _owl_plan(tasks, selected, sparsity, pattern, scope, calibration, owl_m, owl_lambda, cap) \
+        if layer_ratios == "owl" else None
 
     settings = {
         "sparsity": sparsity, "pattern": pattern, "scope": scope, "method": method,
         "axis": axis, "format": format, "include": list(include or []), "exclude": list(exclude or []),
         "backend": backend or "auto", "strict": strict,
     }
+    if owl is not None:
+        settings["layer_ratios"] = owl
+    if scope == "global":
+        settings["max_layer_sparsity"] = cap
     how = _HowToPrune(pattern, sparsity, method, axis, format, backend, ckpt.kind, _device_module(backend),
                       calibration, groups)
     metadata_extra = _settings_metadata(settings, selected, plan)
@@ -318,13 +337,48 @@ def _pruned_count(pattern: str, sparsity: float | None, shape: tuple, k: int | N
 
 
 def _plan_global_counts(tasks: dict[str, _Task], selected: list[str], sparsity: float, method: str,
-                        progress: ProgressLike) -> GlobalPlan:
-    """Global scope: run the select once and give each selected tensor its exact count to prune."""
+                        progress: ProgressLike, cap: float = 1.0) -> GlobalPlan:
+    """Global scope: run the select (again for the tensors below their cap while a cap binds:
+    :func:`pruneplug.layer_ratios.capped_counts`) and give each selected tensor its exact count."""
+    from pruneplug.layer_ratios import capped_counts, layer_caps
+
     sources = [_source(tasks[n].ref) for n in selected]
-    plan = plan_global(sources, sparsity, method, progress)
+    plans: list[GlobalPlan] = []
+
+    def select(active: Sequence[int], k: int) -> list[int]:
+        n = sum(sources[t].numel for t in active)
+        plans.append(plan_global([sources[t] for t in active], _sparsity_for(k, n), method, progress))
+        return plans[-1].counts
+
+    sizes = [s.numel for s in sources]
+    counts = capped_counts(api.count_to_prune(sparsity, sum(sizes)), layer_caps(sizes, cap), select)
+    plan = GlobalPlan(counts, plans[-1].threshold, sum(p.passes for p in plans))
     for n, k_t in zip(selected, plan.counts):
         tasks[n].k = k_t
     return plan
+
+
+def _owl_plan(tasks: dict[str, _Task], selected: list[str], sparsity: float | None, pattern: str, scope: str,
+              calibration: Any, m: float, lam: float, cap: float) -> dict:
+    """OWL: exact per-tensor counts (``task.k``) from the Wanda scores of the selected tensors."""
+    from pruneplug.criteria.wanda import WandaImportance
+    from pruneplug.layer_ratios import owl_counts
+
+    if pattern != "unstructured" or scope != "layer" or sparsity is None:
+        raise InvalidArgumentError("layer_ratios='owl' applies to unstructured pruning with scope='layer'")
+    if calibration is None:
+        raise InvalidArgumentError("layer_ratios='owl' needs calibration statistics (its outlier ratios come from "
+                                   "Wanda scores): pass calibration=STATS")
+
+    class Scores(dict):
+        def __getitem__(self, name: str) -> Any:
+            return WandaImportance().compute(tasks[name].ref.array(), calibration, layer=name).values
+
+    ratios = owl_counts(Scores.fromkeys(selected), sparsity, m=m, lam=lam, max_layer_sparsity=cap,
+                        sizes={n: tasks[n].ref.numel for n in selected})
+    for n, k in zip(ratios.names, ratios.counts):
+        tasks[n].k = k
+    return {"method": "owl", "m": m, "lambda": lam, "max_layer_sparsity": cap, "outlier_ratios": ratios.outlier_ratios}
 
 
 def _device_module(backend: str | None) -> Any:
@@ -386,7 +440,7 @@ def _process(task: _Task, writer: Any, mask_writer: Any, how: _HowToPrune) -> Te
         mask_writer.write(ref.name, how.xp.asnumpy(mask.data) if how.xp is not None else np.asarray(mask.data))
         del mask
     row.pruned = _pruned_count(how.pattern, how.sparsity, ref.shape, task.k)
-    if how.pattern == "unstructured" and how.groups == "row" and len(ref.shape) == 2:  # exact count per row
+    if how.pattern == "unstructured" and how.groups == "row" and len(ref.shape) == 2 and task.k is None:
         row.pruned = api.count_to_prune(how.sparsity, ref.shape[1]) * ref.shape[0]
     row.zeros_after = int(np.count_nonzero(pruned == 0))
     if writer is not None:
@@ -430,9 +484,9 @@ def _call_prune(view: Any, task: _Task, how: _HowToPrune, want_mask: bool) -> An
 
         xp = how.xp if how.xp is not None else np
         target = xp.array(view, copy=True)
-        prune_scored(target, how.method, sparsity=how.sparsity, pattern=how.pattern, groups=how.groups,
-                     calibration=how.calibration, layer=task.ref.name, axis=None if how.axis == -1 else how.axis,
-                     backend=how.backend)
+        prune_scored(target, how.method, sparsity=how.sparsity if task.k is None else None, pattern=how.pattern,
+                     groups=how.groups, calibration=how.calibration, layer=task.ref.name,
+                     axis=None if how.axis == -1 else how.axis, backend=how.backend, count=task.k)
         return target
     if task.k is not None:  # global scope: exactly this tensor's share of the global count
         return api.prune(view, sparsity=_sparsity_for(task.k, task.ref.numel), method=how.method,

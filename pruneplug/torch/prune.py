@@ -19,8 +19,8 @@ from pruneplug.criteria import get_criterion, prune_scored
 from pruneplug.errors import CalibrationError, CalibrationRequiredError, InvalidArgumentError, PrunePlugError
 from pruneplug.torch.calibrate import calibrate, calibrate_sequential
 from pruneplug.torch.layers import linear_layers, selected_parameters
-from pruneplug.layer_ratios import (DEFAULT_GLOBAL_MAX_LAYER_SPARSITY, DEFAULT_LAMBDA, DEFAULT_M, capped_counts,
-                                    layer_caps, owl_counts)
+from pruneplug.layer_ratios import (DEFAULT_LAMBDA, DEFAULT_M, capped_counts, default_max_layer_sparsity, layer_caps,
+                                    owl_counts)
 from pruneplug.criteria.wanda import WandaImportance
 
 #: How ``prune_model`` calibrates when given batches: ``"one-pass"`` (the dense model, one forward
@@ -90,8 +90,7 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
                                    f"(got pattern={pattern!r}, scope={scope!r})")
     if owl and calibration is None:
         raise CalibrationRequiredError("owl", "OWL's outlier ratios are computed from Wanda scores")
-    cap = max_layer_sparsity if max_layer_sparsity is not None else (
-        DEFAULT_GLOBAL_MAX_LAYER_SPARSITY if scope == "global" else 1.0)
+    cap = max_layer_sparsity if max_layer_sparsity is not None else default_max_layer_sparsity(scope, sparsity)
     params = selected_parameters(model, include, exclude)
     if not params:
         raise InvalidArgumentError(f"prune_model: no parameter selected (rule: {SELECTION_RULE})")
