@@ -77,7 +77,7 @@ def test_sparsegpt_without_hessians_fails_and_writes_nothing(bert_dir, texts, tm
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("method", ["l1", "wanda", "sparsegpt"])
 def test_owl_layer_ratios_exact_total(bert_dir, stats, tmp_path, method):
     out, report = tmp_path / "owl.safetensors", tmp_path / "report.json"
     assert _cli("prune", bert_dir / "model.safetensors", "-o", out, "--method", method, "--calibration", stats,

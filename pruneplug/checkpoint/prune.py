@@ -125,6 +125,7 @@ def prune_checkpoint(
     started = time.perf_counter()
     progress = progress or _NullProgress()
     src_path = Path(src)
+    owl_stats = calibration  # OWL reads Wanda scores whatever the method (magnitude too)
     calibration, groups = _check_criterion(method, scope, calibration, masks_out, groups)
     _check_arguments(sparsity, pattern, scope, method if method in ("l1", "l2") else "l1", axis, format)
     ckpt = open_checkpoint(src_path)
@@ -153,7 +154,13 @@ def prune_checkpoint(
     plan = _plan_global_counts(tasks, selected, sparsity, method, progress, cap) if scope == "global" else None
     if layer_ratios not in (None, "uniform", "owl"):
         raise InvalidArgumentError(f"layer_ratios={layer_ratios!r}: expected None, 'uniform' or 'owl'")
-    owl = _owl_plan(tasks, selected, sparsity, pattern, scope, calibration, owl_m, owl_lambda, cap) \
+    if layer_ratios == "owl" and calibration is None and owl_stats is not None:
+        from pruneplug.calibration import CalibrationContext
+
+        calibration_for_owl = owl_stats if isinstance(owl_stats, CalibrationContext) else CalibrationContext.load(owl_stats)
+    else:
+        calibration_for_owl = calibration
+    owl = _owl_plan(tasks, selected, sparsity, pattern, scope, calibration_for_owl, owl_m, owl_lambda, cap) \
         if layer_ratios == "owl" else None
 
     settings = {
