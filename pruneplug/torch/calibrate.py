@@ -25,6 +25,7 @@ import contextlib
 import time
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 
 from pruneplug.calibration import ActivationStats, CalibrationContext
@@ -67,8 +68,7 @@ class _Accumulator:
             total = self.sums.get(layer.name)
             if total is None:
                 total = self.sums[layer.name] = torch.zeros(x.shape[-1], dtype=torch.float64, device=x.device)
-            xd = x.to(torch.float64)
-            total += (xd * xd).sum(dim=0)
+            total += _sum_of_squares(x)
             self.counts[layer.name] += int(x.shape[0])
             if self.want_hessian:
                 h = self.hessians.get(layer.name)
@@ -90,6 +90,17 @@ class _Accumulator:
             ctx.add(layer.name, ActivationStats(self.sums[layer.name].cpu().numpy(), self.counts[layer.name],
                                                 layer.input_axis, None if hessian is None else hessian.cpu().numpy()))
         return ctx
+
+
+def _sum_of_squares(x: torch.Tensor) -> torch.Tensor:
+    """float64 sum over rows of ``x * x`` (``[tokens, features]`` -> ``[features]``). On the CPU
+    through NumPy's einsum on a float64 copy (one fused multiply-and-sum pass, no squared
+    temporary, and no torch thread pool for small per-layer work); on a device, in torch."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, torch.float16):
+        a = x.numpy().astype(np.float64)
+        return torch.from_numpy(np.einsum("ij,ij->j", a, a))
+    xd = x.to(torch.float64)
+    return (xd * xd).sum(dim=0)
 
 
 def _token_mask(batch: Any) -> torch.Tensor | None:
