@@ -74,6 +74,7 @@ class _Accumulator:
                 h = self.hessians.get(layer.name)
                 if h is None:
                     h = self.hessians[layer.name] = torch.zeros((x.shape[-1],) * 2, dtype=torch.float64, device=x.device)
+                xd = x.to(torch.float64)
                 h.addmm_(xd.t(), xd)
             if self.stop:
                 raise _Stop
