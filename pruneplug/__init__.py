@@ -32,6 +32,7 @@ from pruneplug.sparse24 import SparseWeight24, compress_24, decompress_24, prune
 from pruneplug import compressed_tensors  # noqa: E402  (a submodule, imported for pp.compressed_tensors)
 from pruneplug.calibration import ActivationStats, CalibrationContext
 from pruneplug.criteria.wanda import WandaImportance
+from pruneplug.criteria.sparsegpt import SparseGPTImportance
 from pruneplug import criteria  # noqa: E402  (importance criteria: pp.criteria.get_criterion, ...)
 
 from pruneplug.version import __version__  # noqa: E402
@@ -40,6 +41,7 @@ __all__ = [
     "ActivationStats",
     "CalibrationContext",
     "WandaImportance",
+    "SparseGPTImportance",
     "criteria",
     "BackendInfo",
     "BackendStatus",

@@ -37,6 +37,8 @@ def add_commands(subparsers: Any) -> None:
                    "with a \"text\" field")
     p.add_argument("-o", "--output", metavar="STATS.safetensors", required=True, help="the statistics file to write")
     add_calibration_options(p)
+    p.add_argument("--hessian", action="store_true", help="also collect each layer's X^T X (float64, in_features^2 "
+                   "per layer, every layer held until the file is written) for --method sparsegpt")
     p.add_argument("--include", action="append", metavar="REGEX", help="as for prune")
     p.add_argument("--exclude", action="append", metavar="REGEX", help="as for prune")
     p.set_defaults(handler=run_calibrate)
@@ -66,7 +68,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise CheckpointError(f"-o {out}: the directory {str(out.parent)!r} does not exist")
     model, batches = _batches(args.model_dir, args.texts, args)
-    ctx = pp.torch.calibrate(model, batches, include=args.include, exclude=args.exclude)
+    ctx = pp.torch.calibrate(model, batches, include=args.include, exclude=args.exclude, hessian=args.hessian)
     tokens = max(s.count for s in ctx.values())
     ctx.save(out, {"model": str(args.model_dir), "texts": str(args.texts), "samples": str(args.samples),
                    "seq_len": str(args.seq_len), "tokens": str(tokens), "mode": "one-pass"})
@@ -107,7 +109,9 @@ def prune_model_dir(args: argparse.Namespace, progress: Any = None) -> Any:
     used = pp.CalibrationContext()
     pp.torch.prune_model(model, sparsity, pattern=args.pattern, method=args.method, calibration=batches,
                          calibration_mode="sequential", include=args.include, exclude=args.exclude,
-                         groups=getattr(args, "groups", None), statistics=used)
+                         groups=getattr(args, "groups", None), statistics=used,
+                         layer_ratios=getattr(args, "layer_ratios", None), owl_m=getattr(args, "owl_m", 5.0),
+                         owl_lambda=getattr(args, "owl_lambda", 0.08))
     ctx = _renamed(used, weights)
     del model
     # the model-directory form of prune_checkpoint: other files copied, atomic commit, path rules
@@ -115,7 +119,10 @@ def prune_model_dir(args: argparse.Namespace, progress: Any = None) -> Any:
                                  calibration=ctx, include=args.include, exclude=args.exclude,
                                  groups=getattr(args, "groups", None), format=args.format, report=args.report,
                                  warn_sparsity=args.warn_sparsity,
-                                 backend=None if args.backend == "auto" else args.backend, progress=progress)
+                                 backend=None if args.backend == "auto" else args.backend, progress=progress,
+                                 layer_ratios=getattr(args, "layer_ratios", None),
+                                 owl_m=getattr(args, "owl_m", 5.0), owl_lambda=getattr(args, "owl_lambda", 0.08),
+                                 max_layer_sparsity=getattr(args, "max_layer_sparsity", None))
     result.output = str(out)
     return result
 

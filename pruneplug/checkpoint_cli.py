@@ -133,12 +133,22 @@ def _add_prune(subparsers) -> None:
     p.add_argument("--sparsity", type=float, help="fraction of weights to prune, in [0, 1] (not with N:M)")
     p.add_argument("--scope", choices=("layer", "global"), default="layer", help="per tensor or across all selected tensors (default: layer)")
     p.add_argument("--method", default="l1", help="importance criterion: l1 (|w|, default), l2 (w*w), wanda "
-                   "(|w| * input norm, needs --calibration) or a criterion plugin's name")
+                   "(|w| * input norm, needs --calibration), sparsegpt (SparseGPT with its weight update, needs --calibration "
+                   "with Hessians: `pruneplug calibrate --hessian` or texts) or a criterion plugin's name")
     p.add_argument("--calibration", metavar="STATS|TEXTS", help="for --method wanda: a statistics file from "
                    "`pruneplug calibrate` (IN any checkpoint, streamed), or calibration texts (IN a Hugging Face "
                    "model directory, OUT a new directory: sequential calibration through the model)")
     p.add_argument("--groups", choices=("layer", "row"), help="unstructured comparison group: the whole tensor or "
                    "each output row (default: the method's own: row for wanda, layer otherwise)")
+    p.add_argument("--layer-ratios", choices=("uniform", "owl"), default="uniform", help="per-layer sparsities: "
+                   "uniform (default) or owl (outlier-weighted: lower sparsity where activation outliers are, the total "
+                   "exact; needs --calibration; docs/sparsegpt.md)")
+    p.add_argument("--owl-m", type=float, default=5.0, help="OWL: an outlier is a score above M x its block's mean "
+                   "(default: 5)")
+    p.add_argument("--owl-lambda", type=float, default=0.08, help="OWL: per-layer sparsities span 2 x lambda around "
+                   "the target (default: 0.08)")
+    p.add_argument("--max-layer-sparsity", type=float, help="no tensor loses more than this fraction (default: 0.99 "
+                   "with --scope global, so that no layer is removed whole; 1.0 otherwise)")
     p.add_argument("--pattern", default="unstructured",
                    help="'unstructured' (default), 'N:M' such as 2:4, 'row', 'column' or 'block(H,W)'")
     p.add_argument("--axis", type=int, default=-1, help="N:M group axis (default: -1, the input dimension of [out, in])")
@@ -192,7 +202,8 @@ def run_prune(args: argparse.Namespace) -> int:
             backend=None if args.backend == "auto" else args.backend, masks_out=args.masks_out,
             report=args.report, dry_run=args.dry_run, strict=args.strict, in_place=args.in_place,
             progress=_progress(args), warn_sparsity=args.warn_sparsity, calibration=args.calibration,
-            groups=args.groups,
+            groups=args.groups, layer_ratios=args.layer_ratios, owl_m=args.owl_m, owl_lambda=args.owl_lambda,
+            max_layer_sparsity=args.max_layer_sparsity,
         )
     print(report.format_totals() if args.quiet else report.format_table(show_kept=args.all))
     if args.format != "dense" and report.output is not None and os.path.isfile(report.output):

@@ -60,6 +60,11 @@ class NonFiniteError(InvalidArgumentError):
         return cls(message, count=count, first_index=first_index)
 
 
+class HessianError(InvalidArgumentError):
+    """A layer's Hessian statistics cannot be used: not positive definite even after the extra
+    damping pruneplug tries, or all zero. The message names the tensor and what was tried."""
+
+
 class UnsupportedDtypeError(PrunePlugError, TypeError):
     """An array's dtype is not one the operation supports."""
 

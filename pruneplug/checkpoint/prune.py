@@ -93,6 +93,10 @@ def prune_checkpoint(
     progress: ProgressLike | None = None,
     calibration: Any = None,
     groups: str | None = None,
+    layer_ratios: str | None = None,
+    owl_m: float = 5.0,
+    owl_lambda: float = 0.08,
+    max_layer_sparsity: float | None = None,
     _before_commit: Callable[[], None] | None = None,
 ) -> PruneReport:
     """Prune a checkpoint and write it in the same form; return a :class:`PruneReport`.
@@ -112,6 +116,10 @@ def prune_checkpoint(
     (``"wanda"``) takes ``calibration`` (a statistics file or :class:`~pruneplug.CalibrationContext`),
     checked against the checkpoint (names, feature counts) before anything is written. ``groups``:
     ``"layer"`` or ``"row"`` for unstructured pruning (default: the criterion's own).
+    ``layer_ratios="owl"`` (unstructured, layer scope, with ``calibration``): per-tensor counts from
+    OWL (``owl_m``, ``owl_lambda``; Wanda scores of the checkpoint's tensors, read once more),
+    exact in total. ``max_layer_sparsity``: no tensor loses more than this fraction (default 0.99
+    with global scope; ``docs/sparsegpt.md``).
 
     Every output (checkpoint, masks, report) is written to a temporary file next to it and renamed
     at the end; any error leaves no partial output. ``include``/``exclude`` are regexes, a single
@@ -129,6 +137,7 @@ def prune_checkpoint(
     started = time.perf_counter()
     progress = progress or _NullProgress()
     src_path = Path(src)
+    owl_stats = calibration  # OWL reads Wanda scores whatever the method (magnitude too)
     calibration, groups = _check_criterion(method, scope, calibration, masks_out, groups)
     _check_arguments(sparsity, pattern, scope, method if method in ("l1", "l2") else "l1", axis, format)
     ckpt = open_checkpoint(src_path)
@@ -152,13 +161,30 @@ def prune_checkpoint(
     if out_path is not None:
         _check_space(out_path, ckpt.total_bytes + (sum(ckpt.tensors[n].numel for n in selected) if masks_path else 0))
     check_writable_form(ckpt, [n for n in selected if stores_compressed(ckpt.tensors[n].shape, format)], format)
-    plan = _plan_global_counts(tasks, selected, sparsity, method, progress) if scope == "global" else None
+    from pruneplug.layer_ratios import default_max_layer_sparsity
+
+    cap = max_layer_sparsity if max_layer_sparsity is not None else default_max_layer_sparsity(scope, sparsity)
+    plan = _plan_global_counts(tasks, selected, sparsity, method, progress, cap) if scope == "global" else None
+    if layer_ratios not in (None, "uniform", "owl"):
+        raise InvalidArgumentError(f"layer_ratios={layer_ratios!r}: expected None, 'uniform' or 'owl'")
+    if layer_ratios == "owl" and calibration is None and owl_stats is not None:
+        from pruneplug.calibration import CalibrationContext
+
+        calibration_for_owl = owl_stats if isinstance(owl_stats, CalibrationContext) else CalibrationContext.load(owl_stats)
+    else:
+        calibration_for_owl = calibration
+    owl = _owl_plan(tasks, selected, sparsity, pattern, scope, calibration_for_owl, owl_m, owl_lambda, cap) \
+        if layer_ratios == "owl" else None
 
     settings = {
         "sparsity": sparsity, "pattern": pattern, "scope": scope, "method": method,
         "axis": axis, "format": format, "include": list(include or []), "exclude": list(exclude or []),
         "backend": backend or "auto", "strict": strict,
     }
+    if owl is not None:
+        settings["layer_ratios"] = owl
+    if scope == "global":
+        settings["max_layer_sparsity"] = cap
     how = _HowToPrune(pattern, sparsity, method, axis, format, backend, ckpt.kind, _device_module(backend), plan=plan,
                       calibration=calibration, groups=groups)
     metadata_extra = _settings_metadata(settings, selected, plan)
@@ -325,11 +351,56 @@ def _pruned_count(pattern: str, sparsity: float | None, shape: tuple, k: int | N
 
 
 def _plan_global_counts(tasks: dict[str, _Task], selected: list[str], sparsity: float, method: str,
-                        progress: ProgressLike) -> GlobalPlan:
+                        progress: ProgressLike, cap: float = 1.0) -> GlobalPlan:
     """Global scope: decide the threshold (one streaming pass per key digit); each tensor's exact
-    count follows from it when the tensor is pruned."""
-    selection = decide_global([_source(tasks[n].ref) for n in selected], sparsity, method, progress)
-    return GlobalPlan(None, selection.threshold, selection.passes, selection)
+    count follows from it when the tensor is pruned. Where a layer cap binds (``cap`` below 1 and a
+    tensor over it), the select runs again for the tensors below their caps
+    (:func:`pruneplug.layer_ratios.capped_counts`) and each tensor gets its exact count."""
+    from pruneplug.layer_ratios import capped_counts, layer_caps
+
+    sources = [_source(tasks[n].ref) for n in selected]
+    selection = decide_global(sources, sparsity, method, progress)
+    sizes = [s.numel for s in sources]
+    caps = layer_caps(sizes, cap)
+    if cap >= 1.0 or selection.k == 0:
+        return GlobalPlan(None, selection.threshold, selection.passes, selection)
+    counts = exact_counts(selection, sources, method)
+    if all(c <= m for c, m in zip(counts, caps)):  # the cap does not bind: the one selection decides
+        return GlobalPlan(None, selection.threshold, selection.passes + 1, selection)
+    plans = [selection]
+
+    def select(active: Sequence[int], k: int) -> list[int]:
+        chosen = [sources[t] for t in active]
+        plans.append(decide_global(chosen, _sparsity_for(k, sum(s.numel for s in chosen)), method, progress))
+        return exact_counts(plans[-1], chosen, method)
+
+    counts = capped_counts(selection.k, caps, select)
+    for n, k_t in zip(selected, counts):
+        tasks[n].k = k_t
+    return GlobalPlan(counts, plans[-1].threshold, sum(p.passes + 1 for p in plans))
+
+
+def _owl_plan(tasks: dict[str, _Task], selected: list[str], sparsity: float | None, pattern: str, scope: str,
+              calibration: Any, m: float, lam: float, cap: float) -> dict:
+    """OWL: exact per-tensor counts (``task.k``) from the Wanda scores of the selected tensors."""
+    from pruneplug.criteria.wanda import WandaImportance
+    from pruneplug.layer_ratios import owl_counts
+
+    if pattern != "unstructured" or scope != "layer" or sparsity is None:
+        raise InvalidArgumentError("layer_ratios='owl' applies to unstructured pruning with scope='layer'")
+    if calibration is None:
+        raise InvalidArgumentError("layer_ratios='owl' needs calibration statistics (its outlier ratios come from "
+                                   "Wanda scores): pass calibration=STATS")
+
+    class Scores(dict):
+        def __getitem__(self, name: str) -> Any:
+            return WandaImportance().compute(tasks[name].ref.array(), calibration, layer=name).values
+
+    ratios = owl_counts(Scores.fromkeys(selected), sparsity, m=m, lam=lam, max_layer_sparsity=cap,
+                        sizes={n: tasks[n].ref.numel for n in selected})
+    for n, k in zip(ratios.names, ratios.counts):
+        tasks[n].k = k
+    return {"method": "owl", "m": m, "lambda": lam, "max_layer_sparsity": cap, "outlier_ratios": ratios.outlier_ratios}
 
 
 def _device_module(backend: str | None) -> Any:
@@ -471,7 +542,7 @@ class _TensorPass:
         else:
             pruned, mask = _prune_tensor(task, self.how, row, want_mask=mask_writer is not None)
             row.pruned = _pruned_count(self.how.pattern, self.how.sparsity, ref.shape, task.k)
-            if self.how.pattern == "unstructured" and self.how.groups == "row" and len(ref.shape) == 2:
+            if self.how.pattern == "unstructured" and self.how.groups == "row" and len(ref.shape) == 2 and task.k is None:
                 row.pruned = count_to_prune(self.how.sparsity, ref.shape[1]) * ref.shape[0]  # exact per row
             row.zeros_after = _zeros(pruned)
         if mask is not None:
@@ -488,8 +559,9 @@ class _TensorPass:
         transform = {"l1": "abs", "l2": "square"}[how.method]
         view = ref.array()
         dtype = view.dtype
-        if self.selection is None:  # layer scope: this tensor is the whole selection
-            selection = ExactSelection(api.count_to_prune(how.sparsity, ref.numel), ref.numel, [dtype.name], transform)
+        if self.selection is None:  # this tensor is the whole selection: its own count (OWL, a layer cap) or the sparsity's
+            k = task.k if task.k is not None else count_to_prune(how.sparsity, ref.numel)
+            selection = ExactSelection(k, ref.numel, [dtype.name], transform)
             while (request := selection.next_request()) is not None:
                 selection.update(chunk_histogram(view, transform, request, backend=how.backend))
             quota = selection.k - selection.below
@@ -561,9 +633,9 @@ def _call_prune(view: Any, task: _Task, how: _HowToPrune, want_mask: bool) -> An
 
         xp = how.xp if how.xp is not None else np
         target = xp.array(view, copy=True)
-        prune_scored(target, how.method, sparsity=how.sparsity, pattern=how.pattern, groups=how.groups,
-                     calibration=how.calibration, layer=task.ref.name, axis=None if how.axis == -1 else how.axis,
-                     backend=how.backend)
+        prune_scored(target, how.method, sparsity=how.sparsity if task.k is None else None, pattern=how.pattern,
+                     groups=how.groups, calibration=how.calibration, layer=task.ref.name,
+                     axis=None if how.axis == -1 else how.axis, backend=how.backend, count=task.k)
         return target
     if task.k is not None:  # global scope: exactly this tensor's share of the global count
         return api.prune(view, sparsity=_sparsity_for(task.k, task.ref.numel), method=how.method,

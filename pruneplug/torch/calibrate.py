@@ -34,11 +34,16 @@ from pruneplug.torch.layers import Layer, linear_layers, selected_parameters
 
 
 class _Accumulator:
-    """float64 sums of squares and token counts for a set of layers, filled by forward pre-hooks."""
+    """float64 sums of squares and token counts for a set of layers, filled by forward pre-hooks;
+    with ``hessian=True`` also the float64 ``X^T X`` of each layer's inputs (SparseGPT), and with
+    ``stop=True`` the forward pass is stopped (:class:`_Stop`) once the layers have seen the batch."""
 
-    def __init__(self, layers: Sequence[Layer]) -> None:
+    def __init__(self, layers: Sequence[Layer], hessian: bool = False, stop: bool = False) -> None:
         self.layers = list(layers)
         self.sums: dict[str, torch.Tensor] = {}
+        self.hessians: dict[str, torch.Tensor] = {}
+        self.want_hessian = hessian
+        self.stop = stop
         self.counts: dict[str, int] = {l.name: 0 for l in layers}
         self.token_mask: torch.Tensor | None = None  # [batch, tokens] bool of the running batch
         self._handles: list[Any] = []
@@ -65,6 +70,14 @@ class _Accumulator:
                 total = self.sums[layer.name] = torch.zeros(x.shape[-1], dtype=torch.float64, device=x.device)
             total += _sum_of_squares(x)
             self.counts[layer.name] += int(x.shape[0])
+            if self.want_hessian:
+                h = self.hessians.get(layer.name)
+                if h is None:
+                    h = self.hessians[layer.name] = torch.zeros((x.shape[-1],) * 2, dtype=torch.float64, device=x.device)
+                xd = x.to(torch.float64)
+                h.addmm_(xd.t(), xd)
+            if self.stop:
+                raise _Stop
 
         return hook
 
@@ -74,8 +87,9 @@ class _Accumulator:
             if self.counts[layer.name] == 0:
                 raise CalibrationError(f"calibration: layer {layer.name!r} saw no tokens (it is never called in the "
                                        "forward pass, or every token was padding)")
+            hessian = self.hessians.get(layer.name)
             ctx.add(layer.name, ActivationStats(self.sums[layer.name].cpu().numpy(), self.counts[layer.name],
-                                                layer.input_axis))
+                                                layer.input_axis, None if hessian is None else hessian.cpu().numpy()))
         return ctx
 
 
@@ -116,9 +130,12 @@ def _layers(model: Any, include: Sequence[str] | None, exclude: Sequence[str] | 
 
 
 def calibrate(model: Any, batches: Iterable[Any], *, include: Sequence[str] | None = None,
-              exclude: Sequence[str] | None = None, layers: Sequence[Layer] | None = None) -> CalibrationContext:
+              exclude: Sequence[str] | None = None, layers: Sequence[Layer] | None = None,
+              hessian: bool = False) -> CalibrationContext:
     """One-pass calibration: run ``batches`` through ``model`` (in eval mode, without gradients) and
     return the :class:`CalibrationContext` of every selected ``nn.Linear``/``Conv1D`` weight.
+    ``hessian=True`` also collects each layer's float64 ``X^T X`` (``in_features^2`` per layer, all
+    layers at once in this mode) for SparseGPT.
 
     A batch is a mapping of keyword arguments (``{"input_ids": ..., "attention_mask": ...}``: padding
     excluded through the mask), a tuple of positional arguments, or one tensor.
@@ -134,7 +151,7 @@ def calibrate(model: Any, batches: Iterable[Any], *, include: Sequence[str] | No
     layers = list(layers) if layers is not None else _layers(model, include, exclude)
     started = time.perf_counter()
     seen = 0
-    with torch.no_grad(), _eval(model), _Accumulator(layers) as acc:
+    with torch.no_grad(), _eval(model), _Accumulator(layers, hessian) as acc:
         for batch in batches:
             acc.token_mask = _token_mask(batch)
             _run(model, batch)
@@ -180,12 +197,19 @@ def find_blocks(model: Any, layers: Sequence[Layer]) -> tuple[str, list[Any]]:
 
 def calibrate_sequential(model: Any, batches: Iterable[Any], prune_block: Callable[[CalibrationContext], None], *,
                          include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
-                         layers: Sequence[Layer] | None = None) -> CalibrationContext:
+                         layers: Sequence[Layer] | None = None, hessian: bool = False) -> CalibrationContext:
     """Sequential calibration interleaved with pruning: for each block in forward order, collect
     the statistics of its layers on the outputs of the already-pruned earlier blocks, then call
     ``prune_block(ctx)`` with those statistics (it prunes that block's layers in place). Returns
     all statistics. Falls back to one pass (then one ``prune_block`` call) when the model has no
     repeated blocks.
+
+    ``hessian=True`` (SparseGPT): the layers of a block are taken *one at a time* in forward order:
+    the block runs on the stored inputs up to the layer (the forward pass stops there), the layer's
+    ``X^T X`` is collected, ``prune_block`` prunes it, and its Hessian is dropped before the next
+    layer. So the memory for Hessians is one layer's (``in_features^2`` float64), and each layer is
+    calibrated on the outputs of the already-pruned layers before it, in its own block too. The
+    returned statistics keep the norms and counts, not the Hessians.
     """
     layers = list(layers) if layers is not None else _layers(model, include, exclude)
     batches = list(batches)
@@ -193,6 +217,14 @@ def calibrate_sequential(model: Any, batches: Iterable[Any], prune_block: Callab
         raise CalibrationError("calibration: no batches were given")
     container, blocks = find_blocks(model, layers)
     if not blocks:
+        if hessian:  # one layer at a time, each on the outputs of the pruned layers before it
+            total = CalibrationContext(source=f"sequential calibration of {len(batches)} batches")
+            for layer in layers:
+                ctx = calibrate(model, batches, layers=[layer], hessian=True)
+                prune_block(ctx)
+                s = ctx[layer.name]
+                total.add(layer.name, ActivationStats(s.input_norms, s.count, s.input_axis))
+            return total
         ctx = calibrate(model, batches, layers=layers)
         prune_block(ctx)
         return ctx
@@ -210,23 +242,32 @@ def calibrate_sequential(model: Any, batches: Iterable[Any], prune_block: Callab
     with torch.no_grad(), _eval(model):
         inputs = _capture_first_block_inputs(model, blocks[0], batches)
         for block, block_layers in zip(blocks, by_block):
-            if block_layers:
-                with _Accumulator(block_layers) as acc:
+            groups = [[layer] for layer in block_layers] if hessian else ([block_layers] if block_layers else [])
+            for group in groups:
+                with _Accumulator(group, hessian, stop=hessian) as acc:
                     for batch, (args, kwargs) in zip(batches, inputs):
                         acc.token_mask = _token_mask(batch)
-                        block(*args, **kwargs)
+                        try:
+                            block(*args, **kwargs)
+                        except _Stop:
+                            pass
                 ctx = acc.context(total.source)
                 prune_block(ctx)
                 for name in ctx:
-                    total.add(name, ctx[name])
+                    s = ctx[name]
+                    total.add(name, ActivationStats(s.input_norms, s.count, s.input_axis))  # no Hessian kept
+                del ctx, acc
             # the next block's inputs: this (pruned) block's outputs
             inputs = [_with_hidden(args, kwargs, _hidden(block(*args, **kwargs))) for args, kwargs in inputs]
         del inputs
-        if rest:  # layers outside the blocks: one pass of the pruned model
-            ctx = calibrate(model, batches, layers=rest)
-            prune_block(ctx)
-            for name in ctx:
-                total.add(name, ctx[name])
+        if rest:  # layers outside the blocks: one pass of the pruned model (one layer at a time with Hessians)
+            for group in ([[layer] for layer in rest] if hessian else [rest]):
+                ctx = calibrate(model, batches, layers=group, hessian=hessian)
+                prune_block(ctx)
+                for name in ctx:
+                    s = ctx[name]
+                    total.add(name, ActivationStats(s.input_norms, s.count, s.input_axis))
+                del ctx
     total.metadata.update({"mode": "sequential", "batches": str(len(batches)),
                            "seconds": f"{time.perf_counter() - started:.3f}"})
     return total

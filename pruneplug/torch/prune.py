@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from pruneplug.criteria import get_criterion, prune_scored
 from pruneplug.errors import CalibrationError, CalibrationRequiredError, InvalidArgumentError, PrunePlugError
 from pruneplug.torch.calibrate import calibrate, calibrate_sequential
 from pruneplug.torch.layers import linear_layers, selected_parameters
+from pruneplug.layer_ratios import (DEFAULT_LAMBDA, DEFAULT_M, capped_counts, default_max_layer_sparsity, layer_caps,
+                                    owl_counts)
+from pruneplug.criteria.wanda import WandaImportance
 
 #: How ``prune_model`` calibrates when given batches: ``"one-pass"`` (the dense model, one forward
 #: pass per batch) or ``"sequential"`` (each block on the outputs of the pruned earlier blocks).
@@ -34,7 +37,9 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
                 method: str = "l1", groups: str | None = None, calibration: Any = None,
                 calibration_mode: str = DEFAULT_CALIBRATION_MODE, include: Sequence[str] | None = None,
                 exclude: Sequence[str] | None = None, backend: str | None = None,
-                axis: int | None = None, statistics: CalibrationContext | None = None) -> PruneReport:
+                axis: int | None = None, statistics: CalibrationContext | None = None,
+                layer_ratios: str | None = None, owl_m: float = DEFAULT_M, owl_lambda: float = DEFAULT_LAMBDA,
+                max_layer_sparsity: float | None = None) -> PruneReport:
     """Prune the selected weights of ``model`` in place and return the report the CLI prints.
 
     * Which weights: the CLI's rule (:data:`pruneplug.checkpoint.selection.SELECTION_RULE`) applied
@@ -49,6 +54,14 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
       unstructured: ``"layer"`` or ``"row"`` (the criterion's default: ``"row"`` for Wanda).
     * ``statistics``: a :class:`CalibrationContext` that receives the statistics the weights were
       scored with (those collected from batches included), e.g. to save them.
+    * ``method="sparsegpt"``: SparseGPT with its weight update (the Hessian ``X^T X`` of each layer
+      is collected; in sequential mode one layer at a time, see ``docs/sparsegpt.md``).
+    * ``layer_ratios="owl"`` (unstructured, layer scope; needs calibration): per-layer sparsities
+      from activation outliers (``owl_m``, ``owl_lambda``), with the total count exact; the report
+      gives each tensor's sparsity and ``settings["layer_ratios"]`` the outlier ratios.
+    * ``max_layer_sparsity``: no tensor loses more than this fraction (default 0.99 with
+      ``scope="global"``, so that no layer is removed whole; 1.0 otherwise). Global scope stays exact
+      in total (water-filling: :func:`pruneplug.layer_ratios.capped_counts`).
     * CPU tensors are pruned through NumPy views, CUDA tensors through DLPack on the ``cuda``
       backend: no host copies.
 
@@ -68,11 +81,33 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
     if calibration_mode not in ("sequential", "one-pass"):
         raise InvalidArgumentError(f"calibration_mode={calibration_mode!r}: expected 'sequential' or 'one-pass'")
     _check_pattern(sparsity, pattern, scope, criterion)
+    if layer_ratios not in (None, "uniform", "owl"):
+        raise InvalidArgumentError(f"layer_ratios={layer_ratios!r}: expected None, 'uniform' or 'owl'")
+    owl = layer_ratios == "owl"
+    if owl and calibration is not None and not isinstance(calibration, (CalibrationContext, str, os.PathLike)):
+        calibration = list(calibration)  # read twice: OWL's pass over the dense model, then the pruning
+    if owl and (pattern != "unstructured" or scope != "layer"):
+        raise InvalidArgumentError("layer_ratios='owl' applies to unstructured pruning with scope='layer' "
+                                   f"(got pattern={pattern!r}, scope={scope!r})")
+    if owl and calibration is None:
+        raise CalibrationRequiredError("owl", "OWL's outlier ratios are computed from Wanda scores")
+    cap = max_layer_sparsity if max_layer_sparsity is not None else default_max_layer_sparsity(scope, sparsity)
     params = selected_parameters(model, include, exclude)
     if not params:
         raise InvalidArgumentError(f"prune_model: no parameter selected (rule: {SELECTION_RULE})")
     rows = {n: _row(n, p) for n, p in model.named_parameters() if n in params}
     zeros_before = {n: _zeros(p) for n, p in params.items()}
+
+    counts: dict[str, int] = {}
+    ratios_info: dict[str, Any] = {}
+    if owl:
+        ratios = _owl_counts(model, params, calibration, sparsity, owl_m, owl_lambda, cap)
+        counts = dict(zip(ratios.names, ratios.counts))
+        ratios_info = {"method": "owl", "m": owl_m, "lambda": owl_lambda, "max_layer_sparsity": cap,
+                       "outlier_ratios": ratios.outlier_ratios}
+    elif scope == "layer" and cap < 1.0 and sparsity is not None and pattern == "unstructured":
+        counts = {n: min(api.count_to_prune(sparsity, p.numel()), layer_caps([p.numel()], cap)[0])
+                  for n, p in params.items()}
 
     def prune_some(ctx: CalibrationContext | None, names: Iterable[str]) -> None:
         names = list(names)
@@ -80,14 +115,17 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
             for name in names:
                 statistics.add(name, ctx[name])
         for name in names:
-            _prune_one(name, params[name], criterion, sparsity, pattern, groups, ctx, backend, axis)
+            _prune_one(name, params[name], criterion, None if name in counts else sparsity, pattern, groups, ctx,
+                       backend, axis, counts.get(name))
 
+    hessian = bool(getattr(criterion, "needs_hessian", False))
     if scope == "global":
-        _prune_global(params, sparsity, criterion, backend)
+        ratios_info = {"max_layer_sparsity": cap}
+        _prune_global(params, sparsity, criterion, backend, cap)
     elif criterion.requires_calibration():
         if calibration is None:
             raise CalibrationRequiredError(criterion.name)
-        _calibrated(model, params, calibration, calibration_mode, prune_some)
+        _calibrated(model, params, calibration, calibration_mode, prune_some, hessian)
     else:
         prune_some(None, params)
 
@@ -98,6 +136,10 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
     settings = {"sparsity": sparsity, "pattern": pattern, "scope": scope, "method": criterion.name,
                 "groups": groups or criterion.default_groups, "include": list(include or []),
                 "exclude": list(exclude or []), "backend": backend or "auto"}
+    if ratios_info:
+        settings["layer_ratios"] = ratios_info
+    if getattr(criterion, "results", None):
+        settings["reconstruction"] = {n: dict(r) for n, r in criterion.results.items() if n in params}
     if criterion.requires_calibration():
         settings["calibration"] = calibration_mode if not isinstance(calibration, (CalibrationContext, str,
                                                                                    os.PathLike)) else str(
@@ -137,30 +179,88 @@ def _check_pattern(sparsity: float | None, pattern: str, scope: str, criterion: 
 
 
 def _prune_one(name: str, p: torch.Tensor, criterion: Any, sparsity: float | None, pattern: str, groups: str | None,
-               ctx: CalibrationContext | None, backend: str | None, axis: int | None) -> None:
+               ctx: CalibrationContext | None, backend: str | None, axis: int | None, count: int | None = None) -> None:
     try:
         if ctx is not None:
             ctx.check_layer(name, tuple(p.shape))
         with torch.no_grad():
             prune_scored(p.data, criterion, sparsity=sparsity, pattern=pattern, groups=groups, calibration=ctx,
-                         layer=name, axis=axis, backend=backend)
+                         layer=name, axis=axis, backend=backend, count=count)
     except PrunePlugError as exc:
         if exc.args and name not in str(exc.args[0]):  # name the tensor: the core does not know it
             exc.args = (f"tensor {name!r}: {exc.args[0]}",) + exc.args[1:]
         raise
 
 
-def _prune_global(params: dict[str, torch.Tensor], sparsity: float, criterion: Any, backend: str | None) -> None:
+def _prune_global(params: dict[str, torch.Tensor], sparsity: float, criterion: Any, backend: str | None,
+                  cap: float) -> None:
+    """Exact global magnitude pruning with every tensor capped at ``cap`` (water-filling over the
+    exact global selection; then each tensor pruned to its count, whose stable order is the global
+    order restricted to it)."""
     if any(p.device.type != "cpu" for p in params.values()):
         raise InvalidArgumentError("scope='global' supports CPU tensors only (prune CUDA models with scope='layer')")
-    masks = global_unstructured_masks({n: p.data for n, p in params.items()}, sparsity, method=criterion.method,
-                                      backend=backend)
+    names = list(params)
+    sizes = [params[n].numel() for n in names]
+
+    def select(active: Sequence[int], k: int) -> list[int]:
+        n = sum(sizes[t] for t in active)
+        if k == 0:
+            return [0] * len(active)
+        masks = global_unstructured_masks({names[t]: params[names[t]].data for t in active}, _fraction(k, n),
+                                          method=criterion.method, backend=backend)
+        return [sizes[t] - int(np.count_nonzero(np.asarray(masks[names[t]].data))) for t in active]
+
+    counts = capped_counts(api.count_to_prune(sparsity, sum(sizes)), layer_caps(sizes, cap), select)
     with torch.no_grad():
-        for name, mask in masks.items():
-            api.apply_mask(mask, params[name].data, backend=backend)
+        for name, size, k in zip(names, sizes, counts):
+            api.prune(params[name].data, _fraction(k, size), method=criterion.method, backend=backend, inplace=True)
 
 
-def _calibrated(model: Any, params: dict[str, torch.Tensor], calibration: Any, mode: str, prune_some: Any) -> None:
+def _fraction(k: int, n: int) -> float:
+    """A sparsity that makes the core prune exactly ``k`` of ``n``."""
+    s = k / n if n else 0.0
+    assert api.count_to_prune(s, n) == k
+    return s
+
+
+class _WandaScores(Mapping):
+    """name -> Wanda scores (NumPy), computed when asked for: OWL reads each tensor's scores twice
+    (sums, then counts) without holding every tensor's scores at once."""
+
+    def __init__(self, params: dict[str, torch.Tensor], ctx: CalibrationContext) -> None:
+        self.params, self.ctx = params, ctx
+
+    def __getitem__(self, name: str) -> Any:
+        scores = WandaImportance().compute(self.params[name].data, self.ctx, layer=name).values
+        return scores.cpu().numpy() if isinstance(scores, torch.Tensor) else scores
+
+    def __iter__(self) -> Any:
+        return iter(self.params)
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+
+def _owl_counts(model: Any, params: dict[str, torch.Tensor], calibration: Any, sparsity: float, m: float, lam: float,
+                cap: float) -> Any:
+    """OWL's exact per-tensor counts from the dense model's Wanda scores (statistics from the given
+    context or file, or one pass of the batches through the dense model, as the OWL reference)."""
+    if isinstance(calibration, (str, os.PathLike)):
+        ctx = CalibrationContext.load(calibration)
+    elif isinstance(calibration, CalibrationContext):
+        ctx = calibration
+    else:
+        calibration = list(calibration)
+        ctx = calibrate(model, calibration, layers=linear_layers(model, list(params)))
+    missing = [n for n in params if n not in ctx]
+    if missing:
+        raise CalibrationError(f"OWL: no statistics for tensor {missing[0]!r} ({len(missing)} selected weight(s))")
+    return owl_counts(_WandaScores(params, ctx), sparsity, m=m, lam=lam, max_layer_sparsity=cap,
+                      sizes={n: p.numel() for n, p in params.items()})
+
+
+def _calibrated(model: Any, params: dict[str, torch.Tensor], calibration: Any, mode: str, prune_some: Any,
+                hessian: bool = False) -> None:
     """Criteria with statistics: from a context or file (every selected weight must have its
     statistics), or from batches run through the model (sequential or one pass)."""
     if isinstance(calibration, (str, os.PathLike)):
@@ -182,6 +282,6 @@ def _calibrated(model: Any, params: dict[str, torch.Tensor], calibration: Any, m
         raise CalibrationError(f"tensor {without[0]!r} is not the weight of an nn.Linear or Conv1D: calibration cannot "
                                "collect its statistics (exclude it with exclude=[...])")
     if mode == "sequential":
-        calibrate_sequential(model, calibration, lambda ctx: prune_some(ctx, list(ctx)), layers=layers)
+        calibrate_sequential(model, calibration, lambda ctx: prune_some(ctx, list(ctx)), layers=layers, hessian=hessian)
     else:
-        prune_some(calibrate(model, calibration, layers=layers), params)
+        prune_some(calibrate(model, calibration, layers=layers, hessian=hessian), params)
