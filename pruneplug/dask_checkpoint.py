@@ -48,7 +48,9 @@ from pruneplug.checkpoint import (
 from pruneplug.checkpoint.outputs import finish_directory, settings_metadata
 from pruneplug.checkpoint.prune import check_arguments, decide_tasks
 from pruneplug.errors import CheckpointError, InvalidArgumentError, NonFiniteError, PrunePlugError
+from pruneplug.layer_ratios import capped_counts, default_max_layer_sparsity, layer_caps
 from pruneplug.selection import ExactSelection, chunk_histogram, part_counts
+from pruneplug.validation import check_method, count_to_prune
 
 
 def prune_checkpoint_dask(
@@ -66,6 +68,7 @@ def prune_checkpoint_dask(
     strict: bool = False,
     scheduler: str | None = None,
     workers: int | None = None,
+    max_layer_sparsity: float | None = None,
     client: Any = None,
     _fault: tuple[str, str] | None = None,
 ) -> PruneReport:
@@ -100,6 +103,9 @@ def prune_checkpoint_dask(
         "axis": axis, "format": "dense", "include": list(include or []), "exclude": list(exclude or []),
         "backend": backend or "auto", "strict": strict,
     }
+    cap = max_layer_sparsity if max_layer_sparsity is not None else default_max_layer_sparsity(scope, sparsity)
+    if scope == "global":
+        settings["max_layer_sparsity"] = cap  # as the single-process command records it
     how = {"pattern": pattern, "sparsity": sparsity, "method": method, "axis": axis, "backend": backend}
     with _client(client, scheduler, workers) as dask_client:
         before = set(dask_client.scheduler_info()["workers"])
@@ -107,7 +113,7 @@ def prune_checkpoint_dask(
         try:
             plan = None
             if scope == "global":
-                plan = _global_plan(dask_client, src_path, ckpt, selected, sparsity, method)
+                plan = _global_plan(dask_client, src_path, ckpt, selected, sparsity, method, cap)
                 for name, k in zip(selected, plan.counts):
                     tasks[name].k = k
             metadata = settings_metadata(settings, selected, plan)
@@ -195,14 +201,32 @@ def _tree_sum(client: Any, futures: list) -> Any:
     return futures[0].result()
 
 
-def _global_plan(client: Any, src: Path, ckpt: Any, selected: list[str], sparsity: float, method: str) -> GlobalPlan:
-    """Exact per-tensor counts: the selection's histograms from the shards, ties in tensor order."""
-    transform = api.METHODS[method][0]
-    per_file = [(f.path.name, [r.name for r in f.tensors if r.name in set(selected)]) for f in ckpt.files]
+def _global_plan(client: Any, src: Path, ckpt: Any, selected: list[str], sparsity: float, method: str,
+                 cap: float = 1.0) -> GlobalPlan:
+    """Exact per-tensor counts: the selection's histograms from the shards, ties in tensor order;
+    where a layer cap binds, the water-filling of :func:`pruneplug.layer_ratios.capped_counts` runs
+    the same selection again over the tensors below their caps (as the single-process command)."""
+    passes = []
+
+    def select(active: Sequence[int], k: int) -> list[int]:
+        counts, selection = _select_counts(client, src, ckpt, [selected[i] for i in active], k, method)
+        passes.append(selection)
+        return counts
+
+    sizes = [ckpt.tensors[n].numel for n in selected]
+    counts = capped_counts(count_to_prune(sparsity, sum(sizes)), layer_caps(sizes, cap), select)
+    return GlobalPlan(counts, passes[-1].threshold, sum(p.passes + 1 for p in passes))
+
+
+def _select_counts(client: Any, src: Path, ckpt: Any, names: list[str], k: int, method: str) -> tuple[list[int], Any]:
+    """The exact count of each of ``names`` under the exact selection of ``k`` over them."""
+    transform = check_method(method)
+    wanted = set(names)
+    per_file = [(f.path.name, [r.name for r in f.tensors if r.name in wanted]) for f in ckpt.files]
     per_file = [(name, tensors) for name, tensors in per_file if tensors]
-    total = sum(ckpt.tensors[n].numel for n in selected)
-    dtypes = {dtype_name(ckpt.tensors[n].array()) for n in selected}
-    selection = ExactSelection(api.count_to_prune(sparsity, total), total, dtypes, transform)
+    total = sum(ckpt.tensors[n].numel for n in names)
+    dtypes = {dtype_name(ckpt.tensors[n].array()) for n in names}
+    selection = ExactSelection(k, total, dtypes, transform)
     while (request := selection.next_request()) is not None:
         futures = [client.submit(_shard_histogram, str(src), file, tensors, transform, request, pure=False)
                    for file, tensors in per_file]
@@ -210,9 +234,8 @@ def _global_plan(client: Any, src: Path, ckpt: Any, selected: list[str], sparsit
     counted = client.gather([client.submit(_shard_counts, str(src), file, tensors, transform, selection, pure=False)
                              for file, tensors in per_file])
     less_equal = {name: pair for shard in counted for name, pair in shard}
-    quota = selection.tie_quota([less_equal[n][1] for n in selected])
-    counts = [less_equal[n][0] + q for n, q in zip(selected, quota)]
-    return GlobalPlan(counts, selection.threshold, selection.passes + 1)
+    quota = selection.tie_quota([less_equal[n][1] for n in names])
+    return [less_equal[n][0] + q for n, q in zip(names, quota)], selection
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,4 +362,4 @@ def prune_from_args(args: Any) -> PruneReport:
         args.input, args.output, sparsity=args.sparsity, pattern=args.pattern, scope=args.scope, method=args.method,
         axis=args.axis, include=args.include, exclude=args.exclude,
         backend=None if args.backend == "auto" else args.backend, strict=args.strict,
-        scheduler=args.dask, workers=args.workers)
+        scheduler=args.dask, workers=args.workers, max_layer_sparsity=getattr(args, "max_layer_sparsity", None))

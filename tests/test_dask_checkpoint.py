@@ -44,6 +44,7 @@ SETTINGS = [
     dict(pattern="2:4"),
     dict(sparsity=0.25, pattern="row"),
     dict(sparsity=0.6, scope="global", exclude=[r"q_proj"]),
+    dict(sparsity=0.5, scope="global", max_layer_sparsity=0.52),  # a cap that binds: water-filling on both paths
 ]
 
 
@@ -59,6 +60,11 @@ def test_byte_identical_to_single_process(client, src, tmp_path, settings):
         assert one[name] == many[name], name
     assert report.output == str(tmp_path / "many")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+    if "max_layer_sparsity" in settings:  # the cap held on every tensor, the total stayed exact
+        rows = [t for t in report.tensors if t.status == "pruned"]
+        assert all(t.pruned <= settings["max_layer_sparsity"] * t.numel for t in rows)
+        assert sum(t.pruned for t in rows) == round(settings["sparsity"] * sum(t.numel for t in rows))
+        assert any(t.pruned > settings["sparsity"] * t.numel + 1 for t in rows)  # global: counts differ per tensor
 
 
 @pytest.mark.slow
