@@ -163,7 +163,7 @@ def test_global_prune_that_removes_a_layer_warns_and_flags(tmp_path, capsys):
     }
     src = write_single(tmp_path / "m.safetensors", tensors)
     rc, out, err = run(capsys, "prune", src, "-o", tmp_path / "o.safetensors", "--sparsity", "0.5", "--scope", "global",
-                       "--quiet", "--report", tmp_path / "r.json")
+                       "--quiet", "--report", tmp_path / "r.json", "--max-layer-sparsity", "1")
     assert rc == 0 and out.startswith("total:")
     assert err.startswith("pruneplug prune: warning:") and len(err.splitlines()) == 1
     assert "tiny.weight 100.00%" in err and "big.weight" not in err
@@ -172,13 +172,17 @@ def test_global_prune_that_removes_a_layer_warns_and_flags(tmp_path, capsys):
     flags = {t["name"]: t["nearly_removed"] for t in report["tensors"]}
     assert flags == {"big.weight": False, "small.weight": False, "tiny.weight": True}
     # the threshold is an option
-    sparsity_small = pp.prune_checkpoint(src, dry_run=True, sparsity=0.5, scope="global").tensors[1].sparsity_after
+    sparsity_small = pp.prune_checkpoint(src, dry_run=True, sparsity=0.5, scope="global",
+                                          max_layer_sparsity=1.0).tensors[1].sparsity_after
     rc, _, err = run(capsys, "prune", src, "--dry-run", "--sparsity", "0.5", "--scope", "global",
-                     "--warn-sparsity", str(sparsity_small), "--quiet")
+                     "--warn-sparsity", str(sparsity_small), "--quiet", "--max-layer-sparsity", "1")
     assert rc == 0 and "small.weight" in err
     rc, _, err = run(capsys, "prune", src, "--dry-run", "--sparsity", "0.5", "--scope", "global",
-                     "--warn-sparsity", "1", "--quiet")
+                     "--warn-sparsity", "1", "--quiet", "--max-layer-sparsity", "1")
     assert rc == 0 and "tiny.weight 100.00%" in err
+    # the default layer cap of global scope (0.99) keeps a few weights; still flagged at 95%
+    rc, _, err = run(capsys, "prune", src, "--dry-run", "--sparsity", "0.5", "--scope", "global", "--quiet")
+    assert rc == 0 and "tiny.weight 98.83%" in err
     rc, _, err = run(capsys, "prune", src, "--dry-run", "--sparsity", "0.3", "--quiet")
     assert rc == 0 and err == ""  # per layer at 30 %: nothing to say
 

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 
 from pruneplug.arrays import dtype_name, score_dtype
-from pruneplug.errors import BackendExecutionError, NonFiniteError
+from pruneplug.errors import BackendExecutionError
 from pruneplug.hookspecs import hookimpl
 from pruneplug.types import FLOAT_DTYPES, BackendInfo, implemented_operations
 # never raises at import: an unbuilt extension makes the backend unavailable, not broken
-from pruneplug_backends.cpu.native import DTYPE_CODE, TRANSFORM_CODE, ffi, lib
+from pruneplug_backends.cpu.native import DTYPE_CODE, TRANSFORM_CODE, ffi, lib, raise_for_status
 from pruneplug_backends.cpu.native import IMPORT_ERROR as _IMPORT_ERROR
 
 NAME = "cpu"
@@ -65,13 +65,7 @@ def _mask_out(values: np.ndarray, out: np.ndarray | None) -> np.ndarray:
 
 
 def _check(status: int, transform: str, bad: Any) -> None:
-    if status == 0:
-        return
-    if status == lib.PP_ERR_NONFINITE:
-        raise NonFiniteError.for_values(transform, int(bad[0]), int(bad[1]))
-    if status == lib.PP_ERR_NOMEM:
-        raise MemoryError("cpu backend: out of memory for the selection buffers")
-    raise BackendExecutionError(f"cpu backend: the C kernel returned status {status}")
+    raise_for_status(status, transform, bad)
 
 
 def _bad() -> Any:

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 
 from pruneplug.arrays import dtype_name
-from pruneplug.errors import BackendExecutionError, NonFiniteError
+from pruneplug.errors import BackendExecutionError
 from pruneplug.hookspecs import hookimpl
 
-from pruneplug_backends.cpu.native import DTYPE_CODE, TRANSFORM_CODE, ffi, lib
+from pruneplug_backends.cpu.native import DTYPE_CODE, TRANSFORM_CODE, ffi, lib, raise_for_status
 
 #: selection key kind -> enum pp_keys (csrc/pp_keyhist.h)
 KEYS_CODE = {"mag16": lib.PP_KEYS_MAG16, "f32": lib.PP_KEYS_F32, "f64": lib.PP_KEYS_F64} if lib is not None else {}
@@ -22,16 +22,6 @@ def _ptr(a: np.ndarray, ctype: str = "char[]") -> Any:
     return ffi.from_buffer(ctype, a)
 
 
-def _raise_for(status: int, transform: str, bad: Any) -> None:
-    if status == 0:
-        return
-    if status == lib.PP_ERR_NONFINITE:
-        raise NonFiniteError.for_values(transform, int(bad[0]), int(bad[1]))
-    if status == lib.PP_ERR_NOMEM:
-        raise MemoryError("cpu backend: out of memory for the histogram buffers")
-    raise BackendExecutionError(f"cpu backend: the C kernel returned status {status}")
-
-
 @hookimpl
 def pruneplug_key_histogram(values: np.ndarray, transform: str, keys: str, shift: int, bits: int,
                             prefix: int) -> np.ndarray:
@@ -39,7 +29,7 @@ def pruneplug_key_histogram(values: np.ndarray, transform: str, keys: str, shift
     bad = ffi.new("int64_t[2]")
     st = lib.pp_key_histogram(_ptr(values), DTYPE_CODE[dtype_name(values)], TRANSFORM_CODE[transform], KEYS_CODE[keys],
                               values.size, shift, bits, prefix, _ptr(hist, "int64_t[]"), 0, bad, bad + 1)
-    _raise_for(st, transform, bad)
+    raise_for_status(st, transform, bad, "the histogram buffers")
     return hist
 
 
@@ -53,5 +43,5 @@ def pruneplug_prune_below_key(values: np.ndarray, transform: str, keys: str, thr
     st = lib.pp_prune_below_key(_ptr(values), DTYPE_CODE[dtype_name(values)], TRANSFORM_CODE[transform], KEYS_CODE[keys],
                                 values.size, threshold, ties, _ptr(out) if out is not None else ffi.NULL,
                                 _ptr(mask, "uint8_t[]") if mask is not None else ffi.NULL, counts, 0, bad, bad + 1)
-    _raise_for(st, transform, bad)
+    raise_for_status(st, transform, bad, "the histogram buffers")
     return int(counts[0]), int(counts[1]), int(counts[2]), int(counts[3])

@@ -5,6 +5,10 @@ leaves ``lib`` None and the reason in ``IMPORT_ERROR``."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from pruneplug.errors import BackendExecutionError, NonFiniteError
+
 try:
     from pruneplug_backends.cpu._native import ffi, lib
 
@@ -23,3 +27,15 @@ if lib is not None:
     LAYOUT_CODE = {"ptx": lib.PP24_PTX, "cutlass": lib.PP24_CUTLASS} if hasattr(lib, "PP24_PTX") else {}
 else:  # pragma: no cover
     DTYPE_CODE, TRANSFORM_CODE, LAYOUT_CODE = {}, {}, {}
+
+
+def raise_for_status(status: int, transform: str, bad: Any, buffers: str = "the selection buffers") -> None:
+    """Turn a C status into pruneplug's typed error (nothing for 0): ``PP_ERR_NONFINITE`` with the
+    count and first index in ``bad[0]``, ``bad[1]``; ``PP_ERR_NOMEM`` naming ``buffers``."""
+    if status == 0:
+        return
+    if status == lib.PP_ERR_NONFINITE:
+        raise NonFiniteError.for_values(transform, int(bad[0]), int(bad[1]))
+    if status == lib.PP_ERR_NOMEM:
+        raise MemoryError(f"cpu backend: out of memory for {buffers}")
+    raise BackendExecutionError(f"cpu backend: the C kernel returned status {status}")

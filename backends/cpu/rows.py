@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from pruneplug.arrays import dtype_name
-from pruneplug.errors import BackendExecutionError, NonFiniteError
 from pruneplug.hookspecs import hookimpl
 
-from pruneplug_backends.cpu.native import DTYPE_CODE, TRANSFORM_CODE, ffi, lib
+from pruneplug_backends.cpu.native import DTYPE_CODE, TRANSFORM_CODE, ffi, lib, raise_for_status
 
 
 @hookimpl
@@ -19,10 +18,5 @@ def pruneplug_row_mask(values: np.ndarray, k: int, transform: str, out=None) -> 
     status = lib.pp_row_mask(ffi.from_buffer("char[]", values), DTYPE_CODE[dtype_name(values)],
                              TRANSFORM_CODE[transform], rows, cols, int(k), ffi.from_buffer("uint8_t[]", mask),
                              0, bad, bad + 1)
-    if status == lib.PP_ERR_NONFINITE:
-        raise NonFiniteError.for_values(transform, int(bad[0]), int(bad[1]))
-    if status == lib.PP_ERR_NOMEM:
-        raise MemoryError("cpu backend: out of memory for the per-row selection buffers")
-    if status != 0:
-        raise BackendExecutionError(f"cpu backend: pp_row_mask returned status {status}")
+    raise_for_status(status, transform, bad, "the per-row selection buffers")
     return mask

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from pruneplug.calibration import ActivationStats, CalibrationContext
+from pruneplug.errors import CalibrationRequiredError, InvalidArgumentError
 from pruneplug.types import ScoreStats
 
 _CHUNK = 1 << 20  # elements per float64 chunk of the statistics (bounded extra memory)
@@ -44,6 +46,24 @@ class Criterion:
         """Scores of ``weights``; ``calibration`` is a :class:`pruneplug.CalibrationContext` (looked
         up by ``layer``, the weight's tensor name) or the layer's :class:`pruneplug.ActivationStats`."""
         raise NotImplementedError
+
+    def layer_stats(self, calibration: Any, layer: str | None) -> ActivationStats:
+        """The statistics of the layer being scored: ``calibration`` itself when it is one layer's
+        :class:`~pruneplug.ActivationStats`, else the context's entry for ``layer`` (or the
+        criterion's own ``layer_name``). Raises :class:`~pruneplug.errors.CalibrationRequiredError`
+        naming the method when there are none."""
+        if calibration is None:
+            raise CalibrationRequiredError(self.name)
+        if isinstance(calibration, ActivationStats):
+            return calibration
+        if isinstance(calibration, CalibrationContext):
+            name = layer or getattr(self, "layer_name", None)
+            if name is None:
+                raise CalibrationRequiredError(self.name, "a CalibrationContext needs the weight's tensor name "
+                                               f"({type(self).__name__}(layer_name) or compute(..., layer=name))")
+            return calibration.require_stats(name)
+        raise InvalidArgumentError(f"calibration: expected a CalibrationContext or ActivationStats, got "
+                                   f"{type(calibration).__name__}")
 
     def __repr__(self) -> str:
         return f"<criterion {self.name!r}>"

@@ -23,9 +23,9 @@ import numpy as np
 
 from pruneplug import api
 from pruneplug.arrays import adapt
-from pruneplug.calibration import ActivationStats, CalibrationContext
+from pruneplug.calibration import ActivationStats
 from pruneplug.criteria.base import Criterion, score_stats
-from pruneplug.errors import CalibrationError, CalibrationRequiredError, InvalidArgumentError, ShapeError
+from pruneplug.errors import CalibrationError, InvalidArgumentError, ShapeError
 from pruneplug.reconstruction.hessian import inverse_diagonal
 from pruneplug.types import ImportanceScores
 
@@ -75,7 +75,7 @@ class SparseGPTImportance(Criterion):
 
         from pruneplug.reconstruction import sparsegpt_prune
 
-        stats = self._stats(calibration, layer)
+        stats = self.layer_stats(calibration, layer)
         name = layer or self.layer_name or "weights"
         hessian = self._hessian(stats, weights, name)
         if isinstance(weights, torch.Tensor):
@@ -113,7 +113,7 @@ class SparseGPTImportance(Criterion):
         :class:`CalibrationError` without a Hessian or for one that does not fit."""
         import torch
 
-        stats = self._stats(calibration, layer)
+        stats = self.layer_stats(calibration, layer)
         name = layer or self.layer_name or "weights"
         hessian = torch.from_numpy(self._hessian(stats, adapt(weights, "weights").array, name)) / max(stats.count, 1)
         diag = inverse_diagonal(hessian, damping=self.damping, name=name).value.numpy()
@@ -123,20 +123,6 @@ class SparseGPTImportance(Criterion):
         denom = xp.asarray(diag.astype(values.dtype)).reshape((1, -1) if stats.input_axis == 1 else (-1, 1))
         xp.divide(values, denom, out=values)
         return ImportanceScores(scores.values, self.name, score_stats(values))
-
-    def _stats(self, calibration: Any, layer: str | None) -> ActivationStats:
-        if calibration is None:
-            raise CalibrationRequiredError(self.name)
-        if isinstance(calibration, ActivationStats):
-            return calibration
-        if isinstance(calibration, CalibrationContext):
-            name = layer or self.layer_name
-            if name is None:
-                raise CalibrationRequiredError(self.name, "a CalibrationContext needs the weight's tensor name "
-                                               "(SparseGPTImportance(layer_name) or compute(..., layer=name))")
-            return calibration.require_stats(name)
-        raise InvalidArgumentError(f"calibration: expected a CalibrationContext or ActivationStats, got "
-                                   f"{type(calibration).__name__}")
 
     def __repr__(self) -> str:
         return f"SparseGPTImportance({self.layer_name!r}, damping={self.damping}, update={self.updates_weights})"

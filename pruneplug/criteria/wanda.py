@@ -30,7 +30,7 @@ from pruneplug import api
 from pruneplug.arrays import adapt
 from pruneplug.calibration import ActivationStats, CalibrationContext
 from pruneplug.criteria.base import Criterion, score_stats
-from pruneplug.errors import CalibrationError, CalibrationRequiredError, InvalidArgumentError, ShapeError
+from pruneplug.errors import CalibrationError, InvalidArgumentError, ShapeError
 from pruneplug.types import ImportanceScores
 
 
@@ -67,7 +67,7 @@ class WandaImportance(Criterion):
         """Wanda scores of a 2-D ``weights`` (``[out, in]``; ``[in, out]`` when the statistics say
         ``input_axis=0``). Raises :class:`CalibrationRequiredError` without statistics and
         :class:`CalibrationError` for statistics that do not fit."""
-        stats = self._stats(calibration, layer)
+        stats = self.layer_stats(calibration, layer)
         adapted = adapt(weights, "weights")
         shape = tuple(int(s) for s in adapted.array.shape)
         name = layer or self.layer_name or "weights"
@@ -89,20 +89,6 @@ class WandaImportance(Criterion):
         """float64 ``sqrt(input_norms)``, ``sqrt(eps)`` where a norm is 0."""
         norms = stats.input_norms
         return np.where(norms > 0, np.sqrt(np.maximum(norms, 0.0)), math.sqrt(self.eps))
-
-    def _stats(self, calibration: Any, layer: str | None) -> ActivationStats:
-        if calibration is None:
-            raise CalibrationRequiredError(self.name)
-        if isinstance(calibration, ActivationStats):
-            return calibration
-        if isinstance(calibration, CalibrationContext):
-            name = layer or self.layer_name
-            if name is None:
-                raise CalibrationRequiredError(self.name, "a CalibrationContext needs the weight's tensor name "
-                                               "(WandaImportance(layer_name) or compute(..., layer=name))")
-            return calibration.require_stats(name)
-        raise InvalidArgumentError(f"calibration: expected a CalibrationContext or ActivationStats, got "
-                                   f"{type(calibration).__name__}")
 
     def __repr__(self) -> str:
         return f"WandaImportance({self.layer_name!r}, eps={self.eps})"
