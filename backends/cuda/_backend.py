@@ -20,7 +20,6 @@ prune. Outputs are fresh arrays, returned only after that word says there was no
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 from typing import Any, Callable
@@ -29,64 +28,30 @@ import numpy as np
 
 from pruneplug.arrays import score_dtype
 from pruneplug.errors import DeviceMemoryError, NonFiniteError
-from pruneplug.hookspecs import hookimpl
 from pruneplug.sparse24 import format_of, invalid_nibble_error, metadata_shape, not_sparse_error
-from pruneplug.types import FLOAT_DTYPES, BackendInfo, implemented_operations
 
 from . import _kernels as K
+from .kernel_names import (  # noqa: F401  (the name_* functions: also reached as _backend.name_*)
+    name_24,
+    name_apply_mask,
+    name_importance,
+    name_keyed,
+    name_keyhist,
+    name_nm,
+    name_select,
+)
+from .hooks import DTYPES, CudaPlugin  # noqa: F401  (also reached as _backend.CudaPlugin)
 
 BLOCK = K.COMMON["PP_BLOCK"]  # threads per block
 TILE = K.COMMON["PP_TILE"]  # elements per block-tile in the streaming kernels
 DIGIT = K.COMMON["PP_DIGIT"]  # radix bits per selection round
 BINS = K.COMMON["PP_BINS"]
 MAX_STREAM_GRID = 1024  # streaming kernels loop over tiles; depends on n only (deterministic stats)
-#: int8 is for 2:4 compression only: the core rejects non-float dtypes for every other operation
-#: before it selects a backend (pruneplug.arrays.check_float_dtype), as for the cpu backend.
-DTYPES = FLOAT_DTYPES | frozenset({"int8"})
 _RAW = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 _KEY_NP = {"unsigned short": np.uint16, "unsigned int": np.uint32, "unsigned long long": np.uint64}
 _U64 = (1 << 64) - 1
 
 LoadModule = Callable[[str, tuple, list], Any]
-
-
-# ---------------------------------------------------------------------------------------------
-# kernel names (one function per kernel family). Which names the launch code asks for is found by
-# running it (tests/test_cuda_emulated.py: test_launched_kernels_are_exactly_the_instantiated_ones,
-# every entry point at its edge values under a loader as strict as CuPy's), not by a second list.
-# ---------------------------------------------------------------------------------------------
-def _dt(dtype: str) -> int:
-    return K.DT[dtype]
-
-
-def _tr(transform: str) -> int:
-    return K.TR[transform]
-
-
-def name_importance(dtype: str, transform: str) -> str:
-    return f"importance<{_dt(dtype)}, {_tr(transform)}>"
-
-
-def name_select(kernel: str, dtype: str, transform: str) -> str:
-    return f"{kernel}<{_dt(dtype)}, {_tr(transform)}>"
-
-
-def name_keyed(kernel: str, dtype: str, transform: str) -> str:
-    return f"{kernel}<{K.key_ctype(dtype, transform)}>"
-
-
-def name_nm(kernel: str, dtype: str, transform: str, m: int | None = None) -> str:
-    if m is None:
-        return f"{kernel}<{_dt(dtype)}, {_tr(transform)}>"
-    return f"{kernel}<{_dt(dtype)}, {_tr(transform)}, {m}>"
-
-
-def name_24(kernel: str, dtype: str, layout: str) -> str:
-    return f"{kernel}<{K.DT24[dtype]}, {K.LAYOUT24[layout]}>"
-
-
-def name_keyhist(dtype: str, transform: str, keys: str) -> str:
-    return f"key_histogram<{_dt(dtype)}, {_tr(transform)}, {K.KEYS[keys]}>"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +192,7 @@ class CudaBackend:
     def _launch_apply(self, x: Any, mask: Any, dtype: str) -> None:
         grid = self._stream_grid(x.size)
         vec = 16 // x.dtype.itemsize
-        self._fn("elementwise.cu", f"apply_mask<{_dt(dtype)}>")(
+        self._fn("elementwise.cu", name_apply_mask(dtype))(
             (grid,), (BLOCK,), (x, mask, np.int64(x.size), np.int32(self._aligned(x, 16)),
                                 np.int32(self._aligned(mask, vec))))
 
@@ -606,119 +571,3 @@ class CudaBackend:
 
             self._bf16_lut = self.xp.asarray(bf16_square_keys())
         return self._bf16_lut
-
-
-
-# ---------------------------------------------------------------------------------------------
-# a CudaBackend as a pluggy plugin object
-# ---------------------------------------------------------------------------------------------
-class CudaPlugin:
-    """Hook implementations bound to one :class:`CudaBackend`, which is built on first use (the
-    real one imports CuPy; the tests register an emulated one). The plugin object, registered in
-    pruneplug's plugin manager, owns the backend and its compiled kernels: no module-level state.
-
-    ``probe`` says whether the backend can run here: ``() -> (available, reason)``; ``dtypes``
-    which dtypes it declares: ``() -> (dtypes, note)``, the note saying why one is missing (it
-    becomes the ``reason`` of an available backend); ``stream`` a context manager that every
-    operation runs in (the real backend's makes PyTorch's current stream CuPy's, see
-    ``pruneplug_backends.cuda.torch_stream``).
-    """
-
-    def __init__(self, make_backend: Callable[[], CudaBackend], *, name: str,
-                 array_types=frozenset({"cupy"}), priority: int = 100,
-                 probe: Callable[[], tuple[bool, str | None]] = lambda: (True, None),
-                 dtypes: Callable[[], tuple[frozenset, str | None]] = lambda: (DTYPES, None),
-                 stream: Callable[[], Any] = contextlib.nullcontext,
-                 description: str = "") -> None:
-        self.name = name
-        self._make_backend = make_backend
-        self._backend: CudaBackend | None = None
-        self._lock = threading.Lock()
-        self._array_types = frozenset(array_types)
-        self._priority = priority
-        self._probe = probe
-        self._dtypes = dtypes
-        self._stream = stream
-        self._description = description
-
-    @property
-    def backend(self) -> CudaBackend:
-        if self._backend is None:
-            with self._lock:
-                if self._backend is None:
-                    self._backend = self._make_backend()
-        return self._backend
-
-    @hookimpl
-    def pruneplug_backend_info(self) -> BackendInfo:
-        try:
-            available, reason = self._probe()
-            dtypes, note = self._dtypes()
-        except Exception as exc:  # noqa: BLE001 - the declaration must never raise
-            available, reason = False, f"probe failed: {type(exc).__name__}: {exc}"
-            dtypes, note = DTYPES, None
-        if available and note:
-            reason = note  # what an available backend lacks (shown by `pruneplug backends`)
-        return BackendInfo(name=self.name, priority=self._priority, array_types=self._array_types,
-                           dtypes=dtypes, operations=implemented_operations(self), available=available, reason=reason,
-                           description=self._description)
-
-    @hookimpl
-    def pruneplug_importance(self, weights, method):
-        with self._stream():
-            return self.backend.importance(weights, method)
-
-    @hookimpl
-    def pruneplug_unstructured_mask(self, values, k, transform, out=None):
-        with self._stream():
-            return self.backend.unstructured_mask(values, k, transform, out)
-
-    @hookimpl
-    def pruneplug_nm_mask(self, values, n, m, axis, transform, out=None):
-        with self._stream():
-            return self.backend.nm_mask(values, n, m, axis, transform, out)
-
-    @hookimpl
-    def pruneplug_block_mask(self, values, block_shape, k, transform, out=None):
-        with self._stream():
-            return self.backend.block_mask(values, block_shape, k, transform, out)
-
-    @hookimpl
-    def pruneplug_row_mask(self, values, k, transform, out=None):
-        with self._stream():
-            return self.backend.row_mask(values, k, transform, out)
-
-    @hookimpl
-    def pruneplug_apply_mask(self, weights, mask):
-        with self._stream():
-            self.backend.apply_mask(weights, mask)
-
-    @hookimpl
-    def pruneplug_prune_unstructured(self, weights, k, transform):
-        with self._stream():
-            self.backend.prune_unstructured(weights, k, transform)
-
-    @hookimpl
-    def pruneplug_prune_nm(self, weights, n, m, axis, transform):
-        with self._stream():
-            self.backend.prune_nm(weights, n, m, axis, transform)
-
-    @hookimpl
-    def pruneplug_compress_24(self, weights, layout):
-        with self._stream():
-            return self.backend.compress_24(weights, layout)
-
-    @hookimpl
-    def pruneplug_decompress_24(self, values, metadata, shape, layout):
-        with self._stream():
-            return self.backend.decompress_24(values, metadata, shape, layout)
-
-    @hookimpl
-    def pruneplug_prune_compress_24(self, weights, layout, transform):
-        with self._stream():
-            return self.backend.prune_compress_24(weights, layout, transform)
-
-    @hookimpl
-    def pruneplug_key_histogram(self, values, transform, keys, shift, bits, prefix):
-        with self._stream():
-            return self.backend.key_histogram(values, transform, keys, shift, bits, prefix)
