@@ -19,7 +19,9 @@ from pruneplug.arrays import (
     contiguous,
     dtype_name,
 )
-from pruneplug.errors import InvalidArgumentError, ShapeError, UnsupportedDtypeError
+from pruneplug.dispatch import run_operation as _run  # api's short name for it
+from pruneplug.errors import InvalidArgumentError, ShapeError
+from pruneplug.masking import apply_bool_mask
 from pruneplug.patterns import parse_pattern
 from pruneplug.registry import get_registry
 from pruneplug.types import BackendStatus, ImportanceScores, Mask, ScoreStats
@@ -44,7 +46,7 @@ def _dask_aware(function):
             for arg in (*args[:2], kwargs.get("weights"), kwargs.get("scores")):
                 inner = arg.values if isinstance(arg, ImportanceScores) else arg.data if isinstance(arg, Mask) else arg
                 if type(inner).__module__.startswith("dask."):
-                    from pruneplug import dask as dask_api
+                    from pruneplug import dask as dask_api  # here, not at the top: it imports Dask (optional, heavy)
 
                     return getattr(dask_api, function.__name__)(*args, **kwargs)
         return function(*args, **kwargs)
@@ -60,12 +62,6 @@ def _scores_array(scores: Any, argname: str = "scores"):
     adapted = adapt(values, argname)
     check_float_dtype(adapted.array, argname)
     return adapted
-
-
-def _run(backend: str | None, operation: str, array: Any, array_type: str, **kwargs: Any) -> tuple[str, Any]:
-    registry = get_registry().snapshot()  # select and call on the same backends
-    name = registry.select(backend, array_type=array_type, dtype=dtype_name(array), operation=operation)
-    return name, registry.call(name, operation, **kwargs)
 
 
 def _check_out(out: Any, shape: tuple, array_type: str) -> Any:
@@ -305,21 +301,7 @@ def apply_mask(mask: Mask | Any, weights: Any, *, backend: str | None = None) ->
     ``ValueError`` and nothing is written.
     """
     mask_data = mask.data if isinstance(mask, Mask) else mask
-    w = adapt(weights, "weights")
-    m = adapt(mask_data, "mask")
-    check_float_dtype(w.array, "weights")
-    if dtype_name(m.array) != "bool":
-        raise UnsupportedDtypeError(f"mask: dtype {dtype_name(m.array)} is not supported; expected bool")
-    if tuple(m.array.shape) != tuple(w.array.shape):
-        raise ShapeError(f"mask shape {tuple(m.array.shape)} does not match weights shape {tuple(w.array.shape)}")
-    if m.array_type != w.array_type:
-        raise InvalidArgumentError(f"mask is a {m.array_type} array but weights are a {w.array_type} array")
-    check_in_place(weights, w, "weights")
-    target = contiguous(w.array)
-    _run(backend, "apply_mask", target, w.array_type, weights=target, mask=contiguous(m.array))
-    if target is not w.array:  # a strided view: write the result back through it
-        w.array[...] = target
-    return weights
+    return apply_bool_mask(mask_data, weights, backend=backend)
 
 
 @_dask_aware

@@ -1,5 +1,5 @@
 """The ``pruneplug`` command line: ``example``, ``backends``, and the checkpoint commands
-(``prune``, ``inspect``) that :mod:`pruneplug.checkpoint_cli` adds.
+(``prune``, ``inspect``) that :mod:`pruneplug.checkpoint.cli` adds.
 
 Errors a user can cause end with a one-line message and a non-zero exit status, never a traceback.
 """
@@ -25,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_example(subparsers)
     _add_backends(subparsers)
     try:
-        from pruneplug import checkpoint_cli
-    except ImportError:  # the checkpoint commands need safetensors only when used; see checkpoint_cli
+        from pruneplug.checkpoint import cli as checkpoint_cli
+    except ImportError:  # the checkpoint commands need safetensors only when used; see pruneplug.checkpoint.cli
         pass
     else:
         checkpoint_cli.add_commands(subparsers)

@@ -50,7 +50,8 @@ from pruneplug.registry import get_registry
 from pruneplug.selection import chunk_histogram, part_counts, prune_part
 from pruneplug.patterns import parse_pattern
 from pruneplug.types import FLOAT_DTYPES, ImportanceScores, Mask, ScoreStats
-from pruneplug.validation import check_block_shape, check_method, check_nm, check_sparsity, count_to_prune, normalize_axis
+from pruneplug.validation import (check_block_shape, check_method, check_nm, check_sparsity, count_to_prune, normalize_axis,
+                                  sparsity_for)
 
 
 def is_dask_array(obj: Any) -> bool:
@@ -204,12 +205,6 @@ def _count_in_block(block: Any, cut: partselect.Cut, transform: str, nan_high: b
     return cut.pruned_count(keys, _positions_fn(shape, start, block.shape))
 
 
-def _sparsity_for(k: int, n: int) -> float:
-    """A sparsity the core turns back into exactly ``k`` of ``n`` (``round(k / n * n) == k``)."""
-    s = k / n if n else 0.0
-    assert count_to_prune(s, n) == k
-    return s
-
 
 # ---------------------------------------------------------------------------------------------
 # importance
@@ -275,7 +270,7 @@ def _row_mask_block(block: Any, sparsity: float, backend: str | None) -> Any:
 
 def _unstructured_mask_block(block: Any, cut: partselect.Cut, backend: str | None, block_info=None) -> Any:
     k = _count_in_block(block, cut, "identity", False, block_info)
-    return api.generate_unstructured_mask(block, _sparsity_for(k, block.size), backend=backend).data
+    return api.generate_unstructured_mask(block, sparsity_for(k, block.size), backend=backend).data
 
 
 def _block_quota(cut: partselect.ScoreCut, block: Any, transform: str, block_info: dict) -> int:
@@ -316,7 +311,7 @@ def _prune_block(block: Any, cut: Any, transform: str, method: str, backend: str
         return mask if want_mask else out
     less, equal = part_counts(partselect.host_if_needed(block, None), transform, cut.selection)
     k = less + min(equal, quota)
-    pruned, mask = api.prune(block, sparsity=_sparsity_for(k, block.size), method=method, backend=backend,
+    pruned, mask = api.prune(block, sparsity=sparsity_for(k, block.size), method=method, backend=backend,
                              return_mask=True)
     return mask.data if want_mask else pruned
 

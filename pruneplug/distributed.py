@@ -34,6 +34,7 @@ from pruneplug.arrays import adapt, check_float_dtype, dtype_name
 from pruneplug.errors import InvalidArgumentError, NonFiniteError
 from pruneplug.selection import chunk_histogram
 from pruneplug.types import Mask
+from pruneplug.validation import sparsity_for
 
 LAYER_DIGIT_BITS = 8  # layer scope: 257 counts per parameter and pass, all sharded parameters at once
 
@@ -97,7 +98,7 @@ def prune_sharded(shards: Sequence[Shard] | Mapping[str, Any], sparsity: float, 
     masks = {}
     for piece, k in zip(pieces, counts):
         n = int(piece.tensor.numel())
-        result = api.prune(piece.tensor.detach(), sparsity=_sparsity_for(k, n), method=method, backend=backend,
+        result = api.prune(piece.tensor.detach(), sparsity=sparsity_for(k, n), method=method, backend=backend,
                            inplace=inplace, return_mask=True)
         masks[piece.name] = result[1]
     return masks
@@ -108,11 +109,6 @@ def _check_method(method: str) -> str:
         raise InvalidArgumentError(f"method={method!r} is not supported; expected 'l1' or 'l2'")
     return method
 
-
-def _sparsity_for(k: int, n: int) -> float:
-    s = k / n if n else 0.0
-    assert api.count_to_prune(s, n) == k
-    return s
 
 
 def from_dtensor(name: str, tensor: Any) -> Shard | None:

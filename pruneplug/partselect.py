@@ -38,7 +38,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pruneplug.errors import NonFiniteError
+from pruneplug.errors import BackendError, NonFiniteError
+from pruneplug.registry import get_registry
+from pruneplug.selection import ExactSelection, part_counts
 
 DIGIT_BITS = 16
 BINS = 1 << DIGIT_BITS
@@ -293,8 +295,6 @@ class ScoreCut:
         """How many of one part's elements the cut prunes (``positions(where)``: the global
         positions of the part's elements selected by a flat bool array; ``part``: the part's index
         in ``quotas``)."""
-        from pruneplug.selection import part_counts
-
         less, equal = part_counts(host_if_needed(values, backend), transform, self.selection, backend=backend)
         quota = self.quota(part)
         if quota is not None:
@@ -309,9 +309,6 @@ class ScoreCut:
 def host_if_needed(values: Any, backend: str | None) -> Any:
     """``values`` itself when a backend histograms its array type, else a NumPy copy (CuPy blocks
     are histogrammed on the host until a CUDA ``key_histogram`` exists)."""
-    from pruneplug.errors import BackendError
-    from pruneplug.registry import get_registry
-
     if array_module(values) is np:
         return values
     try:
@@ -330,8 +327,6 @@ def exact_cut(k: int, total: int, dtypes: list[str], transform: str,
     tied elements' global positions per part (``gather_ties(threshold)``: a list of int arrays, one
     per part) and decides each part's quota exactly, or a position select over the merged
     ``tie_histogram(request, threshold)`` decides the position cut."""
-    from pruneplug.selection import ExactSelection
-
     selection = ExactSelection(k, total, dtypes, transform)
     while (request := selection.next_request()) is not None:
         selection.update(key_histogram(request))

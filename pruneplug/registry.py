@@ -22,7 +22,7 @@ import pluggy
 
 from pruneplug import hookspecs
 from pruneplug.errors import BackendNotFoundError, BackendUnavailableError, PluginLoadWarning
-from pruneplug.types import OPERATIONS, BackendInfo, BackendStatus
+from pruneplug.backend_info import OPERATIONS, BackendInfo, BackendStatus
 
 ENTRY_POINT_GROUP = "pruneplug"
 #: The entry point of the reference backend (the specification): never disabled.

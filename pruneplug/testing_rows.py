@@ -8,7 +8,7 @@ import numpy as np
 
 import pruneplug as pp
 from pruneplug.errors import NonFiniteError
-from pruneplug.testing import REFERENCE, Check, Harness, assert_same_bits, assert_same_outcome, np_dtype, tricky_array
+from pruneplug.testing_harness import REFERENCE, Check, Harness, assert_same_bits, assert_same_outcome, np_dtype, tricky_array
 
 SHAPES = ((1, 1), (3, 7), (33, 64), (5, 1000), (0, 5), (4, 0), (2, 4099))
 SPARSITIES = (0.0, 0.1, 1 / 3, 0.5, 0.9, 1.0)

@@ -21,7 +21,7 @@ import numpy as np
 
 from pruneplug.registry import get_registry
 from pruneplug.sparse24 import DTYPES, LAYOUTS, SparseWeight24, compress_24, decompress_24, format_of, prune_24
-from pruneplug.testing import Check, Harness, assert_same_bits, assert_same_outcome, np_dtype, tricky_array
+from pruneplug.testing_harness import Check, Harness, assert_same_bits, assert_same_outcome, np_dtype, tricky_array
 
 
 def _dtypes(h: Harness) -> list[str]:

@@ -1,94 +1,15 @@
-"""Value types of the public API: backend declarations, importance scores, masks."""
+"""Value types of the public API: importance scores, masks (and, re-exported from
+:mod:`pruneplug.backend_info`, backend declarations)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, FrozenSet
+from typing import Any
 
 from pruneplug.arrays import FLOAT_DTYPES, adapt  # FLOAT_DTYPES: also read from here by backends
-
-#: Every operation name a backend may declare (the hook names without ``pruneplug_``).
-OPERATIONS: FrozenSet[str] = frozenset(
-    {
-        "importance",
-        "unstructured_mask",
-        "nm_mask",
-        "block_mask",
-        "apply_mask",
-        "prune_unstructured",
-        "prune_nm",
-        "compress_24",
-        "decompress_24",
-        "prune_compress_24",
-        "key_histogram",
-        "prune_below_key",
-        "row_mask",
-    }
-)
-
-
-def implemented_operations(plugin: Any) -> FrozenSet[str]:
-    """The operations of :data:`OPERATIONS` that ``plugin`` (a module, class or object) implements
-    with a ``@pruneplug.hookimpl`` function ``pruneplug_<operation>``: what a backend declares, read
-    from its hooks so that the declaration and the implementation cannot drift apart.
-
-    Example::
-
-        >>> import pruneplug_backends.numpy as reference
-        >>> sorted(implemented_operations(reference))[:3]
-        ['apply_mask', 'block_mask', 'compress_24']
-    """
-    return frozenset(op for op in OPERATIONS if hasattr(getattr(plugin, f"pruneplug_{op}", None), "pruneplug_impl"))
-
-
-@dataclass(frozen=True)
-class BackendInfo:
-    """What a backend declares about itself through ``pruneplug_backend_info``.
-
-    Example::
-
-        BackendInfo(name="mine", priority=50, array_types={"numpy"},
-                    dtypes={"float32"}, operations={"unstructured_mask", "apply_mask"})
-    """
-
-    name: str
-    priority: int = 0
-    array_types: FrozenSet[str] = frozenset({"numpy"})
-    dtypes: FrozenSet[str] = FLOAT_DTYPES
-    operations: FrozenSet[str] = frozenset()
-    available: bool = True
-    reason: str | None = None
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        # Accept any iterable of names; store frozensets so the info is hashable and immutable.
-        for name in ("array_types", "dtypes", "operations"):
-            object.__setattr__(self, name, frozenset(getattr(self, name)))
-        unknown = self.operations - OPERATIONS
-        if unknown:
-            raise ValueError(
-                f"BackendInfo(name={self.name!r}): unknown operations {sorted(unknown)}; "
-                f"expected a subset of {sorted(OPERATIONS)}"
-            )
-
-    def supports(self, array_type: str, dtype: str, operation: str) -> bool:
-        return array_type in self.array_types and dtype in self.dtypes and operation in self.operations
-
-
-@dataclass(frozen=True)
-class BackendStatus:
-    """One row of :func:`pruneplug.backends`: a backend's declaration plus where it came from."""
-
-    name: str
-    available: bool
-    reason: str | None
-    priority: int
-    array_types: FrozenSet[str]
-    dtypes: FrozenSet[str]
-    operations: FrozenSet[str]
-    plugin: str
-    error: str | None = None
+from pruneplug.backend_info import OPERATIONS, BackendInfo, BackendStatus, implemented_operations  # noqa: F401  (backends import them from here)
+from pruneplug.masking import apply_bool_mask
 
 
 @dataclass(frozen=True)
@@ -168,9 +89,7 @@ class Mask:
 
     def apply(self, weights: Any, *, backend: str | None = None) -> Any:
         """Set the pruned entries of ``weights`` to ``+0.0`` in place and return ``weights``."""
-        from pruneplug.api import apply_mask
-
-        return apply_mask(self, weights, backend=backend)
+        return apply_bool_mask(self.data, weights, backend=backend)
 
     def to_float(self, dtype: Any = "float32") -> Any:
         """The mask as numbers: 1.0 keep, 0.0 prune (Aprender's representation)."""

@@ -81,6 +81,20 @@ def count_to_prune(sparsity: float, total: int) -> int:
     return int(round(check_sparsity(sparsity) * total))
 
 
+def sparsity_for(k: int, total: int) -> float:
+    """A sparsity that :func:`count_to_prune` turns back into exactly ``k`` of ``total``
+    (front ends that decided exact counts hand them to ``prune`` this way).
+
+    Example::
+
+        >>> sparsity_for(3, 10), count_to_prune(sparsity_for(3, 10), 10)
+        (0.3, 3)
+    """
+    s = k / total if total else 0.0
+    assert count_to_prune(s, total) == k
+    return s
+
+
 def check_int(value: Any, argname: str, minimum: int, maximum: int = MAX_SIZE) -> int:
     """``value`` as an int in [minimum, maximum] (bool is not an integer here)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not minimum <= int(value) <= maximum:

@@ -14,6 +14,8 @@ import pytest
 
 import pruneplug as pp
 from pruneplug import checkpoint as ck
+from pruneplug.checkpoint.formats import NP_TO_ST, ST_DTYPES
+from pruneplug.checkpoint.global_select import Source
 from pruneplug.errors import CheckpointError, InvalidArgumentError, NonFiniteError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -100,7 +102,7 @@ def test_plan_global_every_pass_path(limit):
     arrays["zero"] = np.zeros(20, np.float64)
     order = list(arrays)
     for sparsity in (0.05, 0.3, 0.5, 0.77):
-        sources = [ck._Source(n, a.size, (lambda a=a: iter([a])), 4) for n, a in arrays.items()]
+        sources = [Source(n, a.size, (lambda a=a: iter([a])), 4) for n, a in arrays.items()]
         plan = ck.plan_global(sources, sparsity, "l1", gather_limit=limit)
         expected = reference_global_masks(arrays, order, sparsity, "l1")
         assert plan.counts == [int((~expected[n]).sum()) for n in order]
@@ -237,7 +239,7 @@ def test_include_replaces_default_rule(tmp_path, single, tensors):
 
 
 def test_selection_rule_defaults(tensors):
-    refs = [ck.TensorRef(n, ck._NP_TO_ST[np.dtype(a.dtype).name], a.shape, a.nbytes) for n, a in tensors.items()]
+    refs = [ck.TensorRef(n, NP_TO_ST[np.dtype(a.dtype).name], a.shape, a.nbytes) for n, a in tensors.items()]
     reasons = ck.select_tensors(refs)
     assert sorted(n for n, r in reasons.items() if r is None) == DEFAULT_SELECTED
     assert reasons["model.embed_tokens.weight"] == "embedding"
@@ -539,7 +541,7 @@ def test_sparse_bitmask_format_single_file(tmp_path, single, tensors):
     assert meta["pruneplug.format"] == "sparse-bitmask"
     # widest dtypes first: every tensor of the file is aligned to its itemsize when memory-mapped
     refs = ck.read_safetensors_header(tmp_path / "o.safetensors").tensors
-    assert all(r.offset % ck._ST_DTYPES[r.dtype][1] == 0 for r in refs)
+    assert all(r.offset % ST_DTYPES[r.dtype][1] == 0 for r in refs)
     assert {r.dtype for r in refs} >= {"I64", "U8", "F16", "BF16"}
 
 

@@ -286,7 +286,7 @@ def test_missing_input_with_a_newline_in_its_name_is_one_line(tmp_path, capsys):
 
 
 def test_os_errors_from_any_command_are_one_line(tmp_path, capsys, single, monkeypatch):
-    from pruneplug import checkpoint_cli
+    from pruneplug.checkpoint import cli as checkpoint_cli
 
     def fails(*args, **kwargs):
         raise OSError(5, "Input/output error")

@@ -21,7 +21,7 @@ from pruneplug.testing import np_dtype, tricky_array
 cpu = pytest.importorskip("pruneplug_backends.cpu")
 ref = pytest.importorskip("pruneplug_backends.numpy")
 if cpu.lib is None:  # pragma: no cover - unbuilt extension
-    pytest.skip(f"cpu backend not built: {cpu._IMPORT_ERROR}", allow_module_level=True)
+    pytest.skip(f"cpu backend not built: {cpu.IMPORT_ERROR}", allow_module_level=True)
 
 ffi, lib = cpu.ffi, cpu.lib
 DTYPES = ("float16", "bfloat16", "float32", "float64")

@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ["README.md", "docs/sparse24.md", "docs/checkpoint.md", "pruneplug/compressed_tensors.py",
-        "pruneplug/checkpoint_cli.py"]
+        "pruneplug/checkpoint/cli.py"]
 
 
 @pytest.mark.parametrize("path", DOCS)

@@ -18,7 +18,7 @@ from pruneplug.hookspecs import hookimpl
 from pruneplug.types import FLOAT_DTYPES, BackendInfo, implemented_operations
 # never raises at import: an unbuilt extension makes the backend unavailable, not broken
 from pruneplug_backends.cpu.native import DTYPE_CODE, TRANSFORM_CODE, ffi, lib, raise_for_status
-from pruneplug_backends.cpu.native import IMPORT_ERROR as _IMPORT_ERROR
+from pruneplug_backends.cpu.native import IMPORT_ERROR
 
 NAME = "cpu"
 _METHOD_TRANSFORM = {"l1": "abs", "l2": "square"}
@@ -34,7 +34,7 @@ def pruneplug_backend_info() -> BackendInfo:
         dtypes=FLOAT_DTYPES | {"int8"},  # int8: 2:4 compression only
         operations=implemented_operations(sys.modules[__name__]),
         available=lib is not None,
-        reason=_IMPORT_ERROR,
+        reason=IMPORT_ERROR,
         description="C kernels (cffi, OpenMP): sampled-bracket exact selection, branch-free N:M",
     )
 

@@ -7,7 +7,8 @@ reports ``available=False`` with the reason, never raising. Using it (a CuPy arr
 tensor) imports CuPy.
 
 The launch code lives in :mod:`._backend` (``CudaBackend``), shared with the tests that run the
-same kernels in the CPU emulator (``tools/cuda_emu``).
+same kernels in the CPU emulator (``tools/cuda_emu``); the kernel names it asks for in
+:mod:`.kernel_names`, the hooks that bind it to pruneplug in :mod:`.hooks` (``CudaPlugin``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._backend import DTYPES, CudaBackend, CudaPlugin
+from ._backend import CudaBackend
+from .hooks import DTYPES, CudaPlugin
 
 NAME = "cuda"
 PRIORITY = 100

@@ -11,7 +11,8 @@ Host/device traffic is explicit: every operation reads back one small workspace 
 the one point where it must know something before going on (non-finite values to raise on,
 the size of the selection's candidate buffer, the statistics); no array data goes through the host.
 
-Launch geometry is computed next to each launch, in one small method per kernel (``_launch_*``).
+Launch geometry is computed next to each launch, in one small method per kernel (``_launch_*``,
+in :mod:`.launches`, the base class); the kernel names in :mod:`.kernel_names`.
 
 2:4 compression (``compress24.cu``) reads back one 3-word error block per call instead: the first
 group with too many nonzeros, or the first invalid nibble, and the non-finite count of a fused
@@ -20,319 +21,48 @@ prune. Outputs are fresh arrays, returned only after that word says there was no
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from pruneplug.arrays import score_dtype
-from pruneplug.errors import DeviceMemoryError, NonFiniteError
-from pruneplug.hookspecs import hookimpl
+from pruneplug.errors import NonFiniteError
 from pruneplug.sparse24 import format_of, invalid_nibble_error, metadata_shape, not_sparse_error
-from pruneplug.types import FLOAT_DTYPES, BackendInfo, implemented_operations
 
 from . import _kernels as K
+from .kernel_names import (  # noqa: F401  (the name_* functions: also reached as _backend.name_*)
+    name_24,
+    name_apply_mask,
+    name_importance,
+    name_keyed,
+    name_keyhist,
+    name_nm,
+    name_select,
+)
+from .hooks import DTYPES, CudaPlugin  # noqa: F401  (also reached as _backend.CudaPlugin)
+from .launches import (  # noqa: F401  (the geometry constants: also reached as _backend.BLOCK, ...)
+    BINS,
+    BLOCK,
+    DIGIT,
+    MAX_STREAM_GRID,
+    RAW_UINT,
+    TILE,
+    U64_MAX,
+    KernelLauncher,
+    LoadModule,
+)
 
-BLOCK = K.COMMON["PP_BLOCK"]  # threads per block
-TILE = K.COMMON["PP_TILE"]  # elements per block-tile in the streaming kernels
-DIGIT = K.COMMON["PP_DIGIT"]  # radix bits per selection round
-BINS = K.COMMON["PP_BINS"]
-MAX_STREAM_GRID = 1024  # streaming kernels loop over tiles; depends on n only (deterministic stats)
-#: int8 is for 2:4 compression only: the core rejects non-float dtypes for every other operation
-#: before it selects a backend (pruneplug.arrays.check_float_dtype), as for the cpu backend.
-DTYPES = FLOAT_DTYPES | frozenset({"int8"})
-_RAW = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 _KEY_NP = {"unsigned short": np.uint16, "unsigned int": np.uint32, "unsigned long long": np.uint64}
-_U64 = (1 << 64) - 1
-
-LoadModule = Callable[[str, tuple, list], Any]
-
-
-# ---------------------------------------------------------------------------------------------
-# kernel names (one function per kernel family). Which names the launch code asks for is found by
-# running it (tests/test_cuda_emulated.py: test_launched_kernels_are_exactly_the_instantiated_ones,
-# every entry point at its edge values under a loader as strict as CuPy's), not by a second list.
-# ---------------------------------------------------------------------------------------------
-def _dt(dtype: str) -> int:
-    return K.DT[dtype]
-
-
-def _tr(transform: str) -> int:
-    return K.TR[transform]
-
-
-def name_importance(dtype: str, transform: str) -> str:
-    return f"importance<{_dt(dtype)}, {_tr(transform)}>"
-
-
-def name_select(kernel: str, dtype: str, transform: str) -> str:
-    return f"{kernel}<{_dt(dtype)}, {_tr(transform)}>"
-
-
-def name_keyed(kernel: str, dtype: str, transform: str) -> str:
-    return f"{kernel}<{K.key_ctype(dtype, transform)}>"
-
-
-def name_nm(kernel: str, dtype: str, transform: str, m: int | None = None) -> str:
-    if m is None:
-        return f"{kernel}<{_dt(dtype)}, {_tr(transform)}>"
-    return f"{kernel}<{_dt(dtype)}, {_tr(transform)}, {m}>"
-
-
-def name_24(kernel: str, dtype: str, layout: str) -> str:
-    return f"{kernel}<{K.DT24[dtype]}, {K.LAYOUT24[layout]}>"
-
-
-def name_keyhist(dtype: str, transform: str, keys: str) -> str:
-    return f"key_histogram<{_dt(dtype)}, {_tr(transform)}, {K.KEYS[keys]}>"
 
 
 # ---------------------------------------------------------------------------------------------
 # the backend
 # ---------------------------------------------------------------------------------------------
-class CudaBackend:
-    """The CUDA backend over an array module ``xp`` and a kernel loader ``load_module``."""
-
-    def __init__(self, xp: Any, load_module: LoadModule, *, name: str = "cuda",
-                 device_check: Callable[..., None] | None = None) -> None:
-        self.xp = xp
-        self.name = name
-        self._load_module = load_module
-        self._device_check = device_check
-        self._modules: dict[str, Any] = {}
-        self._functions: dict[tuple[str, str], Any] = {}
-        self._lock = threading.Lock()
-
-    # -- kernels -----------------------------------------------------------------------------
-    def _fn(self, filename: str, name: str) -> Any:
-        """The compiled kernel ``name`` of ``filename`` (each file compiled once, all its
-        instantiations at once, and cached)."""
-        key = (filename, name)
-        fn = self._functions.get(key)
-        if fn is None:
-            with self._lock:
-                module = self._modules.get(filename)
-                if module is None:
-                    module = self._load_module(K.source(filename), K.OPTIONS, K.NAME_EXPRESSIONS[filename])
-                    self._modules[filename] = module
-                fn = module.get_function(name)
-                self._functions[key] = fn
-        return fn
-
-    # -- buffers and host traffic ------------------------------------------------------------
-    def _alloc(self, shape: Any, dtype: Any, what: str, zero: bool = False) -> Any:
-        dtype = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64)) if isinstance(shape, tuple) else int(shape)
-        nbytes = count * dtype.itemsize
-        # bfloat16 is allocated as uint16 and viewed: only CuPy's dtype is needed, never its
-        # (experimental) bfloat16 kernels; every copy below moves bits (_bytes views).
-        alloc_dtype = np.dtype(np.uint16) if dtype.name == "bfloat16" else dtype
-        try:
-            a = self.xp.zeros(shape, alloc_dtype) if zero else self.xp.empty(shape, alloc_dtype)
-            return a if alloc_dtype is dtype else a.view(dtype)
-        except MemoryError as exc:  # cupy.cuda.memory.OutOfMemoryError is a MemoryError
-            raise DeviceMemoryError(
-                f"backend {self.name!r}: out of device memory allocating {nbytes} bytes for {what} "
-                f"({exc}); nothing was written"
-            ) from None
-
-    def _alloc16(self, shape: tuple, dtype: Any, what: str) -> Any:
-        """A fresh C-contiguous array whose data is 16-byte aligned (what the 2:4 kernels' vector
-        loads and stores need)."""
-        a = self._alloc(shape, dtype, what)
-        if self._ptr(self._bytes(a)) % 16 == 0:
-            return a
-        nbytes = a.nbytes
-        del a
-        buf = self._alloc(nbytes + 16, np.uint8, what)
-        off = (-self._ptr(buf)) % 16
-        return buf[off:off + nbytes].view(dtype).reshape(shape)
-
-    def _input16(self, a: Any, what: str) -> Any:
-        """``a`` itself when 16-byte aligned, else an aligned copy (a misaligned 16-byte access is a
-        sticky launch failure on a device)."""
-        if self._ptr(self._bytes(a)) % 16 == 0:
-            return a
-        copy = self._alloc16(tuple(a.shape), a.dtype, what)
-        self._bytes(copy)[...] = self._bytes(a)  # the bits, whatever the dtype
-        return copy
-
-    def _error_words(self) -> Any:
-        """[err, nonfinite count, nonfinite first] for the 2:4 kernels: ~0, 0, ~0."""
-        ws = self._alloc(3, np.uint64, "the error words")
-        host = np.array([_U64, 0, _U64], dtype=np.uint64)
-        if isinstance(ws, np.ndarray):
-            ws[...] = host
-        else:
-            ws.set(host)  # cupy: one host-to-device copy
-        return ws
-
-    def _workspace(self) -> Any:
-        return self._alloc(K.WS['SIZE'], np.uint64, "the workspace", zero=True)
-
-    def _to_host(self, a: Any) -> np.ndarray:
-        get = getattr(a, "get", None)
-        return np.array(get() if get is not None and not isinstance(a, np.ndarray) else a)
-
-    def _read_ws(self, ws: Any, transform: str) -> np.ndarray:
-        """The workspace on the host (a synchronisation point); raises NonFiniteError."""
-        h = self._to_host(ws)
-        if int(h[0]):
-            first = (~int(h[1])) & _U64
-            raise NonFiniteError.for_values(transform, int(h[0]), first)
-        return h
-
-    def _check(self, *arrays: Any) -> None:
-        if self._device_check is not None:
-            self._device_check(*arrays)
-
-    @staticmethod
-    def _ptr(a: Any) -> int:
-        data = a.data
-        return int(data.ptr) if hasattr(data, "ptr") else int(a.ctypes.data)
-
-    def _aligned(self, a: Any, nbytes: int) -> int:
-        return 1 if a.size == 0 or self._ptr(a) % nbytes == 0 else 0
-
-    @staticmethod
-    def _raw(a: Any) -> Any:
-        """The array's bits as unsigned integers, flat (C-contiguous: a view, no copy)."""
-        return a.view(_RAW[a.dtype.itemsize]).reshape(-1)
-
-    @staticmethod
-    def _dtype(a: Any) -> str:
-        name = np.dtype(a.dtype).name
-        return "bfloat16" if name == "uint16" else name
-
-    @staticmethod
-    def _bytes(a: Any) -> Any:
-        return a.view(np.uint8).reshape(-1)
-
-    # -- launches (geometry next to each launch) ------------------------------------------------
-    @staticmethod
-    def _stream_grid(n: int) -> int:
-        return max(1, min(-(-n // TILE), MAX_STREAM_GRID))
-
-    def _launch_check(self, x: Any, dtype: str, transform: str, ws: Any) -> None:
-        grid = self._stream_grid(x.size)
-        self._fn("elementwise.cu", name_select("check_nonfinite", dtype, transform))(
-            (grid,), (BLOCK,), (x, np.int64(x.size), np.int32(self._aligned(x, 16)), ws))
-
-    def _launch_fill(self, out: Any, value: bool) -> None:
-        grid = max(1, min(-(-out.size // BLOCK), 4096))
-        self._fn("elementwise.cu", "fill_mask")((grid,), (BLOCK,), (out, np.int64(out.size), np.int32(int(value))))
-
-    def _launch_apply(self, x: Any, mask: Any, dtype: str) -> None:
-        grid = self._stream_grid(x.size)
-        vec = 16 // x.dtype.itemsize
-        self._fn("elementwise.cu", f"apply_mask<{_dt(dtype)}>")(
-            (grid,), (BLOCK,), (x, mask, np.int64(x.size), np.int32(self._aligned(x, 16)),
-                                np.int32(self._aligned(mask, vec))))
-
-    def _launch_importance(self, x: Any, s: Any, dtype: str, transform: str, part: Any, partu: Any,
-                           ws: Any) -> None:
-        grid = part.size // 3  # == self._stream_grid(n), fixed by n only
-        vec = self._aligned(x, 16) & self._aligned(s, 16)
-        self._fn("importance.cu", name_importance(dtype, transform))(
-            (grid,), (BLOCK,), (x, s, np.int64(x.size), np.int32(vec), part, partu, ws))
-
-    def _launch_importance_finalize(self, part: Any, partu: Any, ws: Any) -> None:
-        self._fn("importance.cu", "importance_finalize")((1,), (BLOCK,), (part, partu, np.int32(part.size // 3), ws))
-
-    def _launch_hist0(self, x: Any, dtype: str, transform: str, shift: int, ghist: Any, ws: Any) -> None:
-        grid = self._stream_grid(x.size)
-        self._fn("select.cu", name_select("radix_hist0", dtype, transform))(
-            (grid,), (BLOCK,), (x, np.int64(x.size), np.int32(self._aligned(x, 16)), np.int32(shift), ghist, ws))
-
-    def _launch_select(self, ghist: Any, ws: Any, shift: int, nbins: int, k_minus_1: int, first: bool) -> None:
-        self._fn("select.cu", "radix_select")(
-            (1,), (BLOCK,), (ghist, ws, np.int32(shift), np.int32(nbins), np.int64(k_minus_1), np.int32(int(first))))
-
-    def _launch_compact(self, x: Any, dtype: str, transform: str, shift: int, ws: Any, ckey: Any,
-                        cidx: Any) -> None:
-        grid = self._stream_grid(x.size)
-        self._fn("select.cu", name_select("radix_compact", dtype, transform))(
-            (grid,), (BLOCK,), (x, np.int64(x.size), np.int32(self._aligned(x, 16)), np.int32(shift), ws, ckey, cidx,
-                                np.int64(ckey.size)))
-
-    def _launch_cand_hist(self, ckey: Any, dtype: str, transform: str, shift: int, width: int, ghist: Any,
-                          ws: Any) -> None:
-        grid = max(1, min(-(-ckey.size // (BLOCK * 4)), MAX_STREAM_GRID))
-        self._fn("select.cu", name_keyed("cand_hist", dtype, transform))(
-            (grid,), (BLOCK,), (ckey, np.int64(ckey.size), np.int32(shift), np.int32(width), ghist, ws))
-
-    def _launch_eq_count(self, ckey: Any, cidx: Any, dtype: str, transform: str, ws: Any, tiles: Any) -> None:
-        grid = max(1, min(-(-ckey.size // (BLOCK * 4)), MAX_STREAM_GRID))
-        self._fn("select.cu", name_keyed("eq_count", dtype, transform))(
-            (grid,), (BLOCK,), (ckey, cidx, np.int64(ckey.size), ws, tiles))
-
-    def _launch_scan_tiles(self, tiles: Any) -> None:
-        self._fn("select.cu", "scan_tiles")((1,), (BLOCK,), (tiles, np.int64(tiles.size - 1)))
-
-    def _launch_mask(self, x: Any, dtype: str, transform: str, out: Any, mode: int, ws: Any, tiles: Any) -> None:
-        grid = max(1, min(-(-x.size // TILE), 1 << 30))  # one tile per block
-        vec_out = self._aligned(out, 16 // x.dtype.itemsize) if mode == 0 else 0
-        self._fn("select.cu", name_select("radix_mask", dtype, transform))(
-            (grid,), (BLOCK,), (x, np.int64(x.size), np.int32(self._aligned(x, 16)), out, np.int32(vec_out),
-                                np.int32(mode), ws, tiles))
-
-    def _launch_nm_contig(self, x: Any, dtype: str, transform: str, m: int, nkeep: int, out: Any, mode: int,
-                          ws: Any) -> None:
-        per_thread = max(m, 16 // x.dtype.itemsize)
-        grid = max(1, -(-x.size // (per_thread * BLOCK)))
-        vec_out = self._aligned(out, 16 // x.dtype.itemsize) if mode == 0 else 0
-        self._fn("nm.cu", name_nm("nm_contig", dtype, transform, m))(
-            (grid,), (BLOCK,), (x, np.int64(x.size), np.int32(self._aligned(x, 16)), np.int32(nkeep), out,
-                                np.int32(vec_out), np.int32(mode), ws))
-
-    def _launch_nm_strided(self, x: Any, dtype: str, transform: str, m: int, groups: int, lgroups: int,
-                           inner: int, nkeep: int, out: Any, mode: int, ws: Any) -> None:
-        grid = max(1, -(-groups // BLOCK))
-        self._fn("nm.cu", name_nm("nm_strided", dtype, transform, m))(
-            (grid,), (BLOCK,), (x, np.int64(groups), np.int64(lgroups), np.int64(inner), np.int32(nkeep), out,
-                                np.int32(mode), ws))
-
-    def _launch_nm_generic(self, x: Any, dtype: str, transform: str, m: int, groups: int, inner: int,
-                           nkeep: int, out: Any, ws: Any) -> None:
-        grid = max(1, -(-groups // BLOCK))
-        self._fn("nm.cu", name_nm("nm_generic", dtype, transform))(
-            (grid,), (BLOCK,), (x, np.int64(groups), np.int64(inner), np.int32(m), np.int32(nkeep), out, ws))
-
-    def _launch_block_sums(self, x: Any, dtype: str, transform: str, cols: int, bh: int, bw: int, keys: Any,
-                           ws: Any) -> None:
-        grid = max(1, -(-keys.size // BLOCK))
-        self._fn("block.cu", name_select("block_sums", dtype, transform))(
-            (grid,), (BLOCK,), (x, np.int64(cols), np.int64(bh), np.int64(bw), np.int64(keys.size),
-                                np.int64(cols // bw), keys, ws))
-
-    def _launch_block_expand(self, bkeep: Any, out: Any, cols: int, bh: int, bw: int) -> None:
-        grid = max(1, -(-out.size // BLOCK))
-        self._fn("block.cu", "block_expand")(
-            (grid,), (BLOCK,), (bkeep, np.int64(out.size), np.int64(cols), np.int64(bh), np.int64(bw),
-                                np.int64(cols // bw), out))
-
-    @staticmethod
-    def _grid24(rows: int, ncols: int) -> tuple[int]:
-        """compress24.cu: one thread per metadata word (rows * ncols > 0)."""
-        return (-(-(rows * ncols) // BLOCK),)
-
-    def _launch_compress24(self, w: Any, dtype: str, layout: str, rows: int, ncols: int, values: Any, meta: Any,
-                           ws: Any) -> None:
-        self._fn("compress24.cu", name_24("compress24", dtype, layout))(
-            self._grid24(rows, ncols), (BLOCK,), (w, np.int64(rows), np.int64(ncols), values, meta, ws[0:1]))
-
-    def _launch_decompress24(self, values: Any, meta: Any, dtype: str, layout: str, rows: int, ncols: int,
-                             dense: Any, ws: Any) -> None:
-        self._fn("compress24.cu", name_24("decompress24", dtype, layout))(
-            self._grid24(rows, ncols), (BLOCK,), (values, meta, np.int64(rows), np.int64(ncols), dense, ws[0:1]))
-
-    def _launch_prune_compress24(self, w: Any, dtype: str, layout: str, rows: int, ncols: int, values: Any,
-                                 meta: Any, ws: Any) -> None:
-        self._fn("compress24.cu", name_24("prune_compress24", dtype, layout))(
-            self._grid24(rows, ncols), (BLOCK,), (w, np.int64(rows), np.int64(ncols), values, meta, ws[0:1],
-                                                  ws[1:3]))
+class CudaBackend(KernelLauncher):
+    """The CUDA backend over an array module ``xp`` and a kernel loader ``load_module``: the
+    operations, the exact-k selection, 2:4 compression and the key histograms, built on the
+    launches of :class:`~.launches.KernelLauncher`."""
 
     # -- exact-k selection ---------------------------------------------------------------------
     def _select(self, x: Any, dtype: str, transform: str, k: int, mode: int, out: Any) -> None:
@@ -510,11 +240,11 @@ class CudaBackend:
 
     @staticmethod
     def _meta_bits(metadata: Any) -> Any:
-        return metadata.view(_RAW[metadata.dtype.itemsize]).reshape(-1)
+        return metadata.view(RAW_UINT[metadata.dtype.itemsize]).reshape(-1)
 
     def _raise_not_sparse(self, h: np.ndarray, dtype: str, cols: int) -> None:
         err = int(h[0])
-        if err != _U64:
+        if err != U64_MAX:
             row, group = divmod(err >> 3, cols // format_of(dtype).m)
             raise not_sparse_error(dtype, row, group, err & 7)
 
@@ -548,7 +278,7 @@ class CudaBackend:
         self._launch_decompress24(self._bytes(v), self._meta_bits(meta), dtype, layout, rows, ncols,
                                   self._bytes(dense), ws)
         err = int(self._to_host(ws)[0])  # sync
-        if err != _U64:
+        if err != U64_MAX:
             row, group = divmod(err >> 4, cols // fmt.m)
             raise invalid_nibble_error(dtype, layout, row, group, err & 0xF)
         return dense
@@ -606,119 +336,3 @@ class CudaBackend:
 
             self._bf16_lut = self.xp.asarray(bf16_square_keys())
         return self._bf16_lut
-
-
-
-# ---------------------------------------------------------------------------------------------
-# a CudaBackend as a pluggy plugin object
-# ---------------------------------------------------------------------------------------------
-class CudaPlugin:
-    """Hook implementations bound to one :class:`CudaBackend`, which is built on first use (the
-    real one imports CuPy; the tests register an emulated one). The plugin object, registered in
-    pruneplug's plugin manager, owns the backend and its compiled kernels: no module-level state.
-
-    ``probe`` says whether the backend can run here: ``() -> (available, reason)``; ``dtypes``
-    which dtypes it declares: ``() -> (dtypes, note)``, the note saying why one is missing (it
-    becomes the ``reason`` of an available backend); ``stream`` a context manager that every
-    operation runs in (the real backend's makes PyTorch's current stream CuPy's, see
-    ``pruneplug_backends.cuda.torch_stream``).
-    """
-
-    def __init__(self, make_backend: Callable[[], CudaBackend], *, name: str,
-                 array_types=frozenset({"cupy"}), priority: int = 100,
-                 probe: Callable[[], tuple[bool, str | None]] = lambda: (True, None),
-                 dtypes: Callable[[], tuple[frozenset, str | None]] = lambda: (DTYPES, None),
-                 stream: Callable[[], Any] = contextlib.nullcontext,
-                 description: str = "") -> None:
-        self.name = name
-        self._make_backend = make_backend
-        self._backend: CudaBackend | None = None
-        self._lock = threading.Lock()
-        self._array_types = frozenset(array_types)
-        self._priority = priority
-        self._probe = probe
-        self._dtypes = dtypes
-        self._stream = stream
-        self._description = description
-
-    @property
-    def backend(self) -> CudaBackend:
-        if self._backend is None:
-            with self._lock:
-                if self._backend is None:
-                    self._backend = self._make_backend()
-        return self._backend
-
-    @hookimpl
-    def pruneplug_backend_info(self) -> BackendInfo:
-        try:
-            available, reason = self._probe()
-            dtypes, note = self._dtypes()
-        except Exception as exc:  # noqa: BLE001 - the declaration must never raise
-            available, reason = False, f"probe failed: {type(exc).__name__}: {exc}"
-            dtypes, note = DTYPES, None
-        if available and note:
-            reason = note  # what an available backend lacks (shown by `pruneplug backends`)
-        return BackendInfo(name=self.name, priority=self._priority, array_types=self._array_types,
-                           dtypes=dtypes, operations=implemented_operations(self), available=available, reason=reason,
-                           description=self._description)
-
-    @hookimpl
-    def pruneplug_importance(self, weights, method):
-        with self._stream():
-            return self.backend.importance(weights, method)
-
-    @hookimpl
-    def pruneplug_unstructured_mask(self, values, k, transform, out=None):
-        with self._stream():
-            return self.backend.unstructured_mask(values, k, transform, out)
-
-    @hookimpl
-    def pruneplug_nm_mask(self, values, n, m, axis, transform, out=None):
-        with self._stream():
-            return self.backend.nm_mask(values, n, m, axis, transform, out)
-
-    @hookimpl
-    def pruneplug_block_mask(self, values, block_shape, k, transform, out=None):
-        with self._stream():
-            return self.backend.block_mask(values, block_shape, k, transform, out)
-
-    @hookimpl
-    def pruneplug_row_mask(self, values, k, transform, out=None):
-        with self._stream():
-            return self.backend.row_mask(values, k, transform, out)
-
-    @hookimpl
-    def pruneplug_apply_mask(self, weights, mask):
-        with self._stream():
-            self.backend.apply_mask(weights, mask)
-
-    @hookimpl
-    def pruneplug_prune_unstructured(self, weights, k, transform):
-        with self._stream():
-            self.backend.prune_unstructured(weights, k, transform)
-
-    @hookimpl
-    def pruneplug_prune_nm(self, weights, n, m, axis, transform):
-        with self._stream():
-            self.backend.prune_nm(weights, n, m, axis, transform)
-
-    @hookimpl
-    def pruneplug_compress_24(self, weights, layout):
-        with self._stream():
-            return self.backend.compress_24(weights, layout)
-
-    @hookimpl
-    def pruneplug_decompress_24(self, values, metadata, shape, layout):
-        with self._stream():
-            return self.backend.decompress_24(values, metadata, shape, layout)
-
-    @hookimpl
-    def pruneplug_prune_compress_24(self, weights, layout, transform):
-        with self._stream():
-            return self.backend.prune_compress_24(weights, layout, transform)
-
-    @hookimpl
-    def pruneplug_key_histogram(self, values, transform, keys, shift, bits, prefix):
-        with self._stream():
-            return self.backend.key_histogram(values, transform, keys, shift, bits, prefix)

@@ -8,7 +8,7 @@ import numpy as np
 from pruneplug.hookspecs import hookimpl
 from pruneplug.selection import bf16_square_keys
 
-from . import check_finite, scores_of
+from pruneplug_backends.numpy.scores import check_finite, scores_of
 
 _BITS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 

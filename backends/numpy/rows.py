@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from pruneplug.hookspecs import hookimpl
+from pruneplug_backends.numpy.scores import scores_of  # the reference's one scoring rule
 
 
 @hookimpl
 def pruneplug_row_mask(values: np.ndarray, k: int, transform: str, out=None) -> np.ndarray:
-    from pruneplug_backends.numpy import scores_of  # the reference's one scoring rule
-
     scores = scores_of(values, transform)
     rows = scores.shape[0]
     # Stable ascending sort of each row: equal scores keep column order, so the lower column

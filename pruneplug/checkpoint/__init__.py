@@ -53,10 +53,6 @@ from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport
 from pruneplug.checkpoint.selection import EMBEDDING_RE, HEAD_RE, NORM_RE, SELECTION_RULE, select_tensors
 from pruneplug.checkpoint.writers import NpzWriter, SafetensorsWriter
 
-# Internals the tests reach as ``pruneplug.checkpoint.<name>``, from when this was one module.
-from pruneplug.checkpoint.formats import _NP_TO_ST, _ST_DTYPES  # noqa: E402, F401  isort: skip
-from pruneplug.checkpoint.global_select import _Source  # noqa: E402, F401  isort: skip
-
 __all__ = [
     "SELECTION_RULE", "Checkpoint", "GlobalPlan", "InspectReport", "InspectRow", "PruneReport", "TensorRef",
     "TensorReport", "global_unstructured_masks", "inspect_checkpoint", "open_checkpoint", "plan_global",

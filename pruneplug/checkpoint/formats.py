@@ -28,7 +28,7 @@ CHUNK = 1 << 20  # elements per streaming chunk (about 8 MiB of keys)
 _MAX_HEADER = 100 * 1024 * 1024
 
 # safetensors dtype -> (NumPy dtype or None when NumPy cannot hold it, itemsize)
-_ST_DTYPES: dict[str, tuple[Any, int]] = {
+ST_DTYPES: dict[str, tuple[Any, int]] = {
     "F64": (np.float64, 8), "F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (None, 2),
     "I64": (np.int64, 8), "I32": (np.int32, 4), "I16": (np.int16, 2), "I8": (np.int8, 1),
     "U64": (np.uint64, 8), "U32": (np.uint32, 4), "U16": (np.uint16, 2), "U8": (np.uint8, 1),
@@ -38,14 +38,14 @@ _ST_DTYPES: dict[str, tuple[Any, int]] = {
 }
 PRUNABLE = {"F16", "BF16", "F32", "F64"}
 _ML_DTYPES = {"BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
-_NP_TO_ST = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+NP_TO_ST = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
              "int32": "I32", "int16": "I16", "int8": "I8", "uint64": "U64", "uint32": "U32",
              "uint16": "U16", "uint8": "U8", "bool": "BOOL", "complex64": "C64",
              "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
 
 
-def _numpy_dtype(st_dtype: str) -> np.dtype | None:
-    entry = _ST_DTYPES.get(st_dtype)
+def numpy_dtype(st_dtype: str) -> np.dtype | None:
+    entry = ST_DTYPES.get(st_dtype)
     if entry is None:
         return None
     if entry[0] is not None:
@@ -57,11 +57,11 @@ def _numpy_dtype(st_dtype: str) -> np.dtype | None:
     return None
 
 
-def _st_dtype(array: np.ndarray) -> str:
+def st_dtype_of(array: np.ndarray) -> str:
     name = np.dtype(array.dtype).name
-    if name not in _NP_TO_ST:
+    if name not in NP_TO_ST:
         raise CheckpointError(f"dtype {name} cannot be stored in safetensors")
-    return _NP_TO_ST[name]
+    return NP_TO_ST[name]
 
 
 @dataclass
@@ -93,7 +93,7 @@ class TensorRef:
         """The tensor as a (read-only for safetensors) NumPy array."""
         if self.loader is not None:
             return self.loader()
-        dtype = _numpy_dtype(self.dtype)
+        dtype = numpy_dtype(self.dtype)
         if dtype is None:
             raise CheckpointError(f"tensor {self.name!r}: dtype {self.dtype} cannot be read as a NumPy array")
         if self.numel == 0:
@@ -105,7 +105,7 @@ class TensorRef:
         return mm.view(np.ndarray).reshape(self.shape)
 
     def chunks(self, size: int | None = None) -> Iterator[np.ndarray]:
-        return _flat_chunks(self.array(), size)
+        return flat_chunks(self.array(), size)
 
     def raw_chunks(self, size: int = 64 << 20) -> Iterator[bytes]:
         """The tensor's bytes as stored (safetensors only), for byte-identical copies."""
@@ -167,9 +167,9 @@ def read_safetensors_header(path: str | os.PathLike) -> SafetensorsFile:
                 raise ValueError
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: corrupt safetensors header entry for {name!r}: {_brief(entry)}") from None
-        if dtype not in _ST_DTYPES:
+        if dtype not in ST_DTYPES:
             raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
-        itemsize = _ST_DTYPES[dtype][1]
+        itemsize = ST_DTYPES[dtype][1]
         expected = math.prod(shape) * itemsize
         if dtype not in ("F4", "F6_E2M3", "F6_E3M2") and end - begin != expected:
             raise CheckpointError(
@@ -271,7 +271,7 @@ def _compressed_ref(path: Path, prefix: str, parts: dict[str, TensorRef]) -> Ten
     shape = tuple(int(x) for x in shape_ref.array().reshape(-1))
     if not shape or any(x < 0 for x in shape):
         raise CheckpointError(f"{path}: {shape_ref.name!r} holds {list(shape)}, not a dense shape")
-    itemsize = _ST_DTYPES[values.dtype][1]
+    itemsize = ST_DTYPES[values.dtype][1]
 
     def load() -> np.ndarray:
         try:
@@ -410,7 +410,7 @@ def _open_npz(path: Path) -> Checkpoint:
                 raise CheckpointError(f"{path}: corrupt npz member {info.filename!r}: {exc}") from exc
     for name, (shape, _fortran, dtype) in headers.items():
         _check_declared_dtype(path, name, dtypes.get(name), np.dtype(dtype))
-        st = _NP_TO_ST.get(dtypes.get(name) or np.dtype(dtype).name)
+        st = NP_TO_ST.get(dtypes.get(name) or np.dtype(dtype).name)
         if st is None:
             st = "U8"  # stored as raw bytes, copied unchanged
         tensors[name] = TensorRef(name, st, tuple(shape), math.prod(shape) * np.dtype(dtype).itemsize,
@@ -440,8 +440,8 @@ def _check_declared_dtype(path: Path, name: str, declared: str | None, stored: n
     over raw integers of the same width (what :class:`~pruneplug.checkpoint.NpzWriter` writes)."""
     if declared is None or declared == stored.name:
         return
-    st = _NP_TO_ST.get(declared)
-    if st not in _ML_DTYPES or stored.kind not in "uiV" or stored.itemsize != _ST_DTYPES[st][1]:
+    st = NP_TO_ST.get(declared)
+    if st not in _ML_DTYPES or stored.kind not in "uiV" or stored.itemsize != ST_DTYPES[st][1]:
         raise CheckpointError(
             f"{path}: member {name!r} is stored as {stored.name} but the comment declares it {declared!r}; "
             f"a declared dtype must be bfloat16 or float8 over raw integers of its width: refused")
@@ -454,7 +454,7 @@ def _npz_loader(path: Path, name: str, dtype_name: str | None) -> Callable[[], n
                 array = data[name]
         except Exception as exc:
             raise CheckpointError(f"{path}: cannot read {name!r}: {exc}") from exc
-        if dtype_name is not None and _NP_TO_ST.get(dtype_name) in _ML_DTYPES:
+        if dtype_name is not None and NP_TO_ST.get(dtype_name) in _ML_DTYPES:
             import ml_dtypes
 
             array = array.view(getattr(ml_dtypes, dtype_name))
@@ -463,12 +463,12 @@ def _npz_loader(path: Path, name: str, dtype_name: str | None) -> Callable[[], n
     return load
 
 
-def _flat_chunks(array: np.ndarray, size: int | None = None) -> Iterator[np.ndarray]:
+def flat_chunks(array: np.ndarray, size: int | None = None) -> Iterator[np.ndarray]:
     size = CHUNK if size is None else size  # read at call time, so tests can shrink it
     flat = array.reshape(-1)
     for start in range(0, flat.size, size):
         yield flat[start:start + size]
 
 
-def _count_zeros(chunks: Iterable[np.ndarray]) -> int:
+def count_zeros(chunks: Iterable[np.ndarray]) -> int:
     return sum(int(np.count_nonzero(c == 0)) for c in chunks)

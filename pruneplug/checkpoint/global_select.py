@@ -23,8 +23,8 @@ import numpy as np
 from pruneplug import api
 from pruneplug.arrays import adapt, check_float_dtype, dtype_name
 from pruneplug.checkpoint import formats
-from pruneplug.checkpoint.formats import _ST_DTYPES, TensorRef, _flat_chunks, _numpy_dtype
-from pruneplug.checkpoint.report import ProgressLike, _NullProgress
+from pruneplug.checkpoint.formats import ST_DTYPES, TensorRef, flat_chunks, numpy_dtype
+from pruneplug.checkpoint.report import ProgressLike, NullProgress
 from pruneplug.errors import InvalidArgumentError, NonFiniteError
 from pruneplug.registry import get_registry
 from pruneplug.selection import ExactSelection, chunk_histogram, part_counts, prune_part
@@ -48,7 +48,7 @@ def _nonfinite_error(name: str, chunks: Callable[[], Iterator[np.ndarray]], meth
 
 
 @dataclass
-class _Source:
+class Source:
     """A tensor the global select streams: its name, size, a chunk iterator factory, its itemsize
     and dtype name (``None``: read from its first chunk)."""
 
@@ -78,7 +78,7 @@ class GlobalPlan:
     selection: ExactSelection | None = None
 
 
-def _histogram(source: _Source, method: str, request: Any, backend: str | None, progress: ProgressLike) -> np.ndarray:
+def _histogram(source: Source, method: str, request: Any, backend: str | None, progress: ProgressLike) -> np.ndarray:
     total = np.zeros(request.bins, np.int64)
     try:
         for chunk in source.chunks():
@@ -89,11 +89,11 @@ def _histogram(source: _Source, method: str, request: Any, backend: str | None, 
     return total
 
 
-def decide_global(sources: Sequence[_Source], sparsity: float, method: str,
+def decide_global(sources: Sequence[Source], sparsity: float, method: str,
                   progress: "ProgressLike | None" = None, backend: str | None = None) -> ExactSelection:
     """Run the exact selection over ``sources`` until the threshold is decided (one streaming pass
     per key digit)."""
-    progress = progress or _NullProgress()
+    progress = progress or NullProgress()
     total = sum(s.numel for s in sources)
     nbytes = sum(s.numel * s.itemsize for s in sources)
     dtypes = [d for d in (s.dtype_name() for s in sources) if d is not None]
@@ -109,7 +109,7 @@ def decide_global(sources: Sequence[_Source], sparsity: float, method: str,
     return selection
 
 
-def tie_quotas(selection: ExactSelection, sources: Sequence[_Source], method: str,
+def tie_quotas(selection: ExactSelection, sources: Sequence[Source], method: str,
                backend: str | None = None) -> list[int]:
     """Each source's share of the ties at ``T``, in source order. Counting the ties of each source
     (one more pass) is needed only when some but not all of them are pruned."""
@@ -120,7 +120,7 @@ def tie_quotas(selection: ExactSelection, sources: Sequence[_Source], method: st
     return selection.tie_quota(equal)
 
 
-def _count(source: _Source, selection: ExactSelection, method: str, backend: str | None) -> tuple[int, int]:
+def _count(source: Source, selection: ExactSelection, method: str, backend: str | None) -> tuple[int, int]:
     less = equal = 0
     try:
         for chunk in source.chunks():
@@ -131,7 +131,7 @@ def _count(source: _Source, selection: ExactSelection, method: str, backend: str
     return less, equal
 
 
-def exact_counts(selection: ExactSelection, sources: Sequence[_Source], method: str,
+def exact_counts(selection: ExactSelection, sources: Sequence[Source], method: str,
                  backend: str | None = None) -> list[int]:
     """Each source's exact count to prune under a decided selection (one counting pass)."""
     if selection.k in (0, selection.n):
@@ -141,7 +141,7 @@ def exact_counts(selection: ExactSelection, sources: Sequence[_Source], method: 
     return [lt + q for (lt, _), q in zip(pairs, quota)]
 
 
-def plan_global(sources: Sequence[_Source], sparsity: float, method: str,
+def plan_global(sources: Sequence[Source], sparsity: float, method: str,
                 progress: "ProgressLike | None" = None, gather_limit: int | None = None,
                 backend: str | None = None) -> GlobalPlan:
     """Exact per-tensor prune counts for global magnitude pruning: :func:`decide_global` plus one
@@ -152,18 +152,12 @@ def plan_global(sources: Sequence[_Source], sparsity: float, method: str,
     return GlobalPlan(exact_counts(selection, sources, method, backend), selection.threshold, selection.passes, selection)
 
 
-def _source(ref: TensorRef, chunk: int | None = None) -> _Source:
+def tensor_source(ref: TensorRef, chunk: int | None = None) -> Source:
     size = chunk if chunk is not None else formats.CHUNK * 16  # read at call time (tests shrink CHUNK)
-    dtype = _numpy_dtype(ref.dtype)
-    return _Source(ref.name, ref.numel, lambda: ref.chunks(size), _ST_DTYPES[ref.dtype][1],
+    dtype = numpy_dtype(ref.dtype)
+    return Source(ref.name, ref.numel, lambda: ref.chunks(size), ST_DTYPES[ref.dtype][1],
                    dtype.name if dtype is not None else None)
 
-
-def _sparsity_for(k: int, n: int) -> float:
-    """A sparsity that makes the core prune exactly ``k`` of ``n`` (``round(s*n) == k``)."""
-    s = k / n if n else 0.0
-    assert api.count_to_prune(s, n) == k
-    return s
 
 
 def global_unstructured_masks(tensors: Mapping[str, Any], sparsity: float, *, method: str = "l1",
@@ -198,10 +192,10 @@ def global_unstructured_masks(tensors: Mapping[str, Any], sparsity: float, *, me
 
     def chunker(array: np.ndarray) -> Callable[[], Iterator[np.ndarray]]:
         def chunks() -> Iterator[np.ndarray]:
-            return _flat_chunks(array, formats.CHUNK * 16)  # a view for C-contiguous arrays, else a copy
+            return flat_chunks(array, formats.CHUNK * 16)  # a view for C-contiguous arrays, else a copy
         return chunks
 
-    sources = [_Source(name, int(a.array.size), chunker(a.array), a.array.dtype.itemsize, dtype_name(a.array))
+    sources = [Source(name, int(a.array.size), chunker(a.array), a.array.dtype.itemsize, dtype_name(a.array))
                for name, a in adapted.items()]
     selection = decide_global(sources, sparsity, method, backend=backend)
     quotas = tie_quotas(selection, sources, method, backend)

@@ -13,10 +13,10 @@ from typing import Sequence
 import numpy as np
 
 from pruneplug import api
-from pruneplug.checkpoint.formats import CHUNK, _count_zeros, _flat_chunks, open_checkpoint
-from pruneplug.checkpoint.global_select import _source, plan_global
+from pruneplug.checkpoint.formats import CHUNK, count_zeros, flat_chunks, open_checkpoint
+from pruneplug.checkpoint.global_select import tensor_source, plan_global
 from pruneplug.checkpoint.paths import Place, check_distinct
-from pruneplug.checkpoint.report import ProgressLike, _NullProgress
+from pruneplug.checkpoint.report import ProgressLike, NullProgress
 from pruneplug.checkpoint.selection import select_tensors
 from pruneplug.errors import CheckpointError
 
@@ -115,7 +115,7 @@ def inspect_checkpoint(src: str | os.PathLike, *, include: Sequence[str] | None 
     ``log10 |w|`` histogram of the tensors the selection rule picks, and the ``|w|`` threshold a global
     L1 prune to ``threshold_sparsity`` would use (what ``--plot`` draws). One tensor in memory at a time.
     """
-    progress = progress or _NullProgress()
+    progress = progress or NullProgress()
     ckpt = open_checkpoint(src)
     names = sorted(ckpt.tensors)
     reasons = select_tensors((ckpt.tensors[n] for n in names), include, exclude)
@@ -129,7 +129,7 @@ def inspect_checkpoint(src: str | os.PathLike, *, include: Sequence[str] | None 
                          stored_as=ref.stored_as)
         if ref.prunable:
             array = ref.array()
-            row.zeros = _count_zeros(_flat_chunks(array))
+            row.zeros = count_zeros(flat_chunks(array))
             if array.ndim and array.shape[-1] % 4 == 0 and array.size:
                 row.is_24 = api.is_nm_sparse(array, 2, 4)
             if array.ndim and array.size:
@@ -157,7 +157,7 @@ def inspect_checkpoint(src: str | os.PathLike, *, include: Sequence[str] | None 
         result.histogram = {"log10_edges": _HIST_EDGES.tolist(), "counts": counts.tolist(), "zeros": zero_total}
         chosen = [n for n in names if reasons[n] is None]
         if threshold_sparsity is not None and chosen:
-            sources = [_source(ckpt.tensors[n]) for n in chosen]
+            sources = [tensor_source(ckpt.tensors[n]) for n in chosen]
             plan = plan_global(sources, threshold_sparsity, "l1", progress)
             result.threshold, result.threshold_sparsity = plan.threshold, threshold_sparsity
     return result

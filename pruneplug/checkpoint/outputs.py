@@ -16,7 +16,7 @@ from pruneplug.checkpoint.formats import DIRECTORY_KINDS, INDEX_NAME, Checkpoint
 from pruneplug.checkpoint.global_select import GlobalPlan
 from pruneplug.checkpoint.paths import Place, check_distinct, check_replaceable_dir
 from pruneplug.checkpoint.report import TensorReport
-from pruneplug.checkpoint.writers import NpzWriter, SafetensorsWriter, _Transaction, _write_guard
+from pruneplug.checkpoint.writers import NpzWriter, SafetensorsWriter, Transaction, write_guard
 from pruneplug.errors import CheckpointError, InvalidArgumentError
 from pruneplug.version import __version__
 
@@ -28,7 +28,7 @@ def _same_path(a: Path, b: Path) -> bool:
         return False
 
 
-def _resolve_output(ckpt: Checkpoint, dst: Any, in_place: bool, dry_run: bool) -> Path | None:
+def resolve_output(ckpt: Checkpoint, dst: Any, in_place: bool, dry_run: bool) -> Path | None:
     if dst is None:
         if in_place:
             return ckpt.path
@@ -67,7 +67,7 @@ def _check_target_dir(path: Path) -> None:
         raise CheckpointError(f"cannot write to directory {path.parent}: permission denied")
 
 
-def _check_side_outputs(ckpt: Checkpoint, out: Path | None, masks: Path | None, report: Path | None,
+def check_side_outputs(ckpt: Checkpoint, out: Path | None, masks: Path | None, report: Path | None,
                         in_place: bool, dry_run: bool) -> None:
     """Fail before the work, not after it, when ``--masks-out`` or ``--report`` cannot be written or
     clash with IN, OUT or each other (the rules: :mod:`pruneplug.checkpoint.paths`)."""
@@ -84,14 +84,14 @@ def _check_side_outputs(ckpt: Checkpoint, out: Path | None, masks: Path | None, 
             _check_target_dir(extra)
 
 
-def _check_space(out: Path, needed: int) -> None:
+def check_space(out: Path, needed: int) -> None:
     with contextlib.suppress(OSError):
         free = shutil.disk_usage(out.parent if not out.is_dir() else out).free
         if needed > free:
             raise CheckpointError(f"not enough disk space in {out.parent}: about {needed / 1e9:.2f} GB needed, {free / 1e9:.2f} GB free")
 
 
-def _plan_outputs(ckpt: Checkpoint, out: Path | None, txn: _Transaction, dry_run: bool, format: str):
+def plan_outputs(ckpt: Checkpoint, out: Path | None, txn: Transaction, dry_run: bool, format: str):
     """(output file, tensor names in write order, its metadata, writer factory or None) per file."""
     if out is None or dry_run:
         if ckpt.kind == "npz":
@@ -113,7 +113,7 @@ def _plan_outputs(ckpt: Checkpoint, out: Path | None, txn: _Transaction, dry_run
         entries = [(r.name, r.dtype, r.shape, r.nbytes) for r in f.tensors] if format == "dense" else None
 
         def factory(meta, target=target, entries=entries):
-            with _write_guard(out if ckpt.kind == "safetensors" else out / target.name):  # the name users know
+            with write_guard(out if ckpt.kind == "safetensors" else out / target.name):  # the name users know
                 return SafetensorsWriter(target, meta, entries)
         result.append((target, [r.name for r in f.tensors], file_metadata(f.metadata, ckpt.kind, format), factory))
     return result
@@ -133,7 +133,7 @@ def file_metadata(metadata: dict[str, str], kind: str, format: str) -> dict[str,
     return metadata
 
 
-def _settings_metadata(settings: dict, selected: list[str], plan: GlobalPlan | None) -> dict[str, str]:
+def settings_metadata(settings: dict, selected: list[str], plan: GlobalPlan | None) -> dict[str, str]:
     meta = {f"pruneplug.{k}": json.dumps(v) if isinstance(v, (list, bool)) or v is None else str(v)
             for k, v in settings.items()}
     meta["pruneplug.version"] = __version__
@@ -143,7 +143,7 @@ def _settings_metadata(settings: dict, selected: list[str], plan: GlobalPlan | N
     return meta
 
 
-def _finish_directory(ckpt: Checkpoint, outputs, rows: dict[str, TensorReport], format: str, settings: dict,
+def finish_directory(ckpt: Checkpoint, outputs, rows: dict[str, TensorReport], format: str, settings: dict,
                       plan: GlobalPlan | None, out: Path | None = None) -> None:
     """For a sharded output: the index (new weight map and total size) and the other files of the
     input directory (config, tokenizer, ...) copied; with a compressed format, config.json gains
@@ -151,7 +151,7 @@ def _finish_directory(ckpt: Checkpoint, outputs, rows: dict[str, TensorReport], 
     if ckpt.kind not in DIRECTORY_KINDS:
         return
     tmpdir = outputs[0][0].parent
-    with _write_guard(tmpdir):
+    with write_guard(tmpdir):
         if ckpt.kind == "sharded":
             _write_index(ckpt, outputs, rows, settings, plan, tmpdir)
         _copy_other_files(ckpt, tmpdir, out)
@@ -174,7 +174,7 @@ def _write_index(ckpt: Checkpoint, outputs, rows: dict[str, TensorReport], setti
     meta = dict(index.get("metadata") or {})
     meta["total_size"] = total
     pruned = [n for n, r in rows.items() if r.status == "pruned"]
-    meta.update(_settings_metadata(settings, pruned, plan))
+    meta.update(settings_metadata(settings, pruned, plan))
     index["metadata"] = meta
     index["weight_map"] = dict(sorted(weight_map.items()))
     (tmpdir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
@@ -302,9 +302,3 @@ def update_config(config: Path, ckpt: Checkpoint, rows: dict[str, TensorReport],
     if config.is_symlink():  # a copied link (a Hugging Face cache points into its blobs): never write through it
         config.unlink()
     config.write_text(json.dumps(cfg, indent=2) + "\n")
-
-
-# Public names for front ends that write the shards elsewhere (pruneplug.dask_checkpoint) and finish
-# the directory exactly as prune_checkpoint does.
-settings_metadata = _settings_metadata
-finish_directory = _finish_directory

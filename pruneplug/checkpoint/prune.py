@@ -20,25 +20,25 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pruneplug import api
-from pruneplug.checkpoint.formats import Checkpoint, TensorRef, _count_zeros, _flat_chunks, _numpy_dtype, open_checkpoint
-from pruneplug.checkpoint.global_select import GlobalPlan, _source, _sparsity_for, decide_global, exact_counts, tie_quotas
+from pruneplug.checkpoint.formats import Checkpoint, TensorRef, count_zeros, flat_chunks, numpy_dtype, open_checkpoint
+from pruneplug.checkpoint.global_select import GlobalPlan, decide_global, exact_counts, tensor_source, tie_quotas
 from pruneplug.checkpoint.outputs import (
-    _check_side_outputs,
+    check_side_outputs,
     check_writable_form,
     stores_compressed,
-    _check_space,
-    _finish_directory,
-    _plan_outputs,
-    _resolve_output,
-    _settings_metadata,
+    check_space,
+    finish_directory,
+    plan_outputs,
+    resolve_output,
+    settings_metadata,
 )
-from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport, _NullProgress
+from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport, NullProgress
 from pruneplug.checkpoint.selection import as_patterns
 from pruneplug.checkpoint.selection import SELECTION_RULE, select_tensors
-from pruneplug.checkpoint.writers import SafetensorsWriter, _Transaction, _write_guard, terminate_like_interrupt
+from pruneplug.checkpoint.writers import SafetensorsWriter, Transaction, write_guard, terminate_like_interrupt
 from pruneplug.errors import CheckpointError, InvalidArgumentError, PrunePlugError
 from pruneplug.patterns import parse_pattern
-from pruneplug.validation import check_method, check_sparsity, count_to_prune
+from pruneplug.validation import check_method, check_sparsity, count_to_prune, sparsity_for
 from pruneplug.registry import get_registry
 from pruneplug.selection import ExactSelection, chunk_histogram, prune_part
 
@@ -135,7 +135,7 @@ def prune_checkpoint(
     if isinstance(warn_sparsity, bool) or not isinstance(warn_sparsity, (int, float)) or not 0 <= warn_sparsity <= 1:
         raise InvalidArgumentError(f"warn_sparsity={warn_sparsity!r} must be a number in [0, 1]")
     started = time.perf_counter()
-    progress = progress or _NullProgress()
+    progress = progress or NullProgress()
     src_path = Path(src)
     owl_stats = calibration  # OWL reads Wanda scores whatever the method (magnitude too)
     calibration, groups = _check_criterion(method, scope, calibration, masks_out, groups)
@@ -143,10 +143,10 @@ def prune_checkpoint(
     ckpt = open_checkpoint(src_path)
     if format != "dense" and ckpt.kind == "npz":
         raise InvalidArgumentError(f"format={format!r} is a safetensors format; an npz checkpoint can only be written dense")
-    out_path = _resolve_output(ckpt, dst, in_place, dry_run)
+    out_path = resolve_output(ckpt, dst, in_place, dry_run)
     masks_path = Path(masks_out) if masks_out is not None else None
     report_path = Path(report) if report is not None else None
-    _check_side_outputs(ckpt, out_path, masks_path, report_path, in_place, dry_run)
+    check_side_outputs(ckpt, out_path, masks_path, report_path, in_place, dry_run)
 
     names = sorted(ckpt.tensors)  # tensor order: sorted by name, whatever the file layout
     tasks = _decide_tasks(ckpt, names, include, exclude, pattern, axis, strict)
@@ -159,7 +159,7 @@ def prune_checkpoint(
         for n in selected:
             calibration.check_layer(n, tasks[n].ref.shape)
     if out_path is not None:
-        _check_space(out_path, ckpt.total_bytes + (sum(ckpt.tensors[n].numel for n in selected) if masks_path else 0))
+        check_space(out_path, ckpt.total_bytes + (sum(ckpt.tensors[n].numel for n in selected) if masks_path else 0))
     check_writable_form(ckpt, [n for n in selected if stores_compressed(ckpt.tensors[n].shape, format)], format)
     from pruneplug.layer_ratios import default_max_layer_sparsity
 
@@ -187,12 +187,12 @@ def prune_checkpoint(
         settings["max_layer_sparsity"] = cap
     how = _HowToPrune(pattern, sparsity, method, axis, format, backend, ckpt.kind, _device_module(backend), plan=plan,
                       calibration=calibration, groups=groups)
-    metadata_extra = _settings_metadata(settings, selected, plan)
+    metadata_extra = settings_metadata(settings, selected, plan)
 
-    with terminate_like_interrupt(), _Transaction() as txn:
+    with terminate_like_interrupt(), Transaction() as txn:
         writers: list[Any] = []  # open writers: discarded (their temporaries closed) whatever happens
         try:
-            outputs = _plan_outputs(ckpt, out_path, txn, dry_run, format)
+            outputs = plan_outputs(ckpt, out_path, txn, dry_run, format)
             mask_writer = None
             if masks_path is not None and not dry_run:
                 mask_writer = _open_mask_writer(txn, masks_path, outputs, tasks, metadata_extra)
@@ -204,7 +204,7 @@ def prune_checkpoint(
                 writers.remove(mask_writer)
             progress.close()
             if out_path is not None and not dry_run:
-                _finish_directory(ckpt, outputs, rows, format, settings, plan, out_path)
+                finish_directory(ckpt, outputs, rows, format, settings, plan, out_path)
             report_obj = PruneReport(
                 input=str(src_path), output=None if dry_run or out_path is None else str(out_path),
                 settings=settings, selection_rule=SELECTION_RULE if not include else "--include/--exclude regexes",
@@ -358,7 +358,7 @@ def _plan_global_counts(tasks: dict[str, _Task], selected: list[str], sparsity: 
     (:func:`pruneplug.layer_ratios.capped_counts`) and each tensor gets its exact count."""
     from pruneplug.layer_ratios import capped_counts, layer_caps
 
-    sources = [_source(tasks[n].ref) for n in selected]
+    sources = [tensor_source(tasks[n].ref) for n in selected]
     selection = decide_global(sources, sparsity, method, progress)
     sizes = [s.numel for s in sources]
     caps = layer_caps(sizes, cap)
@@ -371,7 +371,7 @@ def _plan_global_counts(tasks: dict[str, _Task], selected: list[str], sparsity: 
 
     def select(active: Sequence[int], k: int) -> list[int]:
         chosen = [sources[t] for t in active]
-        plans.append(decide_global(chosen, _sparsity_for(k, sum(s.numel for s in chosen)), method, progress))
+        plans.append(decide_global(chosen, sparsity_for(k, sum(s.numel for s in chosen)), method, progress))
         return exact_counts(plans[-1], chosen, method)
 
     counts = capped_counts(selection.k, caps, select)
@@ -420,13 +420,13 @@ def _device_module(backend: str | None) -> Any:
 # ---------------------------------------------------------------------------------------------
 # the work: every tensor pruned or copied, written, reported
 # ---------------------------------------------------------------------------------------------
-def _open_mask_writer(txn: _Transaction, masks_path: Path, outputs, tasks: dict[str, _Task],
+def _open_mask_writer(txn: Transaction, masks_path: Path, outputs, tasks: dict[str, _Task],
                       metadata_extra: dict[str, str]) -> SafetensorsWriter:
     """The ``--masks-out`` file: one BOOL keep-mask per pruned tensor, in the inputs' data order
     (the order the tensors are processed in, so the header can go first)."""
     order = [name for _, in_names, _, _ in outputs for name in in_names]
     mtmp = txn.stage_file(masks_path)
-    with _write_guard(masks_path):
+    with write_guard(masks_path):
         return SafetensorsWriter(
             mtmp, {"pruneplug.kind": "keep-masks (True = keep)", **metadata_extra},
             [(n, "BOOL", tasks[n].ref.shape, tasks[n].ref.numel) for n in order if tasks[n].status == "pruned"])
@@ -504,7 +504,7 @@ class _TensorPass:
         registry = get_registry()
         try:
             for st in dtypes:
-                dtype = _numpy_dtype(st)
+                dtype = numpy_dtype(st)
                 name = registry.select(how.backend, array_type="numpy", dtype=dtype.name, operation="prune_below_key")
                 registry.select(name, array_type="numpy", dtype=dtype.name, operation="key_histogram")
         except PrunePlugError:
@@ -514,14 +514,14 @@ class _TensorPass:
     def counts_first(self) -> None:
         """Without the fast path, global scope prunes each tensor by an exact count: count them now."""
         if self.selection is not None and not self.fast:
-            sources = [_source(self.tasks[n].ref) for n in self.selected]
+            sources = [tensor_source(self.tasks[n].ref) for n in self.selected]
             for name, k in zip(self.selected, exact_counts(self.selection, sources, self.how.method)):
                 self.tasks[name].k = k
 
     def count_ties_first(self) -> None:
         """For file-order processing: each tensor's share of the global ties, counted up front."""
         if self.selection is not None and self.fast:
-            sources = [_source(self.tasks[n].ref) for n in self.selected]
+            sources = [tensor_source(self.tasks[n].ref) for n in self.selected]
             self.quotas = dict(zip(self.selected, tie_quotas(self.selection, sources, self.how.method, self.how.backend)))
 
     def process(self, task: _Task, writer: Any, mask_writer: Any) -> TensorReport:
@@ -596,8 +596,8 @@ def _zeros(array: np.ndarray) -> int:
 
 def _copy_unchanged(ref: TensorRef, row: TensorReport, writer: Any, kind: str) -> None:
     if ref.prunable:  # a floating tensor: its zeros are counted in the report
-        dtype = _numpy_dtype(ref.dtype)
-        row.zeros_before = row.zeros_after = _zeros(ref.array()) if dtype is not None else _count_zeros(ref.chunks())
+        dtype = numpy_dtype(ref.dtype)
+        row.zeros_before = row.zeros_after = _zeros(ref.array()) if dtype is not None else count_zeros(ref.chunks())
     if writer is not None:
         if kind == "npz" or ref.loader is not None:  # npz, or a compressed input decoded on read
             writer.write(ref.name, ref.array())
@@ -638,7 +638,7 @@ def _call_prune(view: Any, task: _Task, how: _HowToPrune, want_mask: bool) -> An
                      axis=None if how.axis == -1 else how.axis, backend=how.backend, count=task.k)
         return target
     if task.k is not None:  # global scope: exactly this tensor's share of the global count
-        return api.prune(view, sparsity=_sparsity_for(task.k, task.ref.numel), method=how.method,
+        return api.prune(view, sparsity=sparsity_for(task.k, task.ref.numel), method=how.method,
                          backend=how.backend, return_mask=want_mask)
     if not parse_pattern(how.pattern).needs_sparsity:
         return api.prune(view, pattern=how.pattern, method=how.method, axis=how.axis, backend=how.backend,
@@ -660,10 +660,10 @@ def _write_pruned(writer: Any, ref: TensorRef, pruned: np.ndarray, row: TensorRe
         writer.write(ref.name, pruned)
 
 
-def _write_report(txn: _Transaction, path: Path, report: PruneReport) -> None:
+def _write_report(txn: Transaction, path: Path, report: PruneReport) -> None:
     """The ``--report`` JSON, staged in the transaction like every other output."""
     tmp = txn.stage_file(path)
-    with _write_guard(path):
+    with write_guard(path):
         tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
 
 

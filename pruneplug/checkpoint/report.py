@@ -16,7 +16,7 @@ class ProgressLike:
     def close(self) -> None: ...
 
 
-class _NullProgress(ProgressLike):
+class NullProgress(ProgressLike):
     pass
 
 

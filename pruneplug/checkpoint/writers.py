@@ -1,4 +1,4 @@
-"""Writing outputs: staged files renamed into place at the end (:class:`_Transaction`), and the
+"""Writing outputs: staged files renamed into place at the end (:class:`Transaction`), and the
 safetensors and ``.npz`` writers.
 
 No name until commit
@@ -41,7 +41,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from pruneplug.checkpoint.formats import _ST_DTYPES, _st_dtype
+from pruneplug.checkpoint.formats import ST_DTYPES, st_dtype_of
 from pruneplug.errors import CheckpointError
 
 _TAG = "pruneplug"
@@ -99,7 +99,7 @@ class _Staged:
     fd: int | None  # the unnamed file's descriptor (its only handle), None for named temporaries
 
 
-class _Transaction:
+class Transaction:
     """Stage files and directories next to their targets; ``commit`` makes them durable and renames
     them into place, ``abort`` removes every temporary. Used as a context manager: an exception
     aborts. Staging a target first removes the stale temporaries of killed runs for it."""
@@ -208,7 +208,7 @@ class _Transaction:
                     os.close(s.fd)
                 s.fd = None
 
-    def __enter__(self) -> "_Transaction":
+    def __enter__(self) -> "Transaction":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -253,7 +253,7 @@ def _umask() -> int:
     return mask
 
 
-def _write_guard(what: Path):
+def write_guard(what: Path):
     """Turn OSErrors while writing into CheckpointError (disk full, permissions)."""
     @contextlib.contextmanager
     def guard():
@@ -413,7 +413,7 @@ class SafetensorsWriter:
         (with its dtype and shape)."""
         if isinstance(data, np.ndarray):
             buf = _array_bytes(data)
-            offset = self._slot((name, _st_dtype(data), tuple(data.shape), buf.nbytes))
+            offset = self._slot((name, st_dtype_of(data), tuple(data.shape), buf.nbytes))
             pwrite_all(self._fd_for_data(), buf, offset)
             return
         if self.spool is not None:
@@ -445,7 +445,7 @@ class SafetensorsWriter:
         if self.spool is not None:
             # lay the data out by alignment, widest dtype first (stable in write order), so every
             # tensor of a memory-mapped file is aligned to its itemsize
-            order = sorted(self.order, key=lambda n: -_ST_DTYPES[self.spooled[n][1][1]][1])
+            order = sorted(self.order, key=lambda n: -ST_DTYPES[self.spooled[n][1][1]][1])
             header = self._header([self.spooled[n][1] for n in order])
             _reserve(self.fd, len(header) + self.spool_size)
             pwrite_all(self.fd, header, 0)

@@ -28,7 +28,7 @@ import numpy as np
 
 from pruneplug import api
 from pruneplug.arrays import adapt
-from pruneplug.calibration import ActivationStats, CalibrationContext
+from pruneplug.calibration import ActivationStats
 from pruneplug.criteria.base import Criterion, score_stats
 from pruneplug.errors import CalibrationError, InvalidArgumentError, ShapeError
 from pruneplug.types import ImportanceScores
