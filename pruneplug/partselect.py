@@ -27,7 +27,7 @@ The result is a cut: an element is pruned exactly when ``key < T``, or ``key == 
 and prunes that many with the backend's ordinary exact-``k`` operation, whose stable local order
 is the global one. The drivers are pure: they see merged histograms only, so the same loop runs
 over Dask blocks (:mod:`pruneplug.dask`) and torch.distributed ranks
-(:mod:`pruneplug.distributed`); the caller supplies the map-and-sum step.
+(:mod:`pruneplug.torch.distributed`); the caller supplies the map-and-sum step.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def full_parameters() -> dict[str, torch.Tensor]:
 
 
 def pieces(params: dict[str, torch.Tensor], scheme: str, rank: int, world: int) -> list:
-    from pruneplug.distributed import Shard
+    from pruneplug.torch.distributed import Shard
 
     out = []
     for i, (name, p) in enumerate(params.items()):
@@ -50,7 +50,7 @@ def pieces(params: dict[str, torch.Tensor], scheme: str, rank: int, world: int) 
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.tensor import Shard as DimShard, distribute_tensor
 
-            from pruneplug.distributed import from_dtensor
+            from pruneplug.torch.distributed import from_dtensor
 
             mesh = init_device_mesh("cpu", (world,))
             piece = from_dtensor(name, distribute_tensor(p, mesh, [DimShard(0)]))
@@ -66,7 +66,7 @@ def pieces(params: dict[str, torch.Tensor], scheme: str, rank: int, world: int) 
 
 def run(rank: int, world: int, out_dir: str, port: int) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    from pruneplug.distributed import prune_sharded
+    from pruneplug.torch.distributed import prune_sharded
     from pruneplug.errors import PrunePlugError
 
     params = full_parameters()

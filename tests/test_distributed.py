@@ -91,7 +91,7 @@ def one_rank_group(tmp_path):
 
 
 def test_one_rank_group_and_bad_arguments(one_rank_group):
-    from pruneplug.distributed import Shard, prune_sharded
+    from pruneplug.torch.distributed import Shard, prune_sharded
     from pruneplug.errors import InvalidArgumentError
 
     g = torch.Generator().manual_seed(7)

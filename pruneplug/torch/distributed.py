@@ -76,7 +76,7 @@ def prune_sharded(shards: Sequence[Shard] | Mapping[str, Any], sparsity: float, 
 
     Example (each of 4 ranks holds whole layers of the model)::
 
-        import torch.distributed as dist, pruneplug.distributed as ppd
+        import torch.distributed as dist, pruneplug.torch.distributed as ppd
         mine = {n: p for i, (n, p) in enumerate(model.named_parameters()) if i % 4 == dist.get_rank()}
         masks = ppd.prune_sharded(mine, 0.5, order=[n for n, _ in model.named_parameters()])
     """
