@@ -18,18 +18,10 @@ import pytest
 
 import pruneplug as pp
 from pruneplug.checkpoint import open_checkpoint
-from pruneplug.cli import main
 from pruneplug.errors import CheckpointError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_checkpoint_support import model_tensors, read_safetensors, write_sharded, write_single  # noqa: E402
-
-
-def run(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return rc, out, err
+from test_checkpoint_support import model_tensors, read_safetensors, write_sharded, write_single, run_cli  # noqa: E402
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -83,7 +75,7 @@ def test_side_outputs_that_name_in_out_or_each_other_are_refused(tmp_path, capsy
     out.write_bytes(b"an existing output, kept when the call is refused")
     before = snapshot(tmp_path)
     fill = {"in": single, "out": out, "dir": tmp_path.name}
-    rc, _, err = run(capsys, "prune", single, "-o", out, "--sparsity", "0.5",
+    rc, _, err = run_cli(capsys, "prune", single, "-o", out, "--sparsity", "0.5",
                      *[a.format(**fill) for a in extra])
     one_line_error(rc, err, *roles)
     assert snapshot(tmp_path) == before
@@ -98,7 +90,7 @@ def test_side_outputs_inside_a_checkpoint_directory_are_refused(tmp_path, capsys
     out = tmp_path / "out"
     out.mkdir()  # an existing empty OUT directory: the case that failed after writing everything
     before = snapshot(tmp_path)
-    rc, _, err = run(capsys, "prune", src, "-o", out, "--sparsity", "0.5",
+    rc, _, err = run_cli(capsys, "prune", src, "-o", out, "--sparsity", "0.5",
                      *[a.format(**{"in": src, "out": out, "dir": tmp_path}) for a in extra])
     one_line_error(rc, err, extra[0])
     assert snapshot(tmp_path) == before
@@ -107,10 +99,10 @@ def test_side_outputs_inside_a_checkpoint_directory_are_refused(tmp_path, capsys
 def test_in_place_with_a_report_inside_the_input_directory_is_refused_first(tmp_path, capsys, tensors):
     src = write_sharded(tmp_path / "in", tensors)
     before = snapshot(tmp_path)
-    rc, _, err = run(capsys, "prune", src, "--in-place", "--sparsity", "0.5", "--report", src / "r.json")
+    rc, _, err = run_cli(capsys, "prune", src, "--in-place", "--sparsity", "0.5", "--report", src / "r.json")
     one_line_error(rc, err, "--report", "IN")
     assert snapshot(tmp_path) == before
-    rc, _, err = run(capsys, "prune", src, "--in-place", "--sparsity", "0.5", "--report", tmp_path / "r.json")
+    rc, _, err = run_cli(capsys, "prune", src, "--in-place", "--sparsity", "0.5", "--report", tmp_path / "r.json")
     assert rc == 0, err
     assert json.loads((tmp_path / "r.json").read_text())["output"] == str(src)
 
@@ -119,11 +111,11 @@ def test_in_place_of_the_current_directory_is_refused_before_any_work(tmp_path, 
     src = write_sharded(tmp_path / "in", tensors)
     before = snapshot(tmp_path)
     monkeypatch.chdir(src)
-    rc, _, err = run(capsys, "prune", ".", "--in-place", "--sparsity", "0.5")
+    rc, _, err = run_cli(capsys, "prune", ".", "--in-place", "--sparsity", "0.5")
     one_line_error(rc, err, "current working directory")
     assert snapshot(tmp_path) == before
     monkeypatch.chdir(tmp_path)
-    rc, _, err = run(capsys, "prune", "in", "--in-place", "--sparsity", "0.5")
+    rc, _, err = run_cli(capsys, "prune", "in", "--in-place", "--sparsity", "0.5")
     assert rc == 0, err
 
 
@@ -155,7 +147,7 @@ def test_compressed_name_collisions_are_refused_before_work(tmp_path, capsys, fm
     src = write_single(tmp_path / "c.safetensors", {
         "x.weight": rng.standard_normal((8, 16)).astype(np.float32),
         other: rng.standard_normal((4, 8)).astype(np.float32) if other == "x" else np.arange(3, dtype=np.int64)})
-    rc, _, err = run(capsys, "prune", src, "-o", tmp_path / "o.safetensors", "--format", fmt, "--include", "x.weight",
+    rc, _, err = run_cli(capsys, "prune", src, "-o", tmp_path / "o.safetensors", "--format", fmt, "--include", "x.weight",
                      *pattern)
     one_line_error(rc, err, "x.weight", "collides")
     assert not (tmp_path / "o.safetensors").exists()
@@ -184,7 +176,7 @@ CORRUPT_HEADERS = {
 def test_corrupt_safetensors_header_is_one_line(tmp_path, capsys, case):
     src = _raw_safetensors(tmp_path / "bad\nname.safetensors", CORRUPT_HEADERS[case])
     for argv in (["prune", src, "-o", tmp_path / "o.safetensors", "--sparsity", "0.5"], ["inspect", src]):
-        rc, _, err = run(capsys, *argv)
+        rc, _, err = run_cli(capsys, *argv)
         assert rc == 1 and len(err.strip().splitlines()) == 1, err
         assert "bad\\nname.safetensors" in err  # the newline in the name is escaped
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
@@ -205,14 +197,14 @@ def test_duplicate_tensor_with_conflicting_declarations_is_refused(tmp_path):
 def test_corrupt_sharded_index_is_one_line(tmp_path, capsys, index, tensors):
     src = write_sharded(tmp_path / "in", tensors)
     (src / "model.safetensors.index.json").write_text(json.dumps(index))
-    rc, _, err = run(capsys, "inspect", src)
+    rc, _, err = run_cli(capsys, "inspect", src)
     assert rc == 1 and "corrupt index" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_deeply_nested_index_is_one_line(tmp_path, capsys, tensors):
     src = write_sharded(tmp_path / "in", tensors)
     (src / "model.safetensors.index.json").write_text('{"weight_map": ' + "[" * 100_000 + "]" * 100_000 + "}")
-    rc, _, err = run(capsys, "prune", src, "-o", tmp_path / "o", "--sparsity", "0.5")
+    rc, _, err = run_cli(capsys, "prune", src, "-o", tmp_path / "o", "--sparsity", "0.5")
     one_line_error(rc, err, "nested too deeply")
 
 
@@ -224,7 +216,7 @@ def test_shard_outside_the_directory_is_named_as_such(tmp_path, capsys, tensors)
     for target in ("../outside/x.safetensors", str(tmp_path / "outside" / "x.safetensors")):
         index["weight_map"] = {k: target for k in index["weight_map"]}
         (src / "model.safetensors.index.json").write_text(json.dumps(index))
-        rc, _, err = run(capsys, "inspect", src)
+        rc, _, err = run_cli(capsys, "inspect", src)
         assert rc == 1 and "outside the checkpoint directory" in err and "missing" not in err, err
 
 
@@ -241,7 +233,7 @@ def _npz_with_comment(path: Path, arrays: dict, comment: bytes, extra: dict | No
 def test_corrupt_npz_dtype_comment_is_one_line(tmp_path, capsys, dtypes):
     src = _npz_with_comment(tmp_path / "m.npz", {"w": np.ones((4, 4), np.uint16)},
                             json.dumps({"pruneplug.dtypes": dtypes}).encode())
-    rc, _, err = run(capsys, "prune", src, "-o", tmp_path / "o.npz", "--sparsity", "0.5", "--include", "w")
+    rc, _, err = run_cli(capsys, "prune", src, "-o", tmp_path / "o.npz", "--sparsity", "0.5", "--include", "w")
     one_line_error(rc, err, "pruneplug.dtypes")
     assert not (tmp_path / "o.npz").exists()
 
@@ -249,7 +241,7 @@ def test_corrupt_npz_dtype_comment_is_one_line(tmp_path, capsys, dtypes):
 def test_npz_declared_bfloat16_over_float32_is_refused(tmp_path, capsys):
     src = _npz_with_comment(tmp_path / "m.npz", {"w": np.ones((8, 8), np.float32)},
                             json.dumps({"pruneplug.dtypes": json.dumps({"w": "bfloat16"})}).encode())
-    rc, _, err = run(capsys, "inspect", src)
+    rc, _, err = run_cli(capsys, "inspect", src)
     assert rc == 1 and "stored as float32" in err and "bfloat16" in err, err
 
 
@@ -269,19 +261,19 @@ def test_npz_bfloat16_round_trip_still_works(tmp_path):
 def test_npz_members_that_are_not_arrays_are_refused(tmp_path, capsys):
     src = _npz_with_comment(tmp_path / "m.npz", {"w": np.ones((4, 4), np.float32)}, b"",
                             extra={"README.txt": b"keep me"})
-    rc, _, err = run(capsys, "prune", src, "-o", tmp_path / "o.npz", "--sparsity", "0.5")
+    rc, _, err = run_cli(capsys, "prune", src, "-o", tmp_path / "o.npz", "--sparsity", "0.5")
     one_line_error(rc, err, "README.txt")
     assert not (tmp_path / "o.npz").exists()
 
 
 def test_block_pattern_of_size_zero_is_one_line(tmp_path, capsys, single):
-    rc, _, err = run(capsys, "prune", single, "-o", tmp_path / "o.safetensors", "--pattern", "block(0,1)",
+    rc, _, err = run_cli(capsys, "prune", single, "-o", tmp_path / "o.safetensors", "--pattern", "block(0,1)",
                      "--sparsity", "0.5")
     one_line_error(rc, err, "block(0,1)")
 
 
 def test_missing_input_with_a_newline_in_its_name_is_one_line(tmp_path, capsys):
-    rc, _, err = run(capsys, "inspect", tmp_path / "no\nsuch.safetensors")
+    rc, _, err = run_cli(capsys, "inspect", tmp_path / "no\nsuch.safetensors")
     assert rc == 1 and len(err.strip().splitlines()) == 1 and "no\\nsuch" in err
 
 
@@ -292,7 +284,7 @@ def test_os_errors_from_any_command_are_one_line(tmp_path, capsys, single, monke
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(checkpoint_cli, "inspect_checkpoint", fails)
-    rc, _, err = run(capsys, "inspect", single)
+    rc, _, err = run_cli(capsys, "inspect", single)
     assert rc == 1 and err.strip() == "pruneplug inspect: error: OSError: Input/output error"
 
 
@@ -324,24 +316,24 @@ def _mode(path: Path) -> int:
 
 def test_in_place_keeps_the_input_mode(tmp_path, capsys, single, tensors, umask_022):
     single.chmod(0o600)
-    rc, _, err = run(capsys, "prune", single, "--in-place", "--sparsity", "0.5")
+    rc, _, err = run_cli(capsys, "prune", single, "--in-place", "--sparsity", "0.5")
     assert rc == 0, err
     assert _mode(single) == 0o600
     src = write_sharded(tmp_path / "shards", tensors)
     src.chmod(0o750)
-    rc, _, err = run(capsys, "prune", src, "--in-place", "--sparsity", "0.5")
+    rc, _, err = run_cli(capsys, "prune", src, "--in-place", "--sparsity", "0.5")
     assert rc == 0, err
     assert _mode(src) == 0o750
 
 
 def test_new_outputs_get_the_umask_mode(tmp_path, capsys, single, tensors, umask_022):
-    rc, _, err = run(capsys, "prune", single, "-o", tmp_path / "o.safetensors", "--sparsity", "0.5")
+    rc, _, err = run_cli(capsys, "prune", single, "-o", tmp_path / "o.safetensors", "--sparsity", "0.5")
     assert rc == 0 and _mode(tmp_path / "o.safetensors") == 0o644
     src = write_sharded(tmp_path / "shards", tensors)
-    rc, _, err = run(capsys, "prune", src, "-o", tmp_path / "new", "--sparsity", "0.5")
+    rc, _, err = run_cli(capsys, "prune", src, "-o", tmp_path / "new", "--sparsity", "0.5")
     assert rc == 0 and _mode(tmp_path / "new") == 0o755
     (tmp_path / "empty").mkdir(mode=0o755)
-    rc, _, err = run(capsys, "prune", src, "-o", tmp_path / "empty", "--sparsity", "0.5")
+    rc, _, err = run_cli(capsys, "prune", src, "-o", tmp_path / "empty", "--sparsity", "0.5")
     assert rc == 0, err
     assert _mode(tmp_path / "empty") == 0o755  # not mkdtemp's 0700
 
@@ -353,21 +345,21 @@ def test_symlinks_in_a_directory_are_copied_as_links(tmp_path, capsys, tensors):
     (src / "vocab.txt").symlink_to("../shared.txt")
     (src / "abs.txt").symlink_to(tmp_path / "shared.txt")
     (tmp_path / "sub").mkdir()
-    rc, _, err = run(capsys, "prune", src, "-o", tmp_path / "sub" / "out", "--sparsity", "0.5")
+    rc, _, err = run_cli(capsys, "prune", src, "-o", tmp_path / "sub" / "out", "--sparsity", "0.5")
     assert rc == 0, err
     out = tmp_path / "sub" / "out"
     assert (out / "vocab.txt").is_symlink() and (out / "abs.txt").is_symlink()
     assert os.readlink(out / "abs.txt") == str(tmp_path / "shared.txt")
     assert (out / "vocab.txt").resolve() == (tmp_path / "shared.txt").resolve()  # same file, from OUT
-    rc, _, err = run(capsys, "prune", src, "--in-place", "--sparsity", "0.5")
+    rc, _, err = run_cli(capsys, "prune", src, "--in-place", "--sparsity", "0.5")
     assert rc == 0 and os.readlink(src / "vocab.txt") == "../shared.txt"
 
 
 def test_plot_path_that_is_the_input_is_refused(tmp_path, capsys, single, tensors):
     pytest.importorskip("matplotlib")
     before = single.read_bytes()
-    rc, _, err = run(capsys, "inspect", single, "--plot", tmp_path / "." / single.name)
+    rc, _, err = run_cli(capsys, "inspect", single, "--plot", tmp_path / "." / single.name)
     assert rc == 1 and "--plot" in err and "IN" in err and single.read_bytes() == before
     src = write_sharded(tmp_path / "d", tensors)
-    rc, _, err = run(capsys, "inspect", src, "--plot", src / "config.json")
+    rc, _, err = run_cli(capsys, "inspect", src, "--plot", src / "config.json")
     assert rc == 1 and "inside the IN directory" in err

@@ -144,3 +144,13 @@ def test_reader_round_trips_bf16(tmp_path):
     arrays, raw, meta = read_safetensors(write_single(tmp_path / "x.safetensors", {"w": w}))
     assert arrays["w"].dtype == BF16 and arrays["w"].tolist() == w.tolist()
     assert raw["w"] == w.tobytes() and meta["note"] == "kept"
+
+
+def run_cli(capsys, *argv):
+    """``pruneplug`` with ``argv`` in this process: (exit code, stdout, stderr); never a traceback."""
+    from pruneplug.cli import main
+
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return rc, out, err

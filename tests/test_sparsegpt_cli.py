@@ -1,6 +1,8 @@
 """The command line for SparseGPT, OWL and the global cap, on a tiny BERT directory built here."""
 
 import json
+from pathlib import Path
+import sys
 
 import numpy as np
 import pytest
@@ -11,19 +13,13 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install pruneplug[hf])")
 from safetensors.numpy import load_file  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tiny_models import tiny_bert_dir  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tinybert_sgpt")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(40)] + \
-        "the a cat dog sat on mat ran fast slow big small red blue".split()
-    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    transformers.BertTokenizerFast(vocab_file=str(d / "vocab.txt")).save_pretrained(str(d))
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
-    transformers.BertModel(config).save_pretrained(str(d))
-    return d
+    return tiny_bert_dir(tmp_path_factory.mktemp("tinybert_sgpt"))
 
 
 @pytest.fixture()

@@ -2,6 +2,8 @@
 calibrate / prune --method wanda command line on a tiny BERT directory built here."""
 
 import json
+from pathlib import Path
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +12,9 @@ torch = pytest.importorskip("torch")
 
 import pruneplug as pp  # noqa: E402
 from pruneplug.errors import CalibrationError, CalibrationRequiredError, InvalidArgumentError  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tiny_models import tiny_bert_dir  # noqa: E402
 
 
 def _mlp(seed=0):
@@ -134,18 +139,8 @@ def test_exact_l1_unstructured_ties_by_index():
 # -- a tiny BERT model directory and the command line -----------------------------------------
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory):
-    transformers = pytest.importorskip("transformers")
-    d = tmp_path_factory.mktemp("tinybert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(40)] + \
-        "the a cat dog sat on mat ran fast slow big small red blue".split()
-    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = transformers.BertTokenizerFast(vocab_file=str(d / "vocab.txt"))
-    tok.save_pretrained(str(d))
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
-    transformers.BertModel(config).save_pretrained(str(d))
-    return d
+    pytest.importorskip("transformers")
+    return tiny_bert_dir(tmp_path_factory.mktemp("tinybert"))
 
 
 @pytest.fixture()
