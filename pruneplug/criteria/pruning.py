@@ -11,6 +11,7 @@ import numpy as np
 from pruneplug import api
 from pruneplug.arrays import adapt
 from pruneplug.calibration import ActivationStats, CalibrationContext
+from pruneplug.criteria.registry import get_criterion
 from pruneplug.errors import CalibrationRequiredError, InvalidArgumentError
 
 _NM = re.compile(r"^(\d+):(\d+)$")
@@ -41,7 +42,6 @@ def prune_scored(weights: Any, method: Any = "l1", *, sparsity: float | None = N
         >>> w
         array([[0. , 0. , 3. , 0.5]], dtype=float32)
     """
-    from pruneplug.criteria import get_criterion
 
     criterion = get_criterion(method)
     if groups is None:  # the criterion's own comparison group, for the pattern it concerns
