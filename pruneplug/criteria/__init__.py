@@ -13,7 +13,7 @@ its default comparison group, and computes scores from weights plus the calibrat
 (:meth:`Criterion.compute`). :func:`get_criterion` builds one by name (``"l1"``/``"l2"`` are
 aliases of ``magnitude_l1``/``magnitude_l2``); :func:`criteria` lists them all, with the error of
 any that fails to load (a broken criterion never breaks ``import pruneplug``: it fails only when
-asked for by name). Built-ins: ``magnitude_l1``, ``magnitude_l2``, ``wanda``.
+asked for by name). Built-ins: ``magnitude_l1``, ``magnitude_l2``, ``wanda``, ``sparsegpt``.
 
 Entry points are read on each call (no cache, no global state): front ends resolve the criterion
 once per model or checkpoint.
@@ -21,8 +21,8 @@ once per model or checkpoint.
 Example::
 
     >>> import pruneplug as pp
-    >>> [c.name for c in pp.criteria.criteria()][:3]
-    ['magnitude_l1', 'magnitude_l2', 'wanda']
+    >>> [c.name for c in pp.criteria.criteria()][:4]
+    ['magnitude_l1', 'magnitude_l2', 'sparsegpt', 'wanda']
     >>> pp.criteria.get_criterion("wanda").requires_calibration()
     True
 """
