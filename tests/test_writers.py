@@ -144,3 +144,37 @@ def test_sigterm_cleans_up_like_sigint(tmp_path):
         assert proc.returncode == expected, (name, sig, proc.returncode, proc.stderr)
         assert "Traceback" not in proc.stderr, proc.stderr
         assert _entries(out) == set(), (sig, _entries(out))
+
+
+@pytest.mark.parametrize("fmt", ["dense", "sparse-bitmask"])
+def test_full_disk_is_one_line_and_leaves_nothing(tmp_path, fmt):
+    """ENOSPC (a full disk) from any write or reservation after the first 256 KiB: one line, exit 1,
+    nothing left behind, the existing output untouched. The disk is simulated in the child by
+    failing the os calls the writers use, as a full file system fails them."""
+    src = write_single(tmp_path / "in.safetensors", _model(scale=4))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "o.safetensors").write_bytes(b"old output")
+    code = f"""
+        import errno, os, sys
+        from pruneplug import cli
+        budget = [256 * 1024]
+        def full(real, size_of):
+            def call(*args):
+                budget[0] -= size_of(args)
+                if budget[0] < 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return real(*args)
+            return call
+        os.pwrite = full(os.pwrite, lambda a: len(memoryview(a[1]).cast("B")))
+        os.write = full(os.write, lambda a: len(memoryview(a[1]).cast("B")))
+        os.posix_fallocate = full(os.posix_fallocate, lambda a: a[2])
+        sys.exit(cli.main(["prune", {str(src)!r}, "-o", {str(out / 'o.safetensors')!r}, "--sparsity", "0.5",
+                           "--format", {fmt!r}]))
+    """
+    proc = _run(code)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "no space" in lines[0].lower(), lines
+    assert _entries(out) == {"o.safetensors"} and (out / "o.safetensors").read_bytes() == b"old output"
