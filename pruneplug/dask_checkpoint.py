@@ -45,6 +45,7 @@ from pruneplug.checkpoint import (
     TensorReport,
     open_checkpoint,
 )
+from pruneplug.checkpoint.formats import array_zeros
 from pruneplug.checkpoint.outputs import finish_directory, settings_metadata
 from pruneplug.checkpoint.prune import check_arguments, decide_tasks
 from pruneplug.errors import CheckpointError, InvalidArgumentError, NonFiniteError, PrunePlugError
@@ -299,13 +300,13 @@ def _prune_shard(src: str, file: str, target: str, fates: dict, how: dict, metad
             row = TensorReport(ref.name, list(ref.shape), ref.dtype, ref.numel, status, reason)
             if status != "pruned":
                 if ref.prunable:
-                    row.zeros_before = row.zeros_after = _zeros(ref.array())
+                    row.zeros_before = row.zeros_after = array_zeros(ref.array())
                 writer.write(ref.name, ref.raw_chunks(), ref.dtype, ref.shape)
             else:
                 with _naming(ref.name):
                     pruned, mask = _prune(ref.array(), k, how)
-                row.zeros_before = _zeros(ref.array())
-                row.pruned, row.zeros_after = mask.num_zeros, _zeros(pruned)
+                row.zeros_before = array_zeros(ref.array())
+                row.pruned, row.zeros_after = mask.num_zeros, array_zeros(pruned)
                 writer.write(ref.name, pruned)
             rows.append(row)
         writer.close()
@@ -334,12 +335,6 @@ def _prune(view: np.ndarray, k: int | None, how: dict) -> tuple[np.ndarray, Any]
                          return_mask=True)
     return api.prune(view, sparsity=how["sparsity"], pattern=how["pattern"], method=how["method"],
                      backend=how["backend"], return_mask=True)
-
-
-def _zeros(array: np.ndarray) -> int:
-    flat = array.reshape(-1)
-    step = 1 << 22
-    return sum(int(np.count_nonzero(flat[i:i + step] == 0)) for i in range(0, flat.size, step))
 
 
 # ---------------------------------------------------------------------------------------------

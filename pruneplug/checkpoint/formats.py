@@ -470,5 +470,23 @@ def flat_chunks(array: np.ndarray, size: int | None = None) -> Iterator[np.ndarr
         yield flat[start:start + size]
 
 
+_SIGNED_ZERO_BITS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
 def count_zeros(chunks: Iterable[np.ndarray]) -> int:
-    return sum(int(np.count_nonzero(c == 0)) for c in chunks)
+    """Exact zeros in ``chunks`` (``-0.0`` included). IEEE floats and bfloat16 are counted on their
+    bits (every bit but the sign zero): a bfloat16 ``== 0`` would run element by element in
+    NumPy's dtype machinery. Other dtypes compare with 0."""
+    total = 0
+    for c in chunks:
+        if c.dtype.kind == "f" or c.dtype.name == "bfloat16":
+            bits = np.ascontiguousarray(c).reshape(-1).view(_SIGNED_ZERO_BITS[c.dtype.itemsize])
+            total += bits.size - int(np.count_nonzero(bits << np.uint8(1)))
+        else:
+            total += int(np.count_nonzero(c == 0))
+    return total
+
+
+def array_zeros(array: np.ndarray) -> int:
+    """:func:`count_zeros` of a whole array, in chunks of 2^22 elements (bounded temporaries)."""
+    return count_zeros(flat_chunks(array, 1 << 22))

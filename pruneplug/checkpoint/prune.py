@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pruneplug import api
-from pruneplug.checkpoint.formats import Checkpoint, TensorRef, count_zeros, flat_chunks, numpy_dtype, open_checkpoint
+from pruneplug.checkpoint.formats import Checkpoint, TensorRef, array_zeros, count_zeros, flat_chunks, numpy_dtype, open_checkpoint
 from pruneplug.checkpoint.global_select import GlobalPlan, decide_global, exact_counts, tensor_source, tie_quotas
 from pruneplug.checkpoint.outputs import (
     check_side_outputs,
@@ -544,7 +544,7 @@ class _TensorPass:
             row.pruned = _pruned_count(self.how.pattern, self.how.sparsity, ref.shape, task.k)
             if self.how.pattern == "unstructured" and self.how.groups == "row" and len(ref.shape) == 2 and task.k is None:
                 row.pruned = count_to_prune(self.how.sparsity, ref.shape[1]) * ref.shape[0]  # exact per row
-            row.zeros_after = _zeros(pruned)
+            row.zeros_after = array_zeros(pruned)
         if mask is not None:
             if not isinstance(mask, np.ndarray):  # a Mask from pruneplug.prune, maybe on the GPU
                 mask = self.how.xp.asnumpy(mask.data) if self.how.xp is not None else np.asarray(mask.data)
@@ -583,21 +583,10 @@ class _TensorPass:
         return out, mask
 
 
-def _zeros(array: np.ndarray) -> int:
-    """Exact zeros (-0.0 included) of a float array, counted on its bits in chunks (a bfloat16
-    comparison would run element by element in NumPy's dtype machinery)."""
-    bits = np.ascontiguousarray(array).reshape(-1).view({2: np.uint16, 4: np.uint32, 8: np.uint64}[array.dtype.itemsize])
-    zeros, step = 0, 1 << 22
-    for start in range(0, bits.size, step):
-        piece = bits[start:start + step]
-        zeros += piece.size - int(np.count_nonzero(piece << np.uint8(1)))  # all bits but the sign zero
-    return zeros
-
-
 def _copy_unchanged(ref: TensorRef, row: TensorReport, writer: Any, kind: str) -> None:
     if ref.prunable:  # a floating tensor: its zeros are counted in the report
         dtype = numpy_dtype(ref.dtype)
-        row.zeros_before = row.zeros_after = _zeros(ref.array()) if dtype is not None else count_zeros(ref.chunks())
+        row.zeros_before = row.zeros_after = array_zeros(ref.array()) if dtype is not None else count_zeros(ref.chunks())
     if writer is not None:
         if kind == "npz" or ref.loader is not None:  # npz, or a compressed input decoded on read
             writer.write(ref.name, ref.array())
@@ -611,7 +600,7 @@ def _prune_tensor(task: _Task, how: _HowToPrune, row: TensorReport, want_mask: b
     """The pruned NumPy array and its mask (None unless ``want_mask``); counts the zeros before."""
     ref = task.ref
     view = ref.array()
-    row.zeros_before = _zeros(view)
+    row.zeros_before = array_zeros(view)
     if how.xp is not None:
         view = how.xp.asarray(np.ascontiguousarray(view))
     try:
