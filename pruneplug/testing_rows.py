@@ -21,9 +21,13 @@ def check_row_mask(h: Harness) -> None:
             if scores.size > 3:  # infinities are valid scores
                 scores.ravel()[[0, 2]] = [np.inf, -np.inf]
             for sparsity in SPARSITIES:
-                got = pp.generate_unstructured_mask(h.to_backend(scores), sparsity, groups="row", backend=h.backend)
-                ref = pp.generate_unstructured_mask(scores, sparsity, groups="row", backend=REFERENCE)
-                assert_same_bits(h.to_numpy(got.data), ref.data, f"row mask ({dtype}, {shape}, sparsity={sparsity})")
+                _same_row_mask_as_reference(h, scores, sparsity, f"row mask ({dtype}, {shape}, sparsity={sparsity})")
+
+
+def _same_row_mask_as_reference(h: Harness, scores: np.ndarray, sparsity: float, what: str) -> None:
+    got = pp.generate_unstructured_mask(h.to_backend(scores), sparsity, groups="row", backend=h.backend)
+    ref = pp.generate_unstructured_mask(scores, sparsity, groups="row", backend=REFERENCE)
+    assert_same_bits(h.to_numpy(got.data), ref.data, what)
 
 
 def check_prune_rows(h: Harness) -> None:
@@ -61,9 +65,7 @@ def check_row_large(h: Harness) -> None:
     for dtype in h.each(("float32", "float16", "float64")):
         scores = (rng.integers(-300, 300, (64, cols)) / 64).astype(np_dtype(dtype))
         for sparsity in (0.5, 0.01, 0.97):
-            got = pp.generate_unstructured_mask(h.to_backend(scores), sparsity, groups="row", backend=h.backend)
-            ref = pp.generate_unstructured_mask(scores, sparsity, groups="row", backend=REFERENCE)
-            assert_same_bits(h.to_numpy(got.data), ref.data, f"large row mask ({dtype}, {sparsity})")
+            _same_row_mask_as_reference(h, scores, sparsity, f"large row mask ({dtype}, {sparsity})")
 
 
 def check_row_non_finite(h: Harness) -> None:

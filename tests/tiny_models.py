@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 WORDS = "the a cat dog sat on mat ran fast slow big small red blue".split()
 
@@ -21,3 +22,17 @@ def tiny_bert_dir(directory: Path) -> Path:
                                      num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
     transformers.BertModel(config).save_pretrained(str(directory))
     return directory
+
+
+def same_layout_untouched_identical(src_path: Path, dst_path: Path, pruned: Any) -> tuple[dict, dict]:
+    """Assert that the checkpoint at ``dst_path`` has the tensor names, dtypes and shapes of
+    ``src_path`` and that every tensor not in ``pruned`` is byte-identical; return both as dicts."""
+    from safetensors.numpy import load_file
+
+    src, dst = load_file(str(src_path)), load_file(str(dst_path))
+    assert sorted(src) == sorted(dst)
+    for name in src:
+        assert src[name].dtype == dst[name].dtype and src[name].shape == dst[name].shape, name
+        if name not in pruned:
+            assert src[name].tobytes() == dst[name].tobytes(), name  # untouched: byte-identical
+    return src, dst
