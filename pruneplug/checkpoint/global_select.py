@@ -20,7 +20,6 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from pruneplug import api
 from pruneplug.arrays import adapt, check_float_dtype, dtype_name
 from pruneplug.checkpoint import formats
 from pruneplug.checkpoint.formats import ST_DTYPES, TensorRef, flat_chunks, numpy_dtype
@@ -29,7 +28,7 @@ from pruneplug.errors import InvalidArgumentError, NonFiniteError
 from pruneplug.registry import get_registry
 from pruneplug.selection import ExactSelection, chunk_histogram, part_counts, prune_part
 from pruneplug.types import Mask
-from pruneplug.validation import check_method, check_sparsity
+from pruneplug.validation import check_method, check_sparsity, count_to_prune
 
 _TRANSFORM = {"l1": "abs", "l2": "square"}
 
@@ -97,7 +96,7 @@ def decide_global(sources: Sequence[Source], sparsity: float, method: str,
     total = sum(s.numel for s in sources)
     nbytes = sum(s.numel * s.itemsize for s in sources)
     dtypes = [d for d in (s.dtype_name() for s in sources) if d is not None]
-    selection = ExactSelection(api.count_to_prune(sparsity, total), total, dtypes, _TRANSFORM[method])
+    selection = ExactSelection(count_to_prune(sparsity, total), total, dtypes, _TRANSFORM[method])
     while (request := selection.next_request()) is not None:
         progress.start(f"global select, pass {selection.passes + 1}", len(sources), nbytes)
         merged = np.zeros(request.bins, np.int64)
