@@ -27,10 +27,11 @@ sys.path.insert(0, str(ROOT / "tools"))
 from sparse24_data import DTYPES, shapes_for, sparse_weight  # noqa: E402
 
 from pruneplug.sparse24 import format_of, metadata_shape  # noqa: E402
+from pruneplug_backends.cuda import _kernels as cuda_kernels  # noqa: E402
 from pruneplug_backends.numpy import compress24 as ref  # noqa: E402
 
-SOURCE = (ROOT / "backends" / "cuda" / "compress24.cu").read_text()
-DT = {"float16": 0, "bfloat16": 1, "float32": 2, "int8": 4}
+SOURCE = cuda_kernels.source("compress24.cu")  # with codes.cuh inlined, as the backend compiles it
+DT = {"float16": 0, "bfloat16": 1, "float32": 2, "int8": 5}  # DT_* of codes.cuh
 LAYOUT = {"ptx": 0, "cutlass": 1}
 BLOCK = 256
 OPTIONS = ("--std=c++17",)

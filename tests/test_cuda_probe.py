@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import pruneplug as pp
 import pruneplug_backends.cuda as cuda_plugin
 
 
@@ -175,12 +176,32 @@ def test_kernel_codes_have_one_home():
     from pruneplug_backends.cuda import _backend
     from pruneplug_backends.cuda import _kernels as K
 
-    common = (Path(K.KERNEL_DIR) / "common.cuh").read_text()
-    c24 = (Path(K.KERNEL_DIR) / "compress24.cu").read_text()
-    for prefix, table, text in (("DT_", K.DT, common), ("TR_", K.TR, common), ("WS_", K.WS, common),
-                                ("DT24_", K.DT24, c24), ("LAYOUT24_", K.LAYOUT24, c24)):
-        macros = dict(re.findall(rf"#define ({prefix}\w+) (\d+)", text))
+    read = {name: (Path(K.KERNEL_DIR) / name).read_text() for name in ("codes.cuh", "common.cuh", "keyhist.cu")}
+    for prefix, table, name in (("DT_", K.DT, "codes.cuh"), ("TR_", K.TR, "codes.cuh"),
+                                ("LAYOUT24_", K.LAYOUT24, "codes.cuh"), ("WS_", K.WS, "common.cuh"),
+                                ("KEYS_", K.KEYS, "keyhist.cu")):
+        macros = dict(re.findall(rf"#define ({prefix}\w+) (\d+)", read[name]))
         assert sorted(table.values()) == sorted(int(v) for v in macros.values()) and macros, prefix
+    # each code has one home: no other CUDA file defines a DT_, TR_ or LAYOUT24_ code
+    for path in Path(K.KERNEL_DIR).glob("*.cu*"):
+        if path.name != "codes.cuh":
+            assert not re.findall(r"#define (DT\w*_|TR_|LAYOUT\w*_)\w+ \d", path.read_text()), path.name
+    assert K.DT24 == {d: K.DT[d] for d in pp.sparse24.DTYPES}
+    common = read["common.cuh"]
     assert (_backend.BLOCK, _backend.TILE, _backend.DIGIT, _backend.BINS) == tuple(
         int(re.search(rf"#define {name} (\d+)", common).group(1)) for name in ("PP_BLOCK", "PP_TILE", "PP_DIGIT", "PP_BINS"))
     assert K.WS["SIZE"] > max(v for k, v in K.WS.items() if k != "SIZE") + 3  # the four STATS slots fit
+
+
+def test_an_include_the_inliner_cannot_resolve_is_refused(tmp_path, monkeypatch):
+    """An include line the inliner does not take (here: a trailing comment) would reach NVRTC,
+    which cannot open the file on a user's machine: source() refuses it instead."""
+    from pruneplug_backends.cuda import _kernels as K
+
+    (tmp_path / "codes.cuh").write_text("#define X 1\n")
+    (tmp_path / "ok_include.cu").write_text('#include "codes.cuh"\n__global__ void k() {}\n')
+    (tmp_path / "bad_include.cu").write_text('#include "codes.cuh"  // codes\n__global__ void k() {}\n')
+    monkeypatch.setattr(K, "KERNEL_DIR", tmp_path)
+    assert "#define X 1" in K.source("ok_include.cu")
+    with pytest.raises(ValueError, match="bad_include.cu.*not a plain local include"):
+        K.source("bad_include.cu")

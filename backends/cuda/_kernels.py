@@ -1,7 +1,7 @@
 """Kernel sources, template instantiations and compile options of the CUDA backend.
 
 The kernels are real CUDA C++ files next to this module (shipped as package data). Each ``.cu``
-file includes ``common.cuh``; :func:`source` inlines it so that the text handed to the compiler is
+file includes ``common.cuh`` (and through it ``codes.cuh``); :func:`source` inlines them so that the text handed to the compiler is
 self-contained: CuPy's on-disk kernel cache is keyed on the source text, and a header edit must
 change that key. Templates are instantiated through ``name_expressions`` (:data:`NAME_EXPRESSIONS`).
 
@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
+
+from pruneplug.sparse24 import DTYPES as SPARSE24_DTYPES
 
 KERNEL_DIR = Path(__file__).resolve().parent
 
@@ -46,23 +48,24 @@ def _codes(table: dict[str, int], prefix: str, name=str.lower) -> dict[str, int]
     return {name(k[len(prefix):]): v for k, v in table.items() if k.startswith(prefix)}
 
 
+CODES = defines("codes.cuh")
+#: dtype name -> template code (DT_* in codes.cuh); int8 is compressed 2:4 only
+DT = _codes(CODES, "DT_", _SUFFIX_DTYPE.__getitem__)
+#: transform name -> template code (TR_* in codes.cuh)
+TR = _codes(CODES, "TR_")
+#: 2:4 metadata layout name -> template code (LAYOUT24_* in codes.cuh)
+LAYOUT24 = _codes(CODES, "LAYOUT24_")
+#: the dtypes compress24.cu is instantiated for (those of the 2:4 format), with their DT_* codes
+DT24 = {d: DT[d] for d in SPARSE24_DTYPES}
 COMMON = defines("common.cuh")
-#: dtype name -> template code (DT_* in common.cuh)
-DT = _codes(COMMON, "DT_", _SUFFIX_DTYPE.__getitem__)
-#: transform name -> template code (TR_* in common.cuh)
-TR = _codes(COMMON, "TR_")
 #: workspace slot name -> index (WS_* in common.cuh): "SIZE", "BINCOUNT", "STATS", ...
 WS = _codes(COMMON, "WS_", str.upper)
 NM_FAST = (2, 4, 8, 16)
-_C24 = defines("compress24.cu")
-#: 2:4 compression (compress24.cu has its own codes: int8 is 4 there, where common.cuh has DT_KEY64)
-DT24 = _codes(_C24, "DT24_", _SUFFIX_DTYPE.__getitem__)
-LAYOUT24 = _codes(_C24, "LAYOUT24_")
 KERNELS24 = ("compress24", "decompress24", "prune_compress24")
 
 _FLOATS = ("float16", "bfloat16", "float32", "float64")
 #: selection key kinds (KEYS_* in keyhist.cu) and the dtypes each takes
-KEYS = {"mag16": 0, "f32": 1, "f64": 2}
+KEYS = _codes(defines("keyhist.cu"), "KEYS_")
 KEY_DTYPES = {"mag16": ("float16", "bfloat16"), "f32": ("float16", "bfloat16", "float32"), "f64": _FLOATS}
 _TRANSFORMS = ("abs", "square", "identity")
 
@@ -136,4 +139,9 @@ def source(filename: str) -> str:
         text = text.replace("#pragma once\n", "")
         return _INCLUDE.sub(lambda m: f"// ---- begin {m.group(1)}\n{expand(m.group(1))}// ---- end {m.group(1)}", text)
 
-    return expand(filename)
+    text = expand(filename)
+    left = re.search(r"^[ \t]*#[ \t]*include\b.*$", text, re.MULTILINE)
+    if left:  # NVRTC would look for it on disk and fail at run time: refuse it here
+        raise ValueError(f"{filename}: {left.group(0).strip()!r} is not a plain local include "
+                         '(#include "x.cuh" alone on its line)')
+    return text

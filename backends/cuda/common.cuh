@@ -8,8 +8,8 @@
 // PTX contains no .ftz instruction under CuPy's final option list). The only floating-point
 // arithmetic is in double precision (never flushed), with contraction disabled (--fmad=false).
 //
-// No headers are included (cuda_fp16.h is deliberately avoided): the source compiles with NVRTC
-// and with the project's CPU emulator alike.
+// No system headers are included (cuda_fp16.h is deliberately avoided): the source compiles with
+// NVRTC and with the project's CPU emulator alike.
 #pragma once
 
 typedef unsigned char u8;
@@ -27,18 +27,8 @@ typedef long long i64;
 #define PP_DIGIT 12
 #define PP_BINS 4096
 
-// dtype codes (template parameter DT)
-#define DT_F16 0
-#define DT_BF16 1
-#define DT_F32 2
-#define DT_F64 3
-#define DT_KEY64 4  // already-ordered 64-bit keys (block sums)
-
-// transform codes (template parameter TR)
-#define TR_ABS 0
-#define TR_SQUARE 1
-#define TR_IDENTITY 2
-#define TR_KEY 3
+// DT_* dtype and TR_* transform codes
+#include "codes.cuh"
 
 // workspace slots (one unsigned long long array per call, zero-initialised)
 #define WS_BAD_COUNT 0    // non-finite values seen (atomicAdd)

@@ -12,8 +12,8 @@
 // consecutive words of a row, so loads and value stores are fully coalesced; CUTLASS metadata
 // stores land 2*rows words apart for even/odd word pairs (1/16 of the output bytes).
 //
-// Entry points (instantiate through name_expressions; DT: 0 float16, 1 bfloat16, 2 float32,
-// 4 int8; LAYOUT: 0 ptx, 1 cutlass):
+// Entry points (instantiate through name_expressions; DT: DT_F16, DT_BF16, DT_F32 or DT_I8 and
+// LAYOUT: LAYOUT24_PTX or LAYOUT24_CUTLASS, the codes of codes.cuh):
 //   compress24<DT, LAYOUT>(w, rows, ncols, values, meta, err)
 //   decompress24<DT, LAYOUT>(values, meta, rows, ncols, dense, err)
 //   prune_compress24<DT, LAYOUT>(w, rows, ncols, values, meta, err, nonfinite)
@@ -54,27 +54,20 @@ typedef long long i64;
 #define PP24_VALID24 0x7310u
 #define PP24_VALID12 0x4010u
 
-// dtype codes (template parameter DT; their own set: int8 is 4 here, where common.cuh has DT_KEY64)
-#define DT24_F16 0
-#define DT24_BF16 1
-#define DT24_F32 2
-#define DT24_I8 4
-
-// layout codes (template parameter LAYOUT)
-#define LAYOUT24_PTX 0
-#define LAYOUT24_CUTLASS 1
+// DT_* dtype codes (int8 is DT_I8) and LAYOUT24_* layouts
+#include "codes.cuh"
 
 template <int DT> struct Fmt24;
-template <> struct Fmt24<DT24_F16> { typedef u16 Meta; static constexpr int COLS = 16, GROUPS = 4; };
-template <> struct Fmt24<DT24_BF16> { typedef u16 Meta; static constexpr int COLS = 16, GROUPS = 4; };
-template <> struct Fmt24<DT24_F32> { typedef u16 Meta; static constexpr int COLS = 8, GROUPS = 4; };
-template <> struct Fmt24<DT24_I8> { typedef u32 Meta; static constexpr int COLS = 32, GROUPS = 8; };
+template <> struct Fmt24<DT_F16> { typedef u16 Meta; static constexpr int COLS = 16, GROUPS = 4; };
+template <> struct Fmt24<DT_BF16> { typedef u16 Meta; static constexpr int COLS = 16, GROUPS = 4; };
+template <> struct Fmt24<DT_F32> { typedef u16 Meta; static constexpr int COLS = 8, GROUPS = 4; };
+template <> struct Fmt24<DT_I8> { typedef u32 Meta; static constexpr int COLS = 32, GROUPS = 8; };
 
 // flat index of logical metadata word (r, c) in the layout
 template <int LAYOUT, int DT>
 __device__ __forceinline__ i64 meta_index(i64 r, i64 c, i64 rows, i64 ncols) {
     if (LAYOUT == LAYOUT24_PTX) return r * ncols + c;
-    const i64 group = DT == DT24_I8 ? 16 : 32, interweave = DT == DT24_I8 ? 2 : 4;
+    const i64 group = DT == DT_I8 ? 16 : 32, interweave = DT == DT_I8 ? 2 : 4;
     i64 dr = r / group * group + (r % 8) * interweave + (r % group) / 8;
     return (c >> 1) * 2 * rows + 2 * (dr & ~1LL) + (c & 1) * 2 + (dr & 1);
 }
@@ -113,7 +106,7 @@ __device__ __forceinline__ u32 compress_word(const u32* in, u32* out, int* bad_g
     u32 word = 0u;
     *bad_group = -1;
     *bad_count = 0u;
-    if (DT == DT24_F32) {
+    if (DT == DT_F32) {
 #pragma unroll
         for (int g = 0; g < 4; ++g) {
             u32 lo = in[2 * g], hi = in[2 * g + 1];
@@ -122,7 +115,7 @@ __device__ __forceinline__ u32 compress_word(const u32* in, u32* out, int* bad_g
             out[g] = nz0 ? lo : hi;
             word |= (nz0 ? 0x4u : 0xEu) << (4 * g);
         }
-    } else if (DT == DT24_I8) {
+    } else if (DT == DT_I8) {
 #pragma unroll
         for (int h = 0; h < 4; ++h) out[h] = 0u;
 #pragma unroll
@@ -184,16 +177,16 @@ __global__ void __launch_bounds__(PP24_BLOCK) decompress24(const u8* __restrict_
     u32 o[8];
     int bad = -1;
     u32 bad_nib = 0u;
-    const u32 valid = DT == DT24_F32 ? PP24_VALID12 : PP24_VALID24;
+    const u32 valid = DT == DT_F32 ? PP24_VALID12 : PP24_VALID24;
 #pragma unroll
     for (int g = 0; g < Fmt24<DT>::GROUPS; ++g) {
         u32 nib = (word >> (4 * g)) & 0xFu;
         if (!(valid >> nib & 1u) && bad < 0) { bad = g; bad_nib = nib; }
         u32 i0 = nib & 3u, i1 = nib >> 2;
-        if (DT == DT24_F32) {
+        if (DT == DT_F32) {
             o[2 * g] = nib == 0xEu ? 0u : v[g];
             o[2 * g + 1] = nib == 0xEu ? v[g] : 0u;
-        } else if (DT == DT24_I8) {
+        } else if (DT == DT_I8) {
             u32 pair = (v[g >> 1] >> (16 * (g & 1))) & 0xFFFFu;
             o[g] = ((pair & 0xFFu) << (8 * i0)) | ((pair >> 8) << (8 * i1));
         } else {
@@ -241,7 +234,7 @@ __global__ void __launch_bounds__(PP24_BLOCK) prune_compress24(const u8* __restr
     // count non-finite float weights (first flat element index: this word's elements start at t * COLS)
     u32 count = 0u;
     int first = -1;
-    if (DT == DT24_F32) {
+    if (DT == DT_F32) {
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
             bool nf = (in[i] & 0x7F800000u) == 0x7F800000u;
@@ -253,7 +246,7 @@ __global__ void __launch_bounds__(PP24_BLOCK) prune_compress24(const u8* __restr
             bool keep0 = (in[2 * g] & 0x7FFFFFFFu) >= (in[2 * g + 1] & 0x7FFFFFFFu);
             if (keep0) in[2 * g + 1] = 0u; else in[2 * g] = 0u;
         }
-    } else if (DT == DT24_I8) {
+    } else if (DT == DT_I8) {
 #pragma unroll
         for (int g = 0; g < 8; ++g) {
             u32 x = in[g];
@@ -263,7 +256,7 @@ __global__ void __launch_bounds__(PP24_BLOCK) prune_compress24(const u8* __restr
             in[g] = x & lanes;
         }
     } else {
-        const u32 expo = DT == DT24_F16 ? 0x7C00u : 0x7F80u;
+        const u32 expo = DT == DT_F16 ? 0x7C00u : 0x7F80u;
 #pragma unroll
         for (int h = 0; h < 8; ++h) {
 #pragma unroll
