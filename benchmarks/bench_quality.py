@@ -119,11 +119,7 @@ def run_minilm(model_dir, calib_texts, eval_sentences, results):
     dense = AutoModel.from_pretrained(model_dir).eval()
     ref = embed(dense, tok, eval_sentences)
     batches = text_batches(tok, calib_texts, seq_len=128, batch_size=16)
-    ctx, cal_s, cal_mb = timed(lambda: pp.torch.calibrate(dense, batches))
-    results.append({"model": "all-MiniLM-L6-v2", "step": "one-pass calibration, 128 texts", "seconds": cal_s,
-                    "peak_mib": cal_mb})
-    print(f"MiniLM one-pass calibration: {cal_s:.2f} s, +{cal_mb:.0f} MiB", flush=True)
-    ctx_h = _hessian_calibration("all-MiniLM-L6-v2", dense, batches, results)
+    ctx, ctx_h = _calibrations("all-MiniLM-L6-v2", "MiniLM", dense, batches, results)
     configs = []
     for label, kw in (("50%", {"sparsity": 0.5}), ("70%", {"sparsity": 0.7}), ("2:4", {"pattern": "2:4"})):
         configs.append((f"magnitude (pp) {label}", label, lambda m, kw=kw: pp.torch.prune_model(m, method="l1", **kw)))
@@ -191,11 +187,7 @@ def run_smollm(gguf_file, calib_texts, paragraphs, results):
     results.append({"model": "SmolLM2-135M", "method": "dense", "perplexity": ppl})
     print(f"SmolLM2 dense perplexity {ppl:.1f}", flush=True)
     batches = text_batches(tok, calib_texts, seq_len=128, batch_size=16)
-    ctx, cal_s, cal_mb = timed(lambda: pp.torch.calibrate(dense, batches))
-    results.append({"model": "SmolLM2-135M", "step": "one-pass calibration, 128 texts", "seconds": cal_s,
-                    "peak_mib": cal_mb})
-    print(f"SmolLM2 one-pass calibration: {cal_s:.2f} s, +{cal_mb:.0f} MiB", flush=True)
-    ctx_h = _hessian_calibration("SmolLM2-135M", dense, batches, results)
+    ctx, ctx_h = _calibrations("SmolLM2-135M", "SmolLM2", dense, batches, results)
     for label, kw in (("50%", {"sparsity": 0.5}), ("70%", {"sparsity": 0.7}), ("2:4", {"pattern": "2:4"})):
         for name, fn in (
             ("magnitude (pp)", lambda m: pp.torch.prune_model(m, method="l1", **kw)),
@@ -213,6 +205,15 @@ def run_smollm(gguf_file, calib_texts, paragraphs, results):
                             "seconds": secs, "peak_mib": mib})
             print(f"SmolLM2 {name + ' ' + label:40s} perplexity {p:8.1f} {secs:6.2f} s +{mib:.0f} MiB", flush=True)
             del model
+
+
+def _calibrations(model_name, short_name, dense, batches, results):
+    """The one-pass activation statistics (timed, recorded) and the Hessian calibration."""
+    ctx, cal_s, cal_mb = timed(lambda: pp.torch.calibrate(dense, batches))
+    results.append({"model": model_name, "step": "one-pass calibration, 128 texts", "seconds": cal_s,
+                    "peak_mib": cal_mb})
+    print(f"{short_name} one-pass calibration: {cal_s:.2f} s, +{cal_mb:.0f} MiB", flush=True)
+    return ctx, _hessian_calibration(model_name, dense, batches, results)
 
 
 def _hessian_calibration(model_name, dense, batches, results):
