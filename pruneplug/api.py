@@ -43,7 +43,8 @@ def importance(weights: Any, method: str = "l1", *, backend: str | None = None) 
     array = contiguous(adapted.array)
     _, (scores, stats) = run_operation(backend, "importance", array, adapted.array_type, weights=array,
                                        transform=transform)
-    return ImportanceScores(values=adapted.wrap(scores), method=METHODS[method][1], stats=ScoreStats(*map(float, stats)))
+    return ImportanceScores(values=adapted.wrap(scores), method=METHODS[method][1],
+                            stats=ScoreStats(*map(float, stats)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,13 +45,14 @@ import dask.array as da
 import numpy as np
 
 from pruneplug import api, masks, partselect
+from pruneplug.arrays import score_dtype
 from pruneplug.errors import BackendError, InvalidArgumentError, NonFiniteError, ShapeError, UnsupportedDtypeError
 from pruneplug.registry import get_registry
 from pruneplug.selection import chunk_histogram, part_counts, prune_part
 from pruneplug.patterns import check_2d, parse_pattern
 from pruneplug.types import FLOAT_DTYPES, ImportanceScores, Mask, ScoreStats
-from pruneplug.validation import (METHODS, check_block_shape, check_groups, check_method, check_nm, check_sparsity, count_to_prune,
-                                  normalize_axis)
+from pruneplug.validation import (METHODS, check_block_shape, check_groups, check_method, check_nm, check_sparsity,
+                                  count_to_prune, normalize_axis)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,10 +78,6 @@ def _no_out(out: Any) -> None:
 def _backend_name(backend: str | None, x: da.Array, operation: str) -> str:
     """The backend the chunks will run on (the registry's choice for the chunks' array type)."""
     return get_registry().select(backend, array_type=_array_type(x), dtype=np.dtype(x.dtype).name, operation=operation)
-
-
-def _score_dtype(dtype: Any) -> np.dtype:
-    return partselect.score_dtype(dtype, wide=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +110,7 @@ def _block_histogram(block: Any, shape: tuple, start: tuple, transform: str, nan
 def _invalid_in_block(block: Any, shape: tuple, start: tuple, transform: str) -> tuple[int, int]:
     """(how many invalid values, global position of the first or -1) in one block."""
     xp = partselect.array_module(block)
-    x = block.astype(_score_dtype(block.dtype))
+    x = block.astype(score_dtype(block.dtype))
     bad = (xp.isnan(x) if transform == "identity" else ~xp.isfinite(x)).reshape(-1)
     count = int(xp.count_nonzero(bad))
     return count, int(_positions_fn(shape, start, block.shape)(bad).min()) if count else -1
@@ -211,7 +208,7 @@ def importance(weights: da.Array, method: str = "l1", *, backend: str | None = N
     call's to float64 rounding, not bit for bit: the sum order follows the chunks)."""
     check_method(method)
     _check_float(weights, "weights")
-    sdt = _score_dtype(weights.dtype)
+    sdt = score_dtype(weights.dtype)
     values = weights.map_blocks(_importance_block, method, backend, dtype=sdt,
                                 meta=weights._meta.astype(sdt))
     wide = values.astype(np.float64)
@@ -348,7 +345,7 @@ def _prune_nm_block(block: Any, pattern: str, method: str, axis: int, backend: s
 def _block_sums_block(block: Any, bh: int, bw: int) -> Any:
     """Float64 block sums in the hook's order (from 0.0, row-major inside the block)."""
     xp = partselect.array_module(block)
-    wide = block.astype(_score_dtype(block.dtype)).astype(np.float64)
+    wide = block.astype(score_dtype(block.dtype)).astype(np.float64)
     sums = xp.zeros((block.shape[0] // bh, block.shape[1] // bw), dtype=np.float64)
     with np.errstate(invalid="ignore"):
         for i in range(bh):

@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pruneplug.arrays import score_dtype
 from pruneplug.errors import BackendError, NonFiniteError
 from pruneplug.registry import get_registry
 from pruneplug.selection import ExactSelection, part_counts
@@ -91,16 +92,14 @@ def array_module(array: Any) -> Any:
     return np
 
 
-def score_dtype(dtype: Any, wide: bool) -> np.dtype:
+def key_dtype(dtype: Any, wide: bool) -> np.dtype:
     """The dtype keys are taken from: float64 when ``wide`` (several dtypes compared as float64
-    values), else float32 for 16-bit weights and the weights' dtype otherwise (the core's scores)."""
-    if wide:
-        return np.dtype(np.float64)
-    return np.dtype(np.float32) if np.dtype(dtype).itemsize == 2 else np.dtype(dtype)
+    values), else the core's score dtype (:func:`pruneplug.arrays.score_dtype`)."""
+    return np.dtype(np.float64) if wide else score_dtype(dtype)
 
 
 def key_bits(dtype: Any, wide: bool) -> int:
-    return 8 * score_dtype(dtype, wide).itemsize
+    return 8 * key_dtype(dtype, wide).itemsize
 
 
 def score_keys(values: Any, transform: str, *, wide: bool = False, nan_high: bool = False) -> tuple[Any, int]:
@@ -113,7 +112,7 @@ def score_keys(values: Any, transform: str, *, wide: bool = False, nan_high: boo
     """
     xp = array_module(values)
     flat = values.reshape(-1)
-    sdt = score_dtype(values.dtype, False)
+    sdt = score_dtype(values.dtype)
     x = flat.astype(sdt)
     if transform == "identity":
         bad = xp.isnan(x)
@@ -259,7 +258,7 @@ def tied_mask(values: Any, transform: str, threshold: float) -> Any:
     """Flat bool mask of the elements of ``values`` whose score (``abs`` or ``square``, the core's
     score dtype) equals ``threshold`` (a float64 value)."""
     xp = array_module(values)
-    x = values.reshape(-1).astype(score_dtype(values.dtype, False))
+    x = values.reshape(-1).astype(score_dtype(values.dtype))
     with np.errstate(over="ignore", under="ignore"):
         scores = xp.abs(x) if transform == "abs" else x * x
     return scores == scores.dtype.type(threshold)  # a score of this dtype: exact in it
