@@ -20,7 +20,8 @@ from pruneplug.masks import (
 )
 from pruneplug.validation import count_to_prune
 from pruneplug.hookspecs import hookimpl, hookspec
-from pruneplug.types import BackendInfo, BackendStatus, ImportanceScores, Mask, ScoreStats
+from pruneplug.backend_info import BackendInfo, BackendStatus
+from pruneplug.types import ImportanceScores, Mask, ScoreStats
 from pruneplug.checkpoint import global_unstructured_masks, inspect_checkpoint, prune_checkpoint
 from pruneplug.sparse24 import SparseWeight24, compress_24, decompress_24, prune_24
 from pruneplug import compressed_tensors  # noqa: E402  (a submodule, imported for pp.compressed_tensors)

@@ -17,7 +17,8 @@ from pruneplug.dispatch import run_operation
 from pruneplug.errors import InvalidArgumentError
 from pruneplug.patterns import pattern_units, parse_pattern
 from pruneplug.registry import get_registry
-from pruneplug.types import BackendStatus, ImportanceScores, Mask, ScoreStats
+from pruneplug.backend_info import BackendStatus
+from pruneplug.types import ImportanceScores, Mask, ScoreStats
 from pruneplug.validation import METHODS, check_groups, check_method, normalize_axis, resolve_count, shown
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from pruneplug.errors import ReadOnlyError, UnsupportedArrayError, UnsupportedDtypeError
 
-#: Dtypes magnitude pruning accepts (also ``pruneplug.types.FLOAT_DTYPES``).
+#: Dtypes magnitude pruning accepts.
 FLOAT_DTYPES: frozenset[str] = frozenset({"float16", "bfloat16", "float32", "float64"})
 
 

@@ -45,12 +45,12 @@ import dask.array as da
 import numpy as np
 
 from pruneplug import api, masks, partselect
-from pruneplug.arrays import score_dtype
+from pruneplug.arrays import FLOAT_DTYPES, score_dtype
 from pruneplug.errors import BackendError, InvalidArgumentError, NonFiniteError, ShapeError, UnsupportedDtypeError
 from pruneplug.registry import get_registry
 from pruneplug.selection import chunk_histogram, part_counts, prune_part
 from pruneplug.patterns import check_2d, parse_pattern
-from pruneplug.types import FLOAT_DTYPES, ImportanceScores, Mask, ScoreStats
+from pruneplug.types import ImportanceScores, Mask, ScoreStats
 from pruneplug.validation import (METHODS, check_block_shape, check_groups, check_method, check_nm, check_sparsity,
                                   count_to_prune, normalize_axis)
 

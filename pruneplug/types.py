@@ -1,5 +1,5 @@
-"""Value types of the public API: importance scores, masks (and, re-exported from
-:mod:`pruneplug.backend_info`, backend declarations)."""
+"""Value types of the public API: importance scores and their statistics, masks. (What a backend
+declares about itself is in :mod:`pruneplug.backend_info`.)"""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pruneplug.arrays import FLOAT_DTYPES, adapt  # FLOAT_DTYPES: also read from here by backends
-from pruneplug.backend_info import OPERATIONS, BackendInfo, BackendStatus, implemented_operations  # noqa: F401  (backends import them from here)
+from pruneplug.arrays import adapt
 from pruneplug.apply import apply_bool_mask
 
 

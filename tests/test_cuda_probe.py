@@ -156,7 +156,7 @@ def test_every_operation_runs_inside_the_stream_scope():
 
     plugin = _backend.CudaPlugin(lambda: Recorder(), name="streams", stream=Scope)
     hooks = [h for h in dir(plugin) if h.startswith("pruneplug_") and h != "pruneplug_backend_info"]
-    from pruneplug.types import implemented_operations
+    from pruneplug.backend_info import implemented_operations
 
     assert set(hooks) == {f"pruneplug_{op}" for op in implemented_operations(plugin)} and len(hooks) >= 12
     for hook in hooks:

@@ -15,7 +15,8 @@ import numpy as np
 from pruneplug.arrays import dtype_name, score_dtype
 from pruneplug.errors import BackendExecutionError
 from pruneplug.hookspecs import hookimpl
-from pruneplug.types import FLOAT_DTYPES, BackendInfo, implemented_operations
+from pruneplug.arrays import FLOAT_DTYPES
+from pruneplug.backend_info import BackendInfo, implemented_operations
 # never raises at import: an unbuilt extension makes the backend unavailable, not broken
 from pruneplug_backends.cpu.native import DTYPE_CODE, TRANSFORM_CODE, ffi, lib, raise_for_status
 from pruneplug_backends.cpu.native import IMPORT_ERROR

@@ -9,7 +9,8 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 from pruneplug.hookspecs import hookimpl
-from pruneplug.types import FLOAT_DTYPES, BackendInfo, implemented_operations
+from pruneplug.arrays import FLOAT_DTYPES
+from pruneplug.backend_info import BackendInfo, implemented_operations
 
 if TYPE_CHECKING:  # annotations only: the launch code imports this module for its re-exports
     from ._backend import CudaBackend

@@ -12,7 +12,8 @@ import sys
 import numpy as np
 
 from pruneplug.hookspecs import hookimpl
-from pruneplug.types import FLOAT_DTYPES, BackendInfo, implemented_operations
+from pruneplug.arrays import FLOAT_DTYPES
+from pruneplug.backend_info import BackendInfo, implemented_operations
 from pruneplug_backends.numpy.scores import check_finite, scores_of  # noqa: F401  (part of the reference's API)
 
 NAME = "numpy"
