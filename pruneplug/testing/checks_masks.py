@@ -268,8 +268,8 @@ def check_non_finite_errors(h: Harness) -> None:
         w = tricky_array((8, 16), dtype, seed=16)
         w.ravel()[[9, 40, 77]] = [np.nan, np.inf, -np.inf]
         for method in ("l1", "l2"):
-            assert_same_error(h, lambda b: pp.importance(h.to_backend(w) if b != REFERENCE else w, method,
-                                                         backend=b), f"importance NaN ({dtype})", NonFiniteError)
+            assert_same_error(h, lambda b: pp.importance(h.data_for(b, w), method, backend=b),
+                              f"importance NaN ({dtype})", NonFiniteError)
             for kwargs in ({"sparsity": 0.5}, {"pattern": "2:4"}, {"pattern": "row", "sparsity": 0.5}):
                 assert_failed_prune_changes_nothing(h, w, NonFiniteError, f"prune NaN ({dtype}, {kwargs})",
                                                     method=method, **kwargs)
@@ -277,7 +277,7 @@ def check_non_finite_errors(h: Harness) -> None:
         for fn in (lambda s, b: pp.generate_unstructured_mask(s, 0.5, backend=b),
                    lambda s, b: pp.generate_nm_mask(s, 2, 4, backend=b),
                    lambda s, b: pp.generate_block_mask(s, (2, 2), 0.5, backend=b)):
-            assert_same_error(h, lambda b, fn=fn: fn(h.to_backend(scores) if b != REFERENCE else scores, b),
+            assert_same_error(h, lambda b, fn=fn: fn(h.data_for(b, scores), b),
                               f"NaN scores ({dtype})", NonFiniteError)
 
 

@@ -41,7 +41,7 @@ def _parts(sw: SparseWeight24, h: Harness) -> tuple[np.ndarray, np.ndarray]:
 
 def _compare_compress(h: Harness, w: np.ndarray, layout: str, what: str, prune: bool = False, method: str = "l1") -> None:
     def run(backend: str) -> Any:
-        arr = w if backend == REFERENCE else h.to_backend(w)
+        arr = h.data_for(backend, w)
         if prune:
             return prune_24(arr, layout, method, backend=backend)
         return compress_24(arr, layout, backend=backend)
@@ -81,8 +81,8 @@ def check_decompress_24(h: Harness) -> None:
                 ref = compress_24(sparse_24(shape, dtype, seed=10 + i), layout, backend=REFERENCE)
 
                 def run(backend: str, ref=ref) -> Any:
-                    conv = (lambda a: a) if backend == REFERENCE else h.to_backend
-                    return decompress_24(values=conv(ref.values), metadata=conv(ref.metadata), shape=ref.shape,
+                    return decompress_24(values=h.data_for(backend, ref.values),
+                                         metadata=h.data_for(backend, ref.metadata), shape=ref.shape,
                                          layout=layout, backend=backend)
 
                 got, expected = assert_same_outcome(h, run, f"decompress_24 {dtype} {layout} {shape}")
@@ -104,8 +104,8 @@ def check_decompress_24_invalid_nibbles(h: Harness) -> None:
                     flat[pos] = (int(flat[pos]) & ~0xF0) | (nibble << 4)
 
                 def run(backend: str, meta=meta) -> Any:
-                    conv = (lambda a: a) if backend == REFERENCE else h.to_backend
-                    return decompress_24(values=conv(ref.values), metadata=conv(meta), shape=ref.shape,
+                    return decompress_24(values=h.data_for(backend, ref.values),
+                                         metadata=h.data_for(backend, meta), shape=ref.shape,
                                          layout=layout, backend=backend)
 
                 result = assert_same_outcome(h, run, f"decompress_24 nibble 0x{nibble:X} {dtype} {layout}")

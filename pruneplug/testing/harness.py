@@ -65,9 +65,27 @@ class Harness:
 
             pytest.skip(f"backend {self.backend!r} does not declare dtype {dtype}")
 
+    def data_for(self, backend: str, data: np.ndarray) -> Any:
+        """``data`` as a run on ``backend`` takes it: as is for the reference (by name: NumPy
+        arrays also when the reference is the backend under test), moved to the harness's array
+        type for any other backend. For checks that run ``run(backend)`` on both, such as
+        :func:`~pruneplug.testing.assertions.assert_same_outcome`.
+
+        >>> h = harness_for("numpy")
+        >>> a = np.ones(2)
+        >>> h.data_for("numpy", a) is a
+        True
+        """
+        return data if backend == REFERENCE else self.to_backend(data)
+
     def run_both(self, func: Callable[..., Any], data: np.ndarray, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
         """``func(data, *args, **kwargs)`` on the backend under test (``data`` moved to its array
-        type) and on the reference (``data`` as is): ``(result, reference result)``."""
+        type) and on the reference (``data`` as is): ``(result, reference result)``.
+
+        >>> got, ref = harness_for("numpy").run_both(pp.prune, np.array([1.0, -3.0, 2.0, 0.5]), 0.5)
+        >>> got.tolist(), ref.tolist()
+        ([0.0, -3.0, 2.0, 0.0], [0.0, -3.0, 2.0, 0.0])
+        """
         got = func(self.to_backend(data), *args, backend=self.backend, **kwargs)
         ref = func(data, *args, backend=REFERENCE, **kwargs)
         return got, ref
