@@ -48,9 +48,14 @@ from pruneplug.errors import (  # noqa: E402
     UnsupportedDtypeError,
 )
 from pruneplug.sparse24 import compress_24, decompress_24, format_of, prune_24  # noqa: E402
-from pruneplug.testing import np_dtype, parametrize_backend_checks, run_check, tricky_array  # noqa: E402
-from pruneplug.testing_sparse24 import CHECKS as SPARSE24_CHECKS  # noqa: E402
-from pruneplug.testing_sparse24 import sparse_24  # noqa: E402
+from pruneplug.testing import (  # noqa: E402
+    SPARSE24_CHECKS,
+    np_dtype,
+    parametrize_backend_checks,
+    run_check,
+    sparse_24,
+    tricky_array,
+)
 from pruneplug_backends.cuda import _backend  # noqa: E402
 
 PLUGIN, BACKEND = register_emulated()

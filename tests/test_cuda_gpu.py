@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 
 import pruneplug as pp
-from pruneplug.testing import parametrize_backend_checks, run_check, tricky_array
-from pruneplug.testing_sparse24 import CHECKS as SPARSE24_CHECKS
-from pruneplug.testing_sparse24 import sparse_24
+from pruneplug.testing import SPARSE24_CHECKS, parametrize_backend_checks, run_check, sparse_24, tricky_array
 
 
 def _no_device_reason() -> str | None:

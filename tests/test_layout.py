@@ -96,3 +96,15 @@ def test_no_import_cycles():
         if v not in index:
             visit(v)
     assert [c for c in cycles if c not in KNOWN_CYCLES] == []
+
+
+def test_the_rules_see_every_package_and_every_package_is_installed():
+    """Subpackages (the conformance kit ``pruneplug.testing`` among them) are checked like modules,
+    and each is listed in pyproject's ``packages`` (one left out would be missing from a wheel)."""
+    import tomllib
+
+    modules = _modules()
+    assert {"pruneplug.testing", "pruneplug.testing.harness", "pruneplug.testing.collect"} <= set(modules)
+    packages = {name for name, path in modules.items() if path.name == "__init__.py"}
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert packages == set(listed)

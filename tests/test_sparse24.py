@@ -29,8 +29,7 @@ from pruneplug.sparse24 import (  # noqa: E402
     is_24_compressible,
     prune_24,
 )
-from pruneplug.testing import run_check  # noqa: E402
-from pruneplug.testing_sparse24 import CHECKS  # noqa: E402
+from pruneplug.testing import SPARSE24_CHECKS, run_check  # noqa: E402
 
 BACKENDS = [b.name for b in pp.backends() if "compress_24" in b.operations and "numpy" in b.array_types]
 
@@ -405,6 +404,6 @@ def test_is_24_compressible():
 # every backend that declares the operations: the conformance checks
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend_check", [pytest.param((b, c, 300_007), id=f"{b}-{c.name}")
-                                           for b in BACKENDS for c in CHECKS])
+                                           for b in BACKENDS for c in SPARSE24_CHECKS])
 def test_conformance_sparse24(backend_check):
     run_check(backend_check)

@@ -1,16 +1,14 @@
-"""Conformance checks for 2:4 compression (``compress_24``, ``decompress_24``,
-``prune_compress_24``), in the form of :mod:`pruneplug.testing`'s kit: each check takes a
-:class:`~pruneplug.testing.Harness` and compares the backend with the ``numpy`` reference bit for bit
-(and errors by type and message).
+"""The kit's checks of 2:4 compression (``compress_24``, ``decompress_24``, ``prune_compress_24``):
+:data:`CHECKS`. Values, metadata and dense weights bit-identical to the reference, for every dtype of
+:data:`pruneplug.sparse24.DTYPES` that the backend declares and both layouts; errors (the first offending
+group, the first invalid metadata nibble, non-finite weights) by type and message.
 
-Use them with the kit::
+They are among :func:`pruneplug.testing.backend_checks`, so a backend declaring these operations
+runs them with the rest of the kit.
 
-    from pruneplug.testing import parametrize_backend_checks, run_check
-    from pruneplug.testing_sparse24 import CHECKS
-
-    @parametrize_backend_checks("mybackend", extra=CHECKS)
-    def test_conformance(backend_check):
-        run_check(backend_check)
+    >>> from pruneplug.testing.harness import harness_for
+    >>> check = next(c for c in CHECKS if c.name == "compress_24_not_sparse")
+    >>> check.func(harness_for("numpy"))  # passes: returns None
 """
 
 from __future__ import annotations
@@ -21,31 +19,9 @@ import numpy as np
 
 from pruneplug.registry import get_registry
 from pruneplug.sparse24 import DTYPES, LAYOUTS, SparseWeight24, compress_24, decompress_24, format_of, prune_24
-from pruneplug.testing_harness import Check, Harness, assert_same_bits, assert_same_outcome, np_dtype, tricky_array
-
-
-def _dtypes(h: Harness) -> list[str]:
-    return [d for d in DTYPES if d in h.dtypes]
-
-
-def sparse_24(shape: tuple[int, int], dtype: str, seed: int = 0) -> np.ndarray:
-    """A weight that is 2:4 (1:2 for float32) along its rows with groups of 0, 1 and m/2 nonzeros,
-    signed zeros in the pruned slots, ties, denormals and a few NaN among the kept values."""
-    rng = np.random.default_rng(seed)
-    fmt = format_of(dtype)
-    rows, cols = shape
-    if dtype == "int8":
-        x = rng.integers(-128, 128, shape).astype(np.int8)
-        x[x == 0] = 1
-    else:
-        x = tricky_array(shape, dtype, seed)
-        x.ravel()[rng.choice(x.size, max(1, x.size // 500), replace=False)] = np.nan
-    groups = x.reshape(rows, cols // fmt.m, fmt.m)
-    count = np.minimum(rng.integers(0, 4, (rows, cols // fmt.m)), fmt.m // 2)
-    rank = np.argsort(np.argsort(rng.random(groups.shape), axis=2), axis=2)
-    zero = np.zeros((), np.int8) if dtype == "int8" else np.where(
-        rng.random(groups.shape) < 0.5, -0.0, 0.0).astype(np_dtype(dtype))
-    return np.ascontiguousarray(np.where(rank < count[..., None], groups, zero).reshape(shape))
+from pruneplug.testing.assertions import assert_same_bits, assert_same_outcome
+from pruneplug.testing.data import sparse_24, tricky_array
+from pruneplug.testing.harness import REFERENCE, Check, Harness
 
 
 def _shapes(dtype: str, layout: str, large: bool, h: Harness) -> list[tuple[int, int]]:
@@ -65,7 +41,7 @@ def _parts(sw: SparseWeight24, h: Harness) -> tuple[np.ndarray, np.ndarray]:
 
 def _compare_compress(h: Harness, w: np.ndarray, layout: str, what: str, prune: bool = False, method: str = "l1") -> None:
     def run(backend: str) -> Any:
-        arr = w if backend == "numpy" else h.to_backend(w)
+        arr = h.data_for(backend, w)
         if prune:
             return prune_24(arr, layout, method, backend=backend)
         return compress_24(arr, layout, backend=backend)
@@ -80,14 +56,14 @@ def _compare_compress(h: Harness, w: np.ndarray, layout: str, what: str, prune: 
 
 
 def check_compress_24(h: Harness) -> None:
-    for dtype in _dtypes(h):
+    for dtype in h.each(DTYPES):
         for layout in LAYOUTS:
             for i, shape in enumerate(_shapes(dtype, layout, True, h)):
                 _compare_compress(h, sparse_24(shape, dtype, seed=i), layout, f"compress_24 {dtype} {layout} {shape}")
 
 
 def check_compress_24_not_sparse(h: Harness) -> None:
-    for dtype in _dtypes(h):
+    for dtype in h.each(DTYPES):
         fmt = format_of(dtype)
         for layout in LAYOUTS:
             shape = _shapes(dtype, layout, False, h)[1]
@@ -99,14 +75,14 @@ def check_compress_24_not_sparse(h: Harness) -> None:
 
 
 def check_decompress_24(h: Harness) -> None:
-    for dtype in _dtypes(h):
+    for dtype in h.each(DTYPES):
         for layout in LAYOUTS:
             for i, shape in enumerate(_shapes(dtype, layout, True, h)):
-                ref = compress_24(sparse_24(shape, dtype, seed=10 + i), layout, backend="numpy")
+                ref = compress_24(sparse_24(shape, dtype, seed=10 + i), layout, backend=REFERENCE)
 
                 def run(backend: str, ref=ref) -> Any:
-                    conv = (lambda a: a) if backend == "numpy" else h.to_backend
-                    return decompress_24(values=conv(ref.values), metadata=conv(ref.metadata), shape=ref.shape,
+                    return decompress_24(values=h.data_for(backend, ref.values),
+                                         metadata=h.data_for(backend, ref.metadata), shape=ref.shape,
                                          layout=layout, backend=backend)
 
                 got, expected = assert_same_outcome(h, run, f"decompress_24 {dtype} {layout} {shape}")
@@ -114,11 +90,11 @@ def check_decompress_24(h: Harness) -> None:
 
 
 def check_decompress_24_invalid_nibbles(h: Harness) -> None:
-    for dtype in _dtypes(h):
+    for dtype in h.each(DTYPES):
         fmt = format_of(dtype)
         for layout in LAYOUTS:
             shape = _shapes(dtype, layout, False, h)[1]
-            ref = compress_24(sparse_24(shape, dtype, seed=3), layout, backend="numpy")
+            ref = compress_24(sparse_24(shape, dtype, seed=3), layout, backend=REFERENCE)
             for nibble in (0x0, 0x5, 0xA, 0xF) + ((0x8,) if fmt.m == 2 else ()):
                 meta = ref.metadata.copy()
                 u = meta.view(np.uint16 if fmt.meta_dtype == "int16" else np.uint32)
@@ -128,8 +104,8 @@ def check_decompress_24_invalid_nibbles(h: Harness) -> None:
                     flat[pos] = (int(flat[pos]) & ~0xF0) | (nibble << 4)
 
                 def run(backend: str, meta=meta) -> Any:
-                    conv = (lambda a: a) if backend == "numpy" else h.to_backend
-                    return decompress_24(values=conv(ref.values), metadata=conv(meta), shape=ref.shape,
+                    return decompress_24(values=h.data_for(backend, ref.values),
+                                         metadata=h.data_for(backend, meta), shape=ref.shape,
                                          layout=layout, backend=backend)
 
                 result = assert_same_outcome(h, run, f"decompress_24 nibble 0x{nibble:X} {dtype} {layout}")
@@ -138,7 +114,7 @@ def check_decompress_24_invalid_nibbles(h: Harness) -> None:
 
 def check_prune_compress_24(h: Harness) -> None:
     fused = "prune_compress_24" in get_registry().info(h.backend).operations
-    for dtype in [d for d in _dtypes(h) if fused or d != "int8"]:  # int8 pruning needs the fused hook
+    for dtype in [d for d in h.each(DTYPES) if fused or d != "int8"]:  # int8 pruning needs the fused hook
         for layout in LAYOUTS:
             for i, shape in enumerate(_shapes(dtype, layout, True, h)):
                 if dtype == "int8":
@@ -151,7 +127,7 @@ def check_prune_compress_24(h: Harness) -> None:
 
 
 def check_prune_compress_24_nonfinite(h: Harness) -> None:
-    for dtype in [d for d in _dtypes(h) if d != "int8"]:
+    for dtype in [d for d in h.each(DTYPES) if d != "int8"]:
         shape = _shapes(dtype, "cutlass", False, h)[1]
         w = tricky_array(shape, dtype, seed=1)
         w[3, 7] = np.inf
@@ -159,6 +135,7 @@ def check_prune_compress_24_nonfinite(h: Harness) -> None:
         _compare_compress(h, w, "cutlass", f"prune_24 non-finite {dtype}", prune=True)
 
 
+#: The checks of this module, in the order the kit runs them, each with the operations it needs.
 CHECKS: list[Check] = [
     Check("compress_24", check_compress_24, frozenset({"compress_24"})),
     Check("compress_24_not_sparse", check_compress_24_not_sparse, frozenset({"compress_24"})),

@@ -1,88 +1,46 @@
-"""The conformance kit: every semantic rule of pruneplug, checked on a backend against the NumPy
-reference, bit for bit, one pytest test per check.
+"""The kit's checks of importance scores, masks (unstructured, N:M, block, row, column), pruning
+and applying masks, non-finite errors and thread safety: :data:`CHECKS`.
 
-A backend author runs it from their own test suite::
+Each check runs the public API on the backend under test and on the reference with the same data
+and compares the results bit for bit (errors by type and message); a few check a rule directly
+(exact counts, the tie rule), so that the reference itself is tested too.
 
-    from pruneplug.testing import parametrize_backend_checks, run_check
-
-    @parametrize_backend_checks("mybackend")
-    def test_conformance(backend_check):
-        run_check(backend_check)
-
-Each check builds data with ties, signed zeros, denormals, infinities, odd sizes and
-non-contiguous layouts, runs the public API with ``backend="mybackend"`` and with
-``backend="numpy"``, and compares results byte for byte (and errors by type and message). Checks
-of operations the backend does not declare are skipped with that reason; so is every check of a
-backend that is unavailable here. A few checks verify rules directly (exact counts, the tie rule)
-so that the reference itself is tested too.
+    >>> from pruneplug.testing.harness import harness_for
+    >>> check = next(c for c in CHECKS if c.name == "nm_rule_directly")
+    >>> check.func(harness_for("numpy"))  # passes: returns None
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
 import pruneplug as pp
 from pruneplug.errors import NonFiniteError
-from pruneplug.registry import get_registry
-from pruneplug.testing_harness import (  # noqa: F401  (the kit's public names, importable from here)
-    ARRAY_TYPES,
-    DTYPES,
-    LAYOUTS,
-    REFERENCE,
-    Check,
-    Harness,
+from pruneplug.testing.assertions import (
+    assert_exact_k_rule,
+    assert_failed_prune_changes_nothing,
     assert_same_bits,
-    assert_same_outcome,
-    harness_for,
-    np_dtype,
+    assert_same_error,
+    assert_same_mask,
+    checked_mask_bits,
     stats_close,
-    tricky_array,
-    with_layout,
 )
-from pruneplug.testing_rows import CHECKS as ROW_CHECKS  # per-row selection
-from pruneplug.testing_sparse24 import CHECKS as SPARSE24_CHECKS
+from pruneplug.testing.data import LAYOUTS, np_dtype, tie_levels, tricky_array, with_layout
+from pruneplug.testing.harness import REFERENCE, Check, Harness
+
+#: The sparsities of the unstructured mask checks.
+SPARSITIES = (0.0, 0.1, 1 / 3, 0.5, 0.9, 0.999, 1.0)
+
+#: The (n, m) of the N:M mask checks: the usual ones, the degenerate ones, odd and wide groups.
+NM_CASES = ((2, 4), (1, 2), (4, 8), (8, 16), (0, 4), (4, 4), (1, 1), (3, 5), (5, 32), (2, 64))
+
 
 # ---------------------------------------------------------------------------------------------
-# checks
+# importance
 # ---------------------------------------------------------------------------------------------
-_CHECKS: list[Check] = []
-
-
-def check(*operations: str) -> Callable:
-    def register(func: Callable[[Harness], None]) -> Callable[[Harness], None]:
-        _CHECKS.append(Check(func.__name__.removeprefix("check_"), func, frozenset(operations)))
-        return func
-
-    return register
-
-
-def _mask_bits(mask: pp.Mask, harness: Harness) -> np.ndarray:
-    """The mask's bits as NumPy, after checking its properties against them (every mask any check
-    produces goes through here, so the properties are tested on every array type)."""
-    bits = harness.to_numpy(mask.data)
-    assert_mask_properties(mask, bits)
-    return bits
-
-
-def assert_mask_properties(mask: pp.Mask, bits: np.ndarray) -> None:
-    """``size``, ``nnz``, ``num_zeros``, ``sparsity``, ``shape`` and ``repr`` of ``mask`` agree
-    with its bits (a NumPy copy of ``mask.data``)."""
-    bits = np.asarray(bits)
-    nnz = int(bits.sum())
-    what = f"Mask({mask.pattern}) of {type(mask.data).__module__}.{type(mask.data).__name__}"
-    assert mask.size == bits.size and isinstance(mask.size, int), f"{what}: size {mask.size!r} != {bits.size}"
-    assert mask.nnz == nnz and isinstance(mask.nnz, int), f"{what}: nnz {mask.nnz!r} != {nnz}"
-    assert mask.num_zeros == bits.size - nnz, f"{what}: num_zeros {mask.num_zeros!r}"
-    expected = (bits.size - nnz) / bits.size if bits.size else 0.0
-    assert mask.sparsity == expected and isinstance(mask.sparsity, float), f"{what}: sparsity {mask.sparsity!r}"
-    assert mask.shape == bits.shape, f"{what}: shape {mask.shape} != {bits.shape}"
-    assert f"nnz={nnz}" in repr(mask), f"{what}: repr {mask!r}"
-
-
-@check("importance")
 def check_importance(h: Harness) -> None:
     for dtype in h.each():
         for method in ("l1", "l2"):
@@ -100,24 +58,21 @@ def check_importance(h: Harness) -> None:
                     assert stats_close(g, r), f"{what}: {name} {g!r} != {r!r}"
 
 
-@check("importance")
 def check_importance_special_values(h: Harness) -> None:
     h.require("float32")
     # Overflow to +inf in float32 squares, denormals that square to zero, an empty array.
     w = np.array([3e19, -2e-23, 1e-45, -0.0, 1.5], dtype=np.float32)
     for method in ("l1", "l2"):
-        got = pp.importance(h.to_backend(w), method, backend=h.backend)
-        ref = pp.importance(w, method, backend=REFERENCE)
+        got, ref = h.run_both(pp.importance, w, method)
         assert_same_bits(h.to_numpy(got.values), ref.values, f"importance special ({method})")
         assert (got.stats.min, got.stats.max) == (ref.stats.min, ref.stats.max)
     empty = pp.importance(h.to_backend(np.zeros(0, np.float32)), "l1", backend=h.backend)
     assert empty.values.shape == (0,) and all(np.isnan(v) for v in vars(empty.stats).values())
 
 
-SPARSITIES = (0.0, 0.1, 1 / 3, 0.5, 0.9, 0.999, 1.0)
-
-
-@check("unstructured_mask")
+# ---------------------------------------------------------------------------------------------
+# unstructured masks and pruning
+# ---------------------------------------------------------------------------------------------
 def check_unstructured_mask_on_scores(h: Harness) -> None:
     for dtype in h.each():
         for shape in ((1,), (7,), (0,), (1001,), (33, 64), (3, 5, 16)):
@@ -126,13 +81,11 @@ def check_unstructured_mask_on_scores(h: Harness) -> None:
                 scores.ravel()[[0, 2]] = [np.inf, -np.inf]
             for sparsity in SPARSITIES:
                 what = f"unstructured mask ({dtype}, {shape}, sparsity={sparsity})"
-                got = pp.generate_unstructured_mask(h.to_backend(scores), sparsity, backend=h.backend)
-                ref = pp.generate_unstructured_mask(scores, sparsity, backend=REFERENCE)
+                got, ref = h.run_both(pp.generate_unstructured_mask, scores, sparsity)
                 assert got.pattern == "unstructured"
-                assert_same_bits(_mask_bits(got, h), ref.data, what)
+                assert_same_mask(h, got, ref, what)
 
 
-@check("unstructured_mask")
 def check_unstructured_mask_layouts(h: Harness) -> None:
     for dtype in h.each(("float32", "bfloat16")):
         source = tricky_array((40, 24), dtype, seed=3)
@@ -140,10 +93,9 @@ def check_unstructured_mask_layouts(h: Harness) -> None:
             ref_view, view = with_layout(h, source, layout)
             got = pp.generate_unstructured_mask(view, 0.5, backend=h.backend)
             ref = pp.generate_unstructured_mask(ref_view, 0.5, backend=REFERENCE)
-            assert_same_bits(_mask_bits(got, h), ref.data, f"unstructured mask ({dtype}, {layout})")
+            assert_same_mask(h, got, ref, f"unstructured mask ({dtype}, {layout})")
 
 
-@check("unstructured_mask")
 def check_unstructured_exact_count_and_tie_rule(h: Harness) -> None:
     """Checked directly, not against the reference: exactly k pruned; every pruned score <= every
     kept score; among equal scores the pruned ones have the lower indices."""
@@ -151,35 +103,27 @@ def check_unstructured_exact_count_and_tie_rule(h: Harness) -> None:
         scores = tricky_array((4099,), dtype, seed=4)
         wide = np.abs(scores.astype(np.float64))
         for sparsity in (0.25, 0.5, 0.75):
-            keep = _mask_bits(pp.generate_unstructured_mask(h.to_backend(np.abs(scores)), sparsity,
-                                                            backend=h.backend), h)
-            k = round(sparsity * scores.size)
-            assert int((~keep).sum()) == k, f"{dtype}: pruned {(~keep).sum()} != k={k}"
-            threshold = wide[~keep].max()
-            assert threshold <= wide[keep].min(), f"{dtype}: a kept score is below a pruned one"
-            at = np.flatnonzero(wide == threshold)
-            assert (~keep[at]).sum() == 0 or keep[at].sum() == 0 or \
-                np.flatnonzero(~keep[at]).max() < np.flatnonzero(keep[at]).min(), f"{dtype}: tie rule"
+            keep = checked_mask_bits(pp.generate_unstructured_mask(h.to_backend(np.abs(scores)), sparsity,
+                                                                   backend=h.backend), h)
+            assert_exact_k_rule(keep, wide, round(sparsity * scores.size), dtype)
 
 
-@check("unstructured_mask")
 def check_unstructured_large(h: Harness) -> None:
     """Large enough for several blocks and selection passes; heavy ties (quantised weights)."""
     rng = np.random.default_rng(5)
     for dtype in h.each(("float32", "float16", "float64")):
-        levels = rng.integers(-300, 300, h.large_size).astype(np.float64) / 64
-        scores = levels.astype(np_dtype(dtype))
+        scores = tie_levels(rng, h.large_size, dtype)
         for sparsity in (0.5, 0.01, 0.97):
-            got = pp.generate_unstructured_mask(h.to_backend(scores), sparsity, backend=h.backend)
-            ref = pp.generate_unstructured_mask(scores, sparsity, backend=REFERENCE)
-            assert_same_bits(_mask_bits(got, h), ref.data, f"large unstructured ({dtype}, {sparsity})")
+            got, ref = h.run_both(pp.generate_unstructured_mask, scores, sparsity)
+            assert_same_mask(h, got, ref, f"large unstructured ({dtype}, {sparsity})")
         normal = rng.standard_normal(h.large_size).astype(np_dtype(dtype))
-        got = pp.prune(h.to_backend(normal), 0.5, backend=h.backend)
-        ref = pp.prune(normal, 0.5, backend=REFERENCE)
+        got, ref = h.run_both(pp.prune, normal, 0.5)
         assert_same_bits(h.to_numpy(got), ref, f"large prune ({dtype})")
 
 
 def _prune_both(h: Harness, weights: np.ndarray, what: str, **kwargs: Any) -> None:
+    """``pp.prune(weights, **kwargs)`` on both backends, in place or not, with the mask or not:
+    the same result and mask; in place returns the input object, otherwise the input is untouched."""
     for inplace in (False, True):
         for return_mask in (False, True):
             w_backend = h.to_backend(weights.copy())
@@ -188,7 +132,7 @@ def _prune_both(h: Harness, weights: np.ndarray, what: str, **kwargs: Any) -> No
             ref = pp.prune(w_ref, backend=REFERENCE, inplace=inplace, return_mask=return_mask, **kwargs)
             label = f"{what} inplace={inplace} return_mask={return_mask}"
             if return_mask:
-                assert_same_bits(_mask_bits(got[1], h), ref[1].data, f"{label}: mask")
+                assert_same_mask(h, got[1], ref[1], f"{label}: mask")
                 got, ref = got[0], ref[0]
             assert_same_bits(h.to_numpy(got), ref, label)
             if inplace:
@@ -197,7 +141,6 @@ def _prune_both(h: Harness, weights: np.ndarray, what: str, **kwargs: Any) -> No
                 assert_same_bits(h.to_numpy(w_backend), weights, f"{label}: input must be untouched")
 
 
-@check("unstructured_mask", "apply_mask")
 def check_prune_unstructured(h: Harness) -> None:
     for dtype in h.each():
         weights = tricky_array((31, 33), dtype, seed=6)
@@ -206,7 +149,6 @@ def check_prune_unstructured(h: Harness) -> None:
                 _prune_both(h, weights, f"prune({dtype}, {method}, {sparsity})", sparsity=sparsity, method=method)
 
 
-@check("unstructured_mask", "apply_mask")
 def check_prune_l2_rounding_ties(h: Harness) -> None:
     """Squares that round to the same float32 (or overflow, or underflow) create new ties: L2 order
     is not L1 order."""
@@ -216,10 +158,9 @@ def check_prune_l2_rounding_ties(h: Harness) -> None:
         _prune_both(h, w, f"l2 rounding ties, sparsity={sparsity:.3f}", sparsity=sparsity, method="l2")
 
 
-NM_CASES = ((2, 4), (1, 2), (4, 8), (8, 16), (0, 4), (4, 4), (1, 1), (3, 5), (5, 32), (2, 64))
-
-
-@check("nm_mask")
+# ---------------------------------------------------------------------------------------------
+# N:M masks and pruning
+# ---------------------------------------------------------------------------------------------
 def check_nm_mask(h: Harness) -> None:
     for n, m in NM_CASES:
         for dtype in h.each(("float32", "float16", "bfloat16", "float64")):
@@ -227,23 +168,20 @@ def check_nm_mask(h: Harness) -> None:
                 scores = tricky_array(shape, dtype, seed=7 + m)
                 scores.ravel()[1] = np.inf
                 what = f"{n}:{m} mask ({dtype}, shape {shape}, axis {axis})"
-                got = pp.generate_nm_mask(h.to_backend(scores), n, m, axis=axis, backend=h.backend)
-                ref = pp.generate_nm_mask(scores, n, m, axis=axis, backend=REFERENCE)
+                got, ref = h.run_both(pp.generate_nm_mask, scores, n, m, axis=axis)
                 assert got.pattern == f"{n}:{m}", what
-                assert_same_bits(_mask_bits(got, h), ref.data, what)
+                assert_same_mask(h, got, ref, what)
 
 
-@check("nm_mask")
 def check_nm_rule_directly(h: Harness) -> None:
     """Exactly n kept per group; the kept are the n largest; ties keep the lower index."""
     h.require("float32")
     scores = np.array([[1, 1, 1, 1, 2, 2, 1, 1, 0, 5, 0, 5, 3, 3, 3, 4]], dtype=np.float32)
-    keep = _mask_bits(pp.generate_nm_mask(h.to_backend(scores), 2, 4, backend=h.backend), h)
+    keep = checked_mask_bits(pp.generate_nm_mask(h.to_backend(scores), 2, 4, backend=h.backend), h)
     expected = np.array([[1, 1, 0, 0, 1, 1, 0, 0, 0, 1, 0, 1, 1, 0, 0, 1]], dtype=bool)
     assert np.array_equal(keep, expected), f"2:4 tie rule: {keep.astype(int)} != {expected.astype(int)}"
 
 
-@check("nm_mask", "apply_mask")
 def check_prune_nm(h: Harness) -> None:
     for dtype in h.each():
         weights = tricky_array((8, 32), dtype, seed=8)
@@ -256,7 +194,6 @@ def check_prune_nm(h: Harness) -> None:
         _prune_both(h, big, "prune 2:4 large", pattern="2:4")
 
 
-@check("nm_mask")
 def check_nm_layouts(h: Harness) -> None:
     h.require("float32")
     source = tricky_array((16, 24), "float32", seed=11)
@@ -267,39 +204,36 @@ def check_nm_layouts(h: Harness) -> None:
                 continue
             got = pp.generate_nm_mask(view, 2, 4, axis=axis, backend=h.backend)
             ref = pp.generate_nm_mask(ref_view, 2, 4, axis=axis, backend=REFERENCE)
-            assert_same_bits(_mask_bits(got, h), ref.data, f"2:4 mask ({layout}, axis {axis})")
+            assert_same_mask(h, got, ref, f"2:4 mask ({layout}, axis {axis})")
 
 
-@check("block_mask")
+# ---------------------------------------------------------------------------------------------
+# block, row and column masks and pruning
+# ---------------------------------------------------------------------------------------------
 def check_block_row_column_masks(h: Harness) -> None:
     for dtype in h.each():
         scores = tricky_array((12, 20), dtype, seed=12)
         scores.ravel()[5] = np.inf
         for sparsity in (0.0, 0.25, 0.5, 0.9, 1.0):
             for block in ((1, 1), (2, 2), (4, 5), (3, 1), (12, 20)):
-                got = pp.generate_block_mask(h.to_backend(scores), block, sparsity, backend=h.backend)
-                ref = pp.generate_block_mask(scores, block, sparsity, backend=REFERENCE)
+                got, ref = h.run_both(pp.generate_block_mask, scores, block, sparsity)
                 assert got.pattern == f"block({block[0]},{block[1]})"
-                assert_same_bits(_mask_bits(got, h), ref.data, f"block {block} ({dtype}, {sparsity})")
+                assert_same_mask(h, got, ref, f"block {block} ({dtype}, {sparsity})")
             for fn, pattern in ((pp.generate_row_mask, "row"), (pp.generate_column_mask, "column")):
-                got = fn(h.to_backend(scores), sparsity, backend=h.backend)
-                ref = fn(scores, sparsity, backend=REFERENCE)
+                got, ref = h.run_both(fn, scores, sparsity)
                 assert got.pattern == pattern
-                assert_same_bits(_mask_bits(got, h), ref.data, f"{pattern} mask ({dtype}, {sparsity})")
+                assert_same_mask(h, got, ref, f"{pattern} mask ({dtype}, {sparsity})")
 
 
-@check("block_mask")
 def check_block_sum_order(h: Harness) -> None:
     """Block sums whose value depends on the summation order: the contract's row-major order wins."""
     h.require("float64")
     scores = np.array([[1e16, 1.0, -1e16, 1.0], [1.0, 1.0, 1.0, 1.0]], dtype=np.float64)
     for block in ((2, 2), (1, 4), (2, 1)):
-        got = pp.generate_block_mask(h.to_backend(scores), block, 0.5, backend=h.backend)
-        ref = pp.generate_block_mask(scores, block, 0.5, backend=REFERENCE)
-        assert_same_bits(_mask_bits(got, h), ref.data, f"block sum order {block}")
+        got, ref = h.run_both(pp.generate_block_mask, scores, block, 0.5)
+        assert_same_mask(h, got, ref, f"block sum order {block}")
 
 
-@check("block_mask", "apply_mask", "importance")
 def check_prune_structured(h: Harness) -> None:
     h.require("float32")
     weights = tricky_array((16, 24), "float32", seed=13)
@@ -307,7 +241,9 @@ def check_prune_structured(h: Harness) -> None:
         _prune_both(h, weights, f"prune {pattern}", pattern=pattern, sparsity=0.5, method="l2")
 
 
-@check("apply_mask")
+# ---------------------------------------------------------------------------------------------
+# applying masks; errors; threads
+# ---------------------------------------------------------------------------------------------
 def check_apply_mask(h: Harness) -> None:
     rng = np.random.default_rng(14)
     for dtype in h.each():
@@ -327,38 +263,24 @@ def check_apply_mask(h: Harness) -> None:
             assert np.all(pruned == 0) and not np.signbit(pruned).any(), "pruned entries must be +0.0"
 
 
-def _expect_same_error(h: Harness, run: Callable[[str], Any], what: str, error: type) -> None:
-    result = assert_same_outcome(h, run, what)
-    assert isinstance(result, error), f"{what}: expected {error.__name__}, got {result!r}"
-
-
-@check("importance", "unstructured_mask", "nm_mask", "block_mask")
 def check_non_finite_errors(h: Harness) -> None:
     for dtype in h.each():
         w = tricky_array((8, 16), dtype, seed=16)
         w.ravel()[[9, 40, 77]] = [np.nan, np.inf, -np.inf]
         for method in ("l1", "l2"):
-            _expect_same_error(h, lambda b: pp.importance(h.to_backend(w) if b != REFERENCE else w, method,
-                                                          backend=b), f"importance NaN ({dtype})", NonFiniteError)
+            assert_same_error(h, lambda b: pp.importance(h.data_for(b, w), method, backend=b),
+                              f"importance NaN ({dtype})", NonFiniteError)
             for kwargs in ({"sparsity": 0.5}, {"pattern": "2:4"}, {"pattern": "row", "sparsity": 0.5}):
-                target = h.to_backend(w.copy())
-                before = h.to_numpy(target).copy()
-
-                def run(b: str, kwargs=kwargs, target=target) -> Any:
-                    arr = target if b != REFERENCE else w.copy()
-                    return pp.prune(arr, method=method, backend=b, inplace=True, **kwargs)
-
-                _expect_same_error(h, run, f"prune NaN ({dtype}, {kwargs})", NonFiniteError)
-                assert_same_bits(h.to_numpy(target), before, f"a failed prune ({kwargs}) must change nothing")
+                assert_failed_prune_changes_nothing(h, w, NonFiniteError, f"prune NaN ({dtype}, {kwargs})",
+                                                    method=method, **kwargs)
         scores = np.abs(w)  # its infinities are valid scores; its NaN is not
         for fn in (lambda s, b: pp.generate_unstructured_mask(s, 0.5, backend=b),
                    lambda s, b: pp.generate_nm_mask(s, 2, 4, backend=b),
                    lambda s, b: pp.generate_block_mask(s, (2, 2), 0.5, backend=b)):
-            _expect_same_error(h, lambda b, fn=fn: fn(h.to_backend(scores) if b != REFERENCE else scores, b),
-                               f"NaN scores ({dtype})", NonFiniteError)
+            assert_same_error(h, lambda b, fn=fn: fn(h.data_for(b, scores), b),
+                              f"NaN scores ({dtype})", NonFiniteError)
 
 
-@check("unstructured_mask", "apply_mask")
 def check_thread_safety(h: Harness) -> None:
     """Calls from several Python threads at once give the reference's result."""
     h.require("float32")
@@ -383,46 +305,26 @@ def check_thread_safety(h: Harness) -> None:
         assert_same_bits(r, expected, "prune from several threads")
 
 
-# ---------------------------------------------------------------------------------------------
-# pytest integration
-# ---------------------------------------------------------------------------------------------
-def backend_checks(extra: Iterable[Check] = ()) -> list[Check]:
-    """Every check of the kit, the 2:4 compression checks included, plus ``extra`` ones."""
-    known = list(_CHECKS) + list(SPARSE24_CHECKS) + list(ROW_CHECKS)
-    names = {c.name for c in known}
-    return known + [c for c in extra if c.name not in names]
-
-
-def parametrize_backend_checks(*backends: str, large_size: int = 300_007, extra: Iterable[Check] = (),
-                               array_types: Iterable[str] = ARRAY_TYPES):
-    """A ``pytest.mark.parametrize`` over (backend, array type, check): one test per check and
-    array type, named ``backend-check`` (the backend's own arrays) and ``backend-torch-check``
-    (PyTorch tensors; skipped with the reason where torch, or its CUDA, is missing).
-
-    The decorated test takes one argument, ``backend_check``, and calls :func:`run_check` on it.
-    """
-    import pytest  # only where a test suite uses the kit: pytest is not a dependency of pruneplug
-
-    params = [
-        pytest.param((backend, c, large_size, array_type),
-                     id=f"{backend}-{c.name}" if array_type == "native" else f"{backend}-{array_type}-{c.name}")
-        for backend in backends
-        for array_type in array_types
-        for c in backend_checks(extra)
-    ]
-    return pytest.mark.parametrize("backend_check", params)
-
-
-def run_check(backend_check: tuple) -> None:
-    """Run one (backend, check[, array type]) tuple; skip with the reason when it cannot run here."""
-    import pytest  # only where a test suite uses the kit: pytest is not a dependency of pruneplug
-
-    backend, c, large_size, *rest = backend_check
-    array_type = rest[0] if rest else "native"
-    info = get_registry().info(backend)
-    if not info.available:
-        pytest.skip(f"backend {backend!r} is not available here: {info.reason}")
-    missing = c.operations - info.operations
-    if missing:
-        pytest.skip(f"backend {backend!r} does not declare {sorted(missing)}")
-    c.func(harness_for(backend, large_size, array_type))
+#: The checks of this module, in the order the kit runs them, each with the operations it needs.
+CHECKS: list[Check] = [
+    Check("importance", check_importance, frozenset({"importance"})),
+    Check("importance_special_values", check_importance_special_values, frozenset({"importance"})),
+    Check("unstructured_mask_on_scores", check_unstructured_mask_on_scores, frozenset({"unstructured_mask"})),
+    Check("unstructured_mask_layouts", check_unstructured_mask_layouts, frozenset({"unstructured_mask"})),
+    Check("unstructured_exact_count_and_tie_rule", check_unstructured_exact_count_and_tie_rule,
+          frozenset({"unstructured_mask"})),
+    Check("unstructured_large", check_unstructured_large, frozenset({"unstructured_mask"})),
+    Check("prune_unstructured", check_prune_unstructured, frozenset({"unstructured_mask", "apply_mask"})),
+    Check("prune_l2_rounding_ties", check_prune_l2_rounding_ties, frozenset({"unstructured_mask", "apply_mask"})),
+    Check("nm_mask", check_nm_mask, frozenset({"nm_mask"})),
+    Check("nm_rule_directly", check_nm_rule_directly, frozenset({"nm_mask"})),
+    Check("prune_nm", check_prune_nm, frozenset({"nm_mask", "apply_mask"})),
+    Check("nm_layouts", check_nm_layouts, frozenset({"nm_mask"})),
+    Check("block_row_column_masks", check_block_row_column_masks, frozenset({"block_mask"})),
+    Check("block_sum_order", check_block_sum_order, frozenset({"block_mask"})),
+    Check("prune_structured", check_prune_structured, frozenset({"block_mask", "apply_mask", "importance"})),
+    Check("apply_mask", check_apply_mask, frozenset({"apply_mask"})),
+    Check("non_finite_errors", check_non_finite_errors,
+          frozenset({"importance", "unstructured_mask", "nm_mask", "block_mask"})),
+    Check("thread_safety", check_thread_safety, frozenset({"unstructured_mask", "apply_mask"})),
+]
