@@ -113,9 +113,8 @@ def prune(
     if groups == "row":
         k = resolve_count(sparsity, count, shape[1], "entries per row", f"pattern={shown(pattern)}")
     elif spec.kind != "nm":
-        units, block_shape = pattern_units(spec, shape)
-        k = resolve_count(sparsity, count, units, "entries" if block_shape is None else
-                          "blocks" if spec.kind == "block" else f"{spec.kind}s", f"pattern={shown(pattern)}")
+        units = pattern_units(spec, shape)
+        k = resolve_count(sparsity, count, units.total, units.name, f"pattern={shown(pattern)}")
 
     target = contiguous(adapted.array) if inplace else _fresh_copy(adapted.array)
     if groups == "row":
@@ -129,7 +128,7 @@ def prune(
                                "unstructured", k=k, transform=transform)
     else:  # row, column, block: the block hook scores with the transform itself
         mask = _prune_in_place(target, adapted, backend, return_mask, ("block_mask", None), str(spec),
-                               block_shape=block_shape, k=k, transform=transform)
+                               block_shape=units.block_shape, k=k, transform=transform)
     if inplace and target is not adapted.array:
         adapted.array[...] = target
     result = weights if inplace else adapted.wrap(target)

@@ -49,10 +49,10 @@ from pruneplug.arrays import FLOAT_DTYPES, score_dtype
 from pruneplug.errors import BackendError, InvalidArgumentError, NonFiniteError, ShapeError, UnsupportedDtypeError
 from pruneplug.registry import get_registry
 from pruneplug.selection import chunk_histogram, part_counts, prune_part
-from pruneplug.patterns import check_2d, parse_pattern
+from pruneplug.patterns import check_2d, parse_pattern, pattern_units
 from pruneplug.types import ImportanceScores, Mask, ScoreStats
-from pruneplug.validation import (METHODS, check_block_shape, check_groups, check_method, check_nm, check_sparsity,
-                                  count_to_prune, normalize_axis)
+from pruneplug.validation import (METHODS, check_block_shape, check_groups, check_method, check_nm,
+                                  normalize_axis, resolve_count, shown)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,26 +225,26 @@ def _importance_block(block: Any, method: str, backend: str | None) -> Any:
 # ---------------------------------------------------------------------------------------------
 # unstructured
 # ---------------------------------------------------------------------------------------------
-def _unstructured_cut(x: da.Array, sparsity: float, transform: str) -> Any:
-    """Magnitude scores (``abs``/``square``): the backends' key histograms; scores given as such
-    (``identity``, possibly negative): this module's keys (:func:`pruneplug.partselect.score_keys`)."""
-    k = count_to_prune(sparsity, int(x.size))
+def _unstructured_cut(x: da.Array, k: int, transform: str) -> Any:
+    """The cut pruning exactly ``k`` entries. Magnitude scores (``abs``/``square``): the backends'
+    key histograms; scores given as such (``identity``, possibly negative): this module's keys
+    (:func:`pruneplug.partselect.score_keys`)."""
     return _select(x, k, transform) if transform == "identity" else _score_cut(x, k, transform)
 
 
-def generate_unstructured_mask(scores: Any, sparsity: float, *, groups: str = "layer", backend: str | None = None,
-                               out: Any = None) -> Mask:
+def generate_unstructured_mask(scores: Any, sparsity: float | None = None, *, count: int | None = None,
+                               groups: str = "layer", backend: str | None = None, out: Any = None) -> Mask:
     """Exact unstructured mask of Dask scores (see the module docstring); ``groups="row"``
     rechunks to whole rows and selects within each row, block by block."""
     _no_out(out)
     x = scores.values if isinstance(scores, ImportanceScores) else scores
     _check_float(x, "scores")
     if _check_groups(groups, x) == "row":
-        check_sparsity(sparsity)
+        k = resolve_count(sparsity, count, int(x.shape[1]), "entries per row")
         x = x.rechunk({1: -1})
-        data = x.map_blocks(_row_mask_block, sparsity, backend, dtype=bool, meta=x._meta.astype(bool))
+        data = x.map_blocks(_row_mask_block, k, backend, dtype=bool, meta=x._meta.astype(bool))
         return Mask(data, "unstructured", _backend_name(backend, x, "row_mask"))
-    cut = _unstructured_cut(x, sparsity, "identity")
+    cut = _unstructured_cut(x, resolve_count(sparsity, count, int(x.size), "entries"), "identity")
     data = x.map_blocks(_unstructured_mask_block, cut, backend, dtype=bool, meta=x._meta.astype(bool))
     return Mask(data, "unstructured", _backend_name(backend, x, "unstructured_mask"))
 
@@ -255,8 +255,8 @@ def _check_groups(groups: Any, x: da.Array) -> str:
     return groups
 
 
-def _row_mask_block(block: Any, sparsity: float, backend: str | None) -> Any:
-    return masks.generate_unstructured_mask(block, sparsity, groups="row", backend=backend).data
+def _row_mask_block(block: Any, k: int, backend: str | None) -> Any:
+    return masks.generate_unstructured_mask(block, count=k, groups="row", backend=backend).data
 
 
 def _unstructured_mask_block(block: Any, cut: partselect.Cut, backend: str | None, block_info=None) -> Any:
@@ -367,51 +367,41 @@ def _keep_blocks_block(sums: Any, cut: partselect.Cut, bh: int, bw: int, block_i
     return xp.repeat(xp.repeat(keep, bh, axis=0), bw, axis=1)
 
 
-def _block_mask(x: da.Array, block_shape: tuple[int, int], sparsity: float, pattern: str,
-                backend: str | None, argname: str = "scores") -> Mask:
-    _check_float(x, argname)
-    if x.ndim != 2:
-        raise ShapeError(f"a {pattern} mask needs 2-D scores, got shape {tuple(x.shape)}")
-    rows, cols = (int(s) for s in x.shape)
-    bh, bw = block_shape
-    if rows % bh or cols % bw:
-        raise ShapeError(f"block_shape={tuple(block_shape)} does not divide the scores' shape {(rows, cols)}")
-    check_sparsity(sparsity)
+def _block_mask(scores: Any, sparsity: Any, count: Any, pattern: str, backend: str | None, out: Any) -> Mask:
+    """The mask of ``pattern``'s blocks (``block(H,W)``, or whole rows/columns), the data rechunked
+    to whole blocks; exact k over all blocks."""
+    _no_out(out)
+    x = scores.values if isinstance(scores, ImportanceScores) else scores
+    _check_float(x, "scores")
+    units = pattern_units(parse_pattern(pattern), tuple(int(s) for s in x.shape))
+    k = resolve_count(sparsity, count, units.total, units.name)
+    bh, bw = units.block_shape
     x = _whole_groups(_whole_groups(x, 0, bh), 1, bw)
     sums = x.map_blocks(_block_sums_block, bh, bw, dtype=np.float64,
                         chunks=(tuple(c // bh for c in x.chunks[0]), tuple(c // bw for c in x.chunks[1])),
                         meta=x._meta.astype(np.float64))
-    k = count_to_prune(sparsity, int(sums.size))
     cut = _select(sums, k, "identity", nan_high=True)
     data = sums.map_blocks(_keep_blocks_block, cut, bh, bw, dtype=bool, chunks=x.chunks, meta=x._meta.astype(bool))
     return Mask(data, pattern, _backend_name(backend, x, "block_mask"))
 
 
-def generate_block_mask(scores: Any, block_shape: tuple[int, int], sparsity: float, *,
-                        backend: str | None = None, out: Any = None) -> Mask:
+def generate_block_mask(scores: Any, block_shape: tuple[int, int], sparsity: float | None = None, *,
+                        count: int | None = None, backend: str | None = None, out: Any = None) -> Mask:
     """Block mask of Dask scores (rechunked to whole blocks); exact k over all blocks."""
-    _no_out(out)
     bh, bw = check_block_shape(block_shape)
-    x = scores.values if isinstance(scores, ImportanceScores) else scores
-    return _block_mask(x, (bh, bw), sparsity, f"block({bh},{bw})", backend)
+    return _block_mask(scores, sparsity, count, f"block({bh},{bw})", backend, out)
 
 
-def generate_row_mask(scores: Any, sparsity: float, *, backend: str | None = None, out: Any = None) -> Mask:
+def generate_row_mask(scores: Any, sparsity: float | None = None, *, count: int | None = None,
+                      backend: str | None = None, out: Any = None) -> Mask:
     """Row mask of Dask scores (rechunked to whole rows)."""
-    _no_out(out)
-    x = scores.values if isinstance(scores, ImportanceScores) else scores
-    if x.ndim != 2:
-        raise ShapeError(f"a row mask needs 2-D scores, got shape {tuple(x.shape)}")
-    return _block_mask(x, (1, int(x.shape[1])), sparsity, "row", backend)
+    return _block_mask(scores, sparsity, count, "row", backend, out)
 
 
-def generate_column_mask(scores: Any, sparsity: float, *, backend: str | None = None, out: Any = None) -> Mask:
+def generate_column_mask(scores: Any, sparsity: float | None = None, *, count: int | None = None,
+                         backend: str | None = None, out: Any = None) -> Mask:
     """Column mask of Dask scores (rechunked to whole columns)."""
-    _no_out(out)
-    x = scores.values if isinstance(scores, ImportanceScores) else scores
-    if x.ndim != 2:
-        raise ShapeError(f"a column mask needs 2-D scores, got shape {tuple(x.shape)}")
-    return _block_mask(x, (int(x.shape[0]), 1), sparsity, "column", backend)
+    return _block_mask(scores, sparsity, count, "column", backend, out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,9 +428,9 @@ def _apply_block(block: Any, keep: Any, backend: str | None) -> Any:
     return out
 
 
-def prune(weights: da.Array, sparsity: float | None = None, *, pattern: str = "unstructured", method: str = "l1",
-          axis: int = -1, backend: str | None = None, inplace: bool = False, return_mask: bool = False,
-          groups: str = "layer") -> Any:
+def prune(weights: da.Array, sparsity: float | None = None, *, count: int | None = None, pattern: str = "unstructured",
+          method: str = "l1", axis: int = -1, backend: str | None = None, inplace: bool = False,
+          return_mask: bool = False, groups: str = "layer") -> Any:
     """``pp.prune`` of a Dask array: a lazy pruned array (and the lazy :class:`Mask` with
     ``return_mask``). ``inplace=True`` is an error (Dask arrays are immutable)."""
     transform = check_method(method)
@@ -450,8 +440,9 @@ def prune(weights: da.Array, sparsity: float | None = None, *, pattern: str = "u
                                    "use the returned lazy array")
     spec = parse_pattern(pattern)
     if spec.kind == "nm":
-        if sparsity is not None:
-            raise InvalidArgumentError(f"sparsity={sparsity!r} cannot be combined with pattern={pattern!r}: N:M fixes it")
+        if sparsity is not None or count is not None:
+            given = f"sparsity={shown(sparsity)}" if sparsity is not None else f"count={shown(count)}"
+            raise InvalidArgumentError(f"{given} cannot be combined with pattern={shown(pattern)}: N:M fixes it")
         n, m = spec.n, spec.m
         axis = normalize_axis(axis, tuple(weights.shape), m)
         x = _whole_groups(weights, axis, m)
@@ -459,18 +450,19 @@ def prune(weights: da.Array, sparsity: float | None = None, *, pattern: str = "u
             mask = generate_nm_mask(importance(x, method, backend=backend).values, n, m, axis, backend=backend)
             return apply_mask(mask, x, backend=backend), mask
         return x.map_blocks(_prune_nm_block, pattern, method, axis, backend, dtype=x.dtype, meta=x._meta)
-    if sparsity is None:
-        raise InvalidArgumentError(f"pattern={pattern!r} needs sparsity= (a real number in [0, 1])")
-    check_sparsity(sparsity)
     if _check_groups(groups, weights) == "row":
         if spec.kind != "unstructured":
             raise InvalidArgumentError(f"groups='row' applies to unstructured pruning, not pattern={pattern!r}")
-        mask = generate_unstructured_mask(importance(weights, method, backend=backend).values, sparsity, groups="row",
+        k = resolve_count(sparsity, count, int(weights.shape[1]), "entries per row", f"pattern={shown(pattern)}")
+        mask = generate_unstructured_mask(importance(weights, method, backend=backend).values, count=k, groups="row",
                                           backend=backend)
         result = apply_mask(mask, weights, backend=backend)
         return (result, mask) if return_mask else result
+    shape = tuple(int(s) for s in weights.shape)
+    units = pattern_units(spec, shape)
+    k = resolve_count(sparsity, count, units.total, units.name, f"pattern={shown(pattern)}")
     if spec.kind == "unstructured":
-        cut = _unstructured_cut(weights, sparsity, transform)
+        cut = _unstructured_cut(weights, k, transform)
         if not return_mask:
             return weights.map_blocks(_prune_block, cut, transform, method, backend, False, dtype=weights.dtype,
                                       meta=weights._meta)
@@ -479,11 +471,6 @@ def prune(weights: da.Array, sparsity: float | None = None, *, pattern: str = "u
         mask = Mask(data, "unstructured", _backend_name(backend, weights, "unstructured_mask"))
         return apply_mask(mask, weights, backend=backend), mask
     scores = importance(weights, method, backend=backend).values
-    if spec.kind == "row":
-        mask = generate_row_mask(scores, sparsity, backend=backend)
-    elif spec.kind == "column":
-        mask = generate_column_mask(scores, sparsity, backend=backend)
-    else:
-        mask = generate_block_mask(scores, spec.block_shape, sparsity, backend=backend)
+    mask = _block_mask(scores, None, k, str(spec), backend, None)
     result = apply_mask(mask, weights, backend=backend)
     return (result, mask) if return_mask else result

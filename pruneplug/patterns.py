@@ -20,9 +20,10 @@ Example::
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pruneplug.errors import InvalidArgumentError, ShapeError
 from pruneplug.validation import check_block_shape, check_nm, shown
@@ -144,22 +145,29 @@ def block_count(shape: tuple, block_shape: tuple[int, int], pattern: str) -> int
     return (rows // block_rows) * (cols // block_cols)
 
 
-def pattern_units(pattern: Pattern, shape: tuple) -> tuple[int, tuple[int, int] | None]:
-    """What ``sparsity``/``count`` count for ``pattern`` on ``shape``: ``(units, block_shape)``,
-    where units are the array's entries (``unstructured``) or its rows, columns or blocks (then
-    ``block_shape`` is the block hook's block). N:M has no count.
+class Units(NamedTuple):
+    """What ``sparsity``/``count`` count for a pattern on a shape (:func:`pattern_units`)."""
+
+    total: int  # how many units the array has
+    block_shape: tuple[int, int] | None  # the block hook's block (None: single entries)
+    name: str  # "entries", "rows", "columns" or "blocks", for messages
+
+
+def pattern_units(pattern: Pattern, shape: tuple) -> Units:
+    """What ``sparsity``/``count`` count for ``pattern`` on ``shape``: the array's entries
+    (``unstructured``), or its rows, columns or blocks (then with the block hook's block). N:M
+    has no count.
 
     Example::
 
-        >>> pattern_units(parse_pattern("row"), (3, 4)), pattern_units(parse_pattern("unstructured"), (3, 4))
-        ((3, (1, 4)), (12, None))
+        >>> pattern_units(parse_pattern("row"), (3, 4))
+        Units(total=3, block_shape=(1, 4), name='rows')
+        >>> pattern_units(parse_pattern("unstructured"), (3, 4)).total
+        12
     """
     if pattern.kind == "unstructured":
-        size = 1
-        for side in shape:
-            size *= int(side)
-        return size, None
+        return Units(math.prod(int(side) for side in shape), None, "entries")
     if pattern.kind == "nm":
         raise InvalidArgumentError(f"pattern={str(pattern)!r} fixes the sparsity: it has no count")
     block = pattern.block_shape or line_block(pattern.kind, shape)
-    return block_count(shape, block, str(pattern)), block
+    return Units(block_count(shape, block, str(pattern)), block, f"{pattern.kind}s")

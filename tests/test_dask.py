@@ -202,3 +202,26 @@ def test_row_groups_match_numpy(chunks):
         pp.prune(x, sparsity=0.5, groups="column")
     with pytest.raises(InvalidArgumentError, match="groups='row'"):
         pp.prune(x, sparsity=0.5, pattern="row", groups="row")
+
+
+@pytest.mark.parametrize("pattern, groups, k", [("unstructured", "layer", 37), ("unstructured", "row", 5),
+                                                ("row", "layer", 3), ("column", "layer", 4), ("block(2,3)", "layer", 6)])
+def test_count_matches_numpy(pattern, groups, k):
+    """``count=`` reaches the Dask front end with the same meaning as for NumPy (entries, entries
+    per row, rows, columns, blocks), through pp.prune and the mask generators."""
+    w = np.random.default_rng(41).standard_normal((12, 18)).astype(np.float32)
+    x = da.from_array(w, chunks=(5, 7))
+    got, mask = pp.prune(x, count=k, pattern=pattern, groups=groups, return_mask=True)
+    want = pp.prune(w, count=k, pattern=pattern, groups=groups)
+    assert np.asarray(got.compute()).tobytes() == want.tobytes()
+    assert mask.data.compute().sum() == pp.prune(w, count=k, pattern=pattern, groups=groups, return_mask=True)[1].data.sum()
+
+
+def test_count_errors_match_numpy():
+    x = da.from_array(np.ones((4, 6), np.float32), chunks=2)
+    with pytest.raises(InvalidArgumentError, match=r"count=7 must be an integer in \[0, 6\] \(entries per row"):
+        pp.prune(x, count=7, groups="row")
+    with pytest.raises(InvalidArgumentError, match="count=1 cannot be combined with pattern='2:4'"):
+        pp.prune(x, count=1, pattern="2:4")
+    with pytest.raises(InvalidArgumentError, match="are exclusive"):
+        pp.generate_row_mask(x, 0.5, count=1)
