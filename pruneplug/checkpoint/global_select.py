@@ -112,7 +112,11 @@ def shares_of(selection: ExactSelection, tallies: Sequence[tuple[int, int]]) -> 
     return Shares([less + q for (less, _), q in zip(tallies, quotas)], quotas)
 
 
-def _histogram(source: Source, method: str, request: Any, backend: str | None, progress: ProgressLike) -> np.ndarray:
+def histogram(source: Source, method: str, request: Any, backend: str | None = None,
+              progress: "ProgressLike | None" = None) -> np.ndarray:
+    """The key histogram of one source for ``request``, summed over its chunks (one pass over it;
+    a non-finite weight is an error naming the tensor)."""
+    progress = progress or NullProgress()
     total = np.zeros(request.bins, np.int64)
     try:
         for chunk in source.chunks():
@@ -141,7 +145,7 @@ def decide_global(sources: Sequence[Source], sparsity: float | None, method: str
         progress.start(f"global select, pass {selection.passes + 1}", len(sources), nbytes)
         merged = np.zeros(request.bins, np.int64)
         for source in sources:
-            merged += _histogram(source, method, request, backend, progress)
+            merged += histogram(source, method, request, backend, progress)
             progress.update(1, 0)
         progress.close()
         selection.update(merged)
