@@ -75,16 +75,17 @@ class GlobalPlan:
     """The outcome of the global select: how many weights to prune in each tensor (``None`` until
     the tensors are pruned, when they are counted on the way), the threshold score (float64;
     ``None`` when nothing or everything is pruned), the number of passes, and the decided
-    :class:`~pruneplug.selection.ExactSelection` when one selection decides every tensor (``None``
-    when a layer cap bound: then only ``counts`` say what to prune). ``quotas``: with ``counts`` and
-    ``selection``, each tensor's share of the ties at ``T`` (its count minus its keys below ``T``),
-    so that a tensor is pruned in one pass (:func:`pruneplug.selection.prune_part`)."""
+    :class:`~pruneplug.selection.ExactSelection` (the last one, when a layer cap made the select
+    run again). ``quotas``: with ``counts``, each tensor's share of the ties at ``selection``'s
+    ``T`` (its count minus its keys below ``T``), so that it is pruned in one pass
+    (:func:`pruneplug.selection.prune_part`); ``None`` for a tensor held at its cap (only its count
+    says what to prune)."""
 
     counts: list[int] | None
     threshold: float | None
     passes: int
     selection: ExactSelection | None = None
-    quotas: list[int] | None = None
+    quotas: list[int | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -191,8 +192,9 @@ def plan_capped(k: int, sizes: Sequence[int], cap: float,
     """The exact global selection of ``k`` weights over parts of ``sizes`` with no part losing
     more than ``cap`` of its weights (:func:`pruneplug.layer_ratios.capped_counts`), each round's
     selection and counting pass run by ``select(parts, k_parts)`` (a decided selection of
-    ``k_parts`` over the listed parts and their :class:`Shares`) and kept: when no cap binds, the
-    first round's selection and shares are the plan (counts and tie quotas, no pass run again).
+    ``k_parts`` over the listed parts and their :class:`Shares`) and kept: the first round runs
+    once (when no cap binds, it is the plan), and the last round's selection and tie shares are the
+    plan's for the parts below their caps (``quotas`` ``None`` for the parts held at their caps).
 
     Example::
 
@@ -207,18 +209,19 @@ def plan_capped(k: int, sizes: Sequence[int], cap: float,
         >>> plan_capped(4, [3, 3], 1.0, select).counts, plan_capped(4, [3, 3], 0.67, select).counts
         ([3, 1], [2, 2])
     """
-    rounds: list[tuple[ExactSelection, Shares]] = []
+    rounds: list[tuple[Sequence[int], ExactSelection, Shares]] = []
 
     def counts_of(active: Sequence[int], k_active: int) -> list[int]:
-        rounds.append(select(active, k_active))
-        return rounds[-1][1].counts
+        rounds.append((list(active), *select(active, k_active)))
+        return rounds[-1][2].counts
 
     counts = capped_counts(k, layer_caps(sizes, cap), counts_of)
-    passes = sum(selection.passes + 1 for selection, _ in rounds)  # each round: its digits and a count
-    last, shares = rounds[-1]
-    if len(rounds) == 1:  # no cap bound: the one selection decides every part, ties included
-        return GlobalPlan(counts, last.threshold, passes, last, shares.quotas)
-    return GlobalPlan(counts, last.threshold, passes)
+    passes = sum(selection.passes + 1 for _, selection, _ in rounds)  # each round: its digits and a count
+    active, last, shares = rounds[-1]  # the last round: the parts not held at their caps
+    quotas: list[int | None] = [None] * len(sizes)
+    for t, quota in zip(active, shares.quotas):
+        quotas[t] = quota
+    return GlobalPlan(counts, last.threshold, passes, last, quotas)
 
 
 def plan_global(sources: Sequence[Source], sparsity: float, method: str,

@@ -57,8 +57,8 @@ FORMATS = ("dense", "sparse-24-bitmask", "sparse-bitmask")
 class TensorTask:
     """One tensor's fate (``status`` "pruned", "skipped" or "kept", and why) and, where decided
     beforehand, its exact count to prune ``k`` (global scope, OWL; else known once it is pruned)
-    and its share of the ties at the global threshold ``quota`` (when the plan's one selection
-    decides every tensor and the tensors were counted)."""
+    and its share of the ties at the global threshold ``quota`` (when the tensors were counted under
+    the plan's selection; ``None`` for a tensor held at a layer cap)."""
 
     ref: TensorRef
     status: str
@@ -544,8 +544,8 @@ class TensorPruner:
         layer cap): without the fast path each tensor is pruned by its exact count, and in any
         order but tensor order (compressed formats, ``.npz``: file order) each needs its share of
         the ties: one counting pass gives what is needed."""
-        if self.selection is None or all(t.quota is not None for t in self.tasks) or (self.fast and in_tensor_order):
-            return
+        if self.selection is None or all(t.k is not None for t in self.tasks) or (self.fast and in_tensor_order):
+            return  # layer scope; counts planned (a layer cap); or ties handed out in tensor order
         sources = [tensor_source(t.ref) for t in self.tasks]
         if not self.fast:
             shares = count_shares(self.selection, sources, self.how.method)
@@ -590,15 +590,17 @@ class TensorPruner:
         transform = {"l1": "abs", "l2": "square"}[how.method]
         view = ref.array()
         dtype = view.dtype
-        if self.selection is None:  # this tensor is the whole selection: its own count (OWL, a layer cap) or the sparsity's
+        if task.quota is not None:  # the global selection and this tensor's planned share of its ties
+            selection, quota = self.selection, task.quota
+        elif self.selection is None or task.k is not None:
+            # this tensor is the whole selection: its own count (OWL, held at a layer cap) or the sparsity's
             k = task.k if task.k is not None else count_to_prune(how.sparsity, ref.numel)
             selection = ExactSelection(k, ref.numel, [dtype.name], transform)
             while (request := selection.next_request()) is not None:
                 selection.update(chunk_histogram(view, transform, request, backend=how.backend))
             quota = selection.k - selection.below
-        else:  # the global selection: this tensor's planned share of the ties, else the ties left (tensor order)
-            selection = self.selection
-            quota = task.quota if task.quota is not None else self.remaining
+        else:  # the global selection, tensors in tensor order: the ties left
+            selection, quota = self.selection, self.remaining
         out = self.scratch[:ref.nbytes].view(dtype).reshape(view.shape) if want_out else None
         mask = None
         if want_mask:
@@ -607,7 +609,7 @@ class TensorPruner:
             mask = self.mask_scratch[:ref.numel].reshape(view.shape)
         result = prune_part(view, transform, selection, quota, out=out, mask=mask, backend=how.backend)
         del view
-        if self.selection is not None and task.quota is None:
+        if selection is self.selection and task.quota is None:
             self.remaining -= result.pruned - result.less  # the ties this tensor took
         task.k = result.pruned
         row.pruned, row.zeros_before, row.zeros_after = result.pruned, result.zeros_before, result.zeros_after
