@@ -178,7 +178,7 @@ def _make_case(case: str, x, k: int):
     if case == "cpu_importance":
         from pruneplug_backends import cpu
 
-        return None, lambda: cpu.pruneplug_importance(weights=x, method="l1")
+        return None, lambda: cpu.pruneplug_importance(weights=x, transform="abs")
     if case == "numpy_importance":
         def run():
             s = np.abs(x)

@@ -9,28 +9,23 @@ Example::
     array([[ 0., -2.,  0.,  3.]], dtype=float32)
 """
 
-from pruneplug.api import (
-    MagnitudeImportance,
-    apply_mask,
-    backends,
-    count_to_prune,
+from pruneplug.api import apply_mask, backends, importance, prune, register_backend, unregister_backend
+from pruneplug.masks import (
     generate_block_mask,
     generate_column_mask,
     generate_nm_mask,
     generate_row_mask,
     generate_unstructured_mask,
-    importance,
     is_nm_sparse,
-    prune,
-    register_backend,
-    unregister_backend,
 )
+from pruneplug.validation import count_to_prune
 from pruneplug.hookspecs import hookimpl, hookspec
 from pruneplug.types import BackendInfo, BackendStatus, ImportanceScores, Mask, ScoreStats
 from pruneplug.checkpoint import global_unstructured_masks, inspect_checkpoint, prune_checkpoint
 from pruneplug.sparse24 import SparseWeight24, compress_24, decompress_24, prune_24
 from pruneplug import compressed_tensors  # noqa: E402  (a submodule, imported for pp.compressed_tensors)
 from pruneplug.calibration import ActivationStats, CalibrationContext
+from pruneplug.criteria.magnitude import MagnitudeImportance
 from pruneplug.criteria.wanda import WandaImportance
 from pruneplug.criteria.sparsegpt import SparseGPTImportance
 from pruneplug import criteria  # noqa: E402  (importance criteria: pp.criteria.get_criterion, ...)

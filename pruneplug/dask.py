@@ -44,18 +44,14 @@ import dask
 import dask.array as da
 import numpy as np
 
-from pruneplug import api, partselect
+from pruneplug import api, masks, partselect
 from pruneplug.errors import BackendError, InvalidArgumentError, NonFiniteError, ShapeError, UnsupportedDtypeError
 from pruneplug.registry import get_registry
 from pruneplug.selection import chunk_histogram, part_counts, prune_part
-from pruneplug.patterns import parse_pattern
+from pruneplug.patterns import check_2d, parse_pattern
 from pruneplug.types import FLOAT_DTYPES, ImportanceScores, Mask, ScoreStats
-from pruneplug.validation import (check_block_shape, check_method, check_nm, check_sparsity, count_to_prune, normalize_axis,
-                                  sparsity_for)
-
-
-def is_dask_array(obj: Any) -> bool:
-    return isinstance(obj, da.Array)
+from pruneplug.validation import (METHODS, check_block_shape, check_groups, check_method, check_nm, check_sparsity, count_to_prune,
+                                  normalize_axis)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +218,7 @@ def importance(weights: da.Array, method: str = "l1", *, backend: str | None = N
     mean = wide.mean()
     stats = ScoreStats(values.min().astype(np.float64), values.max().astype(np.float64), mean,
                        da.sqrt(((wide - mean) ** 2).mean()))
-    return ImportanceScores(values=values, method=api.METHODS[method][1], stats=stats)
+    return ImportanceScores(values=values, method=METHODS[method][1], stats=stats)
 
 
 def _importance_block(block: Any, method: str, backend: str | None) -> Any:
@@ -257,20 +253,18 @@ def generate_unstructured_mask(scores: Any, sparsity: float, *, groups: str = "l
 
 
 def _check_groups(groups: Any, x: da.Array) -> str:
-    if groups not in ("layer", "row"):
-        raise InvalidArgumentError(f"groups={groups!r}: expected 'layer' or 'row'")
-    if groups == "row" and x.ndim != 2:
-        raise ShapeError(f"groups='row' needs 2-D scores, got shape {tuple(x.shape)}")
+    if check_groups(groups) == "row":
+        check_2d(tuple(x.shape), "groups='row'")
     return groups
 
 
 def _row_mask_block(block: Any, sparsity: float, backend: str | None) -> Any:
-    return api.generate_unstructured_mask(block, sparsity, groups="row", backend=backend).data
+    return masks.generate_unstructured_mask(block, sparsity, groups="row", backend=backend).data
 
 
 def _unstructured_mask_block(block: Any, cut: partselect.Cut, backend: str | None, block_info=None) -> Any:
     k = _count_in_block(block, cut, "identity", False, block_info)
-    return api.generate_unstructured_mask(block, sparsity_for(k, block.size), backend=backend).data
+    return masks.generate_unstructured_mask(block, count=k, backend=backend).data
 
 
 def _block_quota(cut: partselect.ScoreCut, block: Any, transform: str, block_info: dict) -> int:
@@ -311,7 +305,7 @@ def _prune_block(block: Any, cut: Any, transform: str, method: str, backend: str
         return mask if want_mask else out
     less, equal = part_counts(partselect.host_if_needed(block, None), transform, cut.selection)
     k = less + min(equal, quota)
-    pruned, mask = api.prune(block, sparsity=sparsity_for(k, block.size), method=method, backend=backend,
+    pruned, mask = api.prune(block, count=k, method=method, backend=backend,
                              return_mask=True)
     return mask.data if want_mask else pruned
 
@@ -341,7 +335,7 @@ def generate_nm_mask(scores: Any, n: int, m: int, axis: int = -1, *, backend: st
 
 
 def _nm_mask_block(block: Any, n: int, m: int, axis: int, backend: str | None) -> Any:
-    return api.generate_nm_mask(block, n, m, axis, backend=backend).data
+    return masks.generate_nm_mask(block, n, m, axis, backend=backend).data
 
 
 def _prune_nm_block(block: Any, pattern: str, method: str, axis: int, backend: str | None) -> Any:

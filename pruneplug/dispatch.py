@@ -18,7 +18,7 @@ def run_operation(backend: str | None, operation: str, array: Any, array_type: s
 
         >>> import numpy as np
         >>> w = np.array([1.0, -3.0], dtype=np.float32)
-        >>> run_operation("numpy", "importance", w, "numpy", weights=w, method="l1")[0]
+        >>> run_operation("numpy", "importance", w, "numpy", weights=w, transform="abs")[0]
         'numpy'
     """
     registry = get_registry().snapshot()  # select and call on the same backends

@@ -77,6 +77,11 @@ class BackendError(PrunePlugError):
     """Base class of backend selection and execution errors."""
 
 
+class PluginRegistrationError(BackendError, ValueError):
+    """A plugin cannot be registered: its hook implementations do not match the hook
+    specifications (an argument the spec does not name), or it is blocked or already registered."""
+
+
 class BackendNotFoundError(BackendError, LookupError):
     """No registered backend has the requested name."""
 

@@ -20,7 +20,9 @@ Callers pass keywords only, so an implementation may accept fewer arguments than
 
 Scores and the ``transform`` argument
 -------------------------------------
-Mask hooks receive ``values`` and a ``transform`` that says how to turn them into scores:
+Every hook that scores (importance, masks, fused pruning, 2:4, the key histogram) receives a
+``transform`` that says how to turn its input into scores (the user-facing ``method`` ``"l1"``/``"l2"``
+is mapped to ``"abs"``/``"square"`` once, in the core):
 
 * ``"abs"``: ``values`` are weights; score = ``|w|`` (magnitude L1),
 * ``"square"``: ``values`` are weights; score = ``w * w`` (magnitude L2),
@@ -70,10 +72,11 @@ def pruneplug_backend_info() -> "Any":
 
 
 @hookspec(firstresult=True)
-def pruneplug_importance(weights: Array, method: str) -> "tuple[Array, tuple[float, float, float, float]]":
+def pruneplug_importance(weights: Array, transform: str) -> "tuple[Array, tuple[float, float, float, float]]":
     """Magnitude importance scores of ``weights`` and their statistics.
 
-    ``method`` is ``"l1"`` (score ``|w|``) or ``"l2"`` (score ``w*w``); scores have the weights'
+    ``transform`` is ``"abs"`` (score ``|w|``, magnitude L1) or ``"square"`` (score ``w*w``,
+    magnitude L2), as for every other hook; scores have the weights'
     shape and the score dtype described in the module docstring. Return
     ``(scores, (min, max, mean, std))`` where the statistics are Python floats over all scores
     (``std`` is the population standard deviation; mean and std accumulated in float64; all four
@@ -81,7 +84,7 @@ def pruneplug_importance(weights: Array, method: str) -> "tuple[Array, tuple[flo
 
     Example (what the numpy reference returns)::
 
-        scores, (lo, hi, mean, std) = impl(weights=np.array([-2.0, 1.0]), method="l1")
+        scores, (lo, hi, mean, std) = impl(weights=np.array([-2.0, 1.0]), transform="abs")
         # scores == [2.0, 1.0]; lo == 1.0, hi == 2.0, mean == 1.5, std == 0.5
     """
 

@@ -38,9 +38,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from pruneplug.api import count_to_prune
 from pruneplug.arrays import to_numpy
 from pruneplug.errors import InvalidArgumentError
+from pruneplug.validation import count_to_prune
 
 #: The OWL paper's settings for LLaMA models.
 DEFAULT_M = 5.0

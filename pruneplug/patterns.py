@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pruneplug.errors import InvalidArgumentError
+from pruneplug.errors import InvalidArgumentError, ShapeError
 from pruneplug.validation import check_block_shape, check_nm, shown
 
 #: The pattern kinds, in the order the grammar lists them.
@@ -100,3 +100,66 @@ def _parse(text: str) -> Pattern:
                 f"pattern={shown(text)}: block sides must be integers >= 1 and < 2**63") from None
         return Pattern("block", block_shape=shape)
     raise InvalidArgumentError(f"pattern={shown(text)} is not supported; {_EXPECTED}")
+
+
+def check_2d(shape: tuple, what: str) -> tuple[int, int]:
+    """``(rows, columns)`` of a 2-D ``shape``; a ShapeError naming ``what`` otherwise.
+
+    Example::
+
+        >>> check_2d((3, 4), "a row mask")
+        (3, 4)
+    """
+    if len(shape) != 2:
+        raise ShapeError(f"{what} needs 2-D scores, got shape {tuple(shape)}")
+    return int(shape[0]), int(shape[1])
+
+
+def line_block(kind: str, shape: tuple) -> tuple[int, int]:
+    """The block of a ``"row"`` ``(1, columns)`` or ``"column"`` ``(rows, 1)`` pattern on a 2-D
+    ``shape``: row and column masks are block masks of whole lines. With no columns (rows) the
+    lines are empty and a side of 1 is the same.
+
+    Example::
+
+        >>> line_block("row", (3, 4)), line_block("column", (3, 4))
+        ((1, 4), (3, 1))
+    """
+    rows, cols = check_2d(shape, f"a {kind} mask")
+    return (1, max(cols, 1)) if kind == "row" else (max(rows, 1), 1)
+
+
+def block_count(shape: tuple, block_shape: tuple[int, int], pattern: str) -> int:
+    """How many blocks of ``block_shape`` tile the 2-D ``shape`` (a ShapeError when they do not).
+
+    Example::
+
+        >>> block_count((4, 6), (2, 3), "block(2,3)")
+        4
+    """
+    rows, cols = check_2d(shape, f"a {pattern} mask")
+    block_rows, block_cols = block_shape
+    if rows % block_rows or cols % block_cols:
+        raise ShapeError(f"block_shape={tuple(block_shape)} does not divide the scores' shape {(rows, cols)}")
+    return (rows // block_rows) * (cols // block_cols)
+
+
+def pattern_units(pattern: Pattern, shape: tuple) -> tuple[int, tuple[int, int] | None]:
+    """What ``sparsity``/``count`` count for ``pattern`` on ``shape``: ``(units, block_shape)``,
+    where units are the array's entries (``unstructured``) or its rows, columns or blocks (then
+    ``block_shape`` is the block hook's block). N:M has no count.
+
+    Example::
+
+        >>> pattern_units(parse_pattern("row"), (3, 4)), pattern_units(parse_pattern("unstructured"), (3, 4))
+        ((3, (1, 4)), (12, None))
+    """
+    if pattern.kind == "unstructured":
+        size = 1
+        for side in shape:
+            size *= int(side)
+        return size, None
+    if pattern.kind == "nm":
+        raise InvalidArgumentError(f"pattern={str(pattern)!r} fixes the sparsity: it has no count")
+    block = pattern.block_shape or line_block(pattern.kind, shape)
+    return block_count(shape, block, str(pattern)), block

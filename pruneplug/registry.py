@@ -21,7 +21,7 @@ from typing import Any, Callable
 import pluggy
 
 from pruneplug import hookspecs
-from pruneplug.errors import BackendNotFoundError, BackendUnavailableError, PluginLoadWarning
+from pruneplug.errors import BackendNotFoundError, BackendUnavailableError, PluginLoadWarning, PluginRegistrationError
 from pruneplug.backend_info import OPERATIONS, BackendInfo, BackendStatus
 
 ENTRY_POINT_GROUP = "pruneplug"
@@ -159,9 +159,14 @@ class Registry:
     def register(self, plugin: Any, name: str | None = None) -> str:
         """Register a plugin object or module; return the name it is registered under."""
         with self._lock:
-            registered = self.plugin_manager.register(plugin, name=name)
+            try:
+                registered = self.plugin_manager.register(plugin, name=name)
+            except pluggy.PluginValidationError as exc:  # pluggy's text names the plugin, hook and argument
+                raise PluginRegistrationError(" ".join(str(exc).split())) from exc
+            except ValueError as exc:  # pluggy: the name or the object is already registered
+                raise PluginRegistrationError(f"plugin {name or plugin!r} is already registered") from exc
             if registered is None:
-                raise ValueError(f"plugin {name or plugin!r} is blocked or already registered")
+                raise PluginRegistrationError(f"plugin {name or plugin!r} is blocked or already registered")
             self._view = None
             return registered
 

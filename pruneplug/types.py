@@ -9,7 +9,7 @@ from typing import Any
 
 from pruneplug.arrays import FLOAT_DTYPES, adapt  # FLOAT_DTYPES: also read from here by backends
 from pruneplug.backend_info import OPERATIONS, BackendInfo, BackendStatus, implemented_operations  # noqa: F401  (backends import them from here)
-from pruneplug.masking import apply_bool_mask
+from pruneplug.apply import apply_bool_mask
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,41 @@ def sparsity_for(k: int, total: int) -> float:
     return s
 
 
+def check_groups(groups: Any) -> str:
+    """The comparison group of unstructured pruning: ``"layer"`` (the whole array) or ``"row"``
+    (an exact count in every row of a 2-D array, as Wanda compares)."""
+    if not isinstance(groups, str) or groups not in ("layer", "row"):
+        raise InvalidArgumentError(f"groups={shown(groups)}: expected 'layer' (one comparison over the whole array) "
+                                   "or 'row' (exact count in every row of a 2-D array)")
+    return groups
+
+
+def resolve_count(sparsity: Any, count: Any, total: int, unit: str, context: str = "pruning") -> int:
+    """The exact number of ``unit`` to prune out of ``total``: ``count`` itself, or
+    ``round(sparsity * total)`` (:func:`count_to_prune`). Exactly one of the two is given; a front
+    end that decided exact counts passes ``count`` and no float travels in between.
+
+    Example::
+
+        >>> resolve_count(0.5, None, 7, "entries"), resolve_count(None, 3, 7, "entries")
+        (4, 3)
+        >>> resolve_count(None, 8, 7, "rows")
+        Traceback (most recent call last):
+        ...
+        pruneplug.errors.InvalidArgumentError: count=8 must be an integer in [0, 7] (rows to prune)
+    """
+    if sparsity is None and count is None:
+        raise InvalidArgumentError(f"{context} needs sparsity= (a real number in [0, 1]) or count= (an integer in "
+                                   f"[0, {total}], the {unit} to prune)")
+    if sparsity is not None and count is not None:
+        raise InvalidArgumentError(f"sparsity={shown(sparsity)} and count={shown(count)} are exclusive: pass one")
+    if sparsity is not None:
+        return count_to_prune(sparsity, total)
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or not 0 <= int(count) <= total:
+        raise InvalidArgumentError(f"count={shown(count)} must be an integer in [0, {total}] ({unit} to prune)")
+    return int(count)
+
+
 def check_int(value: Any, argname: str, minimum: int, maximum: int = MAX_SIZE) -> int:
     """``value`` as an int in [minimum, maximum] (bool is not an integer here)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not minimum <= int(value) <= maximum:

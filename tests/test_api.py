@@ -496,9 +496,9 @@ class _SpyReference:
         return pp.BackendInfo(name="spy", priority=10_000, operations={"importance", "block_mask", "apply_mask"})
 
     @pp.hookimpl
-    def pruneplug_importance(self, weights, method):
-        self.calls.append(("importance", method))
-        return self.reference.pruneplug_importance(weights=weights, method=method)
+    def pruneplug_importance(self, weights, transform):
+        self.calls.append(("importance", transform))
+        return self.reference.pruneplug_importance(weights=weights, transform=transform)
 
     @pp.hookimpl
     def pruneplug_block_mask(self, values, block_shape, k, transform, out):
@@ -523,3 +523,82 @@ def test_structured_prune_scores_in_the_block_hook(weights):
     np.testing.assert_array_equal(got, expected)
     assert spy.calls == [("block_mask", (1, 16), 2, "square"), ("apply_mask",),
                          ("block_mask", (2, 4), 8, "abs"), ("apply_mask",)]
+
+
+# ---------------------------------------------------------------------------------------------
+# count= : an exact number of units instead of a sparsity
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("pattern, groups, shape, units", [
+    ("unstructured", "layer", (6, 10), 60), ("unstructured", "row", (6, 10), 10),
+    ("row", "layer", (6, 10), 6), ("column", "layer", (6, 10), 10), ("block(2,5)", "layer", (6, 10), 6),
+])
+def test_count_prunes_exactly_that_many_units_as_the_matching_sparsity_does(pattern, groups, shape, units):
+    w = np.random.default_rng(31).standard_normal(shape).astype(np.float32)
+    for k in range(units + 1):
+        by_count, mask = pp.prune(w, count=k, pattern=pattern, groups=groups, return_mask=True)
+        by_sparsity = pp.prune(w, k / units, pattern=pattern, groups=groups)
+        assert by_count.tobytes() == by_sparsity.tobytes()
+        pruned = int((~mask.data).sum())
+        assert pruned == k * (w.size // units), (pattern, k, pruned)
+
+
+def test_count_in_the_mask_generators():
+    s = np.random.default_rng(32).random((4, 6))
+    assert int((~pp.generate_unstructured_mask(s, count=5).data).sum()) == 5
+    assert ((~pp.generate_unstructured_mask(s, count=2, groups="row").data).sum(axis=1) == 2).all()
+    assert int((~pp.generate_row_mask(s, count=3).data).all(axis=1).sum()) == 3
+    assert int((~pp.generate_column_mask(s, count=4).data).all(axis=0).sum()) == 4
+    assert int((~pp.generate_block_mask(s, (2, 3), count=1).data).sum()) == 6
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(count=61), r"count=61 must be an integer in \[0, 60\] \(entries to prune\)"),
+    (dict(count=-1), r"count=-1 must be an integer in \[0, 60\]"),
+    (dict(count=True), r"count=True must be an integer"),
+    (dict(count=2.0), r"count=2.0 must be an integer"),
+    (dict(count=3, sparsity=0.5), r"sparsity=0.5 and count=3 are exclusive"),
+    (dict(count=7, pattern="row"), r"count=7 must be an integer in \[0, 6\] \(rows to prune\)"),
+    (dict(count=11, groups="row"), r"count=11 must be an integer in \[0, 10\] \(entries per row to prune\)"),
+    (dict(count=1, pattern="2:4"), r"count=1 cannot be combined with pattern='2:4': N:M fixes it"),
+    (dict(pattern="column"), r"pattern='column' needs sparsity= .* or count= \(an integer in \[0, 10\], the columns"),
+])
+def test_a_bad_count_is_refused_and_nothing_changes(kwargs, message):
+    w = np.random.default_rng(33).standard_normal((6, 10)).astype(np.float32)
+    before = w.copy()
+    with pytest.raises(pp.errors.InvalidArgumentError, match=message):
+        pp.prune(w, inplace=True, **kwargs)
+    assert w.tobytes() == before.tobytes()
+
+
+def test_a_hook_with_an_argument_the_spec_does_not_name_is_refused_at_registration():
+    """The importance hook takes ``transform`` like every scoring hook: an implementation written
+    for the old ``method`` argument is refused with a typed error naming the hook and the argument,
+    and nothing is registered."""
+
+    class OldStyle:
+        @pp.hookimpl
+        def pruneplug_backend_info(self):
+            return pp.BackendInfo(name="oldstyle", priority=1, operations={"importance"})
+
+        @pp.hookimpl
+        def pruneplug_importance(self, weights, method):
+            raise AssertionError("never called")
+
+    with pytest.raises(pp.errors.PluginRegistrationError, match=r"pruneplug_importance.*\{'method'\}"):
+        pp.register_backend(OldStyle(), "oldstyle")
+    assert "oldstyle" not in [b.name for b in pp.backends()]
+
+
+def test_registering_the_same_plugin_twice_is_a_typed_error():
+    class Twice:
+        @pp.hookimpl
+        def pruneplug_backend_info(self):
+            return pp.BackendInfo(name="twice", priority=1, operations=set())
+
+    plugin = Twice()
+    pp.register_backend(plugin, "twice")
+    try:
+        with pytest.raises(pp.errors.PluginRegistrationError, match="already registered"):
+            pp.register_backend(plugin, "twice")
+    finally:
+        pp.unregister_backend("twice")

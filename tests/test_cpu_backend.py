@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import pruneplug as pp
+from pruneplug.validation import check_method
 from pruneplug.errors import NonFiniteError
 from pruneplug.testing import np_dtype, tricky_array
 
@@ -410,7 +411,7 @@ def test_isa_builds_agree(monkeypatch):
     for level in levels:
         monkeypatch.setenv("PRUNEPLUG_CPU_ISA", level)
         assert _isa() == level
-        scores, stats = cpu.pruneplug_importance(weights=half, method="l2")
+        scores, stats = cpu.pruneplug_importance(weights=half, transform="square")
         results[level] = (
             cpu.pruneplug_unstructured_mask(values=values, k=150_000, transform="square"),
             cpu.pruneplug_nm_mask(values=half.reshape(-1, 4), n=2, m=4, axis=1, transform="abs"),
@@ -558,9 +559,9 @@ def test_importance_matches_reference(dtype, method, kind, n):
     values = data(kind, n, dtype, seed=n)
     with np.errstate(invalid="ignore"):
         values[~np.isfinite(values.astype(np.float64))] = 1
-    scores, stats = cpu.pruneplug_importance(weights=values, method=method)
+    scores, stats = cpu.pruneplug_importance(weights=values, transform=check_method(method))
     with np.errstate(over="ignore", invalid="ignore"):
-        rscores, rstats = ref.pruneplug_importance(weights=values, method=method)
+        rscores, rstats = ref.pruneplug_importance(weights=values, transform=check_method(method))
     assert_bits_equal(scores, rscores, "scores")
     assert stats[0] == rstats[0] or (np.isnan(stats[0]) and np.isnan(rstats[0]))
     assert stats[1] == rstats[1] or (np.isnan(stats[1]) and np.isnan(rstats[1]))

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pruneplug.selection import DIGITS, KEY_BITS
+from pruneplug.validation import check_method
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -123,8 +124,8 @@ def _entry_point_sweep(be, dtypes=DTYPES, dtypes24=("float16", "bfloat16", "floa
         x = tricky_array((16, 48), dtype, seed=41)  # 48 = 3 * 16: every fast M and a generic one
         n = x.size
         for method in ("l1", "l2"):
-            same(be.importance(x, method)[0], ref.pruneplug_importance(weights=x, method=method)[0], dtype)
-            be.importance(x[:0], method)
+            same(be.importance(x, check_method(method))[0], ref.pruneplug_importance(weights=x, transform=check_method(method))[0], dtype)
+            be.importance(x[:0], check_method(method))
         for transform in TRANSFORMS:
             pruning = transform != "identity"
             for k in (0, 1, n // 2, n - 1, n):
@@ -303,8 +304,8 @@ def test_selection_schedules(schedule, seed, data, n, k):
             same(got, exp, f"{schedule} {transform}")
             w = x.copy()
             BACKEND.prune_unstructured(w, k, transform if transform != "identity" else "abs")
-        s, stats = BACKEND.importance(x, "l2")
-        rs, rstats = ref.pruneplug_importance(weights=x, method="l2")
+        s, stats = BACKEND.importance(x, "square")
+        rs, rstats = ref.pruneplug_importance(weights=x, transform="square")
         same(s, rs, f"importance {schedule}")
         assert stats[:2] == rstats[:2]
 
@@ -397,8 +398,8 @@ def test_misaligned_views(dtype):
     same(out, ref.pruneplug_unstructured_mask(values=x, k=4_500, transform="square"))
     x4 = base[1:1 + 4 * 2000].reshape(2000, 4)
     same(BACKEND.nm_mask(x4, 2, 4, 1, "abs"), ref.pruneplug_nm_mask(values=x4, n=2, m=4, axis=1, transform="abs"))
-    s, stats = BACKEND.importance(x, "l1")
-    rs, rstats = ref.pruneplug_importance(weights=x, method="l1")
+    s, stats = BACKEND.importance(x, "abs")
+    rs, rstats = ref.pruneplug_importance(weights=x, transform="abs")
     same(s, rs)
     w = base.copy()[1:]
     mask = np.random.default_rng(1).random(w.shape) < 0.5
@@ -415,12 +416,12 @@ def test_misaligned_views(dtype):
 @pytest.mark.parametrize("method", ("l1", "l2"))
 def test_importance_multiblock(dtype, method):
     x = tricky_array((70_001,), dtype, seed=6)
-    s, (lo, hi, mean, std) = BACKEND.importance(x, method)
-    rs, (rlo, rhi, rmean, rstd) = ref.pruneplug_importance(weights=x, method=method)
+    s, (lo, hi, mean, std) = BACKEND.importance(x, check_method(method))
+    rs, (rlo, rhi, rmean, rstd) = ref.pruneplug_importance(weights=x, transform=check_method(method))
     same(s, rs)
     assert (lo, hi) == (rlo, rhi)
     assert abs(mean - rmean) <= 1e-12 * abs(rmean) and abs(std - rstd) <= 1e-12 * abs(rstd), (mean, rmean, std, rstd)
-    s2, stats2 = BACKEND.importance(x, method)
+    s2, stats2 = BACKEND.importance(x, check_method(method))
     assert stats2 == (lo, hi, mean, std), "statistics must be deterministic"
 
 
@@ -440,8 +441,8 @@ def test_results_do_not_depend_on_ftz():
             same(be.unstructured_mask(x, 2_000, transform),
                  ref.pruneplug_unstructured_mask(values=x, k=2_000, transform=transform), f"ftz {dtype} {transform}")
         for method in ("l1", "l2"):
-            s, st = be.importance(x, method)
-            rs, rst = ref.pruneplug_importance(weights=x, method=method)
+            s, st = be.importance(x, check_method(method))
+            rs, rst = ref.pruneplug_importance(weights=x, transform=check_method(method))
             same(s, rs, f"ftz importance {dtype} {method}")
             assert st[:2] == rst[:2]
 
@@ -481,7 +482,7 @@ def test_non_finite_counts_and_nothing_written(dtype):
         assert out.all(), "unstructured_mask wrote into out before raising"
     w = x.copy()
     for call in (lambda: BACKEND.prune_unstructured(w, 100, "abs"), lambda: BACKEND.prune_nm(w, 2, 4, 0, "square"),
-                 lambda: BACKEND.importance(w, "l2"), lambda: BACKEND.block_mask(w.reshape(100, 300), (2, 2), 5, "abs")):
+                 lambda: BACKEND.importance(w, "square"), lambda: BACKEND.block_mask(w.reshape(100, 300), (2, 2), 5, "abs")):
         with pytest.raises(NonFiniteError):
             call()
         same(w, x, "weights changed by a failed call")
@@ -883,7 +884,7 @@ def test_bfloat16_never_runs_an_element_wise_kernel():
     x = tricky_array((16, 64), "bfloat16", seed=44)
     n = x.size
     for method in ("l1", "l2"):
-        same(be.importance(guarded(x), method)[0].view(np.ndarray), ref.pruneplug_importance(weights=x, method=method)[0])
+        same(be.importance(guarded(x), check_method(method))[0].view(np.ndarray), ref.pruneplug_importance(weights=x, transform=check_method(method))[0])
     for transform in ("abs", "square"):
         for k in (0, n // 3, n):
             same(be.unstructured_mask(guarded(x), k, transform).view(np.ndarray),

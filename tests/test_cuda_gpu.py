@@ -78,10 +78,10 @@ def test_importance_deterministic_and_close():
     from pruneplug_backends.cuda import backend
 
     x = tricky_array((2_000_003,), "float32", seed=3)
-    s1, st1 = backend().importance(cupy.asarray(x), "l2")
-    s2, st2 = backend().importance(cupy.asarray(x), "l2")
+    s1, st1 = backend().importance(cupy.asarray(x), "square")
+    s2, st2 = backend().importance(cupy.asarray(x), "square")
     assert st1 == st2
-    rs, rst = ref.pruneplug_importance(weights=x, method="l2")
+    rs, rst = ref.pruneplug_importance(weights=x, transform="square")
     assert np.array_equal(cupy.asnumpy(s1).view(np.uint32), rs.view(np.uint32))
     assert st1[:2] == rst[:2]
     assert abs(st1[2] - rst[2]) <= 1e-12 * abs(rst[2]) and abs(st1[3] - rst[3]) <= 1e-12 * abs(rst[3])

@@ -21,7 +21,6 @@ from pruneplug_backends.cpu.native import DTYPE_CODE, TRANSFORM_CODE, ffi, lib, 
 from pruneplug_backends.cpu.native import IMPORT_ERROR
 
 NAME = "cpu"
-_METHOD_TRANSFORM = {"l1": "abs", "l2": "square"}
 _BITS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
@@ -139,12 +138,11 @@ def pruneplug_apply_mask(weights: np.ndarray, mask: np.ndarray) -> None:
 
 
 @hookimpl
-def pruneplug_importance(weights: np.ndarray, method: str):
+def pruneplug_importance(weights: np.ndarray, transform: str):
     name = _dtype_name(weights)
     scores = np.empty(weights.shape, dtype=score_dtype(weights.dtype))
     stats = ffi.new("double[4]")
     bad = _bad()
-    transform = _METHOD_TRANSFORM[method]
     st = lib.pp_importance(_ptr(weights), DTYPE_CODE[name], TRANSFORM_CODE[transform], weights.size,
                            _ptr(scores), stats, 0, bad, bad + 1)
     _check(st, transform, bad)

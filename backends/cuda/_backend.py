@@ -104,12 +104,11 @@ class CudaBackend(KernelLauncher):
         self._launch_eq_count(ckey, cidx, dtype, transform, ws, tiles)
         self._launch_scan_tiles(tiles)
         # pass 3: the mask (or the in-place prune)
-        self._launch_mask(x, dtype, transform, out if mode == 0 else self._bytes(ws), mode, ws, tiles)
+        self._launch_mask(x, dtype, transform, out if mode == 0 else self._byte_view(ws), mode, ws, tiles)
 
     # -- operations ------------------------------------------------------------------------------
-    def importance(self, weights: Any, method: str):
+    def importance(self, weights: Any, transform: str):
         self._check(weights)
-        transform = {"l1": "abs", "l2": "square"}[method]
         dtype = self._dtype(weights)
         scores = self._alloc(weights.shape, score_dtype(weights.dtype), "the scores")
         n = int(weights.size)
@@ -138,7 +137,7 @@ class CudaBackend(KernelLauncher):
     def unstructured_mask(self, values: Any, k: int, transform: str, out: Any = None):
         self._check(values, *(() if out is None else (out,)))
         result = out if out is not None else self._alloc(values.shape, np.bool_, "the mask")
-        self._select(self._raw(values), self._dtype(values), transform, int(k), 0, self._bytes(result))
+        self._select(self._raw(values), self._dtype(values), transform, int(k), 0, self._byte_view(result))
         return result
 
     def prune_unstructured(self, weights: Any, k: int, transform: str) -> None:
@@ -170,7 +169,7 @@ class CudaBackend(KernelLauncher):
         result = out if out is not None else self._alloc(values.shape, np.bool_, "the mask")
         if values.size == 0:
             return result
-        self._nm(values, int(n), int(m), int(axis), transform, self._bytes(result), 0, ws)
+        self._nm(values, int(n), int(m), int(axis), transform, self._byte_view(result), 0, ws)
         self._read_ws(ws, transform)  # a fresh result is dropped when this raises
         return result
 
@@ -182,7 +181,7 @@ class CudaBackend(KernelLauncher):
         self._launch_check(self._raw(weights), self._dtype(weights), transform, ws)
         self._read_ws(ws, transform)
         if int(m) in K.NM_FAST:
-            self._nm(weights, int(n), int(m), int(axis), transform, self._bytes(ws), 1, ws)
+            self._nm(weights, int(n), int(m), int(axis), transform, self._byte_view(ws), 1, ws)
         else:
             mask = self.nm_mask(weights, n, m, axis, transform)
             self.apply_mask(weights, mask)
@@ -201,7 +200,7 @@ class CudaBackend(KernelLauncher):
         self._launch_block_sums(self._raw(values), self._dtype(values), transform, cols, bh, bw, keys, ws)
         self._read_ws(ws, transform)  # raise before anything is written
         self._select(keys, "key64", "key", int(k), 0, bkeep)
-        self._launch_block_expand(bkeep, self._bytes(result), cols, bh, bw)
+        self._launch_block_expand(bkeep, self._byte_view(result), cols, bh, bw)
         return result
 
     def row_mask(self, values: Any, k: int, transform: str, out: Any = None):
@@ -219,17 +218,17 @@ class CudaBackend(KernelLauncher):
         if values.size == 0:
             return result
         if k == 0 or k == cols:
-            self._launch_fill(self._bytes(result), k == 0)
+            self._launch_fill(self._byte_view(result), k == 0)
         else:  # one block per row
             self._fn("rows.cu", name_select("row_select", dtype, transform))(
-                (rows,), (BLOCK,), (x, np.int64(cols), np.int64(k), self._bytes(result)))
+                (rows,), (BLOCK,), (x, np.int64(cols), np.int64(k), self._byte_view(result)))
         return result
 
     def apply_mask(self, weights: Any, mask: Any) -> None:
         self._check(weights, mask)
         if weights.size == 0:
             return
-        self._launch_apply(self._raw(weights), self._bytes(mask), self._dtype(weights))
+        self._launch_apply(self._raw(weights), self._byte_view(mask), self._dtype(weights))
 
     # -- 2:4 compression -------------------------------------------------------------------------
     def _outputs24(self, weights: Any, dtype: str) -> tuple[Any, Any]:
@@ -258,7 +257,7 @@ class CudaBackend(KernelLauncher):
             return values, metadata
         w = self._input16(weights, "an aligned copy of the weights")
         ws = self._error_words()
-        self._launch_compress24(self._bytes(w), dtype, layout, rows, ncols, self._bytes(values),
+        self._launch_compress24(self._byte_view(w), dtype, layout, rows, ncols, self._byte_view(values),
                                 self._meta_bits(metadata), ws)
         self._raise_not_sparse(self._to_host(ws), dtype, cols)  # sync; the outputs are dropped on error
         return values, metadata
@@ -275,8 +274,8 @@ class CudaBackend(KernelLauncher):
         v = self._input16(values, "an aligned copy of the values")
         meta = metadata if self._aligned(metadata, metadata.dtype.itemsize) else metadata.copy()
         ws = self._error_words()
-        self._launch_decompress24(self._bytes(v), self._meta_bits(meta), dtype, layout, rows, ncols,
-                                  self._bytes(dense), ws)
+        self._launch_decompress24(self._byte_view(v), self._meta_bits(meta), dtype, layout, rows, ncols,
+                                  self._byte_view(dense), ws)
         err = int(self._to_host(ws)[0])  # sync
         if err != U64_MAX:
             row, group = divmod(err >> 4, cols // fmt.m)
@@ -296,16 +295,16 @@ class CudaBackend(KernelLauncher):
             # is not the score order: prune a copy with the N:M kernel on the true scores (one pass,
             # which also counts non-finite weights), then compress the copy.
             pruned = self._alloc16((rows, cols), weights.dtype, "the pruned copy")
-            self._bytes(pruned)[...] = self._bytes(weights)  # the bits (no CuPy bfloat16 kernel)
+            self._byte_view(pruned)[...] = self._byte_view(weights)  # the bits (no CuPy bfloat16 kernel)
             ws = self._workspace()
-            self._nm(pruned, fmt.m // 2, fmt.m, 1, transform, self._bytes(ws), 1, ws)
+            self._nm(pruned, fmt.m // 2, fmt.m, 1, transform, self._byte_view(ws), 1, ws)
             self._read_ws(ws, transform)  # sync: NonFiniteError before anything is returned
             return self.compress_24(pruned, layout)
         # abs for every dtype, float16 square (exact in float32: ordered like |w|), int8 by |w|
         values, metadata = self._outputs24(weights, dtype)
         w = self._input16(weights, "an aligned copy of the weights")
         ws = self._error_words()
-        self._launch_prune_compress24(self._bytes(w), dtype, layout, rows, ncols, self._bytes(values),
+        self._launch_prune_compress24(self._byte_view(w), dtype, layout, rows, ncols, self._byte_view(values),
                                       self._meta_bits(metadata), ws)
         h = self._to_host(ws)  # sync
         if int(h[1]):

@@ -71,9 +71,9 @@ class CudaPlugin:
                            description=self._description)
 
     @hookimpl
-    def pruneplug_importance(self, weights, method):
+    def pruneplug_importance(self, weights, transform):
         with self._stream():
-            return self.backend.importance(weights, method)
+            return self.backend.importance(weights, transform)
 
     @hookimpl
     def pruneplug_unstructured_mask(self, values, k, transform, out=None):

@@ -81,7 +81,7 @@ class KernelLauncher:
         """A fresh C-contiguous array whose data is 16-byte aligned (what the 2:4 kernels' vector
         loads and stores need)."""
         a = self._alloc(shape, dtype, what)
-        if self._ptr(self._bytes(a)) % 16 == 0:
+        if self._ptr(self._byte_view(a)) % 16 == 0:
             return a
         nbytes = a.nbytes
         del a
@@ -92,10 +92,10 @@ class KernelLauncher:
     def _input16(self, a: Any, what: str) -> Any:
         """``a`` itself when 16-byte aligned, else an aligned copy (a misaligned 16-byte access is a
         sticky launch failure on a device)."""
-        if self._ptr(self._bytes(a)) % 16 == 0:
+        if self._ptr(self._byte_view(a)) % 16 == 0:
             return a
         copy = self._alloc16(tuple(a.shape), a.dtype, what)
-        self._bytes(copy)[...] = self._bytes(a)  # the bits, whatever the dtype
+        self._byte_view(copy)[...] = self._byte_view(a)  # the bits, whatever the dtype
         return copy
 
     def _error_words(self) -> Any:
@@ -146,7 +146,8 @@ class KernelLauncher:
         return "bfloat16" if name == "uint16" else name
 
     @staticmethod
-    def _bytes(a: Any) -> Any:
+    def _byte_view(a: Any) -> Any:
+        """A flat uint8 view of ``a``'s bytes (no copy): masks and workspaces as kernels see them."""
         return a.view(np.uint8).reshape(-1)
 
     # -- launches (geometry next to each launch) ------------------------------------------------

@@ -34,8 +34,8 @@ def pruneplug_backend_info() -> BackendInfo:
 # scores
 # ---------------------------------------------------------------------------------------------
 @hookimpl
-def pruneplug_importance(weights: np.ndarray, method: str):
-    scores = scores_of(weights, {"l1": "abs", "l2": "square"}[method])
+def pruneplug_importance(weights: np.ndarray, transform: str):
+    scores = scores_of(weights, transform)
     if scores.size == 0:
         return scores, (float("nan"),) * 4
     with np.errstate(invalid="ignore", over="ignore"):  # inf scores give inf/NaN statistics

@@ -34,7 +34,7 @@ from pruneplug.layer_ratios import capped_counts, layer_caps
 from pruneplug.registry import get_registry
 from pruneplug.selection import ExactSelection, chunk_histogram, part_counts, prune_part
 from pruneplug.types import Mask
-from pruneplug.validation import check_method, check_sparsity, count_to_prune
+from pruneplug.validation import check_method, check_sparsity, resolve_count
 
 _TRANSFORM = {"l1": "abs", "l2": "square"}
 
@@ -138,10 +138,8 @@ def decide_global(sources: Sequence[Source], sparsity: float | None, method: str
     total = sum(s.numel for s in sources)
     nbytes = sum(s.numel * s.itemsize for s in sources)
     dtypes = [d for d in (s.dtype_name() for s in sources) if d is not None]
-    if (sparsity is None) == (count is None):
-        raise InvalidArgumentError(f"give sparsity or count, not both or neither (sparsity={sparsity!r}, count={count!r})")
-    k = count_to_prune(sparsity, total) if sparsity is not None else count
-    selection = ExactSelection(k, total, dtypes, _TRANSFORM[method])
+    selection = ExactSelection(resolve_count(sparsity, count, total, "weights", "the global select"), total, dtypes,
+                               _TRANSFORM[method])
     while (request := selection.next_request()) is not None:
         progress.start(f"global select, pass {selection.passes + 1}", len(sources), nbytes)
         merged = np.zeros(request.bins, np.int64)

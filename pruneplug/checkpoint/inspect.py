@@ -12,13 +12,13 @@ from typing import Sequence
 
 import numpy as np
 
-from pruneplug import api
 from pruneplug.checkpoint.formats import CHUNK, count_zeros, flat_chunks, open_checkpoint
 from pruneplug.checkpoint.global_select import tensor_source, plan_global
 from pruneplug.checkpoint.paths import Place, check_distinct
 from pruneplug.checkpoint.report import ProgressLike, NullProgress
 from pruneplug.checkpoint.selection import select_tensors
 from pruneplug.errors import CheckpointError
+from pruneplug import masks
 
 
 QUANTILES = (0.0, 0.01, 0.25, 0.5, 0.75, 0.99, 1.0)
@@ -131,7 +131,7 @@ def inspect_checkpoint(src: str | os.PathLike, *, include: Sequence[str] | None 
             array = ref.array()
             row.zeros = count_zeros(flat_chunks(array))
             if array.ndim and array.shape[-1] % 4 == 0 and array.size:
-                row.is_24 = api.is_nm_sparse(array, 2, 4)
+                row.is_24 = masks.is_nm_sparse(array, 2, 4)
             if array.ndim and array.size:
                 for m in NM_MS:
                     if array.shape[-1] % m == 0:

@@ -3,19 +3,17 @@ checkpoint pruner share (scores, then the mask of the pattern and comparison gro
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
 
-from pruneplug import api
+from pruneplug import api, masks
 from pruneplug.arrays import adapt
 from pruneplug.calibration import ActivationStats, CalibrationContext
 from pruneplug.criteria.registry import get_criterion
 from pruneplug.errors import CalibrationRequiredError, InvalidArgumentError
-
-_NM = re.compile(r"^(\d+):(\d+)$")
-_BLOCK = re.compile(r"^block\((\d+),\s*(\d+)\)$")
+from pruneplug.patterns import parse_pattern
+from pruneplug.validation import check_groups, resolve_count
 
 
 def prune_scored(weights: Any, method: Any = "l1", *, sparsity: float | None = None, pattern: str = "unstructured",
@@ -44,21 +42,19 @@ def prune_scored(weights: Any, method: Any = "l1", *, sparsity: float | None = N
     """
 
     criterion = get_criterion(method)
+    spec = parse_pattern(pattern)
     if groups is None:  # the criterion's own comparison group, for the pattern it concerns
-        groups = criterion.default_groups if pattern == "unstructured" else "layer"
-    if groups not in ("layer", "row"):
-        raise InvalidArgumentError(f"groups={groups!r}: expected 'layer' or 'row'")
-    nm = _NM.match(pattern) if isinstance(pattern, str) else None
-    if nm and groups == "row":
+        groups = criterion.default_groups if spec.kind == "unstructured" else "layer"
+    if check_groups(groups) == "row" and spec.kind == "nm":
         groups = "layer"  # an N:M group is already a comparison group; row grouping does not apply
-    if pattern != "unstructured" and not nm and groups == "row":
+    if spec.kind != "unstructured" and groups == "row":
         raise InvalidArgumentError(f"groups='row' applies to unstructured pruning, not pattern={pattern!r}")
     input_axis = _input_axis(calibration, layer or getattr(criterion, "layer_name", None))
     nm_axis = (0 if input_axis == 0 else -1) if axis is None else axis
 
     if criterion.requires_calibration() and calibration is None:
         raise CalibrationRequiredError(criterion.name)
-    if count is not None and (pattern != "unstructured" or sparsity is not None):
+    if count is not None and (spec.kind != "unstructured" or sparsity is not None):
         raise InvalidArgumentError("count= applies to pattern='unstructured' and replaces sparsity=")
     if getattr(criterion, "updates_weights", False):  # a reconstruction: its own mask, then the update
         criterion.reconstruct(weights, calibration, layer=layer, sparsity=sparsity, count=count, pattern=pattern,
@@ -66,59 +62,47 @@ def prune_scored(weights: Any, method: Any = "l1", *, sparsity: float | None = N
         return
     magnitude = getattr(criterion, "method", None) in ("l1", "l2") and input_axis == 1 and count is None
     if magnitude:  # the core's fused paths: no score array at all for layer groups
-        if nm:
+        if spec.kind == "nm":
             api.prune(weights, pattern=pattern, method=criterion.method, axis=nm_axis, backend=backend, inplace=True)
         else:
             api.prune(weights, sparsity, pattern=pattern, method=criterion.method, backend=backend, inplace=True,
                       groups=groups)
         return
     scores = criterion.compute(weights, calibration, layer=layer, backend=backend)
-    if nm:
-        mask = api.generate_nm_mask(scores, int(nm.group(1)), int(nm.group(2)), axis=nm_axis, backend=backend)
-    elif count is not None:
-        mask = _count_mask(scores.values, count, groups, input_axis, backend)
-    elif pattern == "unstructured" and groups == "row" and input_axis == 0:
-        mask = _transposed_row_mask(scores.values, sparsity, backend)
-    elif pattern == "unstructured":
-        mask = api.generate_unstructured_mask(scores, sparsity, groups=groups, backend=backend)
-    elif pattern == "row":
-        mask = api.generate_row_mask(scores, sparsity, backend=backend)
-    elif pattern == "column":
-        mask = api.generate_column_mask(scores, sparsity, backend=backend)
-    elif isinstance(pattern, str) and _BLOCK.match(pattern):
-        b = _BLOCK.match(pattern)
-        mask = api.generate_block_mask(scores, (int(b.group(1)), int(b.group(2))), sparsity, backend=backend)
+    if spec.kind == "nm":
+        mask = masks.generate_nm_mask(scores, spec.n, spec.m, axis=nm_axis, backend=backend)
+    elif spec.kind == "unstructured" and (groups == "layer" or (count is not None and scores.values.ndim != 2)):
+        mask = masks.generate_unstructured_mask(scores, sparsity, count=count, backend=backend)
+    elif spec.kind == "unstructured":
+        mask = _row_groups_mask(scores.values, sparsity, count, input_axis, backend)
+    elif spec.kind == "block":
+        mask = masks.generate_block_mask(scores, spec.block_shape, sparsity, backend=backend)
     else:
-        raise InvalidArgumentError(f"pattern={pattern!r}: expected 'unstructured', 'N:M', 'row', 'column' or 'block(H,W)'")
+        generate = masks.generate_row_mask if spec.kind == "row" else masks.generate_column_mask
+        mask = generate(scores, sparsity, backend=backend)
     del scores
     api.apply_mask(mask, weights, backend=backend)
 
 
-def _count_mask(values: Any, count: int, groups: str, input_axis: int, backend: str | None) -> Any:
-    """Keep-mask pruning exactly ``count`` of ``values``: over the whole tensor (``sparsity =
-    count / n`` rounds back to ``count``), or per output row, ``count // rows`` in every row and
-    one more in the first ``count % rows`` rows."""
+def _row_groups_mask(values: Any, sparsity: float | None, count: int | None, input_axis: int,
+                     backend: str | None) -> Any:
+    """Keep-mask of row groups over the output units (the rows of an ``[out, in]`` weight, the
+    columns of an HF Conv1D ``[in, out]`` one): ``round(sparsity * inputs)`` in every unit, or an
+    exact total ``count``, ``count // units`` in every unit and one more in the first
+    ``count % units``."""
     adapted = adapt(values, "scores")
-    array = adapted.array
-    n = int(array.size)
-    if not 0 <= count <= n:
-        raise InvalidArgumentError(f"count={count} must be in [0, {n}]")
-    if groups == "layer" or array.ndim != 2:
-        sparsity = count / n if n else 0.0
-        assert api.count_to_prune(sparsity, n) == count
-        return api.generate_unstructured_mask(values, sparsity, backend=backend)
-    by_rows = array if input_axis == 1 else array.T.copy()
+    by_rows = adapted.array if input_axis == 1 else adapted.array.T.copy()
     rows, cols = by_rows.shape
-    per_row, extra = divmod(count, rows)
-    xp = np if isinstance(by_rows, np.ndarray) else __import__("cupy")
-    parts = []
-    for part, k in ((by_rows[:extra], per_row + 1), (by_rows[extra:], per_row)):
-        if part.shape[0]:
-            sparsity = k / cols
-            assert api.count_to_prune(sparsity, cols) == k
-            m = api.generate_unstructured_mask(xp.ascontiguousarray(part), sparsity, groups="row", backend=backend)
-            parts.append(adapt(m.data, "mask").array)
-    mask = xp.concatenate(parts, axis=0)
+    if count is None:
+        mask = adapt(masks.generate_unstructured_mask(by_rows, sparsity, groups="row", backend=backend).data,
+                     "mask").array
+    else:
+        per_row, extra = divmod(resolve_count(None, count, rows * cols, "entries"), rows)
+        xp = np if isinstance(by_rows, np.ndarray) else __import__("cupy")
+        parts = [adapt(masks.generate_unstructured_mask(xp.ascontiguousarray(part), count=k, groups="row",
+                                                        backend=backend).data, "mask").array
+                 for part, k in ((by_rows[:extra], per_row + 1), (by_rows[extra:], per_row)) if part.shape[0]]
+        mask = xp.concatenate(parts, axis=0)
     return adapted.wrap(mask if input_axis == 1 else mask.T.copy())
 
 
@@ -128,10 +112,3 @@ def _input_axis(calibration: Any, layer: str | None) -> int:
     if isinstance(calibration, CalibrationContext) and layer is not None and layer in calibration:
         return calibration[layer].input_axis
     return 1
-
-
-def _transposed_row_mask(values: Any, sparsity: float, backend: str | None) -> Any:
-    """Row groups of an ``[in, out]`` weight (HF Conv1D): the output units are its columns."""
-    adapted = adapt(values, "scores")
-    mask = api.generate_unstructured_mask(adapted.array.T.copy(), sparsity, groups="row", backend=backend)
-    return adapted.wrap(adapt(mask.data, "mask").array.T.copy())

@@ -35,16 +35,15 @@ machine and thread count; results on different devices or BLAS libraries agree t
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from pruneplug.api import count_to_prune
 from pruneplug.errors import InvalidArgumentError, NonFiniteError, ShapeError, UnsupportedDtypeError
 from pruneplug.reconstruction.hessian import check_hessian, damped_inverse_factor
+from pruneplug.patterns import parse_pattern
+from pruneplug.validation import check_groups, check_sparsity, count_to_prune
 
-_NM = re.compile(r"^(\d+):(\d+)$")
 _DTYPES = ("float32", "float64")
 
 
@@ -108,25 +107,21 @@ def _check_weight(weight: Any, name: str) -> None:
 
 def _parse_pattern(pattern: str, sparsity: Any, groups: str, mask: Any) -> "tuple[int, int] | None":
     """``None`` for unstructured, ``(n, m)`` (keep n of every m) for N:M; validates the combination."""
-    if groups not in ("layer", "row"):
-        raise InvalidArgumentError(f"groups={groups!r} is not supported; expected 'layer' or 'row'")
+    check_groups(groups)
     if mask is not None:
         if sparsity is not None or pattern != "unstructured":
             raise InvalidArgumentError("mask= fixes the mask: do not pass sparsity= or pattern= with it")
         return None
-    nm = _NM.match(pattern) if isinstance(pattern, str) else None
-    if nm:
-        n, m = int(nm.group(1)), int(nm.group(2))
-        if not 0 <= n <= m or m == 0:
-            raise InvalidArgumentError(f"pattern={pattern!r}: N:M needs 0 <= N <= M and M >= 1")
+    spec = parse_pattern(pattern)
+    if spec.kind == "nm":
         if sparsity is not None:
             raise InvalidArgumentError(f"sparsity={sparsity!r} cannot be combined with pattern={pattern!r}: N:M fixes it")
-        return n, m
-    if pattern != "unstructured":
+        return spec.n, spec.m
+    if spec.kind != "unstructured":
         raise InvalidArgumentError(f"pattern={pattern!r} is not supported; expected 'unstructured' or 'N:M' such as '2:4'")
     if sparsity is None:
         raise InvalidArgumentError("pattern='unstructured' needs sparsity= (a real number in [0, 1])")
-    count_to_prune(sparsity, 1)  # validates the value
+    check_sparsity(sparsity)
     return None
 
 

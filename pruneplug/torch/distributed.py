@@ -34,7 +34,7 @@ from pruneplug.arrays import adapt, check_float_dtype, dtype_name
 from pruneplug.errors import InvalidArgumentError, NonFiniteError
 from pruneplug.selection import chunk_histogram
 from pruneplug.types import Mask
-from pruneplug.validation import sparsity_for
+from pruneplug.validation import METHODS, count_to_prune
 
 LAYER_DIGIT_BITS = 8  # layer scope: 257 counts per parameter and pass, all sharded parameters at once
 
@@ -82,8 +82,8 @@ def prune_sharded(shards: Sequence[Shard] | Mapping[str, Any], sparsity: float, 
     """
     import torch.distributed as dist
 
-    transform = api.METHODS[_check_method(method)][0]
-    api.count_to_prune(sparsity, 0)  # validates the sparsity
+    transform = METHODS[_check_method(method)][0]
+    count_to_prune(sparsity, 0)  # validates the sparsity
     if scope not in ("global", "layer"):
         raise InvalidArgumentError(f"scope={scope!r}: expected 'global' or 'layer'")
     pieces = _as_shards(shards)
@@ -97,15 +97,14 @@ def prune_sharded(shards: Sequence[Shard] | Mapping[str, Any], sparsity: float, 
         counts = _layer_counts(pieces, sizes, dtypes, sharded, sparsity, transform, group, dist)
     masks = {}
     for piece, k in zip(pieces, counts):
-        n = int(piece.tensor.numel())
-        result = api.prune(piece.tensor.detach(), sparsity=sparsity_for(k, n), method=method, backend=backend,
+        result = api.prune(piece.tensor.detach(), count=k, method=method, backend=backend,
                            inplace=inplace, return_mask=True)
         masks[piece.name] = result[1]
     return masks
 
 
 def _check_method(method: str) -> str:
-    if method not in api.METHODS:
+    if method not in METHODS:
         raise InvalidArgumentError(f"method={method!r} is not supported; expected 'l1' or 'l2'")
     return method
 
@@ -267,7 +266,7 @@ def _global_counts(pieces: list[Shard], sizes: dict[str, int], dtypes: dict[str,
             hist += partselect.position_histogram(_positions(bases[piece.name] + piece.offset)(tied), request)
         return _all_reduce(hist, group, dist)
 
-    cut = partselect.exact_cut(api.count_to_prune(sparsity, total), total, sorted(set(dtypes.values())), transform,
+    cut = partselect.exact_cut(count_to_prune(sparsity, total), total, sorted(set(dtypes.values())), transform,
                                keys, ties)
     return [cut.pruned_count(a, transform, _positions(bases[p.name] + p.offset)) for p, a in zip(pieces, arrays)]
 
@@ -292,9 +291,9 @@ def _layer_counts(pieces: list[Shard], sizes: dict[str, int], dtypes: dict[str, 
                   sparsity: float, transform: str, group: Any, dist: Any) -> list[int]:
     """Each parameter's exact count; parameters held whole by one rank need no collective, the
     ``sharded`` ones run their selections in lockstep (one all_reduce per pass for all of them)."""
-    counts = {p.name: api.count_to_prune(sparsity, p.full_numel) for p in pieces if p.name not in sharded}
+    counts = {p.name: count_to_prune(sparsity, p.full_numel) for p in pieces if p.name not in sharded}
     mine = {p.name: p for p in pieces}
-    selections = {n: partselect.Selection(api.count_to_prune(sparsity, sizes[n]), sizes[n],
+    selections = {n: partselect.Selection(count_to_prune(sparsity, sizes[n]), sizes[n],
                                           _key_width(dtypes[n]), LAYER_DIGIT_BITS) for n in sharded}
     bins = 1 << LAYER_DIGIT_BITS
     while True:

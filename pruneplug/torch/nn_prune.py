@@ -8,6 +8,7 @@ import torch
 from torch.nn.utils import prune as torch_prune
 
 from pruneplug import api
+from pruneplug import masks
 
 
 class ExactL1Unstructured(torch_prune.BasePruningMethod):
@@ -38,7 +39,7 @@ class ExactL1Unstructured(torch_prune.BasePruningMethod):
         if k == 0:
             return mask
         scores = api.importance(t.detach().contiguous(), self.method).values
-        keep = api.generate_unstructured_mask(scores, k / n).data  # round((k/n) * n) == k exactly
+        keep = masks.generate_unstructured_mask(scores, count=k).data
         mask.mul_(keep.to(mask.dtype).reshape(mask.shape))
         return mask
 

@@ -22,6 +22,7 @@ from pruneplug.torch.layers import linear_layers, selected_parameters
 from pruneplug.layer_ratios import (DEFAULT_LAMBDA, DEFAULT_M, capped_counts, default_max_layer_sparsity, layer_caps,
                                     owl_counts)
 from pruneplug.criteria.wanda import WandaImportance
+from pruneplug.validation import count_to_prune
 
 #: How ``prune_model`` calibrates when given batches: ``"one-pass"`` (the dense model, one forward
 #: pass per batch) or ``"sequential"`` (each block on the outputs of the pruned earlier blocks).
@@ -106,7 +107,7 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
         ratios_info = {"method": "owl", "m": owl_m, "lambda": owl_lambda, "max_layer_sparsity": cap,
                        "outlier_ratios": ratios.outlier_ratios}
     elif scope == "layer" and cap < 1.0 and sparsity is not None and pattern == "unstructured":
-        counts = {n: min(api.count_to_prune(sparsity, p.numel()), layer_caps([p.numel()], cap)[0])
+        counts = {n: min(count_to_prune(sparsity, p.numel()), layer_caps([p.numel()], cap)[0])
                   for n, p in params.items()}
 
     def prune_some(ctx: CalibrationContext | None, names: Iterable[str]) -> None:
@@ -172,7 +173,7 @@ def _check_pattern(sparsity: float | None, pattern: str, scope: str, criterion: 
     elif sparsity is None:
         raise InvalidArgumentError(f"pattern={pattern!r} needs sparsity= (a real number in [0, 1])")
     else:
-        api.count_to_prune(sparsity, 1)  # validates it
+        count_to_prune(sparsity, 1)  # validates it
     if scope == "global" and (pattern != "unstructured" or getattr(criterion, "method", None) not in ("l1", "l2")):
         raise InvalidArgumentError(f"scope='global' applies to unstructured magnitude pruning, not pattern={pattern!r} "
                                    f"with method={criterion.name!r} (Wanda compares scores within each output row)")
@@ -210,16 +211,16 @@ def _prune_global(params: dict[str, torch.Tensor], sparsity: float, criterion: A
                                           method=criterion.method, backend=backend)
         return [sizes[t] - int(np.count_nonzero(np.asarray(masks[names[t]].data))) for t in active]
 
-    counts = capped_counts(api.count_to_prune(sparsity, sum(sizes)), layer_caps(sizes, cap), select)
+    counts = capped_counts(count_to_prune(sparsity, sum(sizes)), layer_caps(sizes, cap), select)
     with torch.no_grad():
         for name, size, k in zip(names, sizes, counts):
-            api.prune(params[name].data, _fraction(k, size), method=criterion.method, backend=backend, inplace=True)
+            api.prune(params[name].data, count=k, method=criterion.method, backend=backend, inplace=True)
 
 
 def _fraction(k: int, n: int) -> float:
     """A sparsity that makes the core prune exactly ``k`` of ``n``."""
     s = k / n if n else 0.0
-    assert api.count_to_prune(s, n) == k
+    assert count_to_prune(s, n) == k
     return s
 
 
