@@ -45,7 +45,7 @@ from pruneplug.checkpoint.selection import SELECTION_RULE, select_tensors
 from pruneplug.checkpoint.writers import SafetensorsWriter, Transaction, write_guard, terminate_like_interrupt
 from pruneplug.errors import CheckpointError, InvalidArgumentError, PrunePlugError
 from pruneplug.patterns import parse_pattern
-from pruneplug.validation import check_method, check_sparsity, count_to_prune, sparsity_for
+from pruneplug.validation import check_method, check_sparsity, count_to_prune
 from pruneplug.registry import get_registry
 from pruneplug.selection import ExactSelection, chunk_histogram, prune_part
 
@@ -660,7 +660,7 @@ def _call_prune(view: Any, task: TensorTask, how: HowToPrune, want_mask: bool) -
                      axis=None if how.axis == -1 else how.axis, backend=how.backend, count=task.k)
         return target
     if task.k is not None:  # global scope: exactly this tensor's share of the global count
-        return api.prune(view, sparsity=sparsity_for(task.k, task.ref.numel), method=how.method,
+        return api.prune(view, count=task.k, method=how.method,
                          backend=how.backend, return_mask=want_mask)
     if not parse_pattern(how.pattern).needs_sparsity:
         return api.prune(view, pattern=how.pattern, method=how.method, axis=how.axis, backend=how.backend,
