@@ -51,7 +51,7 @@ from pruneplug.checkpoint.global_select import Shares, histogram, plan_capped, s
 from pruneplug.checkpoint.outputs import finish_directory, settings_metadata
 from pruneplug.checkpoint.prune import HowToPrune, TensorPruner, TensorTask, apply_plan, check_arguments, decide_tasks
 from pruneplug.errors import CheckpointError, InvalidArgumentError
-from pruneplug.layer_ratios import default_max_layer_sparsity
+from pruneplug.layer_ratios import default_max_layer_sparsity, layer_caps
 from pruneplug.selection import ExactSelection
 from pruneplug.validation import check_method, count_to_prune
 
@@ -215,7 +215,7 @@ def _global_plan(client: Any, src: Path, ckpt: Any, selected: list[str], sparsit
         return _select(client, src, ckpt, [selected[i] for i in active], k, method)
 
     sizes = [ckpt.tensors[n].numel for n in selected]
-    return plan_capped(count_to_prune(sparsity, sum(sizes)), sizes, cap, select)
+    return plan_capped(count_to_prune(sparsity, sum(sizes)), layer_caps(sizes, cap), select)
 
 
 def _select(client: Any, src: Path, ckpt: Any, names: list[str], k: int, method: str) -> tuple[ExactSelection, Shares]:

@@ -175,3 +175,13 @@ def test_one_pass_bf16_ties_follow_tensor_order_with_planned_shares(tmp_path, ba
     keep[order[:k]] = False
     got = np.concatenate([masks[n].ravel() for n in names])
     np.testing.assert_array_equal(got, keep)
+
+
+@pytest.mark.parametrize("cap", [1.5, -0.1, "0.9"])
+def test_a_bad_cap_is_refused_before_any_pass(tmp_path, monkeypatch, cap):
+    src = write_single(tmp_path / "in.safetensors", _tensors())
+    spy = _Spy(monkeypatch)
+    with pytest.raises(pp.errors.InvalidArgumentError, match="max_layer_sparsity"):
+        pp.prune_checkpoint(src, tmp_path / "out.safetensors", sparsity=0.5, scope="global", max_layer_sparsity=cap)
+    assert not spy.calls, spy.calls
+    assert not (tmp_path / "out.safetensors").exists()

@@ -30,7 +30,7 @@ from pruneplug.checkpoint import formats
 from pruneplug.checkpoint.formats import ST_DTYPES, TensorRef, flat_chunks, numpy_dtype
 from pruneplug.checkpoint.report import ProgressLike, NullProgress
 from pruneplug.errors import InvalidArgumentError, NonFiniteError
-from pruneplug.layer_ratios import capped_counts, layer_caps
+from pruneplug.layer_ratios import capped_counts
 from pruneplug.registry import get_registry
 from pruneplug.selection import ExactSelection, chunk_histogram, part_counts, prune_part
 from pruneplug.types import Mask
@@ -185,10 +185,11 @@ def count_shares(selection: ExactSelection, sources: Sequence[Source], method: s
     return shares_of(selection, [tally(s, selection, method, backend) for s in sources])
 
 
-def plan_capped(k: int, sizes: Sequence[int], cap: float,
-                select: Callable[[Sequence[int], int], tuple[ExactSelection, Shares]]) -> GlobalPlan:
-    """The exact global selection of ``k`` weights over parts of ``sizes`` with no part losing
-    more than ``cap`` of its weights (:func:`pruneplug.layer_ratios.capped_counts`), each round's
+def plan_capped(k: int, caps: Sequence[int], select: Callable[[Sequence[int], int], tuple[ExactSelection, Shares]]
+                ) -> GlobalPlan:
+    """The exact global selection of ``k`` weights over parts with no part ``t`` losing more than
+    ``caps[t]`` weights (:func:`pruneplug.layer_ratios.capped_counts`; the caps from
+    :func:`~pruneplug.layer_ratios.layer_caps`), each round's
     selection and counting pass run by ``select(parts, k_parts)`` (a decided selection of
     ``k_parts`` over the listed parts and their :class:`Shares`) and kept: the first round runs
     once (when no cap binds, it is the plan), and the last round's selection and tie shares are the
@@ -204,7 +205,7 @@ def plan_capped(k: int, sizes: Sequence[int], cap: float,
         ...     sel = select_exact(chosen, k, "abs", backend="numpy")
         ...     return sel, shares_of(sel, [(int((abs(p) < sel.threshold).sum()), int((abs(p) == sel.threshold).sum()))
         ...                                 for p in chosen])
-        >>> plan_capped(4, [3, 3], 1.0, select).counts, plan_capped(4, [3, 3], 0.67, select).counts
+        >>> plan_capped(4, [3, 3], select).counts, plan_capped(4, [2, 2], select).counts
         ([3, 1], [2, 2])
     """
     rounds: list[tuple[Sequence[int], ExactSelection, Shares]] = []
@@ -213,10 +214,10 @@ def plan_capped(k: int, sizes: Sequence[int], cap: float,
         rounds.append((list(active), *select(active, k_active)))
         return rounds[-1][2].counts
 
-    counts = capped_counts(k, layer_caps(sizes, cap), counts_of)
+    counts = capped_counts(k, caps, counts_of)
     passes = sum(selection.passes + 1 for _, selection, _ in rounds)  # each round: its digits and a count
     active, last, shares = rounds[-1]  # the last round: the parts not held at their caps
-    quotas: list[int | None] = [None] * len(sizes)
+    quotas: list[int | None] = [None] * len(caps)
     for t, quota in zip(active, shares.quotas):
         quotas[t] = quota
     return GlobalPlan(counts, last.threshold, passes, last, quotas)

@@ -44,6 +44,7 @@ from pruneplug.checkpoint.selection import as_patterns
 from pruneplug.checkpoint.selection import SELECTION_RULE, select_tensors
 from pruneplug.checkpoint.writers import SafetensorsWriter, Transaction, write_guard, terminate_like_interrupt
 from pruneplug.errors import CheckpointError, InvalidArgumentError, PrunePlugError
+from pruneplug.layer_ratios import default_max_layer_sparsity, layer_caps
 from pruneplug.patterns import parse_pattern
 from pruneplug.validation import check_method, check_sparsity, count_to_prune
 from pruneplug.registry import get_registry
@@ -175,8 +176,6 @@ def prune_checkpoint(
     if out_path is not None:
         check_space(out_path, ckpt.total_bytes + (sum(ckpt.tensors[n].numel for n in selected) if masks_path else 0))
     check_writable_form(ckpt, [n for n in selected if stores_compressed(ckpt.tensors[n].shape, format)], format)
-    from pruneplug.layer_ratios import default_max_layer_sparsity
-
     cap = max_layer_sparsity if max_layer_sparsity is not None else default_max_layer_sparsity(scope, sparsity)
     plan = _plan_global_counts(tasks, selected, sparsity, method, progress, cap) if scope == "global" else None
     if plan is not None:
@@ -374,6 +373,7 @@ def _plan_global_counts(tasks: dict[str, TensorTask], selected: list[str], spars
     (a tensor over it), the select runs again for the tensors below their caps
     (:func:`~pruneplug.checkpoint.global_select.plan_capped`) and each tensor gets its exact count."""
     sources = [tensor_source(tasks[n].ref) for n in selected]
+    caps = layer_caps([s.numel for s in sources], cap)  # checks the cap before any pass
     k = count_to_prune(sparsity, sum(s.numel for s in sources))
     if cap >= 1.0 or k == 0:
         selection = decide_global(sources, None, method, progress, count=k)
@@ -384,7 +384,7 @@ def _plan_global_counts(tasks: dict[str, TensorTask], selected: list[str], spars
         selection = decide_global(chosen, None, method, progress, count=k_active)
         return selection, count_shares(selection, chosen, method)
 
-    return plan_capped(k, [s.numel for s in sources], cap, select)
+    return plan_capped(k, caps, select)
 
 
 def apply_plan(tasks: dict[str, TensorTask], selected: list[str], plan: GlobalPlan) -> None:
