@@ -19,6 +19,8 @@ Run::
 
     python benchmarks/bench_checkpoint.py                       # 1 GB bf16 and 2 GB f32, I/O table
     python benchmarks/bench_checkpoint.py --sizes 1:bfloat16 --repeat 5 --json
+    python benchmarks/bench_checkpoint.py --sizes 1:bfloat16 --scopes global --format sparse-bitmask \
+        --compare-pythonpath /tmp/old_site   # a compressed output, against an older pruneplug
     python benchmarks/bench_checkpoint.py --micro               # hook micro-benchmark
     python benchmarks/bench_checkpoint.py --torch --size-gb 1   # against torch
 """
@@ -174,6 +176,9 @@ def main() -> None:
     ap.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--backend", default=None, help="pruneplug backend (default: auto)")
+    ap.add_argument("--format", default=None, help="I/O mode: --format of the pruned output (default: dense); "
+                    "sparse-bitmask writes in file order, with each tensor's share of the global ties counted first")
+    ap.add_argument("--scopes", default="layer,global", help="I/O mode: the scopes to run (default: layer,global)")
     ap.add_argument("--dir", default=None, help="where to write the checkpoints (default: a temporary directory)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--compare-pythonpath", default=None,
@@ -229,7 +234,7 @@ def _median(values: list[float]) -> float:
 
 
 def io_comparison(args: argparse.Namespace) -> dict:
-    results: dict = {"cpus": os.cpu_count(), "sparsity": args.sparsity, "repeat": args.repeat,
+    results: dict = {"cpus": os.cpu_count(), "sparsity": args.sparsity, "repeat": args.repeat, "format": args.format or "dense",
                      "loadavg_before": os.getloadavg(), "sizes": []}
     cli = [sys.executable, __file__, "--child", "cli"]
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -245,9 +250,10 @@ def io_comparison(args: argparse.Namespace) -> dict:
                 "dd_fsync": lambda: _timed(f"dd if={src} of={copy} bs=16M conv=fsync status=none", shell=True),
                 "startup": lambda: _timed(cli + ["startup"]),
             }
-            for scope in ("layer", "global"):
+            for scope in args.scopes.split(","):
                 base = ["prune", str(src), "--sparsity", str(args.sparsity), "--scope", scope, "--progress", "never",
-                        "--quiet"] + (["--backend", args.backend] if args.backend else [])
+                        "--quiet"] + (["--backend", args.backend] if args.backend else []) \
+                    + (["--format", args.format] if args.format else [])
                 cases[f"{scope}_dry"] = lambda base=base: _timed(cli + base + ["--dry-run"])
                 cases[f"{scope}_written"] = lambda base=base: _timed(cli + base + ["-o", str(out)])
                 if args.compare_pythonpath:  # the same command run by the other pruneplug, from another directory
@@ -258,17 +264,19 @@ def io_comparison(args: argparse.Namespace) -> dict:
                         other + base + ["--dry-run"], env=env)
                     cases[f"other_{scope}_written"] = lambda base=base, env=env, other=other: _timed(
                         other + base + ["-o", str(out)], env=env)
-            for name, run in cases.items():
-                times, rss = [], []
-                for _ in range(args.repeat):
+            times: dict = {name: [] for name in cases}
+            rss: dict = {name: [] for name in cases}
+            for _ in range(args.repeat):  # round by round, so that a change of load hits every case alike
+                for name, run in cases.items():
                     seconds, info = run()
-                    times.append(seconds)
+                    times[name].append(seconds)
                     if info:
-                        rss.append(info["peak_rss_mb"])
+                        rss[name].append(info["peak_rss_mb"])
                     for p in (out, copy):
                         p.unlink(missing_ok=True)
-                row["runs"][name] = {"seconds": _median(times), "all": [round(t, 3) for t in times],
-                                     "peak_rss_mb": max(rss) if rss else None}
+            for name in cases:
+                row["runs"][name] = {"seconds": _median(times[name]), "all": [round(t, 3) for t in times[name]],
+                                     "peak_rss_mb": max(rss[name]) if rss[name] else None}
             r, start = row["runs"], row["runs"]["startup"]["seconds"]
             for name in [n for n in r if n.endswith(("_dry", "_written"))]:
                 r[name]["net_seconds"] = r[name]["seconds"] - start
@@ -284,7 +292,7 @@ TARGETS = {"layer_dry": 3.0, "global_dry": 4.0, "layer_written": 1.5, "global_wr
 
 
 def _print_io(r: dict) -> None:
-    print(f"{r['cpus']} CPUs, sparsity {r['sparsity']}, median of {r['repeat']}; load average before "
+    print(f"{r['cpus']} CPUs, sparsity {r['sparsity']}, format {r.get('format', 'dense')}, median of {r['repeat']}; load average before "
           f"{'/'.join(f'{x:.1f}' for x in r['loadavg_before'])}, after {'/'.join(f'{x:.1f}' for x in r['loadavg_after'])}")
     for row in r["sizes"]:
         c, runs = row["checkpoint"], row["runs"]

@@ -10,9 +10,12 @@ directory, which must be on a file system every worker sees (the same path every
    per shard on the workers (the backends' ``key_histogram`` hook, chunk by chunk) and summed in a
    tree of Dask tasks; then one more task per shard counts each tensor's keys below and at the
    threshold, and the client hands out the ties in tensor order (sorted names), so every tensor gets
-   its exact count. Only histograms (512 KiB per shard and pass) and counts move, never weights;
+   its exact count and its share of the ties. Only histograms (512 KiB per shard and pass) and
+   counts move, never weights;
 3. one task per shard prunes its tensors and writes the shard into a hidden staging directory next
-   to the output (the same bytes as the single-process command: same header, metadata and data);
+   to the output, each tensor through the single-process command's own per-tensor step
+   (:class:`pruneplug.checkpoint.prune.TensorPruner`), so the bytes are the same: same header,
+   metadata and data;
 4. the client writes the index and copies the input's other files into the staging directory, then
    renames it to the output: the commit is one ``rename``.
 
@@ -35,7 +38,6 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from pruneplug import api
 from pruneplug.arrays import dtype_name
 from pruneplug.checkpoint import (
     SELECTION_RULE,
@@ -45,12 +47,12 @@ from pruneplug.checkpoint import (
     TensorReport,
     open_checkpoint,
 )
-from pruneplug.checkpoint.formats import array_zeros
+from pruneplug.checkpoint.global_select import Shares, histogram, plan_capped, shares_of, tally, tensor_source
 from pruneplug.checkpoint.outputs import finish_directory, settings_metadata
-from pruneplug.checkpoint.prune import check_arguments, decide_tasks
-from pruneplug.errors import CheckpointError, InvalidArgumentError, NonFiniteError, PrunePlugError
-from pruneplug.layer_ratios import capped_counts, default_max_layer_sparsity, layer_caps
-from pruneplug.selection import ExactSelection, chunk_histogram, part_counts
+from pruneplug.checkpoint.prune import HowToPrune, TensorPruner, TensorTask, apply_plan, check_arguments, decide_tasks
+from pruneplug.errors import CheckpointError, InvalidArgumentError
+from pruneplug.layer_ratios import default_max_layer_sparsity, layer_caps
+from pruneplug.selection import ExactSelection
 from pruneplug.validation import check_method, count_to_prune
 
 
@@ -107,7 +109,6 @@ def prune_checkpoint_dask(
     cap = max_layer_sparsity if max_layer_sparsity is not None else default_max_layer_sparsity(scope, sparsity)
     if scope == "global":
         settings["max_layer_sparsity"] = cap  # as the single-process command records it
-    how = {"pattern": pattern, "sparsity": sparsity, "method": method, "axis": axis, "backend": backend}
     with _client(client, scheduler, workers) as dask_client:
         before = set(dask_client.scheduler_info()["workers"])
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -115,12 +116,14 @@ def prune_checkpoint_dask(
             plan = None
             if scope == "global":
                 plan = _global_plan(dask_client, src_path, ckpt, selected, sparsity, method, cap)
-                for name, k in zip(selected, plan.counts):
-                    tasks[name].k = k
+                apply_plan(tasks, selected, plan)
+            # NumPy arrays on the workers (xp=None), l1/l2 only: the options prune_from_args lets through
+            how = HowToPrune(pattern, sparsity, method, axis, "dense", backend, ckpt.kind, plan=plan, groups="layer")
             metadata = settings_metadata(settings, selected, plan)
             futures = []
             for f in ckpt.files:
-                fates = {r.name: (tasks[r.name].status, tasks[r.name].reason, tasks[r.name].k) for r in f.tensors}
+                fates = {r.name: (tasks[r.name].status, tasks[r.name].reason, tasks[r.name].k, tasks[r.name].quota)
+                         for r in f.tensors}
                 futures.append(dask_client.submit(_prune_shard, str(src_path), f.path.name, str(staging / f.path.name),
                                                   fates, how, metadata, _fault, pure=False))
             rows = {row.name: row for shard_rows in dask_client.gather(futures) for row in shard_rows}
@@ -204,23 +207,19 @@ def _tree_sum(client: Any, futures: list) -> Any:
 
 def _global_plan(client: Any, src: Path, ckpt: Any, selected: list[str], sparsity: float, method: str,
                  cap: float = 1.0) -> GlobalPlan:
-    """Exact per-tensor counts: the selection's histograms from the shards, ties in tensor order;
-    where a layer cap binds, the water-filling of :func:`pruneplug.layer_ratios.capped_counts` runs
-    the same selection again over the tensors below their caps (as the single-process command)."""
-    passes = []
-
-    def select(active: Sequence[int], k: int) -> list[int]:
-        counts, selection = _select_counts(client, src, ckpt, [selected[i] for i in active], k, method)
-        passes.append(selection)
-        return counts
+    """Exact per-tensor counts and tie shares: the selection's histograms from the shards, ties in
+    tensor order; where a layer cap binds, the water-filling of
+    :func:`~pruneplug.checkpoint.global_select.plan_capped` runs the selection again over the
+    tensors below their caps (as the single-process command)."""
+    def select(active: Sequence[int], k: int) -> tuple[ExactSelection, Shares]:
+        return _select(client, src, ckpt, [selected[i] for i in active], k, method)
 
     sizes = [ckpt.tensors[n].numel for n in selected]
-    counts = capped_counts(count_to_prune(sparsity, sum(sizes)), layer_caps(sizes, cap), select)
-    return GlobalPlan(counts, passes[-1].threshold, sum(p.passes + 1 for p in passes))
+    return plan_capped(count_to_prune(sparsity, sum(sizes)), layer_caps(sizes, cap), select)
 
 
-def _select_counts(client: Any, src: Path, ckpt: Any, names: list[str], k: int, method: str) -> tuple[list[int], Any]:
-    """The exact count of each of ``names`` under the exact selection of ``k`` over them."""
+def _select(client: Any, src: Path, ckpt: Any, names: list[str], k: int, method: str) -> tuple[ExactSelection, Shares]:
+    """The exact selection of ``k`` over ``names`` and each one's count and share of the ties."""
     transform = check_method(method)
     wanted = set(names)
     per_file = [(f.path.name, [r.name for r in f.tensors if r.name in wanted]) for f in ckpt.files]
@@ -229,14 +228,13 @@ def _select_counts(client: Any, src: Path, ckpt: Any, names: list[str], k: int, 
     dtypes = {dtype_name(ckpt.tensors[n].array()) for n in names}
     selection = ExactSelection(k, total, dtypes, transform)
     while (request := selection.next_request()) is not None:
-        futures = [client.submit(_shard_histogram, str(src), file, tensors, transform, request, pure=False)
+        futures = [client.submit(_shard_histogram, str(src), file, tensors, method, request, pure=False)
                    for file, tensors in per_file]
         selection.update(_tree_sum(client, futures))
-    counted = client.gather([client.submit(_shard_counts, str(src), file, tensors, transform, selection, pure=False)
+    counted = client.gather([client.submit(_shard_counts, str(src), file, tensors, method, selection, pure=False)
                              for file, tensors in per_file])
     less_equal = {name: pair for shard in counted for name, pair in shard}
-    quota = selection.tie_quota([less_equal[n][1] for n in names])
-    return [less_equal[n][0] + q for n, q in zip(names, quota)], selection
+    return selection, shares_of(selection, [less_equal[n] for n in names])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,67 +246,34 @@ def _refs(src: str, file: str) -> dict[str, Any]:
     return {r.name: r for r in shard.tensors}
 
 
-def _shard_histogram(src: str, file: str, tensors: list[str], transform: str, request: Any) -> np.ndarray:
+def _shard_histogram(src: str, file: str, tensors: list[str], method: str, request: Any) -> np.ndarray:
     refs = _refs(src, file)
-    hist = np.zeros(request.bins, dtype=np.int64)
-    for name in tensors:
-        with _naming(name):
-            for chunk in refs[name].chunks():
-                hist += chunk_histogram(chunk, transform, request)
-    return hist
+    return sum((histogram(tensor_source(refs[name]), method, request) for name in tensors),
+               np.zeros(request.bins, dtype=np.int64))
 
 
-def _shard_counts(src: str, file: str, tensors: list[str], transform: str, selection: Any) -> list:
+def _shard_counts(src: str, file: str, tensors: list[str], method: str, selection: ExactSelection) -> list:
     refs = _refs(src, file)
-    out = []
-    for name in tensors:
-        less = equal = 0
-        for chunk in refs[name].chunks():
-            lt, eq = part_counts(chunk, transform, selection)
-            less, equal = less + lt, equal + eq
-        out.append((name, (less, equal)))
-    return out
+    return [(name, tally(tensor_source(refs[name]), selection, method)) for name in tensors]
 
 
-@contextlib.contextmanager
-def _naming(name: str) -> Iterator[None]:
-    """Name the tensor in the core's errors (the core does not know it)."""
-    try:
-        yield
-    except NonFiniteError as exc:
-        raise NonFiniteError(f"tensor {name!r}: {exc}", count=exc.count, first_index=exc.first_index) from None
-    except PrunePlugError as exc:
-        if exc.args:
-            exc.args = (f"tensor {name!r}: {exc.args[0]}",) + exc.args[1:]
-        raise
-
-
-def _prune_shard(src: str, file: str, target: str, fates: dict, how: dict, metadata: dict,
+def _prune_shard(src: str, file: str, target: str, fates: dict, how: HowToPrune, metadata: dict,
                  fault: tuple[str, str] | None) -> list[TensorReport]:
-    """Prune (or copy) every tensor of one shard, in its order, into ``target``; its report rows."""
+    """Prune (or copy) every tensor of one shard, in its order, into ``target`` with the
+    single-process command's per-tensor step; its report rows."""
     ckpt = open_checkpoint(Path(src))
     shard = next(f for f in ckpt.files if f.path.name == file)
     entries = [(r.name, r.dtype, r.shape, r.nbytes) for r in shard.tensors]
+    tasks = [TensorTask(ref, *fates[ref.name]) for ref in shard.tensors]
+    pruner = TensorPruner(how, tasks)
     writer = SafetensorsWriter(Path(target), {**shard.metadata, **metadata}, entries)
     rows = []
     try:
-        for i, ref in enumerate(shard.tensors):
+        for i, task in enumerate(tasks):
             if fault is not None and fault[0] == file and i == 1 and not os.path.exists(fault[1]):
                 Path(fault[1]).touch()  # tests: this worker dies in the middle of its shard, once
                 os._exit(1)
-            status, reason, k = fates[ref.name]
-            row = TensorReport(ref.name, list(ref.shape), ref.dtype, ref.numel, status, reason)
-            if status != "pruned":
-                if ref.prunable:
-                    row.zeros_before = row.zeros_after = array_zeros(ref.array())
-                writer.write(ref.name, ref.raw_chunks(), ref.dtype, ref.shape)
-            else:
-                with _naming(ref.name):
-                    pruned, mask = _prune(ref.array(), k, how)
-                row.zeros_before = array_zeros(ref.array())
-                row.pruned, row.zeros_after = mask.num_zeros, array_zeros(pruned)
-                writer.write(ref.name, pruned)
-            rows.append(row)
+            rows.append(pruner.process(task, writer, None))
         writer.close()
         _fsync(Path(target))  # durable before the client's rename, from the machine that wrote it
     except BaseException:
@@ -323,18 +288,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _prune(view: np.ndarray, k: int | None, how: dict) -> tuple[np.ndarray, Any]:
-    """The same call ``prune_checkpoint`` makes for this tensor."""
-    if k is not None:
-        s = k / view.size if view.size else 0.0
-        return api.prune(view, sparsity=s, method=how["method"], backend=how["backend"], return_mask=True)
-    if ":" in how["pattern"]:
-        return api.prune(view, pattern=how["pattern"], method=how["method"], axis=how["axis"], backend=how["backend"],
-                         return_mask=True)
-    return api.prune(view, sparsity=how["sparsity"], pattern=how["pattern"], method=how["method"],
-                     backend=how["backend"], return_mask=True)
 
 
 # ---------------------------------------------------------------------------------------------

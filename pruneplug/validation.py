@@ -81,20 +81,6 @@ def count_to_prune(sparsity: float, total: int) -> int:
     return int(round(check_sparsity(sparsity) * total))
 
 
-def sparsity_for(k: int, total: int) -> float:
-    """A sparsity that :func:`count_to_prune` turns back into exactly ``k`` of ``total``
-    (front ends that decided exact counts hand them to ``prune`` this way).
-
-    Example::
-
-        >>> sparsity_for(3, 10), count_to_prune(sparsity_for(3, 10), 10)
-        (0.3, 3)
-    """
-    s = k / total if total else 0.0
-    assert count_to_prune(s, total) == k
-    return s
-
-
 def check_groups(groups: Any) -> str:
     """The comparison group of unstructured pruning: ``"layer"`` (the whole array) or ``"row"``
     (an exact count in every row of a 2-D array, as Wanda compares)."""

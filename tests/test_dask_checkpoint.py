@@ -68,6 +68,38 @@ def test_byte_identical_to_single_process(client, src, tmp_path, settings):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("settings", [dict(sparsity=0.5, scope="global"), dict(sparsity=0.5, scope="layer"),
+                                      dict(sparsity=0.5, scope="global", max_layer_sparsity=0.52)],
+                         ids=["global", "layer", "global-binding-cap"])
+def test_workers_prune_with_the_single_process_step(src, tmp_path, monkeypatch, settings):
+    """The workers' per-tensor step is the single-process one (TensorPruner.process, unstructured
+    pruning in one pass, never pp.prune), every pruned tensor once: a cluster of threads in this
+    process, so that the spies see the workers' calls."""
+    from pruneplug.checkpoint import prune as prune_module
+
+    pp.prune_checkpoint(src, tmp_path / "one", **settings)
+    processed = []
+    real_process = prune_module.TensorPruner.process
+
+    def process(self, task, writer, mask_writer):
+        processed.append((task.ref.name, task.status))
+        return real_process(self, task, writer, mask_writer)
+
+    def no_unstructured(*args, **kwargs):
+        raise AssertionError("pp.prune called for unstructured pruning")
+
+    monkeypatch.setattr(prune_module.TensorPruner, "process", process)
+    monkeypatch.setattr(prune_module.api, "prune", no_unstructured)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0",
+                                  silence_logs=logging.ERROR) as cluster, distributed.Client(cluster) as threads:
+        report = prune_checkpoint_dask(src, tmp_path / "many", client=threads, **settings)
+    pruned = sorted(r.name for r in report.tensors if r.status == "pruned")
+    assert sorted(name for name, status in processed if status == "pruned") == pruned
+    assert sorted(name for name, _ in processed) == sorted(r.name for r in report.tensors)
+    assert _tree(tmp_path / "one") == _tree(tmp_path / "many")
+
+
+@pytest.mark.slow
 def test_worker_killed_mid_shard_commits_nothing(client, src, tmp_path):
     marker = tmp_path / "died"
     with pytest.raises(CheckpointError, match="left the cluster"):

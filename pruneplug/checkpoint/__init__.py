@@ -17,7 +17,8 @@ Where things are:
 * :mod:`~pruneplug.checkpoint.selection`: which tensors are pruned (:data:`SELECTION_RULE`);
 * :mod:`~pruneplug.checkpoint.global_select`: global pruning in bounded memory (drives
   :mod:`pruneplug.selection` over the tensors);
-* :mod:`~pruneplug.checkpoint.prune`: :func:`prune_checkpoint`, step by step;
+* :mod:`~pruneplug.checkpoint.prune`: :func:`prune_checkpoint`, step by step, and its per-tensor
+  step (``TensorPruner``), which the workers of :mod:`pruneplug.dask_checkpoint` run too;
 * :mod:`~pruneplug.checkpoint.paths`: the path rules (IN, OUT, ``--report``, ``--masks-out`` and
   ``--plot`` name different things; side outputs stay out of checkpoint directories);
 * :mod:`~pruneplug.checkpoint.outputs`: output paths, one writer per output file, a directory's

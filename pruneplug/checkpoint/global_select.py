@@ -11,6 +11,11 @@ pass for float16/bfloat16 checkpoints, two for float32, four with float64) throu
 key histogram, holding one histogram; then each tensor prunes its keys below the threshold ``T``
 and its share of the ties at ``T`` (:func:`pruneplug.selection.prune_part`). Peak memory is one
 tensor's memory-mapped input, its pruned copy and its mask, whatever the number of tensors.
+
+Where each tensor's exact count is needed (a per-layer cap to test, a backend without
+``prune_below_key``, files written out of tensor order), one counting pass
+(:func:`count_shares`) gives every tensor's count *and* its share of the ties together, and
+:func:`plan_capped` keeps them: no pass is run twice.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from pruneplug.checkpoint import formats
 from pruneplug.checkpoint.formats import ST_DTYPES, TensorRef, flat_chunks, numpy_dtype
 from pruneplug.checkpoint.report import ProgressLike, NullProgress
 from pruneplug.errors import InvalidArgumentError, NonFiniteError
+from pruneplug.layer_ratios import capped_counts
 from pruneplug.registry import get_registry
 from pruneplug.selection import ExactSelection, chunk_histogram, part_counts, prune_part
 from pruneplug.types import Mask
-from pruneplug.validation import check_method, check_sparsity, count_to_prune
+from pruneplug.validation import check_method, check_sparsity, resolve_count
 
 _TRANSFORM = {"l1": "abs", "l2": "square"}
 
@@ -69,15 +75,49 @@ class GlobalPlan:
     """The outcome of the global select: how many weights to prune in each tensor (``None`` until
     the tensors are pruned, when they are counted on the way), the threshold score (float64;
     ``None`` when nothing or everything is pruned), the number of passes, and the decided
-    :class:`~pruneplug.selection.ExactSelection`."""
+    :class:`~pruneplug.selection.ExactSelection` (the last one, when a layer cap made the select
+    run again). ``quotas``: with ``counts``, each tensor's share of the ties at ``selection``'s
+    ``T`` (its count minus its keys below ``T``), so that it is pruned in one pass
+    (:func:`pruneplug.selection.prune_part`); ``None`` for a tensor held at its cap (only its count
+    says what to prune)."""
 
     counts: list[int] | None
     threshold: float | None
     passes: int
     selection: ExactSelection | None = None
+    quotas: list[int | None] | None = None
 
 
-def _histogram(source: Source, method: str, request: Any, backend: str | None, progress: ProgressLike) -> np.ndarray:
+@dataclass(frozen=True)
+class Shares:
+    """Each part's exact count to prune under a decided selection and its share of the ties at
+    ``T`` (both in part order; ``counts[i] - quotas[i]`` keys of part ``i`` are below ``T``)."""
+
+    counts: list[int]
+    quotas: list[int]
+
+
+def shares_of(selection: ExactSelection, tallies: Sequence[tuple[int, int]]) -> Shares:
+    """The :class:`Shares` of parts whose ``(count(key < T), count(key == T))`` are ``tallies``
+    (part order): the ties go to the parts in order (:meth:`ExactSelection.tie_quota`).
+
+    Example::
+
+        >>> from pruneplug.selection import ExactSelection
+        >>> sel = ExactSelection(k=3, n=6, dtypes=["float32"], transform="abs")
+        >>> sel.below, sel.ties, sel._request, sel._digits = 1, 4, None, []   # as if decided
+        >>> shares_of(sel, [(1, 1), (0, 0), (0, 3)])
+        Shares(counts=[2, 0, 1], quotas=[1, 0, 1])
+    """
+    quotas = selection.tie_quota([equal for _, equal in tallies])
+    return Shares([less + q for (less, _), q in zip(tallies, quotas)], quotas)
+
+
+def histogram(source: Source, method: str, request: Any, backend: str | None = None,
+              progress: "ProgressLike | None" = None) -> np.ndarray:
+    """The key histogram of one source for ``request``, summed over its chunks (one pass over it;
+    a non-finite weight is an error naming the tensor)."""
+    progress = progress or NullProgress()
     total = np.zeros(request.bins, np.int64)
     try:
         for chunk in source.chunks():
@@ -88,20 +128,23 @@ def _histogram(source: Source, method: str, request: Any, backend: str | None, p
     return total
 
 
-def decide_global(sources: Sequence[Source], sparsity: float, method: str,
-                  progress: "ProgressLike | None" = None, backend: str | None = None) -> ExactSelection:
-    """Run the exact selection over ``sources`` until the threshold is decided (one streaming pass
+def decide_global(sources: Sequence[Source], sparsity: float | None, method: str,
+                  progress: "ProgressLike | None" = None, backend: str | None = None, *,
+                  count: int | None = None) -> ExactSelection:
+    """Run the exact selection of ``round(sparsity * total)`` weights over ``sources`` (or of
+    exactly ``count``, with ``sparsity=None``) until the threshold is decided (one streaming pass
     per key digit)."""
     progress = progress or NullProgress()
     total = sum(s.numel for s in sources)
     nbytes = sum(s.numel * s.itemsize for s in sources)
     dtypes = [d for d in (s.dtype_name() for s in sources) if d is not None]
-    selection = ExactSelection(count_to_prune(sparsity, total), total, dtypes, _TRANSFORM[method])
+    selection = ExactSelection(resolve_count(sparsity, count, total, "weights", "the global select"), total, dtypes,
+                               _TRANSFORM[method])
     while (request := selection.next_request()) is not None:
         progress.start(f"global select, pass {selection.passes + 1}", len(sources), nbytes)
         merged = np.zeros(request.bins, np.int64)
         for source in sources:
-            merged += _histogram(source, method, request, backend, progress)
+            merged += histogram(source, method, request, backend, progress)
             progress.update(1, 0)
         progress.close()
         selection.update(merged)
@@ -115,11 +158,13 @@ def tie_quotas(selection: ExactSelection, sources: Sequence[Source], method: str
     need = selection.k - selection.below
     if need <= 0 or need >= selection.ties:
         return [0 if need <= 0 else s.numel for s in sources]  # none, or every tie (a cap, not a count)
-    equal = [_count(source, selection, method, backend)[1] for source in sources]
+    equal = [tally(source, selection, method, backend)[1] for source in sources]
     return selection.tie_quota(equal)
 
 
-def _count(source: Source, selection: ExactSelection, method: str, backend: str | None) -> tuple[int, int]:
+def tally(source: Source, selection: ExactSelection, method: str, backend: str | None = None) -> tuple[int, int]:
+    """``(count(key < T), count(key == T))`` of one source under a decided selection (one pass over
+    it; a non-finite weight is an error naming the tensor)."""
     less = equal = 0
     try:
         for chunk in source.chunks():
@@ -130,14 +175,52 @@ def _count(source: Source, selection: ExactSelection, method: str, backend: str 
     return less, equal
 
 
-def exact_counts(selection: ExactSelection, sources: Sequence[Source], method: str,
-                 backend: str | None = None) -> list[int]:
-    """Each source's exact count to prune under a decided selection (one counting pass)."""
+def count_shares(selection: ExactSelection, sources: Sequence[Source], method: str,
+                 backend: str | None = None) -> Shares:
+    """Each source's exact count to prune under a decided selection and its share of the ties
+    (one counting pass; none when nothing or everything is pruned)."""
     if selection.k in (0, selection.n):
-        return [0 if selection.k == 0 else s.numel for s in sources]
-    pairs = [_count(s, selection, method, backend) for s in sources]
-    quota = selection.tie_quota([eq for _, eq in pairs])
-    return [lt + q for (lt, _), q in zip(pairs, quota)]
+        everything = [0 if selection.k == 0 else s.numel for s in sources]
+        return Shares(everything, [0] * len(sources))
+    return shares_of(selection, [tally(s, selection, method, backend) for s in sources])
+
+
+def plan_capped(k: int, caps: Sequence[int], select: Callable[[Sequence[int], int], tuple[ExactSelection, Shares]]
+                ) -> GlobalPlan:
+    """The exact global selection of ``k`` weights over parts with no part ``t`` losing more than
+    ``caps[t]`` weights (:func:`pruneplug.layer_ratios.capped_counts`; the caps from
+    :func:`~pruneplug.layer_ratios.layer_caps`), each round's
+    selection and counting pass run by ``select(parts, k_parts)`` (a decided selection of
+    ``k_parts`` over the listed parts and their :class:`Shares`) and kept: the first round runs
+    once (when no cap binds, it is the plan), and the last round's selection and tie shares are the
+    plan's for the parts below their caps (``quotas`` ``None`` for the parts held at their caps).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from pruneplug.selection import select_exact
+        >>> parts = [np.array([0.1, 0.2, 0.3]), np.array([5.0, 6.0, 7.0])]
+        >>> def select(active, k):
+        ...     chosen = [parts[t] for t in active]
+        ...     sel = select_exact(chosen, k, "abs", backend="numpy")
+        ...     return sel, shares_of(sel, [(int((abs(p) < sel.threshold).sum()), int((abs(p) == sel.threshold).sum()))
+        ...                                 for p in chosen])
+        >>> plan_capped(4, [3, 3], select).counts, plan_capped(4, [2, 2], select).counts
+        ([3, 1], [2, 2])
+    """
+    rounds: list[tuple[Sequence[int], ExactSelection, Shares]] = []
+
+    def counts_of(active: Sequence[int], k_active: int) -> list[int]:
+        rounds.append((list(active), *select(active, k_active)))
+        return rounds[-1][2].counts
+
+    counts = capped_counts(k, caps, counts_of)
+    passes = sum(selection.passes + 1 for _, selection, _ in rounds)  # each round: its digits and a count
+    active, last, shares = rounds[-1]  # the last round: the parts not held at their caps
+    quotas: list[int | None] = [None] * len(caps)
+    for t, quota in zip(active, shares.quotas):
+        quotas[t] = quota
+    return GlobalPlan(counts, last.threshold, passes, last, quotas)
 
 
 def plan_global(sources: Sequence[Source], sparsity: float, method: str,
@@ -148,7 +231,8 @@ def plan_global(sources: Sequence[Source], sparsity: float, method: str,
     no longer gathers candidates.)"""
     del gather_limit
     selection = decide_global(sources, sparsity, method, progress, backend)
-    return GlobalPlan(exact_counts(selection, sources, method, backend), selection.threshold, selection.passes, selection)
+    shares = count_shares(selection, sources, method, backend)
+    return GlobalPlan(shares.counts, selection.threshold, selection.passes, selection, shares.quotas)
 
 
 def tensor_source(ref: TensorRef, chunk: int | None = None) -> Source:

@@ -21,7 +21,14 @@ import numpy as np
 
 from pruneplug import api
 from pruneplug.checkpoint.formats import Checkpoint, TensorRef, array_zeros, count_zeros, flat_chunks, numpy_dtype, open_checkpoint
-from pruneplug.checkpoint.global_select import GlobalPlan, decide_global, exact_counts, tensor_source, tie_quotas
+from pruneplug.checkpoint.global_select import (
+    GlobalPlan,
+    count_shares,
+    decide_global,
+    plan_capped,
+    tensor_source,
+    tie_quotas,
+)
 from pruneplug.checkpoint.outputs import (
     check_side_outputs,
     check_writable_form,
@@ -37,8 +44,9 @@ from pruneplug.checkpoint.selection import as_patterns
 from pruneplug.checkpoint.selection import SELECTION_RULE, select_tensors
 from pruneplug.checkpoint.writers import SafetensorsWriter, Transaction, write_guard, terminate_like_interrupt
 from pruneplug.errors import CheckpointError, InvalidArgumentError, PrunePlugError
+from pruneplug.layer_ratios import default_max_layer_sparsity, layer_caps
 from pruneplug.patterns import parse_pattern
-from pruneplug.validation import check_method, check_sparsity, count_to_prune, sparsity_for
+from pruneplug.validation import check_method, check_sparsity, count_to_prune
 from pruneplug.registry import get_registry
 from pruneplug.selection import ExactSelection, chunk_histogram, prune_part
 
@@ -47,16 +55,23 @@ FORMATS = ("dense", "sparse-24-bitmask", "sparse-bitmask")
 
 
 @dataclass
-class _Task:
+class TensorTask:
+    """One tensor's fate (``status`` "pruned", "skipped" or "kept", and why) and, where decided
+    beforehand, its exact count to prune ``k`` (global scope, OWL; else known once it is pruned)
+    and its share of the ties at the global threshold ``quota`` (when the tensors were counted under
+    the plan's selection; ``None`` for a tensor held at a layer cap)."""
+
     ref: TensorRef
     status: str
     reason: str | None = None
-    k: int | None = None  # global scope: exact count to prune (known once the tensor is pruned)
+    k: int | None = None
+    quota: int | None = None
 
 
 @dataclass(frozen=True)
-class _HowToPrune:
-    """The settings every tensor is pruned and stored with, passed to the per-tensor steps as one."""
+class HowToPrune:
+    """The settings every tensor is pruned and stored with, passed to the per-tensor step
+    (:class:`TensorPruner`) as one."""
 
     pattern: str
     sparsity: float | None
@@ -161,10 +176,10 @@ def prune_checkpoint(
     if out_path is not None:
         check_space(out_path, ckpt.total_bytes + (sum(ckpt.tensors[n].numel for n in selected) if masks_path else 0))
     check_writable_form(ckpt, [n for n in selected if stores_compressed(ckpt.tensors[n].shape, format)], format)
-    from pruneplug.layer_ratios import default_max_layer_sparsity
-
     cap = max_layer_sparsity if max_layer_sparsity is not None else default_max_layer_sparsity(scope, sparsity)
     plan = _plan_global_counts(tasks, selected, sparsity, method, progress, cap) if scope == "global" else None
+    if plan is not None:
+        apply_plan(tasks, selected, plan)
     if layer_ratios not in (None, "uniform", "owl"):
         raise InvalidArgumentError(f"layer_ratios={layer_ratios!r}: expected None, 'uniform' or 'owl'")
     if layer_ratios == "owl" and calibration is None and owl_stats is not None:
@@ -185,7 +200,7 @@ def prune_checkpoint(
         settings["layer_ratios"] = owl
     if scope == "global":
         settings["max_layer_sparsity"] = cap
-    how = _HowToPrune(pattern, sparsity, method, axis, format, backend, ckpt.kind, _device_module(backend), plan=plan,
+    how = HowToPrune(pattern, sparsity, method, axis, format, backend, ckpt.kind, _device_module(backend), plan=plan,
                       calibration=calibration, groups=groups)
     metadata_extra = settings_metadata(settings, selected, plan)
 
@@ -292,23 +307,23 @@ def _check_pattern(sparsity: float | None, pattern: str, scope: str) -> None:
 
 
 def _decide_tasks(ckpt: Checkpoint, names: list[str], include: Sequence[str] | None, exclude: Sequence[str] | None,
-                  pattern: str, axis: int, strict: bool) -> dict[str, _Task]:
+                  pattern: str, axis: int, strict: bool) -> dict[str, TensorTask]:
     """Each tensor's fate: "kept" (not selected), "skipped" (selected, but the pattern does not fit
     it; an error with ``strict``) or "pruned"."""
     reasons = select_tensors((ckpt.tensors[n] for n in names), include, exclude)
-    tasks: dict[str, _Task] = {}
+    tasks: dict[str, TensorTask] = {}
     for name in names:
         ref = ckpt.tensors[name]
         if reasons[name] is not None:
-            tasks[name] = _Task(ref, "kept", reasons[name])
+            tasks[name] = TensorTask(ref, "kept", reasons[name])
             continue
         why = _fits(ref, pattern, axis)
         if why is not None:
             if strict:
                 raise CheckpointError(f"tensor {name!r} cannot be pruned with pattern {pattern!r}: {why} (drop --strict to skip it)")
-            tasks[name] = _Task(ref, "skipped", why)
+            tasks[name] = TensorTask(ref, "skipped", why)
         else:
-            tasks[name] = _Task(ref, "pruned")
+            tasks[name] = TensorTask(ref, "pruned")
     return tasks
 
 
@@ -350,37 +365,38 @@ def _pruned_count(pattern: str, sparsity: float | None, shape: tuple, k: int | N
     return count_to_prune(sparsity, (shape[0] // bh) * (shape[1] // bw)) * bh * bw
 
 
-def _plan_global_counts(tasks: dict[str, _Task], selected: list[str], sparsity: float, method: str,
+def _plan_global_counts(tasks: dict[str, TensorTask], selected: list[str], sparsity: float, method: str,
                         progress: ProgressLike, cap: float = 1.0) -> GlobalPlan:
-    """Global scope: decide the threshold (one streaming pass per key digit); each tensor's exact
-    count follows from it when the tensor is pruned. Where a layer cap binds (``cap`` below 1 and a
-    tensor over it), the select runs again for the tensors below their caps
-    (:func:`pruneplug.layer_ratios.capped_counts`) and each tensor gets its exact count."""
-    from pruneplug.layer_ratios import capped_counts, layer_caps
-
+    """Global scope. Without a layer cap (``cap`` 1): decide the threshold (one streaming pass per
+    key digit); each tensor's exact count follows from it when the tensor is pruned. With a cap:
+    the selection and one counting pass, whose counts and tie shares are kept; where the cap binds
+    (a tensor over it), the select runs again for the tensors below their caps
+    (:func:`~pruneplug.checkpoint.global_select.plan_capped`) and each tensor gets its exact count."""
     sources = [tensor_source(tasks[n].ref) for n in selected]
-    selection = decide_global(sources, sparsity, method, progress)
-    sizes = [s.numel for s in sources]
-    caps = layer_caps(sizes, cap)
-    if cap >= 1.0 or selection.k == 0:
+    caps = layer_caps([s.numel for s in sources], cap)  # checks the cap before any pass
+    k = count_to_prune(sparsity, sum(s.numel for s in sources))
+    if cap >= 1.0 or k == 0:
+        selection = decide_global(sources, None, method, progress, count=k)
         return GlobalPlan(None, selection.threshold, selection.passes, selection)
-    counts = exact_counts(selection, sources, method)
-    if all(c <= m for c, m in zip(counts, caps)):  # the cap does not bind: the one selection decides
-        return GlobalPlan(None, selection.threshold, selection.passes + 1, selection)
-    plans = [selection]
 
-    def select(active: Sequence[int], k: int) -> list[int]:
+    def select(active: Sequence[int], k_active: int):
         chosen = [sources[t] for t in active]
-        plans.append(decide_global(chosen, sparsity_for(k, sum(s.numel for s in chosen)), method, progress))
-        return exact_counts(plans[-1], chosen, method)
+        selection = decide_global(chosen, None, method, progress, count=k_active)
+        return selection, count_shares(selection, chosen, method)
 
-    counts = capped_counts(selection.k, caps, select)
-    for n, k_t in zip(selected, counts):
-        tasks[n].k = k_t
-    return GlobalPlan(counts, plans[-1].threshold, sum(p.passes + 1 for p in plans))
+    return plan_capped(k, caps, select)
 
 
-def _owl_plan(tasks: dict[str, _Task], selected: list[str], sparsity: float | None, pattern: str, scope: str,
+def apply_plan(tasks: dict[str, TensorTask], selected: list[str], plan: GlobalPlan) -> None:
+    """Give each selected tensor (in tensor order, as planned) its planned count and tie share."""
+    for i, name in enumerate(selected):
+        if plan.counts is not None:
+            tasks[name].k = plan.counts[i]
+        if plan.quotas is not None:
+            tasks[name].quota = plan.quotas[i]
+
+
+def _owl_plan(tasks: dict[str, TensorTask], selected: list[str], sparsity: float | None, pattern: str, scope: str,
               calibration: Any, m: float, lam: float, cap: float) -> dict:
     """OWL: exact per-tensor counts (``task.k``) from the Wanda scores of the selected tensors."""
     from pruneplug.criteria.wanda import WandaImportance
@@ -420,7 +436,7 @@ def _device_module(backend: str | None) -> Any:
 # ---------------------------------------------------------------------------------------------
 # the work: every tensor pruned or copied, written, reported
 # ---------------------------------------------------------------------------------------------
-def _open_mask_writer(txn: Transaction, masks_path: Path, outputs, tasks: dict[str, _Task],
+def _open_mask_writer(txn: Transaction, masks_path: Path, outputs, tasks: dict[str, TensorTask],
                       metadata_extra: dict[str, str]) -> SafetensorsWriter:
     """The ``--masks-out`` file: one BOOL keep-mask per pruned tensor, in the inputs' data order
     (the order the tensors are processed in, so the header can go first)."""
@@ -432,7 +448,7 @@ def _open_mask_writer(txn: Transaction, masks_path: Path, outputs, tasks: dict[s
             [(n, "BOOL", tasks[n].ref.shape, tasks[n].ref.numel) for n in order if tasks[n].status == "pruned"])
 
 
-def _prune_tensors(outputs, tasks: dict[str, _Task], mask_writer: SafetensorsWriter | None, how: _HowToPrune,
+def _prune_tensors(outputs, tasks: dict[str, TensorTask], mask_writer: SafetensorsWriter | None, how: HowToPrune,
                    metadata_extra: dict[str, str], writers: list[Any], progress: ProgressLike,
                    dry_run: bool = False) -> dict[str, TensorReport]:
     """Every tensor, each file's writer added to ``writers`` while open.
@@ -442,10 +458,10 @@ def _prune_tensors(outputs, tasks: dict[str, _Task], mask_writer: SafetensorsWri
     ties of a global selection are handed out as the tensors go by. Compressed formats and ``.npz``
     are written in file order, one file at a time, with the ties counted beforehand."""
     rows: dict[str, TensorReport] = {}
-    selected = [n for n in sorted(tasks) if tasks[n].status == "pruned"]
-    pass_ = _TensorPass(how, selected, tasks, dry_run)
-    pass_.counts_first()
-    if how.format == "dense" and how.kind != "npz":
+    pass_ = TensorPruner(how, [tasks[n] for n in sorted(tasks)], dry_run)
+    in_tensor_order = how.format == "dense" and how.kind != "npz"
+    pass_.count_first(in_tensor_order)
+    if in_tensor_order:
         writer_of: dict[str, Any] = {}
         for _out_file, in_names, metadata, make_writer in outputs:
             writer = make_writer({**metadata, **metadata_extra}) if make_writer else None
@@ -459,7 +475,6 @@ def _prune_tensors(outputs, tasks: dict[str, _Task], mask_writer: SafetensorsWri
             writer.close()
             writers.remove(writer)
         return rows
-    pass_.count_ties_first()
     for _out_file, in_names, metadata, make_writer in outputs:
         writer = make_writer({**metadata, **metadata_extra}) if make_writer else None
         if writer is not None:
@@ -473,22 +488,35 @@ def _prune_tensors(outputs, tasks: dict[str, _Task], mask_writer: SafetensorsWri
     return rows
 
 
-class _TensorPass:
-    """The per-tensor work: one streaming pass over each tensor.
+class TensorPruner:
+    """The per-tensor step of checkpoint pruning, for :func:`prune_checkpoint` and the Dask workers
+    of :mod:`pruneplug.dask_checkpoint` alike: :meth:`process` prunes (or copies) one tensor, counts
+    its zeros before and after, writes it and returns its report row.
 
     Unstructured pruning (layer or global) on a backend with ``prune_below_key`` reads the
     memory-mapped input once per key digit (layer scope; global scope decided beforehand) and then
     once more to write the pruned copy into a reused buffer, counting the zeros before and after in
     that same pass (a dry run only counts); the buffer goes to the file with ``pwrite``. Other
-    patterns and backends prune a copy with :func:`pruneplug.prune`."""
+    patterns and backends prune a copy with :func:`pruneplug.prune`.
 
-    def __init__(self, how: _HowToPrune, selected: list[str], tasks: dict[str, _Task], dry_run: bool) -> None:
-        self.how, self.tasks, self.selected, self.dry_run = how, tasks, selected, dry_run
+    ``tasks`` are the tensors this pruner will see, in tensor order (those not pruned are ignored
+    here). Under a global selection each tensor prunes its keys below the threshold and its share
+    of the ties: the planned ``quota`` when known, else handed out as the tensors come in tensor
+    order (see :meth:`count_first` for any other order).
+
+    Example (the loop of one output file)::
+
+        pruner = TensorPruner(how, [tasks[n] for n in names])
+        rows = [pruner.process(tasks[n], writer, None) for n in names]
+    """
+
+    def __init__(self, how: HowToPrune, tasks: Sequence[TensorTask], dry_run: bool = False) -> None:
+        self.how, self.dry_run = how, dry_run
+        self.tasks = [t for t in tasks if t.status == "pruned"]
         self.fast = self._fast_path_applies()
         self.selection = how.plan.selection if how.plan is not None else None
         self.remaining = None if self.selection is None else self.selection.k - self.selection.below
-        self.quotas: dict[str, int] | None = None
-        largest = max((tasks[n].ref.nbytes for n in selected), default=0)
+        largest = max((t.ref.nbytes for t in self.tasks), default=0)
         self.scratch = np.empty(largest if self.fast else 0, np.uint8)  # reused: no page faults per tensor
         self.mask_scratch = np.empty(0, np.bool_)
 
@@ -498,7 +526,7 @@ class _TensorPass:
             return False
         if how.calibration is not None or how.groups == "row" or how.method not in ("l1", "l2"):
             return False  # a criterion's scores or per-row groups: pruned through pruneplug.criteria
-        dtypes = {self.tasks[n].ref.dtype for n in self.selected}
+        dtypes = {t.ref.dtype for t in self.tasks}
         if not dtypes:
             return False
         registry = get_registry()
@@ -511,20 +539,23 @@ class _TensorPass:
             return False
         return True
 
-    def counts_first(self) -> None:
-        """Without the fast path, global scope prunes each tensor by an exact count: count them now."""
-        if self.selection is not None and not self.fast:
-            sources = [tensor_source(self.tasks[n].ref) for n in self.selected]
-            for name, k in zip(self.selected, exact_counts(self.selection, sources, self.how.method)):
-                self.tasks[name].k = k
+    def count_first(self, in_tensor_order: bool) -> None:
+        """Global scope, before the first tensor, where the plan did not count the tensors (no
+        layer cap): without the fast path each tensor is pruned by its exact count, and in any
+        order but tensor order (compressed formats, ``.npz``: file order) each needs its share of
+        the ties: one counting pass gives what is needed."""
+        if self.selection is None or all(t.k is not None for t in self.tasks) or (self.fast and in_tensor_order):
+            return  # layer scope; counts planned (a layer cap); or ties handed out in tensor order
+        sources = [tensor_source(t.ref) for t in self.tasks]
+        if not self.fast:
+            shares = count_shares(self.selection, sources, self.how.method)
+            for task, k, quota in zip(self.tasks, shares.counts, shares.quotas):
+                task.k, task.quota = k, quota
+        else:
+            for task, quota in zip(self.tasks, tie_quotas(self.selection, sources, self.how.method, self.how.backend)):
+                task.quota = quota
 
-    def count_ties_first(self) -> None:
-        """For file-order processing: each tensor's share of the global ties, counted up front."""
-        if self.selection is not None and self.fast:
-            sources = [tensor_source(self.tasks[n].ref) for n in self.selected]
-            self.quotas = dict(zip(self.selected, tie_quotas(self.selection, sources, self.how.method, self.how.backend)))
-
-    def process(self, task: _Task, writer: Any, mask_writer: Any) -> TensorReport:
+    def process(self, task: TensorTask, writer: Any, mask_writer: Any) -> TensorReport:
         """One tensor: pruned when selected, else copied unchanged; written (unless a dry run) and reported."""
         ref = task.ref
         row = TensorReport(ref.name, list(ref.shape), ref.dtype, ref.numel, task.status, task.reason)
@@ -554,20 +585,22 @@ class _TensorPass:
             _write_pruned(writer, ref, pruned, row, self.how.format)
         return row
 
-    def _threshold_prune(self, task: _Task, row: TensorReport, want_out: bool, want_mask: bool):
+    def _threshold_prune(self, task: TensorTask, row: TensorReport, want_out: bool, want_mask: bool):
         ref, how = task.ref, self.how
         transform = {"l1": "abs", "l2": "square"}[how.method]
         view = ref.array()
         dtype = view.dtype
-        if self.selection is None:  # this tensor is the whole selection: its own count (OWL, a layer cap) or the sparsity's
+        if task.quota is not None:  # the global selection and this tensor's planned share of its ties
+            selection, quota = self.selection, task.quota
+        elif self.selection is None or task.k is not None:
+            # this tensor is the whole selection: its own count (OWL, held at a layer cap) or the sparsity's
             k = task.k if task.k is not None else count_to_prune(how.sparsity, ref.numel)
             selection = ExactSelection(k, ref.numel, [dtype.name], transform)
             while (request := selection.next_request()) is not None:
                 selection.update(chunk_histogram(view, transform, request, backend=how.backend))
             quota = selection.k - selection.below
-        else:
-            selection = self.selection
-            quota = self.quotas[ref.name] if self.quotas is not None else self.remaining
+        else:  # the global selection, tensors in tensor order: the ties left
+            selection, quota = self.selection, self.remaining
         out = self.scratch[:ref.nbytes].view(dtype).reshape(view.shape) if want_out else None
         mask = None
         if want_mask:
@@ -576,7 +609,7 @@ class _TensorPass:
             mask = self.mask_scratch[:ref.numel].reshape(view.shape)
         result = prune_part(view, transform, selection, quota, out=out, mask=mask, backend=how.backend)
         del view
-        if self.selection is not None and self.quotas is None:
+        if selection is self.selection and task.quota is None:
             self.remaining -= result.pruned - result.less  # the ties this tensor took
         task.k = result.pruned
         row.pruned, row.zeros_before, row.zeros_after = result.pruned, result.zeros_before, result.zeros_after
@@ -596,7 +629,7 @@ def _copy_unchanged(ref: TensorRef, row: TensorReport, writer: Any, kind: str) -
             writer.write(ref.name, ref.raw_chunks(), ref.dtype, ref.shape)
 
 
-def _prune_tensor(task: _Task, how: _HowToPrune, row: TensorReport, want_mask: bool) -> tuple[np.ndarray, Any]:
+def _prune_tensor(task: TensorTask, how: HowToPrune, row: TensorReport, want_mask: bool) -> tuple[np.ndarray, Any]:
     """The pruned NumPy array and its mask (None unless ``want_mask``); counts the zeros before."""
     ref = task.ref
     view = ref.array()
@@ -616,7 +649,7 @@ def _prune_tensor(task: _Task, how: _HowToPrune, row: TensorReport, want_mask: b
     return pruned, mask
 
 
-def _call_prune(view: Any, task: _Task, how: _HowToPrune, want_mask: bool) -> Any:
+def _call_prune(view: Any, task: TensorTask, how: HowToPrune, want_mask: bool) -> Any:
     if how.calibration is not None or how.groups == "row" or how.method not in ("l1", "l2"):  # criteria, row groups
         from pruneplug.criteria import prune_scored
 
@@ -627,7 +660,7 @@ def _call_prune(view: Any, task: _Task, how: _HowToPrune, want_mask: bool) -> An
                      axis=None if how.axis == -1 else how.axis, backend=how.backend, count=task.k)
         return target
     if task.k is not None:  # global scope: exactly this tensor's share of the global count
-        return api.prune(view, sparsity=sparsity_for(task.k, task.ref.numel), method=how.method,
+        return api.prune(view, count=task.k, method=how.method,
                          backend=how.backend, return_mask=want_mask)
     if not parse_pattern(how.pattern).needs_sparsity:
         return api.prune(view, pattern=how.pattern, method=how.method, axis=how.axis, backend=how.backend,
