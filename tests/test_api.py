@@ -602,3 +602,17 @@ def test_registering_the_same_plugin_twice_is_a_typed_error():
             pp.register_backend(plugin, "twice")
     finally:
         pp.unregister_backend("twice")
+
+
+def test_global_masks_take_an_exact_count():
+    tensors = {"a": np.random.default_rng(51).standard_normal((8, 8)), "b": np.random.default_rng(52).standard_normal(40)}
+    total = 64 + 40
+    for k in (0, 1, 37, total):
+        by_count = pp.global_unstructured_masks(tensors, count=k)
+        assert sum(int((~m.data).sum()) for m in by_count.values()) == k
+        by_sparsity = pp.global_unstructured_masks(tensors, k / total)
+        assert all((by_count[n].data == by_sparsity[n].data).all() for n in tensors)
+    with pytest.raises(pp.errors.InvalidArgumentError, match=r"count=105 must be an integer in \[0, 104\]"):
+        pp.global_unstructured_masks(tensors, count=total + 1)
+    with pytest.raises(pp.errors.InvalidArgumentError, match="exclusive"):
+        pp.global_unstructured_masks(tensors, 0.5, count=3)

@@ -36,7 +36,6 @@ from pruneplug.selection import ExactSelection, chunk_histogram, part_counts, pr
 from pruneplug.types import Mask
 from pruneplug.validation import check_method, check_sparsity, resolve_count
 
-_TRANSFORM = {"l1": "abs", "l2": "square"}
 
 
 def _nonfinite_error(name: str, chunks: Callable[[], Iterator[np.ndarray]], method: str) -> NonFiniteError:
@@ -48,7 +47,7 @@ def _nonfinite_error(name: str, chunks: Callable[[], Iterator[np.ndarray]], meth
                 first = seen + int(np.flatnonzero(bad)[0])
             count += int(bad.sum())
         seen += chunk.size
-    base = NonFiniteError.for_values(_TRANSFORM[method], count, max(first, 0))
+    base = NonFiniteError.for_values(check_method(method), count, max(first, 0))
     return NonFiniteError(f"tensor {name!r}: {base}", count=count, first_index=max(first, 0))
 
 
@@ -122,7 +121,7 @@ def histogram(source: Source, method: str, request: Any, backend: str | None = N
     try:
         for chunk in source.chunks():
             progress.update(0, chunk.size * source.itemsize)
-            total += chunk_histogram(chunk, _TRANSFORM[method], request, backend=backend)
+            total += chunk_histogram(chunk, check_method(method), request, backend=backend)
     except NonFiniteError:
         raise _nonfinite_error(source.name, source.chunks, method) from None
     return total
@@ -139,7 +138,7 @@ def decide_global(sources: Sequence[Source], sparsity: float | None, method: str
     nbytes = sum(s.numel * s.itemsize for s in sources)
     dtypes = [d for d in (s.dtype_name() for s in sources) if d is not None]
     selection = ExactSelection(resolve_count(sparsity, count, total, "weights", "the global select"), total, dtypes,
-                               _TRANSFORM[method])
+                               check_method(method))
     while (request := selection.next_request()) is not None:
         progress.start(f"global select, pass {selection.passes + 1}", len(sources), nbytes)
         merged = np.zeros(request.bins, np.int64)
@@ -168,7 +167,7 @@ def tally(source: Source, selection: ExactSelection, method: str, backend: str |
     less = equal = 0
     try:
         for chunk in source.chunks():
-            lt, eq = part_counts(chunk, _TRANSFORM[method], selection, backend=backend)
+            lt, eq = part_counts(chunk, check_method(method), selection, backend=backend)
             less, equal = less + lt, equal + eq
     except NonFiniteError:
         raise _nonfinite_error(source.name, source.chunks, method) from None
@@ -243,11 +242,13 @@ def tensor_source(ref: TensorRef, chunk: int | None = None) -> Source:
 
 
 
-def global_unstructured_masks(tensors: Mapping[str, Any], sparsity: float, *, method: str = "l1",
+def global_unstructured_masks(tensors: Mapping[str, Any], sparsity: float | None = None, *,
+                              count: int | None = None, method: str = "l1",
                               backend: str | None = None) -> dict[str, Mask]:
     """Exact global magnitude pruning of arrays in memory: masks that prune exactly
-    ``round(sparsity * total)`` weights over all ``tensors`` (NumPy arrays or PyTorch CPU tensors),
-    the lowest scores first, ties by the dict's iteration order, then by flat index.
+    ``round(sparsity * total)`` (or ``count``) weights over all ``tensors`` (NumPy arrays or
+    PyTorch CPU tensors), the lowest scores first, ties by the dict's iteration order, then by
+    flat index.
 
     Nothing is concatenated: peak extra memory is one chunk's keys and one mask, whatever the
     number of tensors. Returns name -> :class:`Mask` (``True`` = keep), in the user's array type.
@@ -260,7 +261,8 @@ def global_unstructured_masks(tensors: Mapping[str, Any], sparsity: float, *, me
         (array([False,  True]), array([ True, False]))
     """
     check_method(method)
-    check_sparsity(sparsity)
+    if sparsity is not None:
+        check_sparsity(sparsity)
     if not isinstance(tensors, Mapping):
         raise InvalidArgumentError(f"tensors must be a mapping of name -> array, got {type(tensors).__name__}")
     adapted = {}
@@ -280,7 +282,7 @@ def global_unstructured_masks(tensors: Mapping[str, Any], sparsity: float, *, me
 
     sources = [Source(name, int(a.array.size), chunker(a.array), a.array.dtype.itemsize, dtype_name(a.array))
                for name, a in adapted.items()]
-    selection = decide_global(sources, sparsity, method, backend=backend)
+    selection = decide_global(sources, sparsity, method, backend=backend, count=count)
     quotas = tie_quotas(selection, sources, method, backend)
     registry = get_registry()
     masks = {}
@@ -288,6 +290,6 @@ def global_unstructured_masks(tensors: Mapping[str, Any], sparsity: float, *, me
         array = np.ascontiguousarray(a.array)
         used = registry.select(backend, array_type="numpy", dtype=dtype_name(array), operation="prune_below_key")
         keep = np.empty(array.shape, dtype=bool)
-        prune_part(array, _TRANSFORM[method], selection, quota, mask=keep, backend=used)
+        prune_part(array, check_method(method), selection, quota, mask=keep, backend=used)
         masks[name] = Mask(a.wrap(keep), "unstructured", used)
     return masks

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pruneplug import api
-from pruneplug.checkpoint.formats import Checkpoint, TensorRef, array_zeros, count_zeros, flat_chunks, numpy_dtype, open_checkpoint
+from pruneplug.checkpoint.formats import Checkpoint, TensorRef, array_zeros, count_zeros, numpy_dtype, open_checkpoint
 from pruneplug.checkpoint.global_select import (
     GlobalPlan,
     count_shares,
@@ -587,7 +587,7 @@ class TensorPruner:
 
     def _threshold_prune(self, task: TensorTask, row: TensorReport, want_out: bool, want_mask: bool):
         ref, how = task.ref, self.how
-        transform = {"l1": "abs", "l2": "square"}[how.method]
+        transform = check_method(how.method)
         view = ref.array()
         dtype = view.dtype
         if task.quota is not None:  # the global selection and this tensor's planned share of its ties

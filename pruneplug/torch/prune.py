@@ -204,10 +204,9 @@ def _prune_global(params: dict[str, torch.Tensor], sparsity: float, criterion: A
     sizes = [params[n].numel() for n in names]
 
     def select(active: Sequence[int], k: int) -> list[int]:
-        n = sum(sizes[t] for t in active)
         if k == 0:
             return [0] * len(active)
-        masks = global_unstructured_masks({names[t]: params[names[t]].data for t in active}, _fraction(k, n),
+        masks = global_unstructured_masks({names[t]: params[names[t]].data for t in active}, count=k,
                                           method=criterion.method, backend=backend)
         return [sizes[t] - int(np.count_nonzero(np.asarray(masks[names[t]].data))) for t in active]
 
@@ -215,13 +214,6 @@ def _prune_global(params: dict[str, torch.Tensor], sparsity: float, criterion: A
     with torch.no_grad():
         for name, size, k in zip(names, sizes, counts):
             api.prune(params[name].data, count=k, method=criterion.method, backend=backend, inplace=True)
-
-
-def _fraction(k: int, n: int) -> float:
-    """A sparsity that makes the core prune exactly ``k`` of ``n``."""
-    s = k / n if n else 0.0
-    assert count_to_prune(s, n) == k
-    return s
 
 
 class _WandaScores(Mapping):
