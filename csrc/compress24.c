@@ -458,7 +458,7 @@ static void prune_compress_rows(const void *w, int dtype, int transform, int64_t
 
 int pp24_prune_compress(const void *weights, int dtype, int transform, int64_t rows, int64_t cols,
                         int layout, void *values, void *metadata, int nthreads,
-                        int64_t *bad_row, int64_t *bad_group, int64_t *bad_value)
+                        int64_t *bad_count, int64_t *bad_first)
 {
     if (!check_args(dtype, rows, cols, layout)) return PP24_ERR_ARG;
     if (transform != PP_ABS && transform != PP_SQUARE) return PP24_ERR_ARG;
@@ -477,10 +477,9 @@ int pp24_prune_compress(const void *weights, int dtype, int transform, int64_t r
         count += nf[t].count;
         if (first < 0 && nf[t].first >= 0) first = nf[t].first;
     }
-    (void)bad_value;
     if (count) {
-        *bad_row = count;
-        *bad_group = first;
+        *bad_count = count;
+        *bad_first = first;
         return PP24_ERR_NONFINITE;
     }
     return PP24_OK;
