@@ -48,6 +48,9 @@ CASES = {
     "cpu_apply": ("apply", "cpu apply_mask (branch-free select)"),
     "numpy_apply_multiply": ("apply", "np.multiply(w, mask, out=w)"),
     "cpu_importance": ("importance", "cpu importance l1: scores + min/max/mean/std in one pass"),
+    "cpu_key_histogram": ("selection", "cpu key_histogram hook (abs, float32 keys, float64 for float64 weights), "
+                                       "first pass: 16-bit digit, no prefix"),
+    "cpu_prune_below_key": ("selection", "cpu prune_below_key hook (abs, same keys), threshold |w| = 0.6745, out="),
     "numpy_importance": ("importance", "np.abs + min + max + mean + std (float64)"),
 }
 NUMPY_CASES = [c for c in CASES if c.startswith("numpy_")] + ["copy"]
@@ -176,6 +179,18 @@ def _make_case(case: str, x, k: int):
             np.put_along_axis(keep, order[:, :2], True, axis=1)
             return keep
         return None, run_sort
+    if case in ("cpu_key_histogram", "cpu_prune_below_key"):
+        from pruneplug_backends import cpu
+
+        keys = "f64" if x.dtype == np.float64 else "f32"
+        if case == "cpu_key_histogram":
+            top = 63 if keys == "f64" else 31  # every key is below 2^top
+            return None, lambda: cpu.pruneplug_key_histogram(values=x, transform="abs", keys=keys, shift=top - 16,
+                                                             bits=16, prefix=0)
+        threshold = int(np.float64(0.6745).view(np.uint64)) if keys == "f64" else int(np.float32(0.6745).view(np.uint32))
+        out = np.empty_like(x)
+        return None, lambda: cpu.pruneplug_prune_below_key(values=x, transform="abs", keys=keys, threshold=threshold,
+                                                           ties=0, out=out)
     if case == "cpu_importance":
         from pruneplug_backends import cpu
 

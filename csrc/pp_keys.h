@@ -10,6 +10,9 @@
  *
  * A *key* is an unsigned integer whose unsigned order is the order of the scores, equal scores
  * having equal keys. The selection, N:M and 2:4 compare keys, never floats.
+ *
+ * C11 (_Generic here, _Static_assert in the kernel templates): the default of GCC >= 5 and Clang.
+ * Only the cffi contract headers (pruneplug.h, ...) are held to plain C99.
  */
 #ifndef PP_KEYS_H
 #define PP_KEYS_H

@@ -20,24 +20,25 @@
 /*                    dtype    transform    element   key       score   score bits  importance */
 #define PP_ROW_f16abs  PP_F16,  PP_ABS,      uint16_t, uint16_t, float,  uint32_t,   1
 #define PP_ROW_f16sq   PP_F16,  PP_SQUARE,   uint16_t, uint16_t, float,  uint32_t,   1
+#define PP_ROW_f16id   PP_F16,  PP_IDENTITY, uint16_t, uint16_t, float,  uint32_t,   0
 #define PP_ROW_bf16abs PP_BF16, PP_ABS,      uint16_t, uint16_t, float,  uint32_t,   1
 #define PP_ROW_bf16sq  PP_BF16, PP_SQUARE,   uint16_t, uint32_t, float,  uint32_t,   1
+#define PP_ROW_bf16id  PP_BF16, PP_IDENTITY, uint16_t, uint16_t, float,  uint32_t,   0
 #define PP_ROW_f32abs  PP_F32,  PP_ABS,      uint32_t, uint32_t, float,  uint32_t,   1
 #define PP_ROW_f32sq   PP_F32,  PP_SQUARE,   uint32_t, uint32_t, float,  uint32_t,   1
+#define PP_ROW_f32id   PP_F32,  PP_IDENTITY, uint32_t, uint32_t, float,  uint32_t,   0
 #define PP_ROW_f64abs  PP_F64,  PP_ABS,      uint64_t, uint64_t, double, uint64_t,   1
 #define PP_ROW_f64sq   PP_F64,  PP_SQUARE,   uint64_t, uint64_t, double, uint64_t,   1
-#define PP_ROW_f16id   PP_F16,  PP_IDENTITY, uint16_t, uint16_t, float,  uint32_t,   0
-#define PP_ROW_bf16id  PP_BF16, PP_IDENTITY, uint16_t, uint16_t, float,  uint32_t,   0
-#define PP_ROW_f32id   PP_F32,  PP_IDENTITY, uint32_t, uint32_t, float,  uint32_t,   0
 #define PP_ROW_f64id   PP_F64,  PP_IDENTITY, uint64_t, uint64_t, double, uint64_t,   0
 
 /* Every row, in order: X(name, extra...) for each. Add a variant by adding its row above, its
  * name here and its key/bad/score functions to pp_keys.h; the build fails until pp_kernels.inc
  * instantiates it. */
 #define PP_VARIANTS(X, ...)                                                                       \
-    X(f16abs, __VA_ARGS__) X(f16sq, __VA_ARGS__) X(bf16abs, __VA_ARGS__) X(bf16sq, __VA_ARGS__)   \
-    X(f32abs, __VA_ARGS__) X(f32sq, __VA_ARGS__) X(f64abs, __VA_ARGS__) X(f64sq, __VA_ARGS__)     \
-    X(f16id, __VA_ARGS__) X(bf16id, __VA_ARGS__) X(f32id, __VA_ARGS__) X(f64id, __VA_ARGS__)
+    X(f16abs, __VA_ARGS__) X(f16sq, __VA_ARGS__) X(f16id, __VA_ARGS__)                            \
+    X(bf16abs, __VA_ARGS__) X(bf16sq, __VA_ARGS__) X(bf16id, __VA_ARGS__)                         \
+    X(f32abs, __VA_ARGS__) X(f32sq, __VA_ARGS__) X(f32id, __VA_ARGS__)                            \
+    X(f64abs, __VA_ARGS__) X(f64sq, __VA_ARGS__) X(f64id, __VA_ARGS__)
 
 /* One column of row `name` (name may itself be a macro, e.g. PP_VARIANT). */
 #define PP_ROW_COLUMN(COLUMN, name) PP_ROW_COLUMN_(COLUMN, name)
