@@ -11,6 +11,7 @@ AVX-512 sort/partition is much slower on some CPUs, and a fair comparison uses N
     python benchmarks/bench_cpu.py                       # 1e3 .. 1e8
     python benchmarks/bench_cpu.py --max-size 1e7 --json results.json
     python benchmarks/bench_cpu.py --sizes 1e6 1e8 --cases copy cpu_prune numpy_partition_threshold
+    python benchmarks/bench_cpu.py --dtype bfloat16 --cases cpu_prune cpu_nm24_mask   # other weight dtypes
 
 Columns: median ms, "x copy" (over one ``np.copyto`` of the same array, same size, same run), and
 for the cpu rows the speedup over each NumPy route of the same family (and of torch's).
@@ -47,6 +48,9 @@ CASES = {
     "cpu_apply": ("apply", "cpu apply_mask (branch-free select)"),
     "numpy_apply_multiply": ("apply", "np.multiply(w, mask, out=w)"),
     "cpu_importance": ("importance", "cpu importance l1: scores + min/max/mean/std in one pass"),
+    "cpu_key_histogram": ("selection", "cpu key_histogram hook (abs, float32 keys, float64 for float64 weights), "
+                                       "first pass: 16-bit digit, no prefix"),
+    "cpu_prune_below_key": ("selection", "cpu prune_below_key hook (abs, same keys), threshold |w| = 0.6745, out="),
     "numpy_importance": ("importance", "np.abs + min + max + mean + std (float64)"),
 }
 NUMPY_CASES = [c for c in CASES if c.startswith("numpy_")] + ["copy"]
@@ -175,6 +179,18 @@ def _make_case(case: str, x, k: int):
             np.put_along_axis(keep, order[:, :2], True, axis=1)
             return keep
         return None, run_sort
+    if case in ("cpu_key_histogram", "cpu_prune_below_key"):
+        from pruneplug_backends import cpu
+
+        keys = "f64" if x.dtype == np.float64 else "f32"
+        if case == "cpu_key_histogram":
+            top = 63 if keys == "f64" else 31  # every key is below 2^top
+            return None, lambda: cpu.pruneplug_key_histogram(values=x, transform="abs", keys=keys, shift=top - 16,
+                                                             bits=16, prefix=0)
+        threshold = int(np.float64(0.6745).view(np.uint64)) if keys == "f64" else int(np.float32(0.6745).view(np.uint32))
+        out = np.empty_like(x)
+        return None, lambda: cpu.pruneplug_prune_below_key(values=x, transform="abs", keys=keys, threshold=threshold,
+                                                           ties=0, out=out)
     if case == "cpu_importance":
         from pruneplug_backends import cpu
 
@@ -187,10 +203,22 @@ def _make_case(case: str, x, k: int):
     raise ValueError(case)
 
 
-def worker(case: str, size: int, repeats: int, budget_s: float) -> dict:
+def _weights(size: int, dtype: str):
+    """The benchmark's input: N(0, 1) values, seed 0, drawn in float32 and cast to ``dtype``."""
     import numpy as np
 
     x = np.random.default_rng(0).standard_normal(size, dtype=np.float32)  # no float64 temporary: clean RSS
+    if dtype == "float32":
+        return x
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return x.astype(ml_dtypes.bfloat16)
+    return x.astype(dtype)
+
+
+def worker(case: str, size: int, repeats: int, budget_s: float, dtype: str = "float32") -> dict:
+    x = _weights(size, dtype)
     k = int(round(0.5 * size))
     prepare, run = _make_case(case, x, k)
     if prepare:
@@ -271,9 +299,10 @@ def machine_info() -> dict:
     return info
 
 
-def run_one(case: str, size: int, repeats: int, budget_s: float, env_extra: dict | None, timeout: float) -> dict | None:
+def run_one(case: str, size: int, repeats: int, budget_s: float, env_extra: dict | None, timeout: float,
+            dtype: str = "float32") -> dict | None:
     env = dict(os.environ, **(env_extra or {}))
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", case, str(size), str(repeats), str(budget_s)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", case, str(size), str(repeats), str(budget_s), dtype]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -293,13 +322,15 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--no-numpy-avx2", action="store_true", help="skip the NumPy-AVX2 re-run")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--dtype", default="float32", choices=["float16", "bfloat16", "float32", "float64"],
+                    help="weight dtype (the NumPy and torch baselines are meant for float32)")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.worker:
-        case, size, repeats, budget = args.worker
-        print(json.dumps(worker(case, int(float(size)), int(repeats), float(budget))))
+        case, size, repeats, budget, dtype = args.worker
+        print(json.dumps(worker(case, int(float(size)), int(repeats), float(budget), dtype)))
         return
 
     sizes = [int(s) for s in (args.sizes or DEFAULT_SIZES) if s <= args.max_size]
@@ -314,20 +345,20 @@ def main() -> None:
     info = machine_info()
     print(f"# cpu: {info.get('cpu')} | cores: {info['cores']} | python {info['python']} | numpy {info['numpy']}"
           f" | torch {info.get('torch')} | cpu backend build: {info['cpu_backend_isa']}"
-          f" | OMP_NUM_THREADS={info['omp_num_threads']}")
+          f" | OMP_NUM_THREADS={info['omp_num_threads']} | dtype {args.dtype}")
     print("# numpy runtime:", " ".join(info["numpy_runtime"].split())[:600])
     numpy_avx2 = not args.no_numpy_avx2 and bool(info.get("numpy_avx512"))
 
     results = []
     for size in sizes:
         for case in cases:
-            r = run_one(case, size, args.repeats, args.budget, None, args.timeout)
+            r = run_one(case, size, args.repeats, args.budget, None, args.timeout, args.dtype)
             r["numpy_path"] = "default"
             results.append(r)
             print(f"  {size:>11,} {case:<28} {r.get('ms', float('nan')):>10.3f} ms  extra {r.get('extra_mb', float('nan')):8.1f} MB"
                   + (f"  ERROR {r['error']}" if "error" in r else ""), flush=True)
             if numpy_avx2 and case in NUMPY_CASES:
-                r2 = run_one(case, size, args.repeats, args.budget, NPY_AVX2_ENV, args.timeout)
+                r2 = run_one(case, size, args.repeats, args.budget, NPY_AVX2_ENV, args.timeout, args.dtype)
                 r2["numpy_path"] = "avx2"
                 r2["case"] = case
                 results.append(r2)
@@ -341,7 +372,7 @@ def main() -> None:
     print(table(results, sizes, cases))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "results": results, "cases": CASES}, f, indent=1)
+            json.dump({"machine": info, "dtype": args.dtype, "results": results, "cases": CASES}, f, indent=1)
         print(f"wrote {args.json}")
 
 

@@ -1,8 +1,10 @@
 """cffi definition of the C backend (``pruneplug_backends.cpu._native``).
 
-The cdef is the concatenation of ``csrc/pruneplug.h`` and, when present, ``csrc/compress24.h`` and ``csrc/pp_keyhist.h``
-(preprocessor lines dropped); every ``csrc/*.c`` is compiled. Set ``PRUNEPLUG_SANITIZE=1`` to build
-with AddressSanitizer and UBSan (run with libasan LD_PRELOADed).
+The cdef is the concatenation of ``csrc/pruneplug.h`` and, when present, ``csrc/compress24.h``,
+``csrc/pp_keyhist.h`` and ``csrc/rowselect.h`` (preprocessor lines dropped); every ``csrc/*.c`` is
+compiled, and every ``csrc/*.h`` and ``csrc/*.inc`` (internal headers and kernel templates) is a build
+dependency. Set ``PRUNEPLUG_SANITIZE=1`` to build with AddressSanitizer and UBSan (run with libasan
+LD_PRELOADed).
 """
 
 import glob

@@ -8,6 +8,7 @@
  */
 #include "compress24.h"
 #include "pp_internal.h"
+#include "pp_keys.h"
 
 /* Kept pair (K0 < K1) and nibble by nonzero pattern p (bit i = element i nonzero). Groups with
  * fewer than two nonzeros are padded as PyTorch pads them; 3 or 4 nonzeros are flagged in BAD. */
@@ -365,42 +366,35 @@ int pp24_decompress(const void *values, const void *metadata, int dtype, int64_t
 /* ---------------------------------------------------------------------------------------------
  * prune by magnitude, then compress
  * ------------------------------------------------------------------------------------------- */
-/* Keep-bits of the 2 largest of 4 keys, ties keep the lower index. */
+/* Keep-bits (bit i: keep element i) of the 2 largest of 4 keys, ties to the lower index: the rank
+ * rule of N:M (pp_rank4, pp_keys.h). */
 static inline unsigned top2(uint32_t k0, uint32_t k1, uint32_t k2, uint32_t k3)
 {
-    unsigned r0 = (k1 > k0) + (k2 > k0) + (k3 > k0);
-    unsigned r1 = (k0 >= k1) + (k2 > k1) + (k3 > k1);
-    unsigned r2 = (k0 >= k2) + (k1 >= k2) + (k3 > k2);
-    unsigned r3 = (k0 >= k3) + (k1 >= k3) + (k2 >= k3);
-    return (r0 < 2) | (r1 < 2) << 1 | (r2 < 2) << 2 | (r3 < 2) << 3;
+    pp_rank4_t r = pp_rank4(k0, k1, k2, k3);
+    return (r.r0 < 2) | (r.r1 < 2) << 1 | (r.r2 < 2) << 2 | (r.r3 < 2) << 3;
 }
 
-/* Score key of one element: a uint32 whose unsigned order is the order of the core's scores. */
+/* Key of one element (pp_keys.h, the kernels' keys; int8 always by |w|), widened to uint32. */
 static inline uint32_t key_of(uint32_t bits, int dtype, int transform)
 {
+    int sq = transform == PP_SQUARE;
     switch (dtype) {
-    case PP_I8: {
-        int8_t x = (int8_t)bits;
-        return (uint32_t)(x < 0 ? -(int)x : (int)x);
-    }
-    case PP_F16:
-        if (transform == PP_ABS) return bits & 0x7FFFu;
-        { float x = pp_h2f((uint16_t)bits); return pp_f2u(x * x); }
-    case PP_BF16:
-        if (transform == PP_ABS) return bits & 0x7FFFu;
-        { float x = pp_bf2f((uint16_t)bits); return pp_f2u(x * x); }
-    default:
-        if (transform == PP_ABS) return bits & 0x7FFFFFFFu;
-        { float x = pp_u2f(bits); return pp_f2u(x * x); }
+    case PP_I8: return pp_i8abs_key((uint8_t)bits);
+    case PP_F16: return sq ? pp_f16sq_key((uint16_t)bits) : pp_f16abs_key((uint16_t)bits);
+    case PP_BF16: return sq ? pp_bf16sq_key((uint16_t)bits) : pp_bf16abs_key((uint16_t)bits);
+    default: return sq ? pp_f32sq_key(bits) : pp_f32abs_key(bits);
     }
 }
 
+/* The non-finite test of abs and square (int8 has none). */
 static inline int nonfinite(uint32_t bits, int dtype)
 {
-    if (dtype == PP_F32) return (bits & 0x7F800000u) == 0x7F800000u;
-    if (dtype == PP_F16) return (bits & 0x7C00u) == 0x7C00u;
-    if (dtype == PP_BF16) return (bits & 0x7F80u) == 0x7F80u;
-    return 0;
+    switch (dtype) {
+    case PP_F16: return pp_f16_nonfinite((uint16_t)bits);
+    case PP_BF16: return pp_bf16_nonfinite((uint16_t)bits);
+    case PP_F32: return pp_f32_nonfinite(bits);
+    default: return 0;
+    }
 }
 
 typedef struct {
@@ -428,7 +422,7 @@ static void prune_compress_rows(const void *w, int dtype, int transform, int64_t
                             if (nf->first < 0) nf->first = r * cols + grp * 2 + i;
                             nf->count++;
                         }
-                    int keep0 = key_of(g[0], dtype, transform) >= key_of(g[1], dtype, transform);
+                    int keep0 = pp_rank2_first(key_of(g[0], dtype, transform), key_of(g[1], dtype, transform)) < 1;
                     nib = put32(keep0 ? g[0] : 0u, keep0 ? 0u : g[1], (uint32_t *)vals + r * (cols / 2) + grp, &bad);
                 } else {
                     uint32_t e[4];
@@ -464,7 +458,7 @@ static void prune_compress_rows(const void *w, int dtype, int transform, int64_t
 
 int pp24_prune_compress(const void *weights, int dtype, int transform, int64_t rows, int64_t cols,
                         int layout, void *values, void *metadata, int nthreads,
-                        int64_t *bad_row, int64_t *bad_group, int64_t *bad_value)
+                        int64_t *bad_count, int64_t *bad_first)
 {
     if (!check_args(dtype, rows, cols, layout)) return PP24_ERR_ARG;
     if (transform != PP_ABS && transform != PP_SQUARE) return PP24_ERR_ARG;
@@ -483,10 +477,9 @@ int pp24_prune_compress(const void *weights, int dtype, int transform, int64_t r
         count += nf[t].count;
         if (first < 0 && nf[t].first >= 0) first = nf[t].first;
     }
-    (void)bad_value;
     if (count) {
-        *bad_row = count;
-        *bad_group = first;
+        *bad_count = count;
+        *bad_first = first;
         return PP24_ERR_NONFINITE;
     }
     return PP24_OK;

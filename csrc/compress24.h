@@ -17,8 +17,8 @@
  *                        and *bad_value (its nonzero count) are set; outputs are garbage.
  *   PP24_ERR_BAD_NIBBLE: decompression met an invalid nibble; *bad_row, *bad_group (logical, first
  *                        in C order) and *bad_value (the nibble); output is garbage.
- *   PP24_ERR_NONFINITE:  prune-compress met NaN/Inf float weights; *bad_row = how many,
- *                        *bad_group = first flat index.
+ *   PP24_ERR_NONFINITE:  prune-compress met NaN/Inf float weights; *bad_count = how many,
+ *                        *bad_first = the first flat index (as in pruneplug.h).
  *   PP24_ERR_ARG:        bad dtype, layout, transform or shape.
  * `nthreads`: 0 = OpenMP default, >= 1 at most that many. Results never depend on it.
  *
@@ -54,10 +54,11 @@ int pp24_decompress(const void *values, const void *metadata, int dtype, int64_t
                     int64_t *bad_row, int64_t *bad_group, int64_t *bad_value);
 
 /* Prune by magnitude (keep the 2 largest of 4, 1 of 2 for float32; ties keep the lower index;
- * pruned positions become +0) and compress the result, without touching `weights`. */
+ * pruned positions become +0) and compress the result, without touching `weights`. A pruned
+ * group is always sparse enough, so the only data error is PP24_ERR_NONFINITE. */
 int pp24_prune_compress(const void *weights, int dtype, int transform, int64_t rows, int64_t cols,
                         int layout, void *values, void *metadata, int nthreads,
-                        int64_t *bad_row, int64_t *bad_group, int64_t *bad_value);
+                        int64_t *bad_count, int64_t *bad_first);
 
 /* Flat offset of logical metadata word (r, c) of a (rows, ncols) matrix in the CUTLASS layout
  * (word_bytes 2 or 4). Exposed for tests. */

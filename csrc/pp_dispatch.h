@@ -1,4 +1,7 @@
-/* Internal: the per-ISA kernel entry points (defined by pp_kernels.inc in pp_isa_*.c). */
+/* Internal: the per-ISA kernel entry points (defined by pp_kernels.inc in pp_isa_*.c).
+ * `nt`: a thread count already resolved by pp_threads (pruneplug.c); `nthreads`: the caller's
+ * request (pruneplug.h), resolved by the kernel. `n`: an element count; `nk`: how many to keep
+ * per group of m. */
 #ifndef PP_DISPATCH_H
 #define PP_DISPATCH_H
 #include <stddef.h>

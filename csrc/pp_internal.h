@@ -11,8 +11,14 @@
 #include <omp.h>
 #endif
 
+#include "pruneplug.h"
+
 #define PP_CAT2(a, b) a##_##b
 #define PP_CAT(a, b) PP_CAT2(a, b)
+
+/* The float dtypes and the transforms the kernels take (enum pp_dtype, enum pp_transform). */
+static inline int pp_valid_dtype(int dtype) { return dtype >= PP_F16 && dtype <= PP_F64; }
+static inline int pp_valid_transform(int transform) { return transform >= PP_ABS && transform <= PP_IDENTITY; }
 
 /* Below this many elements a pass runs on one thread (the fork/join costs more than it saves). */
 #define PP_PAR_MIN ((size_t)1 << 20)

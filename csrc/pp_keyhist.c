@@ -7,20 +7,20 @@
 #include "pruneplug.h"
 #include "pp_keyhist.h"
 #include "pp_internal.h"
+#include "pp_keys.h"
 
 #define MAXT 64
 
-/* The smallest bfloat16 magnitude whose float32 square equals that of magnitude m (squares are
- * non-decreasing in m; they underflow to 0 or subnormals and overflow to inf). NaN/Inf magnitudes
- * keep their own value (they are rejected before use). */
+/* The smallest bfloat16 magnitude whose float32 square (pp_bf16sq_key) equals that of magnitude m
+ * (squares are non-decreasing in m; they underflow to 0 or subnormals and overflow to inf).
+ * NaN/Inf magnitudes keep their own value (they are rejected before use). */
 static void bf16_square_keys(uint16_t *t)
 {
     uint32_t prev = 0;
     uint16_t first = 0;
     for (uint32_t m = 0; m < 0x8000u; m++) {
-        if (m >= 0x7f80u) { t[m] = (uint16_t)m; continue; }
-        float f = pp_bf2f((uint16_t)m);
-        uint32_t sq = pp_f2u(f * f);
+        if (pp_bf16_nonfinite((uint16_t)m)) { t[m] = (uint16_t)m; continue; }
+        uint32_t sq = pp_bf16sq_key((uint16_t)m);
         if (m == 0 || sq != prev) first = (uint16_t)m;
         prev = sq;
         t[m] = first;
@@ -36,24 +36,28 @@ static void bf16_square_keys(uint16_t *t)
 #endif
 
 /* ---- per-element key and non-finite test, by (raw type, dtype, transform, keys) ------------- */
-#define BAD_F16(x) (((x) & 0x7fffu) >= 0x7c00u)
-#define BAD_BF16(x) (((x) & 0x7fffu) >= 0x7f80u)
-#define BAD_F32(x) (((x) & 0x7fffffffu) >= 0x7f800000u)
-#define BAD_F64(x) (((x) & 0x7fffffffffffffffULL) >= 0x7ff0000000000000ULL)
-#define SQ32(f) pp_f2u((f) * (f))
+/* The rules are pp_keys.h's; these names only pick them per loop. The non-finite test is the one
+ * of abs and square (NaN and +-Inf; identity is not accepted here). */
+#define BAD_F16(x) pp_f16_nonfinite(x)
+#define BAD_BF16(x) pp_bf16_nonfinite(x)
+#define BAD_F32(x) pp_f32_nonfinite(x)
+#define BAD_F64(x) pp_f64_nonfinite(x)
 
-/* key expressions of raw bits x (lut: the bf16 square table) */
-#define K_MAG(x) ((uint32_t)((x) & 0x7fffu))
-#define K_MAGLUT(x) ((uint32_t)lut[(x) & 0x7fffu])
-#define K_F16_ABS32(x) (pp_f2u(pp_h2f((uint16_t)((x) & 0x7fffu))))
-#define K_F16_SQ32(x) (SQ32(pp_h2f((uint16_t)(x))))
-#define K_BF16_ABS32(x) ((uint32_t)((x) & 0x7fffu) << 16)
-#define K_BF16_SQ32(x) (SQ32(pp_bf2f((uint16_t)((x) & 0x7fffu))))
-#define K_F32_ABS32(x) ((uint32_t)((x) & 0x7fffffffu))
-#define K_F32_SQ32(x) (SQ32(pp_u2f(x)))
-#define K_TO64(k32) pp_d2u((double)pp_u2f((uint32_t)(k32)))
-#define K_F64_ABS(x) ((x) & 0x7fffffffffffffffULL)
-#define K_F64_SQ(x) pp_d2u(pp_u2d(x) * pp_u2d(x))
+/* key expressions of raw bits x. PP_KEYS_MAG16: the magnitude bits (the float16 key of both
+ * transforms, the bfloat16 abs key), or for bfloat16 square the table `lut` (bf16_square_keys).
+ * PP_KEYS_F32 / PP_KEYS_F64: the score's float32 / float64 bits (bfloat16 square: the square of
+ * the magnitude, bit-identical to the square of the weight). */
+#define K_MAG(x) ((uint32_t)pp_mag16(x))
+#define K_MAGLUT(x) ((uint32_t)lut[pp_mag16(x)])
+#define K_F16_ABS32(x) pp_score32_key(pp_f16abs_score(x))
+#define K_F16_SQ32(x) pp_score32_key(pp_f16sq_score(x))
+#define K_BF16_ABS32(x) pp_score32_key(pp_bf16abs_score(x))
+#define K_BF16_SQ32(x) pp_score32_key(pp_bf16sq_score(pp_mag16(x)))
+#define K_F32_ABS32(x) pp_score32_key(pp_f32abs_score(x))
+#define K_F32_SQ32(x) pp_score32_key(pp_f32sq_score(x))
+#define K_TO64(k32) pp_score64_key((double)pp_u2f((uint32_t)(k32)))
+#define K_F64_ABS(x) pp_score64_key(pp_f64abs_score(x))
+#define K_F64_SQ(x) pp_score64_key(pp_f64sq_score(x))
 
 /* ---- histogram ------------------------------------------------------------------------------ */
 typedef struct {

@@ -7,6 +7,7 @@
  */
 #include "pruneplug.h"
 #include "pp_internal.h"
+#include "pp_keys.h"
 #include "pp_dispatch.h"
 
 #include <pthread.h>
@@ -81,7 +82,7 @@ int pp_active_isa(char *name, int size)
 
 static int pp_valid(int dtype, int transform)
 {
-    return dtype >= 0 && dtype <= 3 && transform >= 0 && transform <= 2;
+    return pp_valid_dtype(dtype) && pp_valid_transform(transform);
 }
 
 static void pp_clear_bad(int64_t *bad_count, int64_t *bad_first)
@@ -182,15 +183,9 @@ int pp_block_mask(const void *values, int dtype, int transform, int64_t rows, in
     if (!sums || !keep) goto done;
     st = K->block_sums(values, dtype, transform, R, C, BH, BW, sums, nthreads, bad_count, bad_first);
     if (st || R * C == 0) goto done;
-    /* sums -> order keys in place: NaN highest (as NumPy sorts it), -0.0 == +0.0, sign flip */
+    /* sums -> order keys in place (pp_sum64_key: NaN highest as NumPy sorts it, -0.0 == +0.0) */
     uint64_t *keys = (uint64_t *)sums;
-    for (size_t i = 0; i < nb; i++) {
-        double s = sums[i];
-        uint64_t u = pp_d2u(s);
-        u = u == 0x8000000000000000ULL ? 0 : u;
-        u = (u & 0x8000000000000000ULL) ? ~u : (u | 0x8000000000000000ULL);
-        keys[i] = s != s ? UINT64_MAX : u;
-    }
+    for (size_t i = 0; i < nb; i++) keys[i] = pp_sum64_key(sums[i]);
     st = K->select_u64(keys, nb, (size_t)k, keep, pp_threads(nthreads, nb), bad_count, bad_first);
     if (st) goto done;
     {
@@ -214,7 +209,7 @@ done:
 
 int pp_apply_mask(void *weights, int dtype, const uint8_t *mask, int64_t n, int nthreads)
 {
-    if (dtype < 0 || dtype > 3 || n < 0) return PP_ERR_ARG;
+    if (!pp_valid_dtype(dtype) || n < 0) return PP_ERR_ARG;
     return pp_pick()->apply(weights, dtype, mask, (size_t)n, pp_threads(nthreads, (size_t)n));
 }
 
@@ -225,7 +220,7 @@ int pp_importance(const void *weights, int dtype, int method, int64_t n, void *s
     if (!bad_count) bad_count = &bc;
     if (!bad_first) bad_first = &bf;
     pp_clear_bad(bad_count, bad_first);
-    if (dtype < 0 || dtype > 3 || (method != PP_ABS && method != PP_SQUARE) || n < 0)
+    if (!pp_valid_dtype(dtype) || (method != PP_ABS && method != PP_SQUARE) || n < 0)
         return PP_ERR_ARG;
     return pp_pick()->importance(weights, dtype, method, (size_t)n, scores, stats, nthreads,
                                  bad_count, bad_first);

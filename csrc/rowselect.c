@@ -5,31 +5,33 @@
 
 #include "pruneplug.h"
 #include "rowselect.h"
+#include "pp_keys.h"
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-/* True for a value the transform rejects: NaN/Inf weights (abs, square), NaN scores (identity). */
+/* True for a value the transform rejects (pp_keys.h): NaN/Inf weights (abs, square), NaN scores
+ * (identity). */
 static int pp_row_bad(const void *values, int dtype, int transform, int64_t i)
 {
     int identity = transform == PP_IDENTITY;
     switch (dtype) {
     case PP_F16: {
-        uint16_t r = ((const uint16_t *)values)[i] & 0x7fffu;
-        return identity ? r > 0x7c00u : (r & 0x7c00u) == 0x7c00u;
+        uint16_t x = ((const uint16_t *)values)[i];
+        return identity ? pp_f16_nan(x) : pp_f16_nonfinite(x);
     }
     case PP_BF16: {
-        uint16_t r = ((const uint16_t *)values)[i] & 0x7fffu;
-        return identity ? r > 0x7f80u : (r & 0x7f80u) == 0x7f80u;
+        uint16_t x = ((const uint16_t *)values)[i];
+        return identity ? pp_bf16_nan(x) : pp_bf16_nonfinite(x);
     }
     case PP_F32: {
-        uint32_t r = ((const uint32_t *)values)[i] & 0x7fffffffu;
-        return identity ? r > 0x7f800000u : (r & 0x7f800000u) == 0x7f800000u;
+        uint32_t x = ((const uint32_t *)values)[i];
+        return identity ? pp_f32_nan(x) : pp_f32_nonfinite(x);
     }
     default: {
-        uint64_t r = ((const uint64_t *)values)[i] & 0x7fffffffffffffffull;
-        return identity ? r > 0x7ff0000000000000ull : (r & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+        uint64_t x = ((const uint64_t *)values)[i];
+        return identity ? pp_f64_nan(x) : pp_f64_nonfinite(x);
     }
     }
 }
@@ -54,7 +56,7 @@ int pp_row_mask(const void *values, int dtype, int transform, int64_t rows, int6
     int64_t bc = 0, bf = -1;
     if (bad_count) *bad_count = 0;
     if (bad_first) *bad_first = -1;
-    if (dtype < 0 || dtype > 3 || transform < 0 || transform > 2 || rows < 0 || cols < 0 || k < 0 || k > cols)
+    if (!pp_valid_dtype(dtype) || !pp_valid_transform(transform) || rows < 0 || cols < 0 || k < 0 || k > cols)
         return PP_ERR_ARG;
     int64_t n = rows * cols;
     if (n == 0) return PP_OK;

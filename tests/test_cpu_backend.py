@@ -296,7 +296,7 @@ def test_results_independent_of_thread_count(dtype):
         for t in (1, 2, 3):
             out = np.empty(shape, dtype=bool)
             bad = ffi.new("int64_t[2]")
-            assert lib.pp_nm_mask(_p(v), DT[dtype], 0, outer, length, inner, n, m, _p(out, "uint8_t *"), t,
+            assert lib.pp_nm_mask(_p(v), DT[dtype], TR["abs"], outer, length, inner, n, m, _p(out, "uint8_t *"), t,
                                   bad, bad + 1) == 0
             outs.append(out)
         assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
@@ -307,7 +307,8 @@ def test_results_independent_of_thread_count(dtype):
     for t in (1, 2, 3):
         out = np.empty(v.shape, dtype=bool)
         bad = ffi.new("int64_t[2]")
-        assert lib.pp_block_mask(_p(v), DT[dtype], 1, 400, 1000, 4, 4, 12_000, _p(out, "uint8_t *"), t, bad, bad + 1) == 0
+        assert lib.pp_block_mask(_p(v), DT[dtype], TR["square"], 400, 1000, 4, 4, 12_000, _p(out, "uint8_t *"), t,
+                                 bad, bad + 1) == 0
         blocks.append(out)
     assert np.array_equal(blocks[0], blocks[1]) and np.array_equal(blocks[0], blocks[2])
     # importance statistics are combined in a fixed order: bit-identical for any thread count
@@ -316,7 +317,7 @@ def test_results_independent_of_thread_count(dtype):
         scores = np.empty(values.shape, dtype=np.float32 if values.dtype.itemsize == 2 else values.dtype)
         st4 = ffi.new("double[4]")
         bad = ffi.new("int64_t[2]")
-        assert lib.pp_importance(_p(values), DT[dtype], 0, values.size, _p(scores), st4, t, bad, bad + 1) == 0
+        assert lib.pp_importance(_p(values), DT[dtype], TR["abs"], values.size, _p(scores), st4, t, bad, bad + 1) == 0
         stats.append(tuple(st4))
     assert stats[0] == stats[1] == stats[2]
 

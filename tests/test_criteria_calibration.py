@@ -113,7 +113,7 @@ def test_row_selection_independent_of_thread_count(monkeypatch):
     for threads in (1, 2, 3, 8):
         out = np.empty(scores.shape, dtype=np.bool_)
         bad = ffi.new("int64_t[2]")
-        st = lib.pp_row_mask(ffi.from_buffer("char[]", scores), 2, 2, 257, 300, 111,
+        st = lib.pp_row_mask(ffi.from_buffer("char[]", scores), lib.PP_F32, lib.PP_IDENTITY, 257, 300, 111,
                              ffi.from_buffer("uint8_t[]", out), threads, bad, bad + 1)
         assert st == 0
         masks.append(out)

@@ -82,9 +82,9 @@ def pruneplug_prune_compress_24(weights: np.ndarray, layout: str, transform: str
     dtype = weights.dtype.name
     rows, cols = weights.shape
     values, metadata = _outputs(weights)
-    bad = ffi.new("int64_t[3]")
+    bad = ffi.new("int64_t[2]")  # count, first flat index
     st = native.pp24_prune_compress(_ptr(weights), DTYPE_CODE[dtype], TRANSFORM_CODE[transform], rows, cols,
-                                    LAYOUT_CODE[layout], _ptr(values), _ptr(metadata), 0, bad, bad + 1, bad + 2)
+                                    LAYOUT_CODE[layout], _ptr(values), _ptr(metadata), 0, bad, bad + 1)
     if st == native.PP24_ERR_NONFINITE:
         raise NonFiniteError.for_values(transform, int(bad[0]), int(bad[1]))
     if st != native.PP24_OK:
