@@ -9,14 +9,17 @@ Example::
     array([[ 0., -2.,  0.,  3.]], dtype=float32)
 """
 
-from pruneplug.api import apply_mask, backends, importance, prune, register_backend, unregister_backend
-from pruneplug.masks import (
+from pruneplug.api import backends, register_backend, unregister_backend
+from pruneplug.masks import is_nm_sparse
+from pruneplug.routing import (  # NumPy, CuPy, PyTorch and Dask arrays
+    apply_mask,
     generate_block_mask,
     generate_column_mask,
     generate_nm_mask,
     generate_row_mask,
     generate_unstructured_mask,
-    is_nm_sparse,
+    importance,
+    prune,
 )
 from pruneplug.validation import count_to_prune
 from pruneplug.hookspecs import hookimpl, hookspec

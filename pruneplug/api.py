@@ -2,8 +2,9 @@
 
 Every function validates its arguments here, once, then hands C-contiguous NumPy or CuPy arrays to
 the backend the registry picks. Mask generation lives in :mod:`pruneplug.masks`, argument checks in
-:mod:`pruneplug.validation` and :mod:`pruneplug.patterns`. Nothing here knows any backend's
-internals.
+:mod:`pruneplug.validation` and :mod:`pruneplug.patterns`; ``pruneplug.prune`` and friends are these
+functions routed by :mod:`pruneplug.routing`, which hands Dask arrays to :mod:`pruneplug.dask`.
+Nothing here knows any backend's internals.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 
 from pruneplug.apply import apply_bool_mask
 from pruneplug.arrays import adapt, check_float_dtype, check_in_place, contiguous, dtype_name
-from pruneplug.dask_routing import dask_aware
 from pruneplug.dispatch import run_operation
 from pruneplug.errors import InvalidArgumentError
 from pruneplug.patterns import pattern_units, parse_pattern
@@ -25,7 +25,6 @@ from pruneplug.validation import METHODS, check_groups, check_method, normalize_
 # ---------------------------------------------------------------------------------------------
 # importance
 # ---------------------------------------------------------------------------------------------
-@dask_aware
 def importance(weights: Any, method: str = "l1", *, backend: str | None = None) -> ImportanceScores:
     """Magnitude importance of ``weights``: ``|w|`` for ``"l1"``, ``w**2`` for ``"l2"``.
 
@@ -51,7 +50,6 @@ def importance(weights: Any, method: str = "l1", *, backend: str | None = None) 
 # ---------------------------------------------------------------------------------------------
 # applying masks and pruning
 # ---------------------------------------------------------------------------------------------
-@dask_aware
 def apply_mask(mask: Mask | Any, weights: Any, *, backend: str | None = None) -> Any:
     """Set the entries of ``weights`` that ``mask`` prunes to ``+0.0``, in place; return ``weights``.
 
@@ -62,7 +60,6 @@ def apply_mask(mask: Mask | Any, weights: Any, *, backend: str | None = None) ->
     return apply_bool_mask(mask_data, weights, backend=backend)
 
 
-@dask_aware
 def prune(
     weights: Any,
     sparsity: float | None = None,

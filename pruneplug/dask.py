@@ -2,7 +2,7 @@
 
 ``pp.prune``, ``pp.importance``, ``pp.generate_unstructured_mask``, ``pp.generate_nm_mask``,
 ``pp.generate_block_mask`` / ``row`` / ``column`` and ``pp.apply_mask`` come here when handed a Dask
-array (``pruneplug.api`` imports this module only then; ``import pruneplug`` never imports dask).
+array (:mod:`pruneplug.routing` imports this module only then; ``import pruneplug`` never imports dask).
 Each returns a lazy Dask array (inside a :class:`~pruneplug.Mask` or :class:`~pruneplug.ImportanceScores`
 where the NumPy call returns one) whose computed value is bit-identical to the same call on the
 computed array, whatever the chunking. Every chunk is handled by the ordinary public API, so it runs

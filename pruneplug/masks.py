@@ -4,7 +4,8 @@ axis, and whole blocks, rows or columns; and the N:M sparsity test.
 Every function validates its arguments here, once, then hands a C-contiguous NumPy or CuPy array to
 the backend the registry picks (:func:`pruneplug.dispatch.run_operation`). How many entries, rows,
 columns or blocks to prune is either ``sparsity`` (``round(sparsity * units)``) or an exact
-``count``.
+``count``. ``pruneplug.generate_*_mask`` are these functions routed by :mod:`pruneplug.routing`
+(Dask arrays go to :mod:`pruneplug.dask`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import math
 from typing import Any
 
 from pruneplug.arrays import adapt, check_float_dtype, check_writable, contiguous, dtype_name
-from pruneplug.dask_routing import dask_aware
 from pruneplug.dispatch import run_operation
 from pruneplug.errors import InvalidArgumentError
 from pruneplug.patterns import check_2d, parse_pattern, pattern_units
@@ -52,7 +52,6 @@ def _check_out(out: Any, shape: tuple, array_type: str) -> Any:
     return adapted.array
 
 
-@dask_aware
 def generate_unstructured_mask(scores: Any, sparsity: float | None = None, *, count: int | None = None,
                                groups: str = "layer", backend: str | None = None, out: Any = None) -> Mask:
     """Prune exactly ``round(sparsity * n)`` (or ``count``) entries: the lowest scores, ties by
@@ -86,7 +85,6 @@ def generate_unstructured_mask(scores: Any, sparsity: float | None = None, *, co
     return Mask(adapted.wrap(data), "unstructured", name)
 
 
-@dask_aware
 def generate_nm_mask(scores: Any, n: int, m: int, axis: int = -1, *, backend: str | None = None,
                      out: Any = None) -> Mask:
     """Keep the ``n`` largest of every ``m`` consecutive scores along ``axis`` (ties: lower index).
@@ -123,7 +121,6 @@ def _block_mask(scores: Any, sparsity: Any, count: Any, pattern: str, backend: s
     return Mask(adapted.wrap(data), pattern, name)
 
 
-@dask_aware
 def generate_block_mask(scores: Any, block_shape: tuple[int, int], sparsity: float | None = None, *,
                         count: int | None = None, backend: str | None = None, out: Any = None) -> Mask:
     """Prune whole blocks of a 2-D array: a block's score is the (float64, row-major) sum of its
@@ -141,7 +138,6 @@ def generate_block_mask(scores: Any, block_shape: tuple[int, int], sparsity: flo
     return _block_mask(scores, sparsity, count, f"block({bh},{bw})", backend, out)
 
 
-@dask_aware
 def generate_row_mask(scores: Any, sparsity: float | None = None, *, count: int | None = None,
                       backend: str | None = None, out: Any = None) -> Mask:
     """Prune whole rows (output neurons) of a 2-D array by the sum of their scores:
@@ -157,7 +153,6 @@ def generate_row_mask(scores: Any, sparsity: float | None = None, *, count: int 
     return _block_mask(scores, sparsity, count, "row", backend, out)
 
 
-@dask_aware
 def generate_column_mask(scores: Any, sparsity: float | None = None, *, count: int | None = None,
                          backend: str | None = None, out: Any = None) -> Mask:
     """Prune whole columns (input features) of a 2-D array by the sum of their scores:
