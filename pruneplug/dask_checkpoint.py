@@ -50,6 +50,7 @@ from pruneplug.checkpoint import (
 from pruneplug.checkpoint.global_select import Shares, histogram, plan_capped, shares_of, tally, tensor_source
 from pruneplug.checkpoint.outputs import finish_directory, settings_metadata
 from pruneplug.checkpoint.prune import HowToPrune, TensorPruner, TensorTask, apply_plan, check_arguments, decide_tasks
+from pruneplug.checkpoint.writers import current_umask, fsync_path
 from pruneplug.errors import CheckpointError, InvalidArgumentError
 from pruneplug.layer_ratios import default_max_layer_sparsity, layer_caps
 from pruneplug.selection import ExactSelection
@@ -184,18 +185,12 @@ def _check_workers(client: Any, before: set[str]) -> None:
 def _commit(staging: Path, out: Path) -> None:
     """The directory's mode as the single-process command leaves it (files keep the writer's), its
     entries durable, then one rename."""
-    os.chmod(staging, 0o777 & ~_umask())
-    _fsync(staging)
+    os.chmod(staging, 0o777 & ~current_umask())
+    fsync_path(staging)
     try:
         os.replace(staging, out)  # onto a missing or empty directory: one rename
     except OSError as exc:
         raise CheckpointError(f"cannot move the output into place: {exc.strerror or exc}") from exc
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _tree_sum(client: Any, futures: list) -> Any:
@@ -275,19 +270,11 @@ def _prune_shard(src: str, file: str, target: str, fates: dict, how: HowToPrune,
                 os._exit(1)
             rows.append(pruner.process(task, writer, None))
         writer.close()
-        _fsync(Path(target))  # durable before the client's rename, from the machine that wrote it
+        fsync_path(Path(target))  # durable before the client's rename, from the machine that wrote it
     except BaseException:
         writer.discard()
         raise
     return rows
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------

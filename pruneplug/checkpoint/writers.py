@@ -124,7 +124,7 @@ class Transaction:
             except OSError as exc:
                 raise CheckpointError(f"cannot write to directory {directory}: {exc.strerror or exc}") from exc
         self.staged.append(_Staged(tmp, final, False, fd))
-        self.modes[tmp] = (0o666 & ~_umask()) if mode is None else mode
+        self.modes[tmp] = (0o666 & ~current_umask()) if mode is None else mode
         return tmp
 
     def stage_dir(self, final: Path, mode: int | None = None) -> Path:
@@ -135,7 +135,7 @@ class Transaction:
         except OSError as exc:
             raise CheckpointError(f"cannot write to directory {directory}: {exc.strerror or exc}") from exc
         self.staged.append(_Staged(tmp, final, True, None))
-        self.modes[tmp] = (0o777 & ~_umask()) if mode is None else mode
+        self.modes[tmp] = (0o777 & ~current_umask()) if mode is None else mode
         return tmp
 
     def _directory(self, final: Path) -> Path:
@@ -148,7 +148,7 @@ class Transaction:
     def commit(self) -> None:
         try:
             for s in self.staged:  # everything durable before any rename
-                _sync_tree(s.tmp) if s.is_dir else _fsync_path(s.tmp, s.fd)
+                _sync_tree(s.tmp) if s.is_dir else fsync_path(s.tmp, s.fd)
             for s in self.staged:
                 self._commit_one(s)
             for directory in {s.final.parent for s in self.staged}:
@@ -216,7 +216,9 @@ class Transaction:
             self.abort()
 
 
-def _fsync_path(path: Path, fd: int | None) -> None:
+def fsync_path(path: Path, fd: int | None = None) -> None:
+    """Make ``path``'s data durable: fsync ``fd`` when the file is open, else open it (a file or a
+    directory) read-only and fsync that."""
     if fd is not None:
         os.fsync(fd)
         return
@@ -242,12 +244,13 @@ def _sync_tree(root: Path) -> None:
         for name in filenames:
             path = Path(dirpath) / name
             if path.is_file() and not path.is_symlink():
-                _fsync_path(path, None)
+                fsync_path(path, None)
     for dirpath, _dirnames, _filenames in os.walk(root, topdown=False):
         _fsync_dir(Path(dirpath))
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: it is put back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
