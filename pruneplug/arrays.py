@@ -39,6 +39,19 @@ def _module_root(obj: Any) -> str:
     return type(obj).__module__.split(".", 1)[0]
 
 
+def array_module(array: Any) -> Any:
+    """NumPy or CuPy, whichever ``array`` (a NumPy or CuPy array) belongs to; CuPy is not imported
+    here: a CuPy array exists only once it is.
+
+    Example::
+
+        >>> import numpy as np
+        >>> array_module(np.zeros(2)) is np
+        True
+    """
+    return sys.modules["cupy"] if _module_root(array) == "cupy" else np
+
+
 def is_torch_tensor(obj: Any) -> bool:
     return _module_root(obj) == "torch" and "torch" in sys.modules and isinstance(obj, sys.modules["torch"].Tensor)
 

@@ -45,7 +45,7 @@ import dask.array as da
 import numpy as np
 
 from pruneplug import api, masks, partselect
-from pruneplug.arrays import FLOAT_DTYPES, score_dtype
+from pruneplug.arrays import FLOAT_DTYPES, array_module, score_dtype
 from pruneplug.errors import BackendError, InvalidArgumentError, NonFiniteError, ShapeError, UnsupportedDtypeError
 from pruneplug.registry import get_registry
 from pruneplug.selection import chunk_histogram, part_counts, prune_part
@@ -92,7 +92,7 @@ def _positions_fn(shape: tuple, start: tuple, block_shape: tuple):
     strides = [math.prod(shape[i + 1:]) for i in range(len(shape))]
 
     def positions(where: Any) -> Any:
-        xp = partselect.array_module(where)
+        xp = array_module(where)
         local = xp.nonzero(where.reshape(block_shape))
         pos = xp.zeros(local[0].shape if local else (int(where.sum()),), dtype=np.int64)
         for axis, idx in enumerate(local):
@@ -109,7 +109,7 @@ def _block_histogram(block: Any, shape: tuple, start: tuple, transform: str, nan
 
 def _invalid_in_block(block: Any, shape: tuple, start: tuple, transform: str) -> tuple[int, int]:
     """(how many invalid values, global position of the first or -1) in one block."""
-    xp = partselect.array_module(block)
+    xp = array_module(block)
     x = block.astype(score_dtype(block.dtype))
     bad = (xp.isnan(x) if transform == "identity" else ~xp.isfinite(x)).reshape(-1)
     count = int(xp.count_nonzero(bad))
@@ -134,7 +134,7 @@ def _tie_histogram_block(block: Any, shape: tuple, start: tuple, transform: str,
 
 def _tied_positions_block(block: Any, shape: tuple, start: tuple, transform: str, threshold: float) -> np.ndarray:
     positions = _positions_fn(shape, start, block.shape)(partselect.tied_mask(block, transform, threshold))
-    return positions.get() if partselect.array_module(positions) is not np else positions
+    return positions.get() if array_module(positions) is not np else positions
 
 
 def _score_cut(x: da.Array, k: int, transform: str) -> partselect.ScoreCut:
@@ -271,7 +271,7 @@ def _block_quota(cut: partselect.ScoreCut, block: Any, transform: str, block_inf
     if quota is None:
         shape, start = _block_location(block_info)
         tied = partselect.tied_mask(block, transform, cut.selection.threshold)
-        quota = int(partselect.array_module(tied).count_nonzero(
+        quota = int(array_module(tied).count_nonzero(
             _positions_fn(shape, start, block.shape)(tied) < cut.position_cut))
     return quota
 
@@ -286,7 +286,7 @@ def _below_key_backend(block: Any, backend: str | None) -> str | None:
 
 
 def _array_type_of(block: Any) -> str:
-    return "numpy" if partselect.array_module(block) is np else "cupy"
+    return "numpy" if array_module(block) is np else "cupy"
 
 
 def _prune_block(block: Any, cut: Any, transform: str, method: str, backend: str | None, want_mask: bool,
@@ -295,7 +295,7 @@ def _prune_block(block: Any, cut: Any, transform: str, method: str, backend: str
     quota = _block_quota(cut, block, transform, block_info)
     name = _below_key_backend(block, backend)
     if name is not None:  # one pass: prune below the threshold key and the block's first ties
-        xp = partselect.array_module(block)
+        xp = array_module(block)
         out = None if want_mask else xp.empty(block.shape, dtype=block.dtype)
         mask = xp.empty(block.shape, dtype=bool) if want_mask else None
         prune_part(block, transform, cut.selection, quota, out=out, mask=mask, backend=name)
@@ -344,7 +344,7 @@ def _prune_nm_block(block: Any, pattern: str, method: str, axis: int, backend: s
 # ---------------------------------------------------------------------------------------------
 def _block_sums_block(block: Any, bh: int, bw: int) -> Any:
     """Float64 block sums in the hook's order (from 0.0, row-major inside the block)."""
-    xp = partselect.array_module(block)
+    xp = array_module(block)
     wide = block.astype(score_dtype(block.dtype)).astype(np.float64)
     sums = xp.zeros((block.shape[0] // bh, block.shape[1] // bw), dtype=np.float64)
     with np.errstate(invalid="ignore"):
@@ -355,7 +355,7 @@ def _block_sums_block(block: Any, bh: int, bw: int) -> Any:
 
 
 def _keep_blocks_block(sums: Any, cut: partselect.Cut, bh: int, bw: int, block_info=None) -> Any:
-    xp = partselect.array_module(sums)
+    xp = array_module(sums)
     shape, start = _block_location(block_info)
     keys, _ = partselect.score_keys(sums, "identity", nan_high=True)
     pruned = keys < xp.uint64(cut.threshold)

@@ -32,13 +32,12 @@ over Dask blocks (:mod:`pruneplug.dask`) and torch.distributed ranks
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from pruneplug.arrays import score_dtype
+from pruneplug.arrays import array_module, score_dtype
 from pruneplug.errors import BackendError, NonFiniteError
 from pruneplug.registry import get_registry
 from pruneplug.selection import ExactSelection, part_counts
@@ -83,13 +82,6 @@ class Cut:
         if not bool(tied.any()):
             return below
         return below + int(xp.count_nonzero(positions(tied) < self.position_cut))
-
-
-def array_module(array: Any) -> Any:
-    """NumPy or CuPy, whichever ``array`` belongs to."""
-    if type(array).__module__.split(".", 1)[0] == "cupy":
-        return sys.modules["cupy"]
-    return np
 
 
 def key_dtype(dtype: Any, wide: bool) -> np.dtype:

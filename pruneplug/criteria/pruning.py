@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from pruneplug import api, masks
-from pruneplug.arrays import adapt
+from pruneplug.arrays import adapt, array_module
 from pruneplug.calibration import ActivationStats, CalibrationContext
 from pruneplug.criteria.registry import get_criterion
 from pruneplug.errors import CalibrationRequiredError, InvalidArgumentError
@@ -98,7 +96,7 @@ def _row_groups_mask(values: Any, sparsity: float | None, count: int | None, inp
                      "mask").array
     else:
         per_row, extra = divmod(resolve_count(None, count, rows * cols, "entries"), rows)
-        xp = np if isinstance(by_rows, np.ndarray) else __import__("cupy")
+        xp = array_module(by_rows)
         parts = [adapt(masks.generate_unstructured_mask(xp.ascontiguousarray(part), count=k, groups="row",
                                                         backend=backend).data, "mask").array
                  for part, k in ((by_rows[:extra], per_row + 1), (by_rows[extra:], per_row)) if part.shape[0]]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from pruneplug import api
-from pruneplug.arrays import adapt
+from pruneplug.arrays import adapt, array_module
 from pruneplug.calibration import ActivationStats
 from pruneplug.criteria.base import Criterion, score_stats
 from pruneplug.errors import CalibrationError, InvalidArgumentError, ShapeError
@@ -119,7 +119,7 @@ class SparseGPTImportance(Criterion):
         diag = inverse_diagonal(hessian, damping=self.damping, name=name).value.numpy()
         scores = api.importance(weights, "l2", backend=backend)  # w*w: the backend's work, score dtype
         values = adapt(scores.values, "scores").array
-        xp = np if isinstance(values, np.ndarray) else __import__("cupy")
+        xp = array_module(values)
         denom = xp.asarray(diag.astype(values.dtype)).reshape((1, -1) if stats.input_axis == 1 else (-1, 1))
         xp.divide(values, denom, out=values)
         return ImportanceScores(scores.values, self.name, score_stats(values))

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from pruneplug import api
-from pruneplug.arrays import adapt
+from pruneplug.arrays import adapt, array_module
 from pruneplug.calibration import ActivationStats
 from pruneplug.criteria.base import Criterion, score_stats
 from pruneplug.errors import CalibrationError, InvalidArgumentError, ShapeError
@@ -80,7 +80,7 @@ class WandaImportance(Criterion):
         scores = api.importance(weights, "l1", backend=backend)  # |w|: the backend's work, score dtype
         values = adapt(scores.values, "scores").array  # a view (NumPy or CuPy), written in place
         factor = self.factors(stats).astype(values.dtype)
-        xp = _array_module(values)
+        xp = array_module(values)
         factor = xp.asarray(factor).reshape((1, -1) if stats.input_axis == 1 else (-1, 1))
         xp.multiply(values, factor, out=values)
         return ImportanceScores(scores.values, self.name, score_stats(values))
@@ -99,11 +99,3 @@ def _check_norms(stats: ActivationStats, name: str) -> None:
     if bad.any():
         raise CalibrationError(f"wanda: the statistics of tensor {name!r} have {int(bad.sum())} NaN/Inf input norm(s), "
                                f"first at feature {int(np.flatnonzero(bad)[0])}")
-
-
-def _array_module(array: Any) -> Any:
-    if isinstance(array, np.ndarray):
-        return np
-    import cupy
-
-    return cupy

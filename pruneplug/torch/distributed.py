@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pruneplug import api, partselect
-from pruneplug.arrays import adapt, check_float_dtype, dtype_name
+from pruneplug.arrays import adapt, array_module, check_float_dtype, dtype_name
 from pruneplug.errors import InvalidArgumentError, NonFiniteError
 from pruneplug.selection import chunk_histogram
 from pruneplug.types import Mask
@@ -233,7 +233,7 @@ def _keys(piece: Shard, transform: str, wide: bool) -> tuple[Any, int]:
 
 def _positions(base: int):
     def positions(where: Any) -> Any:
-        xp = partselect.array_module(where)
+        xp = array_module(where)
         return xp.nonzero(where)[0].astype(np.int64) + base
     return positions
 
@@ -277,7 +277,7 @@ def _invalid_error(pieces: list[Shard], bases: dict[str, int], order: list[str],
     first = np.array([np.iinfo(np.int64).max], dtype=np.int64)
     for piece in pieces:
         array = adapt(piece.tensor.detach(), piece.name).array.reshape(-1)
-        xp = partselect.array_module(array)
+        xp = array_module(array)
         bad = ~xp.isfinite(array.astype(np.float64))
         if bool(bad.any()):
             first[0] = min(int(first[0]), bases[piece.name] + piece.offset + int(xp.nonzero(bad)[0][0]))
