@@ -45,7 +45,8 @@ def _routed(function: Callable) -> Callable:
     ``weights=``/``scores=``) is a Dask array runs ``pruneplug.dask.<same name>`` instead."""
     @functools.wraps(function)
     def route(*args: Any, **kwargs: Any) -> Any:
-        if any(is_dask_array(arg) for arg in (*args[:2], kwargs.get("weights"), kwargs.get("scores"))):
+        if "dask.array" in sys.modules and any(  # no Dask array can exist before: one dict lookup per call
+                is_dask_array(arg) for arg in (*args[:2], kwargs.get("weights"), kwargs.get("scores"))):
             from pruneplug import dask as dask_api  # here, not at the top: it imports Dask (optional, heavy)
 
             return getattr(dask_api, function.__name__)(*args, **kwargs)
