@@ -49,7 +49,7 @@ from pruneplug.arrays import FLOAT_DTYPES, array_module, score_dtype
 from pruneplug.errors import BackendError, InvalidArgumentError, NonFiniteError, ShapeError, UnsupportedDtypeError
 from pruneplug.registry import get_registry
 from pruneplug.selection import chunk_histogram, part_counts, prune_part
-from pruneplug.patterns import check_2d, parse_pattern, pattern_units
+from pruneplug.patterns import Pattern, check_2d, parse_pattern, pattern_units
 from pruneplug.types import ImportanceScores, Mask, ScoreStats
 from pruneplug.validation import (METHODS, check_block_shape, check_groups, check_method, check_nm,
                                   normalize_axis, resolve_count, shown)
@@ -367,13 +367,13 @@ def _keep_blocks_block(sums: Any, cut: partselect.Cut, bh: int, bw: int, block_i
     return xp.repeat(xp.repeat(keep, bh, axis=0), bw, axis=1)
 
 
-def _block_mask(scores: Any, sparsity: Any, count: Any, pattern: str, backend: str | None, out: Any) -> Mask:
+def _block_mask(scores: Any, sparsity: Any, count: Any, pattern: Pattern, backend: str | None, out: Any) -> Mask:
     """The mask of ``pattern``'s blocks (``block(H,W)``, or whole rows/columns), the data rechunked
     to whole blocks; exact k over all blocks."""
     _no_out(out)
     x = scores.values if isinstance(scores, ImportanceScores) else scores
     _check_float(x, "scores")
-    units = pattern_units(parse_pattern(pattern), tuple(int(s) for s in x.shape))
+    units = pattern_units(pattern, tuple(int(s) for s in x.shape))
     k = resolve_count(sparsity, count, units.total, units.name)
     bh, bw = units.block_shape
     x = _whole_groups(_whole_groups(x, 0, bh), 1, bw)
@@ -382,26 +382,26 @@ def _block_mask(scores: Any, sparsity: Any, count: Any, pattern: str, backend: s
                         meta=x._meta.astype(np.float64))
     cut = _select(sums, k, "identity", nan_high=True)
     data = sums.map_blocks(_keep_blocks_block, cut, bh, bw, dtype=bool, chunks=x.chunks, meta=x._meta.astype(bool))
-    return Mask(data, pattern, _backend_name(backend, x, "block_mask"))
+    return Mask(data, str(pattern), _backend_name(backend, x, "block_mask"))
 
 
 def generate_block_mask(scores: Any, block_shape: tuple[int, int], sparsity: float | None = None, *,
                         count: int | None = None, backend: str | None = None, out: Any = None) -> Mask:
     """Block mask of Dask scores (rechunked to whole blocks); exact k over all blocks."""
     bh, bw = check_block_shape(block_shape)
-    return _block_mask(scores, sparsity, count, f"block({bh},{bw})", backend, out)
+    return _block_mask(scores, sparsity, count, Pattern("block", block_shape=(bh, bw)), backend, out)
 
 
 def generate_row_mask(scores: Any, sparsity: float | None = None, *, count: int | None = None,
                       backend: str | None = None, out: Any = None) -> Mask:
     """Row mask of Dask scores (rechunked to whole rows)."""
-    return _block_mask(scores, sparsity, count, "row", backend, out)
+    return _block_mask(scores, sparsity, count, Pattern("row"), backend, out)
 
 
 def generate_column_mask(scores: Any, sparsity: float | None = None, *, count: int | None = None,
                          backend: str | None = None, out: Any = None) -> Mask:
     """Column mask of Dask scores (rechunked to whole columns)."""
-    return _block_mask(scores, sparsity, count, "column", backend, out)
+    return _block_mask(scores, sparsity, count, Pattern("column"), backend, out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,6 +471,6 @@ def prune(weights: da.Array, sparsity: float | None = None, *, count: int | None
         mask = Mask(data, "unstructured", _backend_name(backend, weights, "unstructured_mask"))
         return apply_mask(mask, weights, backend=backend), mask
     scores = importance(weights, method, backend=backend).values
-    mask = _block_mask(scores, None, k, str(spec), backend, None)
+    mask = _block_mask(scores, None, k, spec, backend, None)
     result = apply_mask(mask, weights, backend=backend)
     return (result, mask) if return_mask else result

@@ -16,7 +16,7 @@ from typing import Any
 from pruneplug.arrays import adapt, check_float_dtype, check_writable, contiguous, dtype_name
 from pruneplug.dispatch import run_operation
 from pruneplug.errors import InvalidArgumentError
-from pruneplug.patterns import check_2d, parse_pattern, pattern_units
+from pruneplug.patterns import Pattern, check_2d, pattern_units
 from pruneplug.types import ImportanceScores, Mask
 from pruneplug.validation import check_block_shape, check_groups, check_nm, normalize_axis, resolve_count
 
@@ -108,17 +108,17 @@ def generate_nm_mask(scores: Any, n: int, m: int, axis: int = -1, *, backend: st
     return Mask(adapted.wrap(data), f"{n}:{m}", name)
 
 
-def _block_mask(scores: Any, sparsity: Any, count: Any, pattern: str, backend: str | None, out: Any) -> Mask:
+def _block_mask(scores: Any, sparsity: Any, count: Any, pattern: Pattern, backend: str | None, out: Any) -> Mask:
     """The block hook for the blocks of ``pattern`` (``block(H,W)``, or the lines of a row/column mask)."""
     adapted = scores_array(scores)
     array = contiguous(adapted.array)
     shape = tuple(array.shape)
-    units = pattern_units(parse_pattern(pattern), shape)
+    units = pattern_units(pattern, shape)
     k = resolve_count(sparsity, count, units.total, units.name)
     out = _check_out(out, shape, adapted.array_type)
     name, data = run_operation(backend, "block_mask", array, adapted.array_type,
                                values=array, block_shape=units.block_shape, k=k, transform="identity", out=out)
-    return Mask(adapted.wrap(data), pattern, name)
+    return Mask(adapted.wrap(data), str(pattern), name)
 
 
 def generate_block_mask(scores: Any, block_shape: tuple[int, int], sparsity: float | None = None, *,
@@ -135,7 +135,7 @@ def generate_block_mask(scores: Any, block_shape: tuple[int, int], sparsity: flo
                [False, False,  True,  True]])
     """
     bh, bw = check_block_shape(block_shape)
-    return _block_mask(scores, sparsity, count, f"block({bh},{bw})", backend, out)
+    return _block_mask(scores, sparsity, count, Pattern("block", block_shape=(bh, bw)), backend, out)
 
 
 def generate_row_mask(scores: Any, sparsity: float | None = None, *, count: int | None = None,
@@ -150,7 +150,7 @@ def generate_row_mask(scores: Any, sparsity: float | None = None, *, count: int 
         array([[False, False],
                [ True,  True]])
     """
-    return _block_mask(scores, sparsity, count, "row", backend, out)
+    return _block_mask(scores, sparsity, count, Pattern("row"), backend, out)
 
 
 def generate_column_mask(scores: Any, sparsity: float | None = None, *, count: int | None = None,
@@ -165,7 +165,7 @@ def generate_column_mask(scores: Any, sparsity: float | None = None, *, count: i
         array([[False,  True],
                [False,  True]])
     """
-    return _block_mask(scores, sparsity, count, "column", backend, out)
+    return _block_mask(scores, sparsity, count, Pattern("column"), backend, out)
 
 
 def is_nm_sparse(weights: Any, n: int, m: int, axis: int = -1) -> bool:
