@@ -368,7 +368,7 @@ def test_npz_bf16_round_trip(tmp_path):
     src = write_single(tmp_path / "m.safetensors", {"a.weight": w})
     # npz cannot name bfloat16: it is stored as 2-byte values and the dtype recorded in the comment
     npz_path = tmp_path / "m.npz"
-    writer = ck.NpzWriter(npz_path, {}, compressed=False)
+    writer = ck.writers.NpzWriter(npz_path, {}, compressed=False)
     writer.write("a.weight", w)
     writer.close()
     pp.prune_checkpoint(npz_path, tmp_path / "o.npz", sparsity=0.5)
@@ -616,7 +616,7 @@ def test_inspect_after_24_prune(tmp_path, single, tensors):
     assert rows["model.layers.0.mlp.odd.weight"].is_24 is None
     assert rows["model.step"].zeros is None
     mags = np.abs(tensors["lm_head.weight"].astype(np.float64))
-    np.testing.assert_allclose(rows["lm_head.weight"].quantiles, np.quantile(mags, ck.QUANTILES), rtol=1e-6)
+    np.testing.assert_allclose(rows["lm_head.weight"].quantiles, np.quantile(mags, ck.inspect.QUANTILES), rtol=1e-6)
     assert report.metadata["pruneplug.pattern"] == "2:4"
     assert "pruned by pruneplug" in report.format_table()
     json.dumps(report.to_dict())

@@ -29,30 +29,13 @@ Where things are:
 * :mod:`~pruneplug.checkpoint.inspect`: :func:`inspect_checkpoint` and its plot.
 """
 
-from pruneplug.checkpoint.formats import (
-    CHUNK,
-    INDEX_NAME,
-    PRUNABLE,
-    Checkpoint,
-    SafetensorsFile,
-    TensorRef,
-    open_checkpoint,
-    read_safetensors_header,
-)
+from pruneplug.checkpoint.formats import Checkpoint, TensorRef, open_checkpoint, read_safetensors_header
 from pruneplug.checkpoint.global_select import GlobalPlan, global_unstructured_masks, plan_global
-from pruneplug.checkpoint.inspect import (
-    NM_MS,
-    QUANTILES,
-    InspectReport,
-    InspectRow,
-    check_plot_path,
-    inspect_checkpoint,
-    plot_inspection,
-)
+from pruneplug.checkpoint.inspect import InspectReport, InspectRow, check_plot_path, inspect_checkpoint, plot_inspection
 from pruneplug.checkpoint.prune import FORMATS, prune_checkpoint
 from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport
-from pruneplug.checkpoint.selection import EMBEDDING_RE, HEAD_RE, NORM_RE, SELECTION_RULE, select_tensors
-from pruneplug.checkpoint.writers import NpzWriter, SafetensorsWriter
+from pruneplug.checkpoint.selection import SELECTION_RULE, select_tensors
+from pruneplug.checkpoint.writers import SafetensorsWriter
 
 __all__ = [
     "SELECTION_RULE", "Checkpoint", "GlobalPlan", "InspectReport", "InspectRow", "PruneReport", "TensorRef",

@@ -437,7 +437,7 @@ def _declared_dtypes(path: Path, metadata: dict[str, str]) -> dict[str, str]:
 
 def _check_declared_dtype(path: Path, name: str, declared: str | None, stored: np.dtype) -> None:
     """A declared dtype reinterprets a member's bytes: only one NumPy cannot name (bfloat16, float8),
-    over raw integers of the same width (what :class:`~pruneplug.checkpoint.NpzWriter` writes)."""
+    over raw integers of the same width (what :class:`~pruneplug.checkpoint.writers.NpzWriter` writes)."""
     if declared is None or declared == stored.name:
         return
     st = NP_TO_ST.get(declared)
