@@ -4,7 +4,6 @@ RawModule would use), ptxas report parsing, SASS inspection, and the emulated ba
 from __future__ import annotations
 
 import inspect
-import os
 import re
 import shutil
 import subprocess
@@ -212,9 +211,10 @@ def make_emulated_plugin(name: str = EMU_NAME, schedule=None, seed: int = 0):
     """(plugin object, backend instance) for the emulated CUDA backend: the real launch code over
     NumPy arrays, kernels run by the emulator."""
     from pruneplug_backends.cuda import _backend
+    from pruneplug_backends.cuda import hooks as cuda_hooks
 
     backend = _backend.CudaBackend(np, emu_load_module(schedule, seed), name=name)
-    plugin = _backend.CudaPlugin(lambda: backend, name=name, array_types={"numpy"}, priority=-100,
+    plugin = cuda_hooks.CudaPlugin(lambda: backend, name=name, array_types={"numpy"}, priority=-100,
                                  description="CUDA backend kernels run by tools/cuda_emu")
     return plugin, backend
 

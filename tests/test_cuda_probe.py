@@ -138,7 +138,7 @@ def test_torch_stream_is_left_alone(monkeypatch, case):
 def test_every_operation_runs_inside_the_stream_scope():
     """Each hook of the plugin runs its backend call inside the stream context (so kernels, copies
     and the result all belong to PyTorch's stream)."""
-    from pruneplug_backends.cuda import _backend
+    from pruneplug_backends.cuda import hooks as cuda_hooks
 
     events = []
 
@@ -154,7 +154,7 @@ def test_every_operation_runs_inside_the_stream_scope():
         def __getattr__(self, name):
             return lambda *args: events.append(name) or ("result", name)
 
-    plugin = _backend.CudaPlugin(lambda: Recorder(), name="streams", stream=Scope)
+    plugin = cuda_hooks.CudaPlugin(lambda: Recorder(), name="streams", stream=Scope)
     hooks = [h for h in dir(plugin) if h.startswith("pruneplug_") and h != "pruneplug_backend_info"]
     from pruneplug.backend_info import implemented_operations
 
@@ -173,7 +173,7 @@ def test_kernel_codes_have_one_home():
     import re
     from pathlib import Path
 
-    from pruneplug_backends.cuda import _backend
+    from pruneplug_backends.cuda import launches
     from pruneplug_backends.cuda import _kernels as K
 
     read = {name: (Path(K.KERNEL_DIR) / name).read_text() for name in ("codes.cuh", "common.cuh", "keyhist.cu")}
@@ -188,7 +188,7 @@ def test_kernel_codes_have_one_home():
             assert not re.findall(r"#define (DT\w*_|TR_|LAYOUT\w*_)\w+ \d", path.read_text()), path.name
     assert K.DT24 == {d: K.DT[d] for d in pp.sparse24.DTYPES}
     common = read["common.cuh"]
-    assert (_backend.BLOCK, _backend.TILE, _backend.DIGIT, _backend.BINS) == tuple(
+    assert (launches.BLOCK, launches.TILE, launches.DIGIT, launches.BINS) == tuple(
         int(re.search(rf"#define {name} (\d+)", common).group(1)) for name in ("PP_BLOCK", "PP_TILE", "PP_DIGIT", "PP_BINS"))
     assert K.WS["SIZE"] > max(v for k, v in K.WS.items() if k != "SIZE") + 3  # the four STATS slots fit
 

@@ -31,27 +31,8 @@ from pruneplug.errors import NonFiniteError
 from pruneplug.sparse24 import format_of, invalid_nibble_error, metadata_shape, not_sparse_error
 
 from . import _kernels as K
-from .kernel_names import (  # noqa: F401  (the name_* functions: also reached as _backend.name_*)
-    name_24,
-    name_apply_mask,
-    name_importance,
-    name_keyed,
-    name_keyhist,
-    name_nm,
-    name_select,
-)
-from .hooks import DTYPES, CudaPlugin  # noqa: F401  (also reached as _backend.CudaPlugin)
-from .launches import (  # noqa: F401  (the geometry constants: also reached as _backend.BLOCK, ...)
-    BINS,
-    BLOCK,
-    DIGIT,
-    MAX_STREAM_GRID,
-    RAW_UINT,
-    TILE,
-    U64_MAX,
-    KernelLauncher,
-    LoadModule,
-)
+from .kernel_names import name_keyhist, name_select
+from .launches import BINS, BLOCK, DIGIT, RAW_UINT, TILE, U64_MAX, KernelLauncher
 
 _KEY_NP = {"unsigned short": np.uint16, "unsigned int": np.uint32, "unsigned long long": np.uint64}
 
