@@ -32,6 +32,7 @@ from pruneplug.calibration import ActivationStats, CalibrationContext
 from pruneplug.criteria.magnitude import MagnitudeImportance
 from pruneplug.criteria.wanda import WandaImportance
 from pruneplug.criteria.sparsegpt import SparseGPTImportance
+from pruneplug.plan import PruneSettings, TensorPlan  # noqa: E402
 from pruneplug import criteria  # noqa: E402  (importance criteria: pp.criteria.get_criterion, ...)
 
 from pruneplug.version import __version__  # noqa: E402
@@ -41,6 +42,8 @@ __all__ = [
     "CalibrationContext",
     "WandaImportance",
     "SparseGPTImportance",
+    "PruneSettings",
+    "TensorPlan",
     "criteria",
     "BackendInfo",
     "BackendStatus",

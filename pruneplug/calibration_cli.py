@@ -1,46 +1,57 @@
-"""``pruneplug calibrate`` and the calibrated forms of ``pruneplug prune`` (extra ``hf``).
+"""``pruneplug calibrate`` and the calibrated forms of ``pruneplug prune`` (extra ``hf``), on the
+block stream (:mod:`pruneplug.stream`).
 
-* ``pruneplug calibrate MODEL_DIR TEXTS -o stats.safetensors``: one-pass statistics of a local
-  Hugging Face model directory on calibration texts (``docs/calibration.md``);
+* ``pruneplug calibrate MODEL_DIR TEXTS -o stats.safetensors``: dense-model statistics of a local
+  Hugging Face model directory, block by block (``docs/calibration.md``);
 * ``pruneplug prune IN -o OUT --method wanda --calibration stats.safetensors``: streams the
   checkpoint like magnitude pruning (handled by :func:`pruneplug.prune_checkpoint`);
-* ``pruneplug prune MODEL_DIR -o OUT_DIR --method wanda --calibration TEXTS``: one step, sequential
-  calibration through the model (each block on the outputs of the pruned earlier ones), then the
-  checkpoint is pruned with those statistics and written like the streaming form, config and
-  tokenizer files copied. Nothing is written when anything fails.
+* ``pruneplug prune MODEL_DIR -o OUT_DIR --method wanda --calibration TEXTS``: one step, block by
+  block from the checkpoint to the output in the memory of one block, resumable (``--resume``).
+
+Whether ``--calibration`` names a statistics file or texts is decided by the file's content (a
+safetensors file or not), never by its name.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-from pruneplug.errors import CalibrationError, CheckpointError, InvalidArgumentError
+from pruneplug.console import one_line
+from pruneplug.errors import CheckpointError, InvalidArgumentError
 
-STATS_SUFFIX = ".safetensors"
+#: Options that only the one-step form reads (their defaults mean "not given").
+STREAM_ONLY = {"calibration_mode": None, "device": None, "dtype": None, "stats_dtype": None,
+               "offload_activations": None, "resume": False}
 
 
 def add_commands(subparsers: Any) -> None:
     """Add ``calibrate`` to the ``pruneplug`` command line."""
     p = subparsers.add_parser(
         "calibrate",
-        help="collect calibration statistics (for --method wanda) of a Hugging Face model directory",
+        help="collect calibration statistics (for --method wanda or sparsegpt) of a Hugging Face model directory",
         description="Run calibration texts through a local Hugging Face model directory (transformers, extra 'hf') "
-        "and write the input statistics of every selected linear layer (sum of squares per input feature, float64; "
-        "token count; padding excluded) to one safetensors file (format: docs/calibration.md). Then: pruneplug prune "
-        "IN -o OUT --method wanda --calibration STATS.",
+        "block by block, one block's weights in memory at a time, and write the input statistics of every selected "
+        "linear layer (sum of squares per input feature, token count, padding excluded; with --hessian X^T X) to "
+        "one safetensors file, one entry per distinct input (format v2: docs/calibration.md). Then: pruneplug "
+        "prune IN -o OUT --method wanda --calibration STATS.",
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a local Hugging Face model directory (config.json, weights, "
                    "tokenizer)")
-    p.add_argument("texts", metavar="TEXTS", help="calibration texts: a text file with one sample per line, or .jsonl "
-                   "with a \"text\" field")
+    p.add_argument("texts", metavar="TEXTS", help="calibration texts: a text file with one sample per line (UTF-8, or "
+                   "UTF-16 with its byte-order mark), or .jsonl with a \"text\" field")
     p.add_argument("-o", "--output", metavar="STATS.safetensors", required=True, help="the statistics file to write")
     add_calibration_options(p)
-    p.add_argument("--hessian", action="store_true", help="also collect each layer's X^T X (float64, in_features^2 "
-                   "per layer, every layer held until the file is written) for --method sparsegpt")
+    add_stream_options(p, prune=False)
+    p.add_argument("--hessian", action="store_true", help="also collect each distinct input's X^T X (in_features^2 "
+                   "per entry, one block's held at a time) for --method sparsegpt")
     p.add_argument("--include", action="append", metavar="REGEX", help="as for prune")
     p.add_argument("--exclude", action="append", metavar="REGEX", help="as for prune")
+    p.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                   help="progress bar on stderr: auto (only on a terminal, default), always, never")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no memory estimate")
     p.set_defaults(handler=run_calibrate)
 
 
@@ -50,30 +61,60 @@ def add_calibration_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="texts per forward pass (default: 16)")
 
 
-def _batches(model_dir: str, texts_path: str, args: argparse.Namespace) -> tuple[Any, list[dict]]:
-    from pruneplug.torch.hf import load_model, load_texts, text_batches
+def add_stream_options(p: argparse.ArgumentParser, prune: bool = True) -> None:
+    """Options of the block stream (the one-step prune and calibrate)."""
+    p.add_argument("--device", default=None, help="where blocks are computed: cpu (default), cuda or cuda:N")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "float64"), default=None,
+                   help="compute dtype of the loaded blocks (default: float32 on cpu, the checkpoint's dtype on cuda)")
+    p.add_argument("--stats-dtype", choices=("float32", "float64"), default=None,
+                   help="accumulation dtype of the statistics (default: float32, as the references)")
+    if not prune:
+        return
+    p.add_argument("--calibration-mode", choices=("sequential", "one-pass"), default=None,
+                   help="one-step form: each block calibrated on the outputs of the pruned blocks before it "
+                   "(sequential, default, as the papers) or of the dense ones (one-pass)")
+    p.add_argument("--offload-activations", metavar="DIR", default=None,
+                   help="one-step form: keep the calibration hidden states in DIR instead of memory")
+    p.add_argument("--resume", action="store_true", help="one-step form: continue an interrupted run with the same "
+                   "arguments from its last finished block (its staging area .OUT_DIR.pruneplug-stream)")
 
-    for name in ("samples", "seq_len", "batch_size"):
-        if getattr(args, name) < 1:
-            raise InvalidArgumentError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
-    texts = load_texts(texts_path, args.samples)
-    model, tokenizer = load_model(model_dir)
-    return model, text_batches(tokenizer, texts, args.seq_len, args.batch_size, where=str(texts_path))
+
+def stream_only_options(args: argparse.Namespace) -> str | None:
+    """The first one-step-only option given (``--resume``, ``--device``, ...), or None."""
+    for name, default in STREAM_ONLY.items():
+        if getattr(args, name, default) != default:
+            return "--" + name.replace("_", "-")
+    return None
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from pruneplug.stream import DEFAULT_CALIBRATION_MODE, StreamOptions
+
+    return StreamOptions(device=args.device or "cpu", dtype=args.dtype, stats_dtype=args.stats_dtype or "float32",
+                         calibration_mode=getattr(args, "calibration_mode", None) or DEFAULT_CALIBRATION_MODE,
+                         samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size,
+                         include=args.include, exclude=args.exclude,
+                         offload_activations=Path(args.offload_activations) if getattr(
+                             args, "offload_activations", None) else None,
+                         resume=bool(getattr(args, "resume", False)))
+
+
+def _print_estimate(command: str, quiet: bool) -> Any:
+    def show(estimate: Any) -> None:
+        if not quiet:
+            print(f"pruneplug {command}: estimated peak memory {estimate.describe()}", file=sys.stderr)
+    return show
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    import pruneplug as pp
+    from pruneplug.checkpoint.cli import _progress
+    from pruneplug.stream import calibrate_model_dir
 
-    out = Path(args.output)
-    if not out.parent.is_dir():
-        raise CheckpointError(f"-o {out}: the directory {str(out.parent)!r} does not exist")
-    model, batches = _batches(args.model_dir, args.texts, args)
-    ctx = pp.torch.calibrate(model, batches, include=args.include, exclude=args.exclude, hessian=args.hessian)
-    tokens = max(s.count for s in ctx.values())
-    ctx.save(out, {"model": str(args.model_dir), "texts": str(args.texts), "samples": str(args.samples),
-                   "seq_len": str(args.seq_len), "tokens": str(tokens), "mode": "one-pass"})
-    print(f"wrote {out}: {len(ctx)} layers, {tokens} tokens from {sum(len(b['input_ids']) for b in batches)} texts "
-          f"in {float(ctx.metadata['seconds']):.1f} s")
+    summary = calibrate_model_dir(args.model_dir, args.texts, args.output, hessian=args.hessian,
+                                  options=_options(args), progress=_progress(args),
+                                  on_estimate=_print_estimate("calibrate", args.quiet))
+    print(f"wrote {one_line(str(args.output))}: {summary['layers']} layers ({summary['entries']} distinct inputs), "
+          f"{summary['tokens']} tokens from {summary['texts']} texts in {summary['seconds']:.1f} s")
     return 0
 
 
@@ -81,16 +122,21 @@ def run_calibrate(args: argparse.Namespace) -> int:
 # prune --calibration TEXTS: the one-step form
 # ---------------------------------------------------------------------------------------------
 def is_texts(calibration: str | None) -> bool:
-    """Whether ``--calibration`` names calibration texts (anything but a statistics file)."""
-    return calibration is not None and not str(calibration).endswith(STATS_SUFFIX)
+    """Whether ``--calibration`` names calibration texts: any existing file that is not a
+    safetensors file (judged by content). A missing path is given to the checkpoint path, whose
+    error names it."""
+    from pruneplug.calibration import is_safetensors_file
+
+    if calibration is None:
+        return False
+    path = Path(calibration)
+    return path.is_file() and not is_safetensors_file(path)
 
 
 def prune_model_dir(args: argparse.Namespace, progress: Any = None) -> Any:
-    """The one-step form: sequential calibration and pruning of the model in memory give the
-    statistics; the model directory is then pruned with them by :func:`pruneplug.prune_checkpoint`
-    (streamed: same names, dtypes and layout, untouched tensors byte-identical, every other file of
-    MODEL_DIR copied, committed atomically to OUT_DIR)."""
-    import pruneplug as pp
+    """The one-step form on the stream; returns the report (its ``seconds`` the real wall time)."""
+    from pruneplug.plan import PruneSettings
+    from pruneplug.stream import prune_model_dir as stream_prune
 
     src = Path(args.input)
     if not src.is_dir() or not (src / "config.json").is_file():
@@ -98,58 +144,17 @@ def prune_model_dir(args: argparse.Namespace, progress: Any = None) -> Any:
                               "weights); for a checkpoint file, pass a statistics file from `pruneplug calibrate`")
     if args.output is None:
         raise InvalidArgumentError("--calibration TEXTS needs -o OUT_DIR")
-    out = Path(args.output)
-    if out.exists():
-        raise CheckpointError(f"-o {out}: already exists (the one-step form writes a new model directory)")
-    if not out.parent.is_dir():
-        raise CheckpointError(f"-o {out}: the directory {str(out.parent)!r} does not exist")
-    weights = _weights_in(src)
-    model, batches = _batches(str(src), args.calibration, args)
-    sparsity = args.sparsity
-    used = pp.CalibrationContext()
-    pp.torch.prune_model(model, sparsity, pattern=args.pattern, method=args.method, calibration=batches,
-                         calibration_mode="sequential", include=args.include, exclude=args.exclude,
-                         groups=getattr(args, "groups", None), statistics=used,
-                         layer_ratios=getattr(args, "layer_ratios", None), owl_m=getattr(args, "owl_m", 5.0),
-                         owl_lambda=getattr(args, "owl_lambda", 0.08))
-    ctx = _renamed(used, weights)
-    del model
-    # the model-directory form of prune_checkpoint: other files copied, atomic commit, path rules
-    result = pp.prune_checkpoint(src, out, sparsity=sparsity, pattern=args.pattern, method=args.method,
-                                 calibration=ctx, include=args.include, exclude=args.exclude,
-                                 groups=getattr(args, "groups", None), format=args.format, report=args.report,
-                                 warn_sparsity=args.warn_sparsity,
-                                 backend=None if args.backend == "auto" else args.backend, progress=progress,
-                                 layer_ratios=getattr(args, "layer_ratios", None),
-                                 owl_m=getattr(args, "owl_m", 5.0), owl_lambda=getattr(args, "owl_lambda", 0.08),
-                                 max_layer_sparsity=getattr(args, "max_layer_sparsity", None))
-    result.output = str(out)
-    return result
-
-
-def _weights_in(src: Path) -> Path:
-    """The checkpoint inside a model directory: the directory itself when sharded, else its one
-    ``*.safetensors`` file."""
-    if (src / "model.safetensors.index.json").is_file():
-        return src
-    files = sorted(src.glob("*.safetensors"))
-    if len(files) != 1:
-        raise CheckpointError(f"{src}: expected one .safetensors file or model.safetensors.index.json, found "
-                              f"{[f.name for f in files]}")
-    return files[0]
-
-
-def _renamed(ctx: Any, weights: Path) -> Any:
-    """Statistics keyed by checkpoint tensor names: the model's parameter names, or the same with the
-    base model's prefix (``bert.``, ``model.``) that the checkpoint may carry."""
-    from pruneplug.calibration import CalibrationContext
-    from pruneplug.checkpoint.formats import open_checkpoint
-
-    names = set(open_checkpoint(weights).tensors)
-    renamed = CalibrationContext(source=ctx.source, metadata=ctx.metadata)
-    for name, stats in ctx.items():
-        match = name if name in names else next((n for n in names if n.endswith("." + name)), None)
-        if match is None:
-            raise CalibrationError(f"{weights}: the model's weight {name!r} has no tensor in the checkpoint")
-        renamed.add(match, stats)
-    return renamed
+    if args.scope != "layer":
+        raise InvalidArgumentError("--scope global applies to magnitude pruning; the one-step calibrated form prunes "
+                                   "each layer (use --layer-ratios owl for per-layer sparsities)")
+    for flag, bad in (("--format", args.format != "dense"), ("--masks-out", args.masks_out), ("--dry-run", args.dry_run),
+                      ("--in-place", args.in_place)):
+        if bad:
+            raise InvalidArgumentError(f"{flag} is not supported by the one-step form (--calibration TEXTS); prune in "
+                                       "two steps (`pruneplug calibrate`, then prune with the statistics file)")
+    settings = PruneSettings(args.method, sparsity=args.sparsity, pattern=args.pattern, groups=args.groups,
+                             layer_ratios=args.layer_ratios, owl_m=args.owl_m, owl_lambda=args.owl_lambda,
+                             max_layer_sparsity=args.max_layer_sparsity)
+    result = stream_prune(src, args.output, settings, args.calibration, options=_options(args), progress=progress,
+                          report=args.report, on_estimate=_print_estimate("prune", args.quiet))
+    return result.report

@@ -18,8 +18,10 @@ from pruneplug.errors import PrunePlugError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pruneplug",
-        description="Pruning of neural-network weights by magnitude or Wanda (exact unstructured, per-row, N:M, "
-        "block, row, column); `pruneplug calibrate` collects the statistics Wanda needs.",
+        description="Pruning of neural-network weights (exact unstructured, per-row, N:M, block, row, column) by "
+        "any importance criterion; `pruneplug calibrate` collects the statistics the calibrated ones need, and "
+        "`pruneplug prune MODEL_DIR --calibration TEXTS` prunes a model directory block by block.",
+        epilog=_methods_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_example(subparsers)
@@ -31,6 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         checkpoint_cli.add_commands(subparsers)
     return parser
+
+
+def _methods_epilog() -> str:
+    """The registered criteria (``--method`` values), read from their entry points."""
+    from pruneplug.criteria import ALIASES, criteria
+
+    rows = []
+    for info in criteria():
+        alias = next((a for a, n in ALIASES.items() if n == info.name), None)
+        needs = "broken: " + info.error if info.error else (
+            "needs --calibration" if info.requires_calibration else "weights only")
+        rows.append(f"  {info.name}{' (' + alias + ')' if alias else ''}: {needs}")
+    return "methods (--method):\n" + "\n".join(rows)
 
 
 def _add_example(subparsers) -> None:

@@ -281,12 +281,35 @@ def owl_counts(scores: Mapping[str, Any], target: float, *, m: float = DEFAULT_M
     names = list(scores)
     units = dict(units) if units is not None else block_units(names)
     ratios = unit_outlier_ratios(scores, units, m)
-    unit_names = list(ratios)
     sizes = dict(sizes) if sizes is not None else {name: int(to_numpy(scores[name]).size) for name in names}
+    counts = counts_from_ratios(ratios, units, {n: sizes[n] for n in names}, target, lam=lam,
+                                max_layer_sparsity=max_layer_sparsity)
+    tensor_sizes = [sizes[n] for n in names]
+    counts_list = [counts[n] for n in names]
+    return LayerRatios(names, counts_list, [c / n if n else 0.0 for c, n in zip(counts_list, tensor_sizes)], units,
+                       ratios)
+
+
+def counts_from_ratios(ratios: Mapping[str, float], units: Mapping[str, str], sizes: Mapping[str, int],
+                       target: float, *, lam: float = DEFAULT_LAMBDA, max_layer_sparsity: float = 1.0) -> dict[str, int]:
+    """OWL's exact per-tensor counts from the units' outlier ratios (``ratios``: unit -> D;
+    ``units``: tensor name -> unit; ``sizes``: tensor name -> weights, in tensor order): the counts
+    sum to ``round(target * total)`` and none exceeds ``max_layer_sparsity``. The stream computes
+    the ratios one block at a time and calls this once.
+
+    Example::
+
+        >>> from pruneplug.layer_ratios import counts_from_ratios
+        >>> counts_from_ratios({"b.0": 0.01, "b.1": 0.03}, {"b.0.w": "b.0", "b.1.w": "b.1"},
+        ...                    {"b.0.w": 100, "b.1.w": 100}, 0.5, lam=0.1)
+        {'b.0.w': 60, 'b.1.w': 40}
+    """
+    names = list(sizes)
+    unit_names = list(ratios)
     unit_sizes = [sum(sizes[n] for n in names if units[n] == u) for u in unit_names]
     unit_sparsity = dict(zip(unit_names, owl_sparsities([ratios[u] for u in unit_names], unit_sizes, target, lam)))
     per_tensor = [unit_sparsity[units[n]] for n in names]
     tensor_sizes = [sizes[n] for n in names]
     k = count_to_prune(target, sum(tensor_sizes))
     counts = exact_counts(per_tensor, tensor_sizes, k, layer_caps(tensor_sizes, max_layer_sparsity))
-    return LayerRatios(names, counts, [c / n if n else 0.0 for c, n in zip(counts, tensor_sizes)], units, ratios)
+    return dict(zip(names, counts))

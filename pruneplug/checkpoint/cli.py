@@ -42,13 +42,22 @@ class ProgressBar(ProgressLike):
         self.width = width
         self.active = False
 
-    def start(self, label: str, items: int, amount: int) -> None:
+    def start(self, label: str, items: int, amount: int, unit: str = "tensors") -> None:
+        """A new phase of ``items`` (``unit``: "tensors", with ``amount`` bytes; "blocks": the amount
+        is the block count and no bytes are shown)."""
         self.close()
-        self.label, self.items, self.amount = label, items, max(amount, 0)
+        self.label, self.items, self.amount, self.unit = label, items, max(amount, 0), unit
+        self.step = ""
         self.done_items = self.done_amount = 0
         self.t0 = self.last = time.monotonic()
         self.active = True
         self._draw(force=True)
+
+    def set_step(self, step: str) -> None:
+        """What the current item is doing (calibrating, pruning, writing), shown after the counts."""
+        if self.active and step != self.step:
+            self.step = step
+            self._draw(force=True)
 
     def update(self, items: int = 0, amount: int = 0) -> None:
         if not self.active:
@@ -79,9 +88,13 @@ class ProgressBar(ProgressLike):
         rate = self.done_amount / elapsed if elapsed > 0 else 0.0
         eta = (self.amount - self.done_amount) / rate if rate > 0 else None
         eta_text = "--:--" if eta is None else _clock(eta)
-        line = (f"\r{self.label}: [{bar}] {self.done_items}/{self.items} tensors "
-                f"{_size(self.done_amount)}/{_size(self.amount)} {_size(rate)}/s "
-                f"elapsed {_clock(elapsed)} ETA {eta_text}")
+        if self.unit == "tensors":
+            line = (f"\r{self.label}: [{bar}] {self.done_items}/{self.items} tensors "
+                    f"{_size(self.done_amount)}/{_size(self.amount)} {_size(rate)}/s "
+                    f"elapsed {_clock(elapsed)} ETA {eta_text}")
+        else:
+            line = (f"\r{self.label}: [{bar}] {self.done_items}/{self.items} {self.unit} "
+                    f"elapsed {_clock(elapsed)} ETA {eta_text}{' - ' + self.step if self.step else ''}")
         self.stream.write(line + "\x1b[K" if getattr(self.stream, "isatty", lambda: False)() else line)
         self.stream.flush()
 
@@ -102,6 +115,8 @@ def _clock(seconds: float) -> str:
 
 
 def _progress(args: argparse.Namespace) -> ProgressBar:
+    if getattr(args, "quiet", False) and args.progress == "auto":
+        return ProgressBar(force=False)
     return ProgressBar(force={"auto": None, "always": True, "never": False}[args.progress])
 
 
@@ -167,11 +182,13 @@ def _add_prune(subparsers) -> None:
     p.add_argument("--in-place", action="store_true", help="allow OUT to be IN (or omit -o): replace the input atomically")
     p.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
                    help="progress bar on stderr: auto (only on a terminal, default), always, never")
-    p.add_argument("--quiet", action="store_true", help="print only the totals, not the per-tensor table")
+    p.add_argument("--quiet", action="store_true", help="print only the totals, not the per-tensor table (and no "
+                   "progress bar unless --progress always)")
     p.add_argument("--all", action="store_true", help="list untouched tensors in the table too")
     from pruneplug import calibration_cli
 
     calibration_cli.add_calibration_options(p)  # --samples, --seq-len, --batch-size (with --calibration TEXTS)
+    calibration_cli.add_stream_options(p)  # --device, --dtype, --calibration-mode, --resume, ... (one-step form)
     p.add_argument("--dask", metavar="ADDRESS", help="prune a sharded directory on the Dask cluster at ADDRESS "
                    "(tcp://host:8786); workers read and write whole shards on a shared file system")
     p.add_argument("--workers", type=int, metavar="N", help="prune a sharded directory on a local Dask cluster of N processes")
@@ -195,6 +212,10 @@ def run_prune(args: argparse.Namespace) -> int:
         report = prune_from_args(args)
     elif calibration_cli.is_texts(args.calibration):
         report = calibration_cli.prune_model_dir(args, _progress(args))
+    elif calibration_cli.stream_only_options(args):
+        error("prune", f"{calibration_cli.stream_only_options(args)} applies to the one-step form (--calibration "
+              "TEXTS with a model directory)")
+        return EXIT_USAGE
     else:
         report = prune_checkpoint(
             args.input, args.output, sparsity=sparsity, pattern=pattern, scope=args.scope, method=args.method,

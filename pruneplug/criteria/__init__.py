@@ -29,9 +29,9 @@ Example::
 
 from __future__ import annotations
 
-from pruneplug.criteria.base import Criterion, score_stats
+from pruneplug.criteria.base import Criterion, LayerResult, Reconstruction, score_stats
 from pruneplug.criteria.pruning import prune_scored
 from pruneplug.criteria.registry import ALIASES, ENTRY_POINT_GROUP, CriterionInfo, criteria, get_criterion
 
-__all__ = ["ALIASES", "ENTRY_POINT_GROUP", "Criterion", "CriterionInfo", "criteria", "get_criterion", "prune_scored",
-           "score_stats"]
+__all__ = ["ALIASES", "ENTRY_POINT_GROUP", "Criterion", "CriterionInfo", "LayerResult", "Reconstruction", "criteria",
+           "get_criterion", "prune_scored", "score_stats"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,10 +37,14 @@ class Criterion:
     name: str = ""
     needs_calibration: bool = False
     default_groups: str = "layer"
+    #: The calibration statistics the criterion reads: ``"input_norms"`` (sums of squares of each
+    #: input feature, Wanda) and ``"hessian"`` (``X^T X``, SparseGPT). Calibration collects exactly
+    #: these; an empty set means none (magnitude).
+    statistics: frozenset = frozenset()
 
     def requires_calibration(self) -> bool:
         """Whether :meth:`compute` needs calibration statistics (Aprender's name)."""
-        return self.needs_calibration
+        return self.needs_calibration or bool(self.statistics)
 
     def compute(self, weights: Any, calibration: Any = None, *, layer: str | None = None,
                 backend: str | None = None) -> Any:
@@ -67,6 +72,38 @@ class Criterion:
 
     def __repr__(self) -> str:
         return f"<criterion {self.name!r}>"
+
+
+@dataclass
+class LayerResult:
+    """What a :class:`Reconstruction` returns for one layer: the pruned and updated weight (a torch
+    tensor like the one it was given), the keep-mask (``True`` = kept) and what it measured
+    (``pruned``, ``damping``, ``retries``, ``error``, ...), which the reports show."""
+
+    weight: Any
+    mask: Any
+    metrics: dict = field(default_factory=dict)
+
+
+class Reconstruction(Criterion):
+    """A criterion that chooses its own mask and updates the weights that stay (SparseGPT).
+
+    The caller converts once: :meth:`reconstruct` gets a torch ``[out, in]`` weight (any device,
+    float16/bfloat16/float32/float64; a Conv1D ``[in, out]`` weight arrives transposed) and the
+    layer's :class:`~pruneplug.ActivationStats`, and returns a :class:`LayerResult`; it modifies
+    nothing in place. :func:`pruneplug.criteria.prune_scored` writes the result back into NumPy,
+    CuPy or torch weights of either orientation.
+    """
+
+    def reconstructs(self) -> bool:
+        """Whether pruning with this criterion runs :meth:`reconstruct` (else the scores of
+        :meth:`compute` choose a mask and nothing is updated)."""
+        return True
+
+    def reconstruct(self, weight: Any, stats: ActivationStats, *, sparsity: float | None = None,
+                    count: int | None = None, pattern: str = "unstructured", groups: str = "layer",
+                    name: str = "weights") -> LayerResult:
+        raise NotImplementedError
 
 
 def score_stats(values: Any) -> ScoreStats:

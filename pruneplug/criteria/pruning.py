@@ -8,6 +8,7 @@ from typing import Any
 from pruneplug import api, masks
 from pruneplug.arrays import adapt, array_module
 from pruneplug.calibration import ActivationStats, CalibrationContext
+from pruneplug.criteria.base import LayerResult, Reconstruction
 from pruneplug.criteria.registry import get_criterion
 from pruneplug.errors import CalibrationRequiredError, InvalidArgumentError
 from pruneplug.patterns import parse_pattern
@@ -16,7 +17,7 @@ from pruneplug.validation import check_groups, resolve_count
 
 def prune_scored(weights: Any, method: Any = "l1", *, sparsity: float | None = None, pattern: str = "unstructured",
                  groups: str | None = None, calibration: Any = None, layer: str | None = None, axis: int | None = None,
-                 backend: str | None = None, count: int | None = None) -> None:
+                 backend: str | None = None, count: int | None = None) -> LayerResult | None:
     """Prune ``weights`` (NumPy, CuPy or PyTorch, writable) in place by the scores of ``method``
     (a criterion name or :class:`~pruneplug.criteria.Criterion`).
 
@@ -27,8 +28,9 @@ def prune_scored(weights: Any, method: Any = "l1", *, sparsity: float | None = N
 
     ``count`` (unstructured, instead of ``sparsity``): prune exactly this many weights of the
     tensor (per-layer sparsities such as OWL's); with row groups the first ``count % rows`` rows
-    prune one more than the others. A criterion with ``updates_weights`` (SparseGPT) chooses the
-    mask and updates the remaining weights itself (:meth:`reconstruct`).
+    prune one more than the others. A :class:`~pruneplug.criteria.Reconstruction` (SparseGPT)
+    chooses the mask and updates the remaining weights itself: its :class:`LayerResult` (metrics
+    included) is returned; other criteria return None.
 
     Example::
 
@@ -54,10 +56,9 @@ def prune_scored(weights: Any, method: Any = "l1", *, sparsity: float | None = N
         raise CalibrationRequiredError(criterion.name)
     if count is not None and (spec.kind != "unstructured" or sparsity is not None):
         raise InvalidArgumentError("count= applies to pattern='unstructured' and replaces sparsity=")
-    if getattr(criterion, "updates_weights", False):  # a reconstruction: its own mask, then the update
-        criterion.reconstruct(weights, calibration, layer=layer, sparsity=sparsity, count=count, pattern=pattern,
-                              groups=groups)
-        return
+    if isinstance(criterion, Reconstruction) and criterion.reconstructs():
+        return _reconstruct(weights, criterion, calibration, layer, sparsity=sparsity, count=count, pattern=pattern,
+                            groups=groups)
     magnitude = getattr(criterion, "method", None) in ("l1", "l2") and input_axis == 1 and count is None
     if magnitude:  # the core's fused paths: no score array at all for layer groups
         if spec.kind == "nm":
@@ -80,6 +81,38 @@ def prune_scored(weights: Any, method: Any = "l1", *, sparsity: float | None = N
         mask = generate(scores, sparsity, backend=backend)
     del scores
     api.apply_mask(mask, weights, backend=backend)
+
+
+def _reconstruct(weights: Any, criterion: Reconstruction, calibration: Any, layer: str | None,
+                 **plan: Any) -> LayerResult:
+    """Run a reconstruction on a torch ``[out, in]`` view of ``weights`` (NumPy, bfloat16 NumPy,
+    CuPy or torch; ``[in, out]`` when the statistics say input axis 0) and write its result back
+    into ``weights``: the one place where array type and orientation are converted."""
+    stats = criterion.layer_stats(calibration, layer)
+    name = layer or getattr(criterion, "layer_name", None) or "weights"
+    view = torch_view(weights)
+    view = view if stats.input_axis == 1 else view.t()
+    result = criterion.reconstruct(view, stats, name=name, **plan)
+    import torch
+
+    with torch.no_grad():
+        view.copy_(result.weight)
+    return result
+
+
+def torch_view(weights: Any) -> Any:
+    """A torch tensor sharing the memory of a torch tensor, NumPy array (bfloat16 included) or CuPy
+    array (DLPack)."""
+    import numpy as np
+    import torch
+
+    if isinstance(weights, torch.Tensor):
+        return weights.detach()
+    if isinstance(weights, np.ndarray):
+        if weights.dtype.name == "bfloat16":
+            return torch.from_numpy(weights.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(weights)
+    return torch.from_dlpack(weights)
 
 
 def _row_groups_mask(values: Any, sparsity: float | None, count: int | None, input_axis: int,

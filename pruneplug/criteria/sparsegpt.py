@@ -5,9 +5,9 @@ Cholesky inverse in float64.
 
 :meth:`SparseGPTImportance.compute` is the saliency alone. As a *method* (``method="sparsegpt"``
 in :func:`pruneplug.torch.prune_model`, ``pruneplug prune`` and
-:func:`pruneplug.criteria.prune_scored`) the criterion declares ``updates_weights`` and prunes by
-the full SparseGPT (:meth:`SparseGPTImportance.reconstruct`: the mask chosen block by block on the
-updated weights, and the update; :func:`pruneplug.reconstruction.sparsegpt_prune`).
+:func:`pruneplug.criteria.prune_scored`) the criterion prunes by
+the full SparseGPT (a :class:`~pruneplug.criteria.Reconstruction`: the mask chosen block by block
+on the updated weights, and the update; :func:`pruneplug.reconstruction.sparsegpt_prune`).
 ``SparseGPTImportance(update=False)`` as the method gives masks from the saliency alone.
 
 Arithmetic: ``w*w`` from the backend's importance operation (the score dtype: float32 for
@@ -24,17 +24,19 @@ import numpy as np
 from pruneplug import api
 from pruneplug.arrays import adapt, array_module
 from pruneplug.calibration import ActivationStats
-from pruneplug.criteria.base import Criterion, score_stats
+from pruneplug.criteria.base import LayerResult, Reconstruction, score_stats
 from pruneplug.errors import CalibrationError, InvalidArgumentError, ShapeError
 from pruneplug.reconstruction.hessian import inverse_diagonal
 from pruneplug.types import ImportanceScores
 
 
-class SparseGPTImportance(Criterion):
+class SparseGPTImportance(Reconstruction):
     """Aprender's ``SparseGPTImportance``: ``w_ij^2 / diag((X^T X / n + damp I)^-1)_j``.
 
     Needs the layer's Hessian statistics (``pp.torch.calibrate(..., hessian=True)`` or
     ``pruneplug calibrate --hessian``). ``damping`` is relative to the mean diagonal (0.01).
+    As a method it reconstructs (:meth:`reconstruct`); ``update=False`` prunes by the saliency
+    alone.
 
     Example::
 
@@ -48,9 +50,7 @@ class SparseGPTImportance(Criterion):
     """
 
     name = "sparsegpt"
-    needs_calibration = True
-    #: calibration must collect each layer's ``X^T X`` (``hessian=True``)
-    needs_hessian = True
+    statistics = frozenset({"input_norms", "hessian"})
     default_groups = "layer"
 
     def __init__(self, layer_name: str | None = None, damping: float = 0.01, *, update: bool = True,
@@ -59,52 +59,44 @@ class SparseGPTImportance(Criterion):
             raise InvalidArgumentError(f"damping={damping!r} must be a finite number >= 0")
         self.layer_name = layer_name
         self.damping = float(damping)
-        self.updates_weights = bool(update)
+        self.update = bool(update)
         self.block_size = block_size
         self.dtype = dtype
-        #: per tensor name, what the last :meth:`reconstruct` of it reported (damping, retries, ...)
-        self.results: dict[str, dict] = {}
 
-    def reconstruct(self, weights: Any, calibration: Any = None, *, layer: str | None = None,
-                    sparsity: float | None = None, count: int | None = None, pattern: str = "unstructured",
-                    groups: str = "layer") -> None:
-        """Prune ``weights`` in place by SparseGPT with the layer's Hessian from ``calibration``
-        (writes the updated weights; pruned positions ``+0.0``). Torch tensors (any device), NumPy
-        and CuPy arrays, ``[out, in]`` or ``[in, out]`` as the statistics' ``input_axis`` says."""
-        import torch
+    def reconstructs(self) -> bool:
+        return self.update
 
+    def reconstruct(self, weight: Any, stats: ActivationStats, *, sparsity: float | None = None,
+                    count: int | None = None, pattern: str = "unstructured", groups: str = "layer",
+                    name: str = "weights") -> LayerResult:
+        """SparseGPT of a torch ``[out, in]`` weight with the layer's Hessian (the mask chosen block
+        by block on the updated weights, then the update; pruned positions ``+0.0``)."""
         from pruneplug.reconstruction import sparsegpt_prune
 
-        stats = self.layer_stats(calibration, layer)
-        name = layer or self.layer_name or "weights"
-        hessian = self._hessian(stats, weights, name)
-        if isinstance(weights, torch.Tensor):
-            target = weights.data
-        elif isinstance(weights, np.ndarray):
-            target = torch.from_numpy(weights)
-        else:  # CuPy: a zero-copy torch view through DLPack
-            target = torch.from_dlpack(weights)
-        view = target if stats.input_axis == 1 else target.t()
-        result = sparsegpt_prune(view, torch.from_numpy(hessian), sparsity=sparsity, count=count, pattern=pattern,
+        hessian = self._hessian(stats, tuple(int(s) for s in weight.shape), name, input_axis=1)
+        result = sparsegpt_prune(weight.detach(), hessian, sparsity=sparsity, count=count, pattern=pattern,
                                  groups=groups, block_size=self.block_size, damping=self.damping, dtype=self.dtype,
                                  name=name)
-        with torch.no_grad():
-            view.copy_(result.weight)
-        self.results[name] = {"pruned": result.pruned, "damping": result.damping, "retries": result.retries,
-                              "dead_inputs": result.dead_inputs, "error": result.error}
+        return LayerResult(result.weight, result.mask, {
+            "pruned": result.pruned, "damping": result.damping, "retries": result.retries,
+            "dead_inputs": result.dead_inputs, "error": result.error})
 
     @staticmethod
-    def _hessian(stats: ActivationStats, weights: Any, name: str) -> np.ndarray:
-        shape = tuple(int(s) for s in weights.shape)
+    def _hessian(stats: ActivationStats, shape: tuple, name: str, input_axis: int | None = None) -> Any:
+        """The layer's Hessian as a torch tensor (NumPy statistics shared, torch ones as they are)."""
+        import torch
+
+        axis = stats.input_axis if input_axis is None else input_axis
         if len(shape) != 2:
             raise ShapeError(f"sparsegpt: tensor {name!r} must be 2-D ([out, in]), got shape {list(shape)}")
         if stats.hessian is None:
             raise CalibrationError(f"sparsegpt: the statistics of tensor {name!r} have no Hessian; collect them with "
                                    "pp.torch.calibrate(..., hessian=True) or `pruneplug calibrate --hessian`")
-        if shape[stats.input_axis] != stats.in_features or stats.hessian.shape != (stats.in_features,) * 2:
+        if shape[axis] != stats.in_features or tuple(stats.hessian.shape) != (stats.in_features,) * 2:
             raise CalibrationError(f"sparsegpt: tensor {name!r} has shape {list(shape)} but its Hessian has shape "
-                                   f"{list(stats.hessian.shape)} (input axis {stats.input_axis})")
-        return np.asarray(stats.hessian, dtype=np.float64)
+                                   f"{list(stats.hessian.shape)} (input axis {axis})")
+        hessian = stats.hessian
+        return hessian if isinstance(hessian, torch.Tensor) else torch.from_numpy(np.asarray(hessian))
 
     def compute(self, weights: Any, calibration: Any = None, *, layer: str | None = None,
                 backend: str | None = None) -> ImportanceScores:
@@ -115,8 +107,9 @@ class SparseGPTImportance(Criterion):
 
         stats = self.layer_stats(calibration, layer)
         name = layer or self.layer_name or "weights"
-        hessian = torch.from_numpy(self._hessian(stats, adapt(weights, "weights").array, name)) / max(stats.count, 1)
-        diag = inverse_diagonal(hessian, damping=self.damping, name=name).value.numpy()
+        shape = tuple(int(s) for s in adapt(weights, "weights").array.shape)
+        hessian = self._hessian(stats, shape, name).to(torch.float64) / max(stats.count, 1)
+        diag = inverse_diagonal(hessian, damping=self.damping, name=name).value.cpu().numpy()
         scores = api.importance(weights, "l2", backend=backend)  # w*w: the backend's work, score dtype
         values = adapt(scores.values, "scores").array
         xp = array_module(values)
@@ -125,4 +118,4 @@ class SparseGPTImportance(Criterion):
         return ImportanceScores(scores.values, self.name, score_stats(values))
 
     def __repr__(self) -> str:
-        return f"SparseGPTImportance({self.layer_name!r}, damping={self.damping}, update={self.updates_weights})"
+        return f"SparseGPTImportance({self.layer_name!r}, damping={self.damping}, update={self.update})"

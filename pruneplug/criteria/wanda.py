@@ -53,7 +53,7 @@ class WandaImportance(Criterion):
     """
 
     name = "wanda"
-    needs_calibration = True
+    statistics = frozenset({"input_norms"})
     default_groups = "row"
 
     def __init__(self, layer_name: str | None = None, eps: float = 1e-8) -> None:

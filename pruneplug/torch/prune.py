@@ -110,16 +110,20 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
         counts = {n: min(count_to_prune(sparsity, p.numel()), layer_caps([p.numel()], cap)[0])
                   for n, p in params.items()}
 
+    metrics: dict[str, dict] = {}
+
     def prune_some(ctx: CalibrationContext | None, names: Iterable[str]) -> None:
         names = list(names)
         if statistics is not None and ctx is not None:
             for name in names:
                 statistics.add(name, ctx[name])
         for name in names:
-            _prune_one(name, params[name], criterion, None if name in counts else sparsity, pattern, groups, ctx,
-                       backend, axis, counts.get(name))
+            result = _prune_one(name, params[name], criterion, None if name in counts else sparsity, pattern, groups,
+                                ctx, backend, axis, counts.get(name))
+            if result is not None:
+                metrics[name] = dict(result.metrics)
 
-    hessian = bool(getattr(criterion, "needs_hessian", False))
+    hessian = "hessian" in criterion.statistics
     if scope == "global":
         ratios_info = {"max_layer_sparsity": cap}
         _prune_global(params, sparsity, criterion, backend, cap)
@@ -139,8 +143,8 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
                 "exclude": list(exclude or []), "backend": backend or "auto"}
     if ratios_info:
         settings["layer_ratios"] = ratios_info
-    if getattr(criterion, "results", None):
-        settings["reconstruction"] = {n: dict(r) for n, r in criterion.results.items() if n in params}
+    if metrics:
+        settings["reconstruction"] = metrics
     if criterion.requires_calibration():
         settings["calibration"] = calibration_mode if not isinstance(calibration, (CalibrationContext, str,
                                                                                    os.PathLike)) else str(
@@ -180,12 +184,12 @@ def _check_pattern(sparsity: float | None, pattern: str, scope: str, criterion: 
 
 
 def _prune_one(name: str, p: torch.Tensor, criterion: Any, sparsity: float | None, pattern: str, groups: str | None,
-               ctx: CalibrationContext | None, backend: str | None, axis: int | None, count: int | None = None) -> None:
+               ctx: CalibrationContext | None, backend: str | None, axis: int | None, count: int | None = None) -> Any:
     try:
         if ctx is not None:
             ctx.check_layer(name, tuple(p.shape))
         with torch.no_grad():
-            prune_scored(p.data, criterion, sparsity=sparsity, pattern=pattern, groups=groups, calibration=ctx,
+            return prune_scored(p.data, criterion, sparsity=sparsity, pattern=pattern, groups=groups, calibration=ctx,
                          layer=name, axis=axis, backend=backend, count=count)
     except PrunePlugError as exc:
         if exc.args and name not in str(exc.args[0]):  # name the tensor: the core does not know it

@@ -1,0 +1,728 @@
+"""Calibrated pruning of a Hugging Face model directory, block by block, from the checkpoint to the
+output, in the memory of one block.
+
+:func:`prune_model_dir` (``pruneplug prune MODEL_DIR -o OUT_DIR --method wanda --calibration
+texts.txt``) and :func:`calibrate_model_dir` (``pruneplug calibrate``) both:
+
+1. build the model without weights (:mod:`pruneplug.stream.skeleton`) and tokenize the texts;
+2. load the layers before the first block (embeddings), capture every batch's hidden states at
+   the first block, and free them;
+3. with OWL, run one cheap pass over the dense blocks (input norms only) for the outlier ratios,
+   and turn them into exact per-tensor counts;
+4. for each block in forward order: load its tensors (memory-mapped, one at a time) on the device
+   in the compute dtype, calibrate and prune it (:mod:`pruneplug.torch.blockwise`), write its
+   tensors in the checkpoint's dtype into the output's slots, make the next block's inputs, free
+   it;
+5. layers outside the blocks (a pooler, a selected head) last, from the final hidden states;
+6. copy every other file, and rename the output into place.
+
+Every tensor is written in the checkpoint's dtype and name; a tensor the run does not prune keeps
+its stored bytes. The next block's inputs are computed with the weights as written (rounded to
+the checkpoint's dtype), so the calibration sees what the saved model computes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from pruneplug.calibration import ActivationStats, CalibrationContext, StatisticsWriter
+from pruneplug.checkpoint.formats import INDEX_NAME, array_zeros
+from pruneplug.checkpoint.paths import Place, check_distinct
+from pruneplug.checkpoint.report import NullProgress, PruneReport, TensorReport
+from pruneplug.checkpoint.selection import SELECTION_RULE
+from pruneplug.checkpoint.writers import copy_range, pwrite_all
+from pruneplug.criteria import prune_scored
+from pruneplug.errors import CalibrationError, CheckpointError, InvalidArgumentError, NonFiniteError
+from pruneplug.layer_ratios import unit_outlier_ratios
+from pruneplug.plan import PruneSettings, TensorPlan
+from pruneplug.stream import journal as journals
+from pruneplug.stream.memory import MemoryEstimate, estimate
+from pruneplug.stream.skeleton import HEAD_NAMES, Skeleton, build_skeleton
+
+CALIBRATION_MODES = ("sequential", "one-pass")
+#: ``--calibration-mode`` of the one-step form (see docs/calibration.md, "Which mode").
+DEFAULT_CALIBRATION_MODE = "sequential"
+
+
+@dataclass
+class StreamOptions:
+    """How the stream runs (not what it computes, except ``dtype``/``stats_dtype``/``device``, which
+    decide the bits and so belong to a run's fingerprint)."""
+
+    device: str = "cpu"
+    dtype: str | None = None  # compute dtype; None: float32 on the CPU, the checkpoint's dtype on a GPU
+    stats_dtype: str = "float32"
+    calibration_mode: str = DEFAULT_CALIBRATION_MODE
+    samples: int = 128
+    seq_len: int = 128
+    batch_size: int = 16
+    include: Sequence[str] | None = None
+    exclude: Sequence[str] | None = None
+    offload_activations: Path | None = None
+    resume: bool = False
+
+    def check(self) -> None:
+        for name in ("samples", "seq_len", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"--{name.replace('_', '-')} {value!r}: must be an integer >= 1")
+        if self.calibration_mode not in CALIBRATION_MODES:
+            raise InvalidArgumentError(f"--calibration-mode {self.calibration_mode!r}: expected one of "
+                                       f"{', '.join(CALIBRATION_MODES)}")
+        if self.stats_dtype not in ("float32", "float64"):
+            raise InvalidArgumentError(f"--stats-dtype {self.stats_dtype!r}: expected float32 or float64")
+        if self.dtype not in (None, "float32", "float64", "bfloat16", "float16"):
+            raise InvalidArgumentError(f"--dtype {self.dtype!r}: expected float32, bfloat16, float16 or float64")
+
+
+@dataclass
+class _Model:
+    """A model directory opened for the stream: skeleton, batches, blocks and selected layers."""
+
+    skel: Skeleton
+    batches: list[dict]
+    container: str
+    container_module: Any
+    blocks: list[Any]
+    block_layers: list[list[Any]]  # per block, the selected Layers (module names)
+    tail_layers: list[Any]
+    selected: dict[str, int]  # module name -> number of weights
+    device: Any
+    compute_dtype: Any
+    stats_dtype: Any
+    texts: int = 0
+    tokens: int = 0
+    estimate: MemoryEstimate | None = None
+    tuple_outputs: bool = False
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+            "float16": torch.float16}[name]
+
+
+def _checkpoint_dtype(skel: Skeleton) -> str:
+    counts: dict[str, int] = {}
+    for ref in skel.checkpoint.tensors.values():
+        counts[ref.dtype] = counts.get(ref.dtype, 0) + ref.numel
+    main = max(counts, key=counts.get) if counts else "F32"
+    return {"BF16": "bfloat16", "F16": "float16", "F64": "float64"}.get(main, "float32")
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise InvalidArgumentError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise InvalidArgumentError(f"--device {name!r}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError(f"--device {name!r}: torch sees no CUDA device here")
+    return device
+
+
+def open_model(model_dir: Path, texts: Any, options: StreamOptions, statistics: frozenset) -> _Model:
+    """Steps 1 of the module docstring, and the memory estimate."""
+    import torch
+
+    from pruneplug.torch.blockwise import STATS_DTYPES
+    from pruneplug.torch.calibrate import find_blocks
+    from pruneplug.torch.hf import load_texts, load_tokenizer, text_batches
+    from pruneplug.torch.layers import linear_layers, selected_parameters
+
+    options.check()
+    device = _device(options.device)
+    skel = build_skeleton(model_dir)
+    texts_list = load_texts(texts, options.samples) if not isinstance(texts, list) else texts[:options.samples]
+    tokenizer = load_tokenizer(model_dir)
+    batches = text_batches(tokenizer, texts_list, options.seq_len, options.batch_size, where=str(texts))
+    params = selected_parameters(skel.model, options.include, options.exclude)
+    if not params:
+        raise InvalidArgumentError(f"{model_dir}: no tensor is selected (rule: {SELECTION_RULE})")
+    layers = linear_layers(skel.model, list(params))
+    not_linear = [n for n in params if n not in {layer.name for layer in layers}]
+    if not_linear and statistics:
+        raise CalibrationError(f"tensor {skel.names.get(not_linear[0], not_linear[0])!r} is not the weight of an "
+                               "nn.Linear or Conv1D: calibration cannot collect its statistics (exclude it with "
+                               "--exclude)")
+    container, blocks = find_blocks(skel.model, layers)
+    if not blocks:
+        raise CalibrationError(f"{model_dir}: the model has no repeated blocks (no ModuleList of layers) that hold "
+                               "the selected weights; the stream prunes block by block")
+    prefix = container + "."
+    block_layers: list[list[Any]] = [[] for _ in blocks]
+    tail = []
+    for layer in layers:
+        head = layer.name[len(prefix):].split(".", 1)[0] if layer.name.startswith(prefix) else ""
+        if head.isdigit() and int(head) < len(blocks):
+            block_layers[int(head)].append(layer)
+        else:
+            tail.append(layer)
+    compute = options.dtype or ("float32" if device.type == "cpu" else _checkpoint_dtype(skel))
+    model = _Model(skel, batches, container, skel.model.get_submodule(container), blocks, block_layers, tail,
+                   {n: int(p.numel()) for n, p in params.items()}, device, _torch_dtype(compute),
+                   STATS_DTYPES[options.stats_dtype], len(texts_list),
+                   sum(int(b["attention_mask"].sum()) for b in batches))
+    model.estimate = _estimate(model, statistics, options)
+    return model
+
+
+def _estimate(m: _Model, statistics: frozenset, options: StreamOptions) -> MemoryEstimate:
+    import torch
+
+    prefix = m.container + "."
+    outside = sum(p.numel() for n, p in m.skel.model.named_parameters()
+                  if not n.startswith(prefix) and n not in HEAD_NAMES)
+    block_sizes = [sum(p.numel() for p in b.parameters()) for b in m.blocks]
+    largest = max(range(len(m.blocks)), key=lambda i: block_sizes[i])
+    linears = m.block_layers[largest] or [None]
+    ins = [int(l.in_features) for l in linears if l is not None] or [1]
+    outs = [int(l.module.weight.numel() // l.in_features) for l in linears if l is not None] or [1]
+    hidden = int(getattr(m.skel.config, "hidden_size", 0) or getattr(m.skel.config, "n_embd", 0) or max(ins))
+    tokens = sum(int(b["input_ids"].numel()) for b in m.batches)
+    batch_tokens = max(int(b["input_ids"].numel()) for b in m.batches)
+    distinct = sorted(set(ins)) if "hessian" not in statistics else ins  # an upper bound without grouping
+    return estimate(outside=outside, block=block_sizes[largest], largest_in=max(ins), largest_out=max(outs),
+                    distinct_inputs=distinct, hidden=hidden, tokens=tokens,
+                    compute_bytes=torch.empty((), dtype=m.compute_dtype).element_size(),
+                    stats_bytes=torch.empty((), dtype=m.stats_dtype).element_size(),
+                    hessian="hessian" in statistics, sequential=options.calibration_mode == "sequential",
+                    offload=options.offload_activations is not None, batch_tokens=batch_tokens,
+                    extra_per_token=4 * hidden)
+
+
+def _outside(m: _Model, with_head: bool) -> Callable[[str], bool]:
+    prefix = m.container + "."
+    return lambda n: not n.startswith(prefix) and (with_head or n not in HEAD_NAMES)
+
+
+def _capture(m: _Model, activations: Any) -> list[Any]:
+    """Step 2: the first block's inputs of every batch (the layers before it loaded, then freed)."""
+    import torch
+
+    from pruneplug.torch.blockwise import capture_block_inputs
+
+    m.skel.load_where(_outside(m, False), m.device, m.compute_dtype)
+    try:
+        with torch.no_grad():
+            calls = capture_block_inputs(m.skel.model, m.blocks[0], m.batches, activations, device=m.device)
+    finally:
+        m.skel.unload_where(_outside(m, True))
+    return calls
+
+
+class _Progress:
+    """The block bar: ``start`` once, ``step`` for the current step, ``advance`` per block."""
+
+    def __init__(self, progress: Any, label: str, blocks: int) -> None:
+        self.progress, self.label, self.blocks = progress or NullProgress(), label, blocks
+        try:
+            self.progress.start(label, blocks, blocks, unit="blocks")
+        except TypeError:  # a ProgressLike without units
+            self.progress.start(label, blocks, blocks)
+
+    def step(self, what: str) -> None:
+        setter = getattr(self.progress, "set_step", None)
+        if setter is not None:
+            setter(what)
+
+    def advance(self) -> None:
+        self.progress.update(1, 1)
+
+    def close(self) -> None:
+        self.progress.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# OWL: one cheap pass over the dense blocks
+# ---------------------------------------------------------------------------------------------
+def owl_ratios(m: _Model, settings: PruneSettings, calls: Sequence[Any], activations: Any,
+               progress: _Progress) -> dict[str, float]:
+    """Outlier ratio of every block (Wanda scores of the dense block on dense inputs, one-pass
+    statistics of input norms only)."""
+    import torch
+
+    from pruneplug.criteria.wanda import WandaImportance
+    from pruneplug.torch.blockwise import Activations, collect, context_of, input_groups
+
+    ratios: dict[str, float] = {}
+    current = activations
+    for index, block in enumerate(m.blocks):
+        progress.step("OWL pass")
+        prefix = f"{m.container}.{index}"
+        m.skel.load_where(lambda n, p=prefix + ".": n.startswith(p), m.device, m.compute_dtype)
+        try:
+            layers = m.block_layers[index]
+            nxt = Activations()
+            with torch.no_grad():
+                if layers:
+                    groups = input_groups(block, layers, calls[0], current.get(0))
+                    acc = collect(block, groups, calls, current, hessian=False, dtype=m.stats_dtype, outputs=nxt)
+                    ctx = context_of(groups, acc, "OWL pass")
+                    scores = {l.name: WandaImportance().compute(l.module.weight.detach(), ctx, layer=l.name).values
+                              for l in layers if l.name in ctx}
+                    ratios.update(unit_outlier_ratios(scores, {n: prefix for n in scores}, settings.owl_m))
+                else:
+                    from pruneplug.torch.blockwise import forward_all
+                    forward_all(block, calls, current, nxt)
+        finally:
+            m.skel.unload(block)
+        current = nxt
+        progress.advance()
+    return ratios
+
+
+# ---------------------------------------------------------------------------------------------
+# the output: the input's files, copied header and untouched tensors first, pruned slots later
+# ---------------------------------------------------------------------------------------------
+def _prepare_output(m: _Model, out: Path, selected_ckpt: set[str]) -> None:
+    """Create the output's safetensors files in ``out`` with the input's headers (same names,
+    dtypes, shapes and offsets) and copy every tensor that will not be rewritten."""
+    ckpt = m.skel.checkpoint
+    for st in ckpt.files:
+        target = out / st.path.name
+        src_fd = os.open(st.path, os.O_RDONLY)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            size = os.fstat(src_fd).st_size
+            os.ftruncate(fd, size)
+            copy_range(src_fd, 0, fd, 0, 8 + st.header_size)
+            for ref in st.tensors:
+                if ref.name not in selected_ckpt and ref.nbytes:
+                    copy_range(src_fd, ref.offset, fd, ref.offset, ref.nbytes)
+        finally:
+            os.close(fd)
+            os.close(src_fd)
+    if ckpt.kind == "sharded":
+        shutil.copy2(ckpt.path / INDEX_NAME, out / INDEX_NAME)
+
+
+def _write_tensor(m: _Model, out: Path, ckpt_name: str, weight: Any) -> np.ndarray:
+    """Write ``weight`` (a torch tensor) into its slot of the output in the checkpoint's dtype;
+    returns what was written (NumPy). A value that does not fit the dtype (float16 overflow) is
+    an error naming the tensor."""
+    import torch
+
+    from pruneplug.checkpoint.formats import numpy_dtype
+
+    ref = m.skel.checkpoint.tensors[ckpt_name]
+    dtype = numpy_dtype(ref.dtype)
+    t = weight.detach().to("cpu")
+    if dtype.name == "bfloat16":
+        stored = t.to(torch.bfloat16).contiguous().view(torch.int16).numpy().view(dtype)
+    else:
+        stored = t.to(_torch_dtype(dtype.name)).contiguous().numpy()
+    if tuple(stored.shape) != tuple(ref.shape):
+        raise CheckpointError(f"internal error: tensor {ckpt_name!r} has shape {list(stored.shape)}, the slot "
+                              f"{list(ref.shape)}")
+    finite = np.isfinite(stored.astype(np.float32) if dtype.name == "bfloat16" else stored)
+    if not finite.all():
+        bad = int((~finite).sum())
+        raise NonFiniteError(f"tensor {ckpt_name!r}: {bad} pruned weight(s) are not finite in {ref.dtype} (an "
+                             "update overflowed the checkpoint's dtype); nothing was written", count=bad,
+                             first_index=int(np.flatnonzero(~finite.reshape(-1))[0]))
+    fd = os.open(out / ref.file.name, os.O_WRONLY)
+    try:
+        pwrite_all(fd, memoryview(np.ascontiguousarray(stored).reshape(-1).view(np.uint8)), ref.offset)
+    finally:
+        os.close(fd)
+    return stored
+
+
+def _sync_output(out: Path) -> None:
+    for path in out.iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _copy_other_files(model_dir: Path, out: Path, skip: set[str]) -> None:
+    """Every other file of the model directory (config, tokenizer), as it is."""
+    for path in sorted(model_dir.iterdir()):
+        if path.name in skip or path.name.startswith("."):
+            continue
+        if path.is_file():
+            shutil.copy2(path, out / path.name)
+        elif path.is_dir():
+            shutil.copytree(path, out / path.name, symlinks=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the one-step prune
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class StreamResult:
+    """What :func:`prune_model_dir` did: the report and the memory estimate it printed."""
+
+    report: PruneReport
+    estimate: MemoryEstimate
+    blocks: int
+    resumed_from: int = 0
+    seconds_per_block: list = field(default_factory=list)
+
+
+def check_paths(model_dir: Path, out: Path, texts: Any, report: Path | None,
+                offload: Path | None = None) -> None:
+    """The path rules of ``checkpoint/paths.py`` over every input (the model directory, the texts)
+    and every output (``-o``, ``--report``, ``--offload-activations``)."""
+    places = [Place("MODEL_DIR", model_dir, True), Place("-o", out, True)]
+    if isinstance(texts, (str, os.PathLike)):
+        places.append(Place("--calibration", Path(texts), False))
+    if report is not None:
+        places.append(Place("--report", Path(report), False))
+    if offload is not None:
+        places.append(Place("--offload-activations", Path(offload), True))
+    check_distinct(places)
+
+
+def prune_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, settings: PruneSettings, texts: Any, *,
+                    options: StreamOptions | None = None, progress: Any = None,
+                    report: str | os.PathLike | None = None, on_estimate: Callable[[MemoryEstimate], None] | None = None,
+                    _stop_after: int | None = None) -> StreamResult:
+    """Prune the model directory ``model_dir`` into the new directory ``out`` block by block (the
+    module docstring), calibrated on ``texts`` (a text file, or a list of strings).
+
+    Example::
+
+        settings = pp.PruneSettings("sparsegpt", sparsity=0.5)
+        result = prune_model_dir("SmolLM2-135M", "SmolLM2-50", settings, "texts.txt")
+        print(result.report.format_table())
+    """
+    options = options or StreamOptions()
+    model_dir, out = Path(model_dir), Path(out)
+    if out.exists():
+        raise CheckpointError(f"-o {out}: already exists (the one-step form writes a new model directory)")
+    if not out.parent.is_dir():
+        raise CheckpointError(f"-o {out}: the directory {str(out.parent)!r} does not exist")
+    check_paths(model_dir, out, texts, Path(report) if report else None, options.offload_activations)
+    settings.check_calibration(True)
+    m = open_model(model_dir, texts, options, settings.statistics)
+    if on_estimate is not None:
+        on_estimate(m.estimate)
+    arguments = journals.describe({
+        "settings": settings.describe(), "samples": options.samples, "seq_len": options.seq_len,
+        "batch_size": options.batch_size, "calibration_mode": options.calibration_mode,
+        "dtype": str(m.compute_dtype), "stats_dtype": options.stats_dtype, "device": m.device.type,
+        "include": list(options.include or []), "exclude": list(options.exclude or []),
+        "texts": str(texts) if not isinstance(texts, list) else texts})
+    inputs = [st.path for st in m.skel.checkpoint.files] + ([Path(texts)] if not isinstance(texts, list) else [])
+    journal = journals.open_journal(out, journals.fingerprint(arguments, inputs), arguments, options.resume)
+    started, seconds_before = time.perf_counter(), journal.seconds
+    try:
+        result = _run_prune(m, journal, settings, options, progress, _stop_after)
+    except BaseException:
+        if journal.done == 0 and not options.resume:
+            journal.remove()  # nothing worth resuming: leave nothing behind
+        raise
+    if result is None:  # _stop_after: the test hook that stands for a kill
+        return None  # type: ignore[return-value]
+    _copy_other_files(model_dir, journal.out, {st.path.name for st in m.skel.checkpoint.files} | {INDEX_NAME})
+    _sync_output(journal.out)
+    os.rename(journal.out, out)
+    journal.remove()
+    elapsed = seconds_before + time.perf_counter() - started
+    result.report.output = str(out)
+    result.report.seconds = elapsed
+    if report is not None:
+        _write_report(Path(report), result.report)
+    return result
+
+
+def _run_prune(m: _Model, journal: journals.Journal, settings: PruneSettings, options: StreamOptions,
+               progress: Any, stop_after: int | None) -> StreamResult | None:
+    import torch
+
+    from pruneplug.torch.blockwise import Activations, calibrate_and_prune_block, context_of, tail_pass
+
+    run_started, seconds_before = time.perf_counter(), journal.seconds
+    names = m.skel.names
+    selected_ckpt = {names[n] for n in m.selected}
+    resumed_from = journal.done
+    if journal.done == 0 and not any(journal.out.iterdir()):
+        _prepare_output(m, journal.out, selected_ckpt)
+    offload = options.offload_activations
+    bar = _Progress(progress, "pruning blocks", len(m.blocks) + (len(m.blocks) if settings.owl and
+                                                                    journal.owl_counts is None else 0))
+    bar.step("capturing inputs")
+    spill = (lambda k: _spill_dir(offload, k)) if offload is not None else (lambda k: None)
+    first = Activations(spill("capture"))
+    with torch.no_grad():
+        calls = _capture(m, first)
+    if settings.owl and journal.owl_counts is None:
+        ratios = owl_ratios(m, settings, calls, first, bar)
+        units = {n: n.split(m.container + ".", 1)[1].split(".", 1)[0] for n in m.selected
+                 if n.startswith(m.container + ".")}
+        units = {n: f"{m.container}.{u}" for n, u in units.items()}
+        plan = settings.plan(m.selected, ratios, units)
+        journal.owl_counts = {n: p.count for n, p in plan.items() if p.count is not None}
+        journal.save()
+    plans = _plans(settings, m.selected, journal.owl_counts)
+    if journal.done:
+        current = Activations(spill("resume"))
+        for i in range(len(calls)):
+            current.put(i, _load_hidden(journal.hidden(journal.done), i, m.compute_dtype).to(m.device))
+    else:
+        current = first
+    hessian = "hessian" in settings.statistics
+    sequential = options.calibration_mode == "sequential"
+    block_seconds: list[float] = []
+    for _ in range(journal.done):
+        bar.advance()
+    for index in range(journal.done, len(m.blocks)):
+        t0 = time.perf_counter()
+        block = m.blocks[index]
+        prefix = f"{m.container}.{index}."
+        m.skel.load_where(lambda n, p=prefix: n.startswith(p), m.device, m.compute_dtype)
+        outputs = Activations(spill(index + 1))
+        rows_before = {l.name: _zeros(l.module.weight) for l in m.block_layers[index]}
+        try:
+            with torch.no_grad():
+                calibrate_and_prune_block(
+                    block, m.block_layers[index], calls, current, outputs,
+                    lambda layers, ctx: _prune_layers(m, journal, layers, ctx, settings, plans, rows_before),
+                    hessian=hessian, sequential=sequential, dtype=m.stats_dtype, source="calibration",
+                    step=bar.step)
+            bar.step("writing")
+            for layer in m.block_layers[index]:
+                if names[layer.name] not in journal.rows:
+                    raise CalibrationError(f"internal error: tensor {names[layer.name]!r} was not pruned")
+        finally:
+            m.skel.unload(block)
+        _sync_output(journal.out)
+        _save_hidden(journal.hidden(index + 1), outputs, len(calls))
+        journal.done = index + 1
+        journal.seconds = seconds_before + time.perf_counter() - run_started
+        if outputs.from_tuples is not None:
+            journal.tuple_outputs = outputs.from_tuples
+        journal.save()
+        journal.drop_hidden_except(index + 1)
+        current = outputs
+        block_seconds.append(time.perf_counter() - t0)
+        bar.advance()
+        if stop_after is not None and journal.done >= stop_after:
+            bar.close()
+            return None
+    if m.tail_layers:
+        bar.step("tail layers")
+        m.skel.load_where(_outside(m, True), m.device, m.compute_dtype)
+        try:
+            with torch.no_grad():
+                acc = tail_pass(m.skel.model, m.container_module, current, m.batches, m.tail_layers,
+                                hessian=hessian, dtype=m.stats_dtype, tuple_outputs=bool(journal.tuple_outputs),
+                                device=m.device)
+                groups = [[l] for l in m.tail_layers]
+                ctx = context_of(groups, acc, "calibration")
+                rows_before = {l.name: _zeros(l.module.weight) for l in m.tail_layers}
+                _prune_layers(m, journal, m.tail_layers, ctx, settings, plans, rows_before)
+        finally:
+            m.skel.unload_where(_outside(m, True))
+        _sync_output(journal.out)
+    bar.close()
+    report = _report(m, journal, settings, options)
+    return StreamResult(report, m.estimate, len(m.blocks), resumed_from, block_seconds)
+
+
+def _spill_dir(root: Path, key: Any) -> Path:
+    directory = Path(root) / f"pruneplug-activations-{os.getpid()}-{key}"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _plans(settings: PruneSettings, sizes: dict[str, int], owl_counts: dict | None) -> dict[str, TensorPlan]:
+    """Each selected tensor's plan; with OWL the counts of the OWL pass (tensors outside the blocks,
+    which are no OWL unit, keep the uniform sparsity)."""
+    if not settings.owl:
+        return settings.plan(sizes)
+    plans = {n: TensorPlan(settings.sparsity, None, settings.pattern, settings.groups) for n in sizes}
+    plans.update({n: TensorPlan(None, int(k), settings.pattern, settings.groups) for n, k in (owl_counts or {}).items()})
+    return plans
+
+
+def _zeros(weight: Any) -> int:
+    return int((weight.detach() == 0).sum())
+
+
+def _prune_layers(m: _Model, journal: journals.Journal, layers: Sequence[Any], ctx: CalibrationContext,
+                  settings: PruneSettings, plans: dict[str, TensorPlan], zeros_before: dict[str, int]) -> None:
+    """Prune each layer with its plan, round it to the checkpoint's dtype, write it, record its row."""
+    import torch
+
+    names = m.skel.names
+    for layer in layers:
+        weight = layer.module.weight
+        ckpt_name = names[layer.name]
+        plan = plans[layer.name]
+        method = settings.criterion
+        stats = ctx.get_stats(layer.name)
+        reason = None
+        if stats is None and settings.statistics:
+            # no calibration token reached this layer (an MoE expert nobody was routed to)
+            method, reason = ("l2" if "hessian" in settings.statistics else "l1"), "no calibration tokens: magnitude"
+        calibration = None if stats is None else CalibrationContext({ckpt_name: stats}, source="calibration")
+        try:
+            result = prune_scored(weight.data, method, calibration=calibration, layer=ckpt_name, **plan.kwargs())
+        except Exception as exc:
+            if hasattr(exc, "args") and exc.args and ckpt_name not in str(exc.args[0]):
+                exc.args = (f"tensor {ckpt_name!r}: {exc.args[0]}",) + exc.args[1:]
+            raise
+        stored = _write_tensor(m, journal.out, ckpt_name, weight)
+        with torch.no_grad():  # the next block's inputs come from the weights as written
+            weight.copy_(_from_stored(stored, weight))
+        zeros_after = int(stored.size - np.count_nonzero(stored))
+        ref = m.skel.checkpoint.tensors[ckpt_name]
+        row = TensorReport(ckpt_name, list(ref.shape), ref.dtype, ref.numel, "pruned", reason,
+                           zeros_before[layer.name], zeros_after, max(zeros_after - zeros_before[layer.name], 0))
+        journal.rows[ckpt_name] = row.to_dict()
+        if result is not None:
+            journal.metrics[ckpt_name] = dict(result.metrics)
+
+
+def _from_stored(stored: np.ndarray, like: Any) -> Any:
+    from pruneplug.stream.skeleton import to_torch
+
+    return to_torch(stored).to(device=like.device, dtype=like.dtype)
+
+
+def _save_hidden(directory: Path, activations: Any, count: int) -> None:
+    from pruneplug.torch.blockwise import save_tensor
+
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for i in range(count):
+        save_tensor(tmp / f"{i:06d}.npy", activations.get(i))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.rename(tmp, directory)
+
+
+def _load_hidden(directory: Path, index: int, dtype: Any) -> Any:
+    from pruneplug.torch.blockwise import load_tensor
+
+    return load_tensor(directory / f"{index:06d}.npy", dtype)
+
+
+def _report(m: _Model, journal: journals.Journal, settings: PruneSettings, options: StreamOptions) -> PruneReport:
+    rows = {name: TensorReport(**{k: v for k, v in row.items() if k not in ("sparsity_before", "sparsity_after")})
+            for name, row in journal.rows.items()}
+    for name, ref in m.skel.checkpoint.tensors.items():
+        if name not in rows:
+            zeros = array_zeros(ref.array()) if ref.prunable else None
+            rows[name] = TensorReport(name, list(ref.shape), ref.dtype, ref.numel, "kept", "not selected", zeros,
+                                      zeros)
+    settings_dict = {**settings.describe(), "calibration": options.calibration_mode, "samples": m.texts,
+                     "seq_len": options.seq_len, "tokens": m.tokens, "device": str(m.device),
+                     "dtype": str(m.compute_dtype).replace("torch.", ""), "stats_dtype": options.stats_dtype,
+                     "blocks": len(m.blocks), "include": list(options.include or []),
+                     "exclude": list(options.exclude or [])}
+    if journal.owl_counts:
+        settings_dict["layer_ratios"] = {**settings_dict.get("layer_ratios", {}), "counts": journal.owl_counts}
+    if journal.metrics:
+        settings_dict["reconstruction"] = journal.metrics
+    return PruneReport(input=str(m.skel.model_dir), output=None, settings=settings_dict,
+                       selection_rule=SELECTION_RULE if not options.include else "--include/--exclude regexes",
+                       tensors=sorted(rows.values(), key=lambda r: r.name), seconds=0.0)
+
+
+def _write_report(path: Path, report: PruneReport) -> None:
+    import json
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# pruneplug calibrate: the statistics file, streamed
+# ---------------------------------------------------------------------------------------------
+def calibrate_model_dir(model_dir: str | os.PathLike, texts: Any, output: str | os.PathLike, *, hessian: bool = False,
+                        options: StreamOptions | None = None, progress: Any = None,
+                        on_estimate: Callable[[MemoryEstimate], None] | None = None) -> dict:
+    """Dense-model (one-pass) statistics of every selected layer of ``model_dir``, block by block,
+    written to the statistics file ``output`` (format v2: one entry per distinct input) as they are
+    collected. Returns a summary (layers, entries, tokens, seconds)."""
+    import torch
+
+    from pruneplug.torch.blockwise import Activations, collect, context_of, input_groups, tail_pass
+
+    started = time.perf_counter()
+    options = options or StreamOptions()
+    options.calibration_mode = "one-pass"
+    model_dir, output = Path(model_dir), Path(output)
+    if not output.parent.is_dir():
+        raise CheckpointError(f"-o {output}: the directory {str(output.parent)!r} does not exist")
+    if output.is_dir():
+        raise CheckpointError(f"-o {output}: is a directory; expected the statistics file to write")
+    check_distinct([Place("MODEL_DIR", model_dir, True), Place("-o", output, False)]
+                   + ([Place("TEXTS", Path(texts), False)] if isinstance(texts, (str, os.PathLike)) else []))
+    statistics = frozenset({"input_norms", "hessian"} if hessian else {"input_norms"})
+    m = open_model(model_dir, texts, options, statistics)
+    if on_estimate is not None:
+        on_estimate(m.estimate)
+    names = m.skel.names
+    bar = _Progress(progress, "calibrating blocks", len(m.blocks))
+    bar.step("capturing inputs")
+    layers_seen = entries = 0
+    with StatisticsWriter(output, {"model": str(model_dir), "texts": str(texts), "samples": str(m.texts),
+                                   "seq_len": str(options.seq_len), "tokens": str(m.tokens), "mode": "one-pass",
+                                   "stats_dtype": options.stats_dtype}) as writer:
+        with torch.no_grad():
+            current = Activations()
+            calls = _capture(m, current)
+            for index, block in enumerate(m.blocks):
+                bar.step("calibrating")
+                m.skel.load_where(lambda n, p=f"{m.container}.{index}.": n.startswith(p), m.device, m.compute_dtype)
+                try:
+                    nxt = Activations()
+                    layers = m.block_layers[index]
+                    if layers:
+                        groups = input_groups(block, layers, calls[0], current.get(0))
+                        acc = collect(block, groups, calls, current, hessian=hessian, dtype=m.stats_dtype, outputs=nxt)
+                        entries += _write_groups(writer, groups, acc, names)
+                        layers_seen += len(layers)
+                        del acc
+                    else:
+                        from pruneplug.torch.blockwise import forward_all
+                        forward_all(block, calls, current, nxt)
+                finally:
+                    m.skel.unload(block)
+                current = nxt
+                bar.advance()
+            if m.tail_layers:
+                m.skel.load_where(_outside(m, True), m.device, m.compute_dtype)
+                try:
+                    acc = tail_pass(m.skel.model, m.container_module, current, m.batches, m.tail_layers,
+                                    hessian=hessian, dtype=m.stats_dtype, tuple_outputs=bool(current.from_tuples),
+                                    device=m.device)
+                    entries += _write_groups(writer, [[l] for l in m.tail_layers], acc, names)
+                    layers_seen += len(m.tail_layers)
+                finally:
+                    m.skel.unload_where(_outside(m, True))
+        bar.close()
+        writer.metadata["seconds"] = f"{time.perf_counter() - started:.3f}"
+    return {"layers": layers_seen, "entries": entries, "tokens": m.tokens, "texts": m.texts,
+            "seconds": time.perf_counter() - started, "estimate": m.estimate}
+
+
+def _write_groups(writer: Any, groups: Sequence[Sequence[Any]], accumulators: Sequence[Any], names: dict) -> int:
+    written = 0
+    for group, acc in zip(groups, accumulators):
+        if acc.count == 0:
+            raise CalibrationError(f"calibration: layer {names[group[0].name]!r} saw no tokens (it is never called in "
+                                   "the forward pass, or every token was padding)")
+        stats = acc.stats(group[0].input_axis)
+        writer.add([names[l.name] for l in group], stats, [l.input_axis for l in group])
+        written += 1
+    return written
