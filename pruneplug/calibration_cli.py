@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pruneplug.console import one_line
+from pruneplug.console import one_line, progress_for
 from pruneplug.errors import CheckpointError, InvalidArgumentError
 
 #: Options that only the one-step form reads (their defaults mean "not given").
@@ -107,11 +107,10 @@ def _print_estimate(command: str, quiet: bool) -> Any:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from pruneplug.checkpoint.cli import _progress
     from pruneplug.stream import calibrate_model_dir
 
     summary = calibrate_model_dir(args.model_dir, args.texts, args.output, hessian=args.hessian,
-                                  options=_options(args), progress=_progress(args),
+                                  options=_options(args), progress=progress_for(args),
                                   on_estimate=_print_estimate("calibrate", args.quiet))
     print(f"wrote {one_line(str(args.output))}: {summary['layers']} layers ({summary['entries']} distinct inputs), "
           f"{summary['tokens']} tokens from {summary['texts']} texts in {summary['seconds']:.1f} s")

@@ -12,7 +12,7 @@ Example::
     >>> import pruneplug as pp
     >>> s = pp.PruneSettings("wanda", sparsity=0.5)
     >>> s.plan({"a.weight": 10, "b.weight": 6})["b.weight"]
-    TensorPlan(sparsity=0.5, count=None, pattern='unstructured', groups='row')
+    TensorPlan(sparsity=0.5, count=None, pattern='unstructured', groups=None)
     >>> pp.PruneSettings("l1", sparsity=0.5, max_layer_sparsity=0.3).plan({"a.weight": 10})["a.weight"].count
     3
 """

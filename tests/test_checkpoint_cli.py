@@ -16,7 +16,7 @@ import pytest
 
 import pruneplug as pp
 from pruneplug import checkpoint as ck
-from pruneplug.checkpoint.cli import ProgressBar
+from pruneplug.console import ProgressBar
 from pruneplug.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -137,7 +137,7 @@ def test_file_round_trip(tmp_path):
     assert sorted(back) == ["a.weight", "b.weight"]
     assert np.array_equal(back["a.weight"].input_norms, _ctx()["a.weight"].input_norms)
     assert back["a.weight"].count == 10 and back["b.weight"].input_axis == 0
-    assert back.metadata["model"] == "tiny" and back.metadata["version"] == "1"
+    assert back.metadata["model"] == "tiny" and back.metadata["version"] == "2"
     np.testing.assert_allclose(back["a.weight"].squared_mean, back["a.weight"].input_norms / 10)
     from safetensors.numpy import load_file
 
@@ -154,7 +154,7 @@ def _write(path, tensors, **meta):
 @pytest.mark.parametrize("tensors, message", [
     ({"a.weight::input_norms": np.array([1.0, np.inf]), "a.weight::count": np.array([3])}, "NaN/Inf"),
     ({"a.weight::input_norms": np.array([1.0, 2.0])}, "a.weight::count' is missing"),
-    ({"a.weight::input_norms": np.array([1.0, 2.0], np.float32), "a.weight::count": np.array([3])}, "dtype float32"),
+    ({"a.weight::input_norms": np.array([1, 2], np.int32), "a.weight::count": np.array([3])}, "dtype I32"),
     ({"a.weight::input_norms": np.array([1.0, 2.0]), "a.weight::count": np.array([0])}, "positive token count"),
     ({"a.weight::input_norms": np.array([1.0]), "a.weight::count": np.array([1]), "a.weight::mean": np.ones(1)},
      "a.weight::mean"),

@@ -39,9 +39,12 @@ def pruned_copy(**kwargs):
 
 def test_hessian_calibration_is_x_transpose_x():
     model, data = mlp(), batches()
-    ctx = pp.torch.calibrate(model, data, hessian=True)
+    ctx = pp.torch.calibrate(model, data, hessian=True, stats_dtype="float64")
     x = torch.cat(data).double()
     np.testing.assert_allclose(ctx["0.weight"].hessian, (x.T @ x).numpy(), rtol=1e-12)
+    h32 = pp.torch.calibrate(model, data, hessian=True)["0.weight"].hessian  # the default: float32
+    assert h32.dtype == np.float32
+    np.testing.assert_allclose(h32, (x.T @ x).numpy(), rtol=1e-5, atol=1e-4)
     with torch.no_grad():
         hidden = torch.relu(model[0](torch.cat(data))).double()
     np.testing.assert_allclose(ctx["2.weight"].hessian, (hidden.T @ hidden).numpy(), rtol=1e-6)

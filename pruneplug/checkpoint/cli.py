@@ -9,115 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import textwrap
-import time
-from typing import IO
 
 from pruneplug.checkpoint import (
     FORMATS,
     SELECTION_RULE,
-    ProgressLike,
     check_plot_path,
     inspect_checkpoint,
     plot_inspection,
     prune_checkpoint,
 )
-from pruneplug.console import EXIT_USAGE, error, warn
-
-
-class ProgressBar(ProgressLike):
-    """A one-line progress bar on stderr: phase, tensors done, bytes, rate and ETA.
-
-    Quiet unless the stream is a terminal, or ``force=True`` (``--progress always`` or
-    ``PRUNEPLUG_PROGRESS=1``). Redraws at most ten times a second.
-    """
-
-    def __init__(self, stream: IO[str] | None = None, force: bool | None = None, width: int = 24) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        if force is None:
-            force = os.environ.get("PRUNEPLUG_PROGRESS", "") in ("1", "always") or None
-        isatty = getattr(self.stream, "isatty", lambda: False)
-        self.enabled = bool(force) if force is not None else bool(isatty())
-        self.width = width
-        self.active = False
-
-    def start(self, label: str, items: int, amount: int, unit: str = "tensors") -> None:
-        """A new phase of ``items`` (``unit``: "tensors", with ``amount`` bytes; "blocks": the amount
-        is the block count and no bytes are shown)."""
-        self.close()
-        self.label, self.items, self.amount, self.unit = label, items, max(amount, 0), unit
-        self.step = ""
-        self.done_items = self.done_amount = 0
-        self.t0 = self.last = time.monotonic()
-        self.active = True
-        self._draw(force=True)
-
-    def set_step(self, step: str) -> None:
-        """What the current item is doing (calibrating, pruning, writing), shown after the counts."""
-        if self.active and step != self.step:
-            self.step = step
-            self._draw(force=True)
-
-    def update(self, items: int = 0, amount: int = 0) -> None:
-        if not self.active:
-            return
-        self.done_items += items
-        self.done_amount += amount
-        now = time.monotonic()
-        if now - self.last >= 0.1 or self.done_items >= self.items:
-            self.last = now
-            self._draw()
-
-    def close(self) -> None:
-        if self.active:
-            self._draw(force=True)
-            if self.enabled:
-                self.stream.write("\n")
-                self.stream.flush()
-            self.active = False
-
-    def _draw(self, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        elapsed = time.monotonic() - self.t0
-        frac = min(self.done_amount / self.amount, 1.0) if self.amount else (
-            self.done_items / self.items if self.items else 1.0)
-        filled = int(frac * self.width)
-        bar = "#" * filled + "-" * (self.width - filled)
-        rate = self.done_amount / elapsed if elapsed > 0 else 0.0
-        eta = (self.amount - self.done_amount) / rate if rate > 0 else None
-        eta_text = "--:--" if eta is None else _clock(eta)
-        if self.unit == "tensors":
-            line = (f"\r{self.label}: [{bar}] {self.done_items}/{self.items} tensors "
-                    f"{_size(self.done_amount)}/{_size(self.amount)} {_size(rate)}/s "
-                    f"elapsed {_clock(elapsed)} ETA {eta_text}")
-        else:
-            line = (f"\r{self.label}: [{bar}] {self.done_items}/{self.items} {self.unit} "
-                    f"elapsed {_clock(elapsed)} ETA {eta_text}{' - ' + self.step if self.step else ''}")
-        self.stream.write(line + "\x1b[K" if getattr(self.stream, "isatty", lambda: False)() else line)
-        self.stream.flush()
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def _progress(args: argparse.Namespace) -> ProgressBar:
-    if getattr(args, "quiet", False) and args.progress == "auto":
-        return ProgressBar(force=False)
-    return ProgressBar(force={"auto": None, "always": True, "never": False}[args.progress])
+from pruneplug.console import EXIT_USAGE, error, progress_for, warn
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +113,7 @@ def run_prune(args: argparse.Namespace) -> int:
 
         report = prune_from_args(args)
     elif calibration_cli.is_texts(args.calibration):
-        report = calibration_cli.prune_model_dir(args, _progress(args))
+        report = calibration_cli.prune_model_dir(args, progress_for(args))
     elif calibration_cli.stream_only_options(args):
         error("prune", f"{calibration_cli.stream_only_options(args)} applies to the one-step form (--calibration "
               "TEXTS with a model directory)")
@@ -222,7 +124,7 @@ def run_prune(args: argparse.Namespace) -> int:
             axis=args.axis, format=args.format, include=args.include, exclude=args.exclude,
             backend=None if args.backend == "auto" else args.backend, masks_out=args.masks_out,
             report=args.report, dry_run=args.dry_run, strict=args.strict, in_place=args.in_place,
-            progress=_progress(args), warn_sparsity=args.warn_sparsity, calibration=args.calibration,
+            progress=progress_for(args), warn_sparsity=args.warn_sparsity, calibration=args.calibration,
             groups=args.groups, layer_ratios=args.layer_ratios, owl_m=args.owl_m, owl_lambda=args.owl_lambda,
             max_layer_sparsity=args.max_layer_sparsity,
         )
@@ -274,7 +176,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         check_plot_path(args.input, args.plot)  # before the work
     report = inspect_checkpoint(args.input, include=args.include, exclude=args.exclude,
                                 threshold_sparsity=args.threshold_sparsity, histogram=bool(args.plot),
-                                progress=_progress(args))
+                                progress=progress_for(args))
     if args.plot:
         plot_inspection(report, args.plot)
     if args.json:

@@ -79,7 +79,7 @@ def llama_estimate(*, hidden: int, intermediate: int, heads: int, kv_heads: int,
 
         >>> e = llama_estimate(hidden=4096, intermediate=14336, heads=32, kv_heads=8, vocab=128256)
         >>> round(e.total / 2**30, 1)
-        12.8
+        13.0
     """
     head_dim = hidden // heads
     attn = hidden * hidden * 2 + 2 * hidden * kv_heads * head_dim

@@ -152,10 +152,10 @@ def to_torch(array: np.ndarray) -> Any:
     """A torch tensor sharing a NumPy array's memory where it can (bfloat16 through int16)."""
     import torch
 
+    if not array.flags.writeable:  # a read-only memory map: torch wants writable memory
+        array = np.array(array)
     if array.dtype.name == "bfloat16":
         return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
-    if not array.flags.writeable:  # a read-only memory map: torch wants writable memory
-        return torch.from_numpy(np.array(array))
     return torch.from_numpy(array)
 
 

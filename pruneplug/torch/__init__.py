@@ -3,8 +3,8 @@
 * :func:`prune_model`: prune the selected weights of an ``nn.Module`` in place by magnitude, Wanda
   or any criterion plugin, on CPU or CUDA tensors; returns the CLI's report.
 * :func:`calibrate`: one-pass calibration statistics (:class:`pruneplug.CalibrationContext`) of
-  every selected ``nn.Linear`` / Hugging Face ``Conv1D``; :func:`calibrate_sequential` interleaves
-  block-by-block calibration with pruning.
+  every selected ``nn.Linear`` / Hugging Face ``Conv1D``; :func:`calibrate_blockwise` interleaves
+  block-by-block calibration with pruning (the engine of the checkpoint stream too).
 * :class:`ExactL1Unstructured`: a ``torch.nn.utils.prune`` method with exact, deterministic
   selection (``prune.global_unstructured(params, pruning_method=pp.torch.ExactL1Unstructured,
   amount=0.5)``).
@@ -16,10 +16,10 @@ Example::
     print(report.format_table())
 """
 
-from pruneplug.torch.calibrate import calibrate, calibrate_sequential, find_blocks
+from pruneplug.torch.calibrate import calibrate, calibrate_blockwise, calibrate_sequential, find_blocks
 from pruneplug.torch.layers import Layer, linear_layers, selected_parameters
 from pruneplug.torch.nn_prune import ExactL1Unstructured, ExactL2Unstructured
 from pruneplug.torch.prune import DEFAULT_CALIBRATION_MODE, prune_model
 
 __all__ = ["DEFAULT_CALIBRATION_MODE", "ExactL1Unstructured", "ExactL2Unstructured", "Layer", "calibrate",
-           "calibrate_sequential", "find_blocks", "linear_layers", "prune_model", "selected_parameters"]
+           "calibrate_blockwise", "calibrate_sequential", "find_blocks", "linear_layers", "prune_model", "selected_parameters"]

@@ -39,8 +39,9 @@ from pruneplug.calibration import ActivationStats, CalibrationContext
 from pruneplug.errors import CalibrationError
 from pruneplug.torch.layers import Layer
 
-#: Keyword arguments through which a block receives a KV cache (transformers 4.x and 5.x, GPT-2).
-CACHE_KEYWORDS = ("past_key_value", "past_key_values", "layer_past")
+#: Keyword arguments through which a block receives a KV cache (transformers 4.x; ``cache`` in 5.x;
+#: GPT-2's ``layer_past``).
+CACHE_KEYWORDS = ("past_key_value", "past_key_values", "layer_past", "cache")
 STATS_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 

@@ -17,7 +17,7 @@ from pruneplug.checkpoint.report import PruneReport, TensorReport
 from pruneplug.checkpoint.selection import SELECTION_RULE
 from pruneplug.criteria import get_criterion, prune_scored
 from pruneplug.errors import CalibrationError, CalibrationRequiredError, InvalidArgumentError, PrunePlugError
-from pruneplug.torch.calibrate import calibrate, calibrate_sequential
+from pruneplug.torch.calibrate import calibrate, calibrate_blockwise
 from pruneplug.torch.layers import linear_layers, selected_parameters
 from pruneplug.layer_ratios import (DEFAULT_LAMBDA, DEFAULT_M, capped_counts, default_max_layer_sparsity, layer_caps,
                                     owl_counts)
@@ -40,7 +40,7 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
                 exclude: Sequence[str] | None = None, backend: str | None = None,
                 axis: int | None = None, statistics: CalibrationContext | None = None,
                 layer_ratios: str | None = None, owl_m: float = DEFAULT_M, owl_lambda: float = DEFAULT_LAMBDA,
-                max_layer_sparsity: float | None = None) -> PruneReport:
+                max_layer_sparsity: float | None = None, stats_dtype: str = "float32") -> PruneReport:
     """Prune the selected weights of ``model`` in place and return the report the CLI prints.
 
     * Which weights: the CLI's rule (:data:`pruneplug.checkpoint.selection.SELECTION_RULE`) applied
@@ -63,6 +63,8 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
     * ``max_layer_sparsity``: no tensor loses more than this fraction (default 0.99 with
       ``scope="global"``, so that no layer is removed whole; 1.0 otherwise). Global scope stays exact
       in total (water-filling: :func:`pruneplug.layer_ratios.capped_counts`).
+    * ``stats_dtype``: accumulation dtype of the statistics collected from batches (``"float32"``,
+      as the references; ``"float64"``; docs/calibration.md gives the measured difference).
     * CPU tensors are pruned through NumPy views, CUDA tensors through DLPack on the ``cuda``
       backend: no host copies.
 
@@ -130,7 +132,7 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
     elif criterion.requires_calibration():
         if calibration is None:
             raise CalibrationRequiredError(criterion.name)
-        _calibrated(model, params, calibration, calibration_mode, prune_some, hessian)
+        _calibrated(model, params, calibration, calibration_mode, prune_some, hessian, stats_dtype)
     else:
         prune_some(None, params)
 
@@ -257,7 +259,7 @@ def _owl_counts(model: Any, params: dict[str, torch.Tensor], calibration: Any, s
 
 
 def _calibrated(model: Any, params: dict[str, torch.Tensor], calibration: Any, mode: str, prune_some: Any,
-                hessian: bool = False) -> None:
+                hessian: bool = False, stats_dtype: str = "float32") -> None:
     """Criteria with statistics: from a context or file (every selected weight must have its
     statistics), or from batches run through the model (sequential or one pass)."""
     if isinstance(calibration, (str, os.PathLike)):
@@ -278,7 +280,5 @@ def _calibrated(model: Any, params: dict[str, torch.Tensor], calibration: Any, m
     if without:
         raise CalibrationError(f"tensor {without[0]!r} is not the weight of an nn.Linear or Conv1D: calibration cannot "
                                "collect its statistics (exclude it with exclude=[...])")
-    if mode == "sequential":
-        calibrate_sequential(model, calibration, lambda ctx: prune_some(ctx, list(ctx)), layers=layers, hessian=hessian)
-    else:
-        prune_some(calibrate(model, calibration, layers=layers, hessian=hessian), params)
+    calibrate_blockwise(model, calibration, lambda ctx: prune_some(ctx, list(ctx)), layers=layers, hessian=hessian,
+                        sequential=mode == "sequential", stats_dtype=stats_dtype)
