@@ -23,6 +23,7 @@ the checkpoint's dtype), so the calibration sees what the saved model computes.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -37,7 +38,8 @@ from pruneplug.checkpoint.formats import INDEX_NAME, array_zeros
 from pruneplug.checkpoint.paths import Place, check_distinct
 from pruneplug.checkpoint.report import NullProgress, PruneReport, TensorReport
 from pruneplug.checkpoint.selection import SELECTION_RULE
-from pruneplug.checkpoint.writers import copy_range, pwrite_all
+from pruneplug.checkpoint.outputs import settings_metadata
+from pruneplug.checkpoint.writers import copy_range, current_umask, pwrite_all
 from pruneplug.criteria import prune_scored
 from pruneplug.errors import CalibrationError, CheckpointError, InvalidArgumentError, NonFiniteError
 from pruneplug.layer_ratios import unit_outlier_ratios
@@ -100,7 +102,7 @@ class _Model:
     texts: int = 0
     tokens: int = 0
     estimate: MemoryEstimate | None = None
-    tuple_outputs: bool = False
+    offsets: dict = field(default_factory=dict)  # checkpoint tensor name -> its offset in the output file
 
 
 def _torch_dtype(name: str) -> Any:
@@ -286,21 +288,42 @@ def owl_ratios(m: _Model, settings: PruneSettings, calls: Sequence[Any], activat
 # ---------------------------------------------------------------------------------------------
 # the output: the input's files, copied header and untouched tensors first, pruned slots later
 # ---------------------------------------------------------------------------------------------
-def _prepare_output(m: _Model, out: Path, selected_ckpt: set[str]) -> None:
-    """Create the output's safetensors files in ``out`` with the input's headers (same names,
-    dtypes, shapes and offsets) and copy every tensor that will not be rewritten."""
+def output_layout(m: _Model, metadata: dict[str, str]) -> tuple[dict[Path, bytes], dict[str, int]]:
+    """The output files' headers (the input's tensors in the input's order, the input's metadata plus
+    ``metadata``) and every tensor's absolute offset in its output file. A function of the input
+    and the settings only, so a resumed run finds the same slots."""
+    headers: dict[Path, bytes] = {}
+    offsets: dict[str, int] = {}
+    for st in m.skel.checkpoint.files:
+        data_start = 8 + st.header_size
+        header: dict[str, Any] = {"__metadata__": {**st.metadata, **metadata}}
+        for ref in st.tensors:
+            rel = ref.offset - data_start
+            header[ref.name] = {"dtype": ref.dtype, "shape": list(ref.shape), "data_offsets": [rel, rel + ref.nbytes]}
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)  # 8-byte alignment, as safetensors writes it
+        headers[Path(st.path.name)] = len(raw).to_bytes(8, "little") + raw
+        for ref in st.tensors:
+            offsets[ref.name] = 8 + len(raw) + ref.offset - data_start
+    return headers, offsets
+
+
+def _prepare_output(m: _Model, out: Path, selected_ckpt: set[str], headers: dict[Path, bytes],
+                    offsets: dict[str, int]) -> None:
+    """Create the output's safetensors files in ``out``: the new header, and every tensor that will
+    not be rewritten copied from the input as stored."""
     ckpt = m.skel.checkpoint
     for st in ckpt.files:
-        target = out / st.path.name
+        header = headers[Path(st.path.name)]
         src_fd = os.open(st.path, os.O_RDONLY)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(out / st.path.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 & ~current_umask())
         try:
-            size = os.fstat(src_fd).st_size
-            os.ftruncate(fd, size)
-            copy_range(src_fd, 0, fd, 0, 8 + st.header_size)
+            data = os.fstat(src_fd).st_size - (8 + st.header_size)
+            os.ftruncate(fd, len(header) + data)
+            pwrite_all(fd, header, 0)
             for ref in st.tensors:
                 if ref.name not in selected_ckpt and ref.nbytes:
-                    copy_range(src_fd, ref.offset, fd, ref.offset, ref.nbytes)
+                    copy_range(src_fd, ref.offset, fd, offsets[ref.name], ref.nbytes)
         finally:
             os.close(fd)
             os.close(src_fd)
@@ -334,7 +357,7 @@ def _write_tensor(m: _Model, out: Path, ckpt_name: str, weight: Any) -> np.ndarr
                              first_index=int(np.flatnonzero(~finite.reshape(-1))[0]))
     fd = os.open(out / ref.file.name, os.O_WRONLY)
     try:
-        pwrite_all(fd, memoryview(np.ascontiguousarray(stored).reshape(-1).view(np.uint8)), ref.offset)
+        pwrite_all(fd, memoryview(np.ascontiguousarray(stored).reshape(-1).view(np.uint8)), m.offsets[ckpt_name])
     finally:
         os.close(fd)
     return stored
@@ -390,8 +413,8 @@ def check_paths(model_dir: Path, out: Path, texts: Any, report: Path | None,
 
 def prune_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, settings: PruneSettings, texts: Any, *,
                     options: StreamOptions | None = None, progress: Any = None,
-                    report: str | os.PathLike | None = None, on_estimate: Callable[[MemoryEstimate], None] | None = None,
-                    _stop_after: int | None = None) -> StreamResult:
+                    report: str | os.PathLike | None = None,
+                    on_estimate: Callable[[MemoryEstimate], None] | None = None) -> StreamResult:
     """Prune the model directory ``model_dir`` into the new directory ``out`` block by block (the
     module docstring), calibrated on ``texts`` (a text file, or a list of strings).
 
@@ -422,13 +445,11 @@ def prune_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, settin
     journal = journals.open_journal(out, journals.fingerprint(arguments, inputs), arguments, options.resume)
     started, seconds_before = time.perf_counter(), journal.seconds
     try:
-        result = _run_prune(m, journal, settings, options, progress, _stop_after)
+        result = _run_prune(m, journal, settings, options, progress)
     except BaseException:
         if journal.done == 0 and not options.resume:
             journal.remove()  # nothing worth resuming: leave nothing behind
         raise
-    if result is None:  # _stop_after: the test hook that stands for a kill
-        return None  # type: ignore[return-value]
     _copy_other_files(model_dir, journal.out, {st.path.name for st in m.skel.checkpoint.files} | {INDEX_NAME})
     _sync_output(journal.out)
     os.rename(journal.out, out)
@@ -442,7 +463,7 @@ def prune_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, settin
 
 
 def _run_prune(m: _Model, journal: journals.Journal, settings: PruneSettings, options: StreamOptions,
-               progress: Any, stop_after: int | None) -> StreamResult | None:
+               progress: Any) -> StreamResult:
     import torch
 
     from pruneplug.torch.blockwise import Activations, calibrate_and_prune_block, context_of, tail_pass
@@ -451,8 +472,11 @@ def _run_prune(m: _Model, journal: journals.Journal, settings: PruneSettings, op
     names = m.skel.names
     selected_ckpt = {names[n] for n in m.selected}
     resumed_from = journal.done
-    if journal.done == 0 and not any(journal.out.iterdir()):
-        _prepare_output(m, journal.out, selected_ckpt)
+    headers, m.offsets = output_layout(m, settings_metadata(
+        {**settings.describe(), "calibration": options.calibration_mode, "stats_dtype": options.stats_dtype,
+         "samples": m.texts, "seq_len": options.seq_len}, sorted(selected_ckpt), None))
+    if journal.done == 0:
+        _prepare_output(m, journal.out, selected_ckpt, headers, m.offsets)
     offload = options.offload_activations
     bar = _Progress(progress, "pruning blocks", len(m.blocks) + (len(m.blocks) if settings.owl and
                                                                     journal.owl_counts is None else 0))
@@ -512,9 +536,6 @@ def _run_prune(m: _Model, journal: journals.Journal, settings: PruneSettings, op
         current = outputs
         block_seconds.append(time.perf_counter() - t0)
         bar.advance()
-        if stop_after is not None and journal.done >= stop_after:
-            bar.close()
-            return None
     if m.tail_layers:
         bar.step("tail layers")
         m.skel.load_where(_outside(m, True), m.device, m.compute_dtype)
@@ -637,8 +658,6 @@ def _report(m: _Model, journal: journals.Journal, settings: PruneSettings, optio
 
 
 def _write_report(path: Path, report: PruneReport) -> None:
-    import json
-
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)

@@ -212,10 +212,14 @@ def build_skeleton(model_dir: str | Path) -> Skeleton:
 def map_names(model: Any, checkpoint: Checkpoint, where: Path,
               renames: list[tuple[re.Pattern, str]] = ()) -> tuple[dict[str, str], dict[str, str]]:
     """parameter name -> checkpoint tensor name for every parameter of ``model``; and the tied ones
-    (a parameter object met under a second name) -> the first name."""
+    (a parameter object met under a second name) -> the first name. Fused MoE experts
+    (transformers 5) are taken apart here (:mod:`pruneplug.stream.experts`), so every parameter
+    left maps to exactly one tensor."""
+    from pruneplug.stream.experts import unfuse_experts
+
     stored = list(checkpoint.tensors)
     by_module_name: dict[str, str] = {}
-    for key in stored:  # the checkpoint names as transformers would rename them on loading
+    for key in stored:  # the checkpoint names as transformers 4 would rename them on loading
         renamed = key
         for pattern, repl in renames:
             renamed, n = pattern.subn(repl, renamed)
@@ -224,29 +228,52 @@ def map_names(model: Any, checkpoint: Checkpoint, where: Path,
         by_module_name.setdefault(renamed, key)
     prefix = getattr(model, "base_model_prefix", "") or ""
     names: dict[str, str] = {}
+    fused: dict[str, list[str]] = {}
     tied: dict[str, str] = {}
     first_name: dict[int, str] = {}
     missing = []
     for name, param in model.named_parameters(remove_duplicate=False):
         if id(param) in first_name:
             tied[name] = first_name[id(param)]
-        else:
-            first_name[id(param)] = name
-        match = _match(name, prefix, by_module_name)
-        if match is not None:
-            names[name] = match
-        elif name not in tied:
+            continue
+        first_name[id(param)] = name
+        saved = saved_names(model, name, param)
+        matches = [_match(n, prefix, by_module_name) for n in saved]
+        if None in matches:
             missing.append(name)
+        elif len(matches) == 1:
+            names[name] = matches[0]
+        else:
+            fused[name] = matches
     for name, target in tied.items():  # a tie's first name may be the one stored under the second
-        if target not in names and name in names:
-            names[target] = names[name]
-    missing = [n for n in missing if n not in names and n not in HEAD_NAMES]
+        if target not in names and target not in fused:
+            match = _match(name, prefix, by_module_name)
+            if match is not None:
+                names[target] = match
+                missing = [n for n in missing if n != target]
+    missing = [n for n in missing if n not in HEAD_NAMES]
     if missing:
         sample = ", ".join(stored[:3])
         raise CheckpointError(f"{where}: the model's parameter {missing[0]!r} (and {len(missing) - 1} more) has no "
                               f"tensor in the checkpoint (tensors look like: {sample}); is config.json the "
                               "checkpoint's own?")
+    if fused:
+        names.update(unfuse_experts(model, fused))
     return names, tied
+
+
+def saved_names(model: Any, name: str, param: Any) -> list[str]:
+    """The checkpoint name(s) ``save_pretrained`` gives parameter ``name``: transformers 5's reverse
+    conversion (renames such as mixtral's ``mlp`` -> ``block_sparse_moe``, fused experts -> one
+    tensor per expert and part); the name itself under transformers 4."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:
+        return [name]
+    try:
+        return list(revert_weight_conversion(model, {name: param}))
+    except Exception:  # noqa: BLE001 - a conversion transformers cannot revert alone: the plain name
+        return [name]
 
 
 def _match(name: str, prefix: str, by_module_name: Mapping[str, str]) -> str | None:
