@@ -142,6 +142,26 @@ class PruneSettings:
         return d
 
 
+def pattern_misfit(pattern: str, shape: tuple, axis: int = -1) -> str | None:
+    """Why ``pattern`` cannot be applied to a tensor of ``shape`` (N:M groups along ``axis``), or
+    None when it can: the one rule by which every front end skips (or, strict, refuses) a tensor."""
+    spec = parse_pattern(pattern)
+    if spec.kind == "nm":
+        if not shape:
+            return "0-d tensor cannot be grouped"
+        if not -len(shape) <= axis < len(shape):
+            return f"axis {axis} out of range for shape {list(shape)}"
+        if shape[axis] % spec.m:
+            return f"axis {axis % len(shape)} has {shape[axis]} elements, not divisible by M={spec.m}"
+        return None
+    if spec.kind in ("row", "column", "block"):
+        if len(shape) != 2:
+            return f"{pattern} pruning needs a 2-D tensor, shape is {list(shape)}"
+        if spec.kind == "block" and (shape[0] % spec.block_shape[0] or shape[1] % spec.block_shape[1]):
+            return f"{pattern} does not divide shape {list(shape)}"
+    return None
+
+
 def _check_number(value: Any, argname: str, *, low: float, high: float = math.inf, low_open: bool = False) -> float:
     ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
           and (value > low if low_open else value >= low) and value <= high)

@@ -173,6 +173,23 @@ def test_one_pass_stream_equals_the_two_step_form(zoo, tmp_path):
     assert meta["format"] == "pt"
 
 
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_float32_statistics_give_the_float64_masks(zoo, tmp_path, method):
+    """The default float32 accumulation against float64: the same masks here, weights within
+    float32 rounding (docs/calibration.md, "Statistics precision")."""
+    model_dir = zoo("llama")
+    results = {}
+    for dtype in ("float32", "float64"):
+        options = StreamOptions(**OPTS, stats_dtype=dtype)
+        prune_model_dir(model_dir, tmp_path / dtype, pp.PruneSettings(method, sparsity=0.5), zoo.texts,
+                        options=options)
+        results[dtype] = _weights(tmp_path / dtype)
+    for name, w32 in results["float32"].items():
+        w64 = results["float64"][name]
+        assert torch.equal(w32 == 0, w64 == 0), name
+        torch.testing.assert_close(w32, w64, rtol=1e-4, atol=1e-5)
+
+
 def test_bfloat16_directory_keeps_dtype_names_and_untouched_bytes(zoo, tmp_path):
     model_dir = zoo("llama", "bfloat16")
     result = _stream(model_dir, tmp_path / "out", zoo.texts, "sparsegpt", sparsity=0.5)
@@ -436,3 +453,10 @@ def test_stream_option_errors(zoo, tmp_path):
         prune_model_dir(zoo("llama"), tmp_path / "o", pp.PruneSettings("wanda", sparsity=0.5), zoo.texts,
                         options=StreamOptions(samples=0))
     assert not (tmp_path / "o").exists() and not (tmp_path / ".o.pruneplug-stream").exists()
+
+
+def test_a_pattern_that_fits_no_tensor_is_refused_before_any_work(zoo, tmp_path):
+    with pytest.raises(InvalidArgumentError, match="fits none of the selected tensors.*not divisible by M=3"):
+        prune_model_dir(zoo("llama"), tmp_path / "o", pp.PruneSettings("wanda", pattern="1:3"), zoo.texts,
+                        options=StreamOptions(**OPTS))
+    assert list(tmp_path.iterdir()) == []

@@ -43,7 +43,7 @@ from pruneplug.checkpoint.writers import copy_range, current_umask, pwrite_all
 from pruneplug.criteria import prune_scored
 from pruneplug.errors import CalibrationError, CheckpointError, InvalidArgumentError, NonFiniteError
 from pruneplug.layer_ratios import unit_outlier_ratios
-from pruneplug.plan import PruneSettings, TensorPlan
+from pruneplug.plan import PruneSettings, TensorPlan, pattern_misfit
 from pruneplug.stream import journal as journals
 from pruneplug.stream.memory import MemoryEstimate, estimate
 from pruneplug.stream.skeleton import HEAD_NAMES, Skeleton, build_skeleton
@@ -103,6 +103,7 @@ class _Model:
     tokens: int = 0
     estimate: MemoryEstimate | None = None
     offsets: dict = field(default_factory=dict)  # checkpoint tensor name -> its offset in the output file
+    misfits: dict = field(default_factory=dict)  # checkpoint tensor name -> why the pattern does not fit it
 
 
 def _torch_dtype(name: str) -> Any:
@@ -134,7 +135,8 @@ def _device(name: str) -> Any:
     return device
 
 
-def open_model(model_dir: Path, texts: Any, options: StreamOptions, statistics: frozenset) -> _Model:
+def open_model(model_dir: Path, texts: Any, options: StreamOptions, statistics: frozenset,
+               pattern: str = "unstructured") -> _Model:
     """Steps 1 of the module docstring, and the memory estimate."""
     import torch
 
@@ -165,6 +167,16 @@ def open_model(model_dir: Path, texts: Any, options: StreamOptions, statistics: 
     prefix = container + "."
     block_layers: list[list[Any]] = [[] for _ in blocks]
     tail = []
+    misfits = {}
+    for layer in list(layers):  # tensors the pattern does not fit are skipped, as on the checkpoint path
+        why = pattern_misfit(pattern, tuple(layer.module.weight.shape), -1 if layer.input_axis == 1 else 0)
+        if why is not None:
+            misfits[skel.names[layer.name]] = why
+            layers.remove(layer)
+            params.pop(layer.name)
+    if not layers:
+        raise InvalidArgumentError(f"{model_dir}: --pattern {pattern} fits none of the selected tensors "
+                                   f"({next(iter(misfits.items()), ('', ''))[0]}: {next(iter(misfits.values()), '')})")
     for layer in layers:
         head = layer.name[len(prefix):].split(".", 1)[0] if layer.name.startswith(prefix) else ""
         if head.isdigit() and int(head) < len(blocks):
@@ -175,7 +187,7 @@ def open_model(model_dir: Path, texts: Any, options: StreamOptions, statistics: 
     model = _Model(skel, batches, container, skel.model.get_submodule(container), blocks, block_layers, tail,
                    {n: int(p.numel()) for n, p in params.items()}, device, _torch_dtype(compute),
                    STATS_DTYPES[options.stats_dtype], len(texts_list),
-                   sum(int(b["attention_mask"].sum()) for b in batches))
+                   sum(int(b["attention_mask"].sum()) for b in batches), misfits=misfits)
     model.estimate = _estimate(model, statistics, options)
     return model
 
@@ -432,7 +444,7 @@ def prune_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, settin
         raise CheckpointError(f"-o {out}: the directory {str(out.parent)!r} does not exist")
     check_paths(model_dir, out, texts, Path(report) if report else None, options.offload_activations)
     settings.check_calibration(True)
-    m = open_model(model_dir, texts, options, settings.statistics)
+    m = open_model(model_dir, texts, options, settings.statistics, settings.pattern)
     if on_estimate is not None:
         on_estimate(m.estimate)
     arguments = journals.describe({
@@ -641,8 +653,8 @@ def _report(m: _Model, journal: journals.Journal, settings: PruneSettings, optio
     for name, ref in m.skel.checkpoint.tensors.items():
         if name not in rows:
             zeros = array_zeros(ref.array()) if ref.prunable else None
-            rows[name] = TensorReport(name, list(ref.shape), ref.dtype, ref.numel, "kept", "not selected", zeros,
-                                      zeros)
+            status, why = ("skipped", m.misfits[name]) if name in m.misfits else ("kept", "not selected")
+            rows[name] = TensorReport(name, list(ref.shape), ref.dtype, ref.numel, status, why, zeros, zeros)
     settings_dict = {**settings.describe(), "calibration": options.calibration_mode, "samples": m.texts,
                      "seq_len": options.seq_len, "tokens": m.tokens, "device": str(m.device),
                      "dtype": str(m.compute_dtype).replace("torch.", ""), "stats_dtype": options.stats_dtype,
