@@ -460,3 +460,36 @@ def test_a_pattern_that_fits_no_tensor_is_refused_before_any_work(zoo, tmp_path)
         prune_model_dir(zoo("llama"), tmp_path / "o", pp.PruneSettings("wanda", pattern="1:3"), zoo.texts,
                         options=StreamOptions(**OPTS))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_forward_that_raises_part_way_says_what_state_things_are_in(zoo, tmp_path, monkeypatch):
+    """In memory: a block that raises after earlier blocks were pruned in place names the block and
+    says the model is half-pruned (prune_model keeps no dense copy; documented). On the stream: the
+    finished blocks stay in the staging area and the error says how to resume."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(zoo("llama"))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(zoo("llama"))
+    batches = text_batches(tokenizer, load_texts(zoo.texts, 8), 16, 4)
+    layer = model.model.layers[1].mlp
+    original = type(layer).forward
+    monkeypatch.setattr(type(layer), "forward", lambda self, x: (_ for _ in ()).throw(RuntimeError("boom"))
+                        if self is layer else original(self, x))
+    with pytest.raises(CalibrationError, match=r"RuntimeError: boom \(in model.layers.1; 7 layers .* half-pruned"):
+        pp.torch.prune_model(model, 0.5, method="wanda", calibration=batches, calibration_mode="sequential")
+    assert int((model.model.layers[0].mlp.down_proj.weight == 0).sum()) > 0  # block 0 is pruned: as documented
+    import pruneplug.stream.pipeline as pipeline
+
+    real = pipeline._prune_layers
+    calls = []
+
+    def fail_in_block_1(m, journal, layers, *args):
+        calls.append(journal.done)
+        if journal.done == 1:
+            raise RuntimeError("disk on fire")
+        return real(m, journal, layers, *args)
+
+    monkeypatch.setattr(pipeline, "_prune_layers", fail_in_block_1)
+    with pytest.raises(CalibrationError, match="disk on fire; 1 of 2 blocks are finished .* --resume"):
+        _stream(zoo("llama"), tmp_path / "out", zoo.texts, "wanda", sparsity=0.5)
+    assert (tmp_path / ".out.pruneplug-stream" / "journal.json").is_file() and not (tmp_path / "out").exists()
+    monkeypatch.setattr(pipeline, "_prune_layers", real)
+    assert _stream(zoo("llama"), tmp_path / "out", zoo.texts, "wanda", sparsity=0.5, resume=True).resumed_from == 1

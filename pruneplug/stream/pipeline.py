@@ -41,7 +41,7 @@ from pruneplug.checkpoint.selection import SELECTION_RULE
 from pruneplug.checkpoint.outputs import settings_metadata
 from pruneplug.checkpoint.writers import copy_range, current_umask, pwrite_all
 from pruneplug.criteria import prune_scored
-from pruneplug.errors import CalibrationError, CheckpointError, InvalidArgumentError, NonFiniteError
+from pruneplug.errors import CalibrationError, CheckpointError, InvalidArgumentError, NonFiniteError, PrunePlugError
 from pruneplug.layer_ratios import unit_outlier_ratios
 from pruneplug.plan import PruneSettings, TensorPlan, pattern_misfit
 from pruneplug.stream import journal as journals
@@ -458,9 +458,17 @@ def prune_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, settin
     started, seconds_before = time.perf_counter(), journal.seconds
     try:
         result = _run_prune(m, journal, settings, options, progress)
-    except BaseException:
+    except BaseException as exc:
         if journal.done == 0 and not options.resume:
             journal.remove()  # nothing worth resuming: leave nothing behind
+            raise
+        if isinstance(exc, Exception):  # finished blocks are kept: say how to continue
+            hint = (f"; {journal.done} of {len(m.blocks)} blocks are finished in {journal.directory}: fix the cause "
+                    "and rerun with --resume to continue, or remove that directory")
+            if isinstance(exc, PrunePlugError):
+                exc.args = (f"{exc.args[0] if exc.args else exc}{hint}",) + tuple(exc.args[1:])
+                raise
+            raise CalibrationError(f"{type(exc).__name__}: {exc}{hint}") from exc
         raise
     _copy_other_files(model_dir, journal.out, {st.path.name for st in m.skel.checkpoint.files} | {INDEX_NAME})
     _sync_output(journal.out)

@@ -203,6 +203,8 @@ def build_skeleton(model_dir: str | Path) -> Skeleton:
         raise CheckpointError(f"{model_dir}: transformers cannot build {cls.__name__} from config.json "
                               f"({type(exc).__name__}: {first})") from None
     model.eval()
+    if hasattr(model, "tie_weights"):  # transformers 5.0 builds a skeleton untied
+        model.tie_weights()
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False  # the stream replays blocks: a cache would keep growing
     names, tied = map_names(model, checkpoint, model_dir, _renames(type(model)))
