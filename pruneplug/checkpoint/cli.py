@@ -189,7 +189,7 @@ def run_prune(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from pruneplug import calibration_cli
 
-    if args.dask or args.workers:
+    if args.dask is not None or args.workers is not None:  # --workers 0 is refused there, not "no cluster"
         from pruneplug.dask_checkpoint import prune_from_args
 
         report = prune_from_args(args)
