@@ -43,7 +43,7 @@ from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport,
 from pruneplug.checkpoint.selection import as_patterns
 from pruneplug.checkpoint.selection import SELECTION_RULE, select_tensors
 from pruneplug.checkpoint.writers import SafetensorsWriter, Transaction, write_guard, terminate_like_interrupt
-from pruneplug.errors import CheckpointError, InvalidArgumentError, PrunePlugError
+from pruneplug.errors import CheckpointError, HessianError, InvalidArgumentError, PrunePlugError
 from pruneplug.layer_ratios import check_owl_parameters, layer_caps, resolve_max_layer_sparsity
 from pruneplug.patterns import parse_pattern
 from pruneplug.validation import check_method, check_sparsity, count_to_prune
@@ -641,8 +641,11 @@ def _prune_tensor(task: TensorTask, how: HowToPrune, row: TensorReport, want_mas
     try:
         result = _call_prune(view, task, how, want_mask)
     except PrunePlugError as exc:
-        if exc.args:  # name the tensor: the core does not know it
+        if exc.args and repr(ref.name) not in str(exc.args[0]):  # name the tensor: the core does not know it
             exc.args = (f"tensor {ref.name!r}: {exc.args[0]}",) + exc.args[1:]
+        source = getattr(how.calibration, "source", None)
+        if isinstance(exc, HessianError) and exc.args and source and str(source) not in str(exc.args[0]):
+            exc.args = (f"{source}: {exc.args[0]}",) + exc.args[1:]  # and the file the Hessian came from
         raise
     del view
     pruned, mask = result if want_mask else (result, None)

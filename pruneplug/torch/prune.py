@@ -16,13 +16,14 @@ from pruneplug.checkpoint import global_unstructured_masks
 from pruneplug.checkpoint.report import PruneReport, TensorReport
 from pruneplug.checkpoint.selection import SELECTION_RULE
 from pruneplug.criteria import get_criterion, prune_scored
-from pruneplug.errors import (CalibrationError, CalibrationRequiredError, InvalidArgumentError, NonFiniteError,
-                              PrunePlugError)
+from pruneplug.errors import (CalibrationError, CalibrationRequiredError, HessianError, InvalidArgumentError,
+                              NonFiniteError, PrunePlugError)
 from pruneplug.torch.calibrate import calibrate, calibrate_sequential
 from pruneplug.torch.layers import linear_layers, selected_parameters
 from pruneplug.layer_ratios import (DEFAULT_LAMBDA, DEFAULT_M, capped_counts, check_owl_parameters, layer_caps,
                                     owl_counts, resolve_max_layer_sparsity)
 from pruneplug.criteria.wanda import WandaImportance
+from pruneplug.reconstruction.hessian import check_hessian
 from pruneplug.validation import count_to_prune, shown
 
 #: How ``prune_model`` calibrates when given batches: ``"one-pass"`` (the dense model, one forward
@@ -221,11 +222,18 @@ def _check_ready(names: Sequence[str], params: dict[str, torch.Tensor], criterio
         if ctx is None:
             continue
         stats = ctx.check_layer(name, tuple(p.shape))
-        if getattr(criterion, "needs_hessian", False) and stats.hessian is None:
-            where = f"{ctx.source}: " if ctx.source else ""
+        if not getattr(criterion, "needs_hessian", False):
+            continue
+        where = f"{ctx.source}: " if ctx.source else ""
+        if stats.hessian is None:
             raise CalibrationError(f"{where}{criterion.name}: the statistics of tensor {name!r} have no Hessian; collect "
                                    "them with pp.torch.calibrate(..., hessian=True) or `pruneplug calibrate --hessian`"
                                    "; nothing was pruned")
+        try:
+            check_hessian(torch.from_numpy(np.asarray(stats.hessian)), stats.in_features, name)
+        except PrunePlugError as exc:
+            exc.args = (f"{where}{exc.args[0]}",) + exc.args[1:]
+            raise
 
 
 def _mark_written(p: torch.Tensor) -> None:
@@ -250,6 +258,9 @@ def _prune_one(name: str, p: torch.Tensor, criterion: Any, sparsity: float | Non
     except PrunePlugError as exc:
         if exc.args and name not in str(exc.args[0]):  # name the tensor: the core does not know it
             exc.args = (f"tensor {name!r}: {exc.args[0]}",) + exc.args[1:]
+        source = getattr(ctx, "source", None)
+        if isinstance(exc, HessianError) and exc.args and source and str(source) not in str(exc.args[0]):
+            exc.args = (f"{source}: {exc.args[0]}",) + exc.args[1:]  # and the file the Hessian came from
         raise
 
 
