@@ -57,6 +57,12 @@ def _check_fraction(value: Any, argname: str, *, low: float = 0.0, high: float =
     return float(value)
 
 
+def _check_m(m: Any, argname: str) -> float:
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0 or math.isinf(m):
+        raise InvalidArgumentError(f"{argname}={m!r} must be a finite number > 0 (outliers are scores above m x the mean)")
+    return float(m)
+
+
 def outlier_ratio(scores: Any, m: float = DEFAULT_M) -> float:
     """The fraction of ``scores`` above ``m`` times their mean (float64 mean).
 
@@ -90,8 +96,7 @@ def block_units(names: Sequence[str]) -> dict[str, str]:
 def unit_outlier_ratios(scores: Mapping[str, Any], units: Mapping[str, str], m: float = DEFAULT_M) -> dict[str, float]:
     """Per unit, the fraction of all its tensors' scores above ``m`` times the unit's mean score.
     Nothing is concatenated: one pass for the sums, one for the counts."""
-    if isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0 or math.isinf(m):
-        raise InvalidArgumentError(f"m={m!r} must be a finite number > 0 (outliers are scores above m x the mean)")
+    _check_m(m, "m")
     sums: dict[str, float] = {}
     sizes: dict[str, int] = {}
     for name in scores:  # indexing, not items(): a lazy mapping computes each tensor's scores when asked
@@ -184,9 +189,7 @@ def check_owl_parameters(m: Any, lam: Any) -> tuple[float, float]:
         >>> check_owl_parameters(5, 0.08)
         (5.0, 0.08)
     """
-    if isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0 or math.isinf(m):
-        raise InvalidArgumentError(f"owl_m={m!r} must be a finite number > 0 (outliers are scores above m x the mean)")
-    return float(m), _check_fraction(lam, "owl_lambda", high=0.5)
+    return _check_m(m, "owl_m"), _check_fraction(lam, "owl_lambda", high=0.5)
 
 
 def layer_caps(sizes: Sequence[int], max_layer_sparsity: float) -> list[int]:
