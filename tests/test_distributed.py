@@ -122,6 +122,10 @@ def test_one_rank_group_cap_and_its_validation(one_rank_group):
             prune_sharded(params, 0.6, max_layer_sparsity=bad)
     with pytest.raises(InvalidArgumentError, match="uniform layer scope"):
         prune_sharded(params, 0.6, scope="layer", max_layer_sparsity=0.3)
+    frozen = torch.nn.Parameter(params["big"].clone(), requires_grad=False)
+    version = frozen._version
+    prune_sharded({"big": frozen}, 0.5)  # an in-place write autograd can see, as prune_model's
+    assert frozen._version > version and int((frozen == 0).sum()) == 200
 
 
 @pytest.mark.slow

@@ -86,6 +86,7 @@ def prune_sharded(shards: Sequence[Shard] | Mapping[str, Any], sparsity: float, 
         mine = {n: p for i, (n, p) in enumerate(model.named_parameters()) if i % 4 == dist.get_rank()}
         masks = ppd.prune_sharded(mine, 0.5, order=[n for n, _ in model.named_parameters()])
     """
+    import torch
     import torch.distributed as dist
 
     transform = METHODS[_check_method(method)][0]
@@ -106,6 +107,8 @@ def prune_sharded(shards: Sequence[Shard] | Mapping[str, Any], sparsity: float, 
     for piece, k in zip(pieces, counts):
         result = api.prune(piece.tensor.detach(), count=k, method=method, backend=backend,
                            inplace=inplace, return_mask=True)
+        if inplace:  # written through NumPy/DLPack, unseen by autograd: bump the version as prune_model does
+            torch.autograd.graph.increment_version(piece.tensor)
         masks[piece.name] = result[1]
     return masks
 
