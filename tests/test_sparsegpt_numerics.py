@@ -139,3 +139,25 @@ def test_a_float16_update_that_overflows_is_refused_and_writes_nothing():
     with pytest.raises(errors.NonFiniteError, match=r"'weight'.*overflows float16"):
         pp.torch.prune_model(model, pattern="2:4", method="sparsegpt", calibration=ctx)
     assert torch.equal(model.weight, torch.full((1, 4), 60000.0, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("scale", [1e-45, 1e45])
+def test_a_saliency_out_of_the_score_dtypes_range_is_refused_not_all_ties(scale):
+    """The saliency alone (no update) is w^2 / diag(H^-1) in float32: at 1e-45 or 1e45 it rounds to
+    all 0 or all inf, and the mask would follow the index alone. Refused, naming the tensor; a scale
+    in range gives the same mask as the unscaled Hessian."""
+    w, h = _layer()
+    stats = pp.ActivationStats(np.sqrt(np.diag(h)), 128)
+    stats.hessian = h * scale
+    target = w.copy()
+    with pytest.raises(errors.HessianError, match=r"'fc1'.*does not fit float32"):
+        pp.criteria.prune_scored(target, pp.SparseGPTImportance(update=False), sparsity=0.5, calibration=stats,
+                                 layer="fc1")
+    assert np.array_equal(target, w)
+    masks = []
+    for c in (1.0, 1e-20, 1e20):
+        stats.hessian = h * c
+        pruned = w.copy()
+        pp.criteria.prune_scored(pruned, pp.SparseGPTImportance(update=False), sparsity=0.5, calibration=stats)
+        masks.append(pruned == 0)
+    assert np.array_equal(masks[0], masks[1]) and np.array_equal(masks[0], masks[2])
