@@ -170,6 +170,22 @@ def contiguous(array: Any) -> Any:
     return array.copy(order="C")
 
 
+def in_byte_order_of(result: Any, original: Any) -> Any:
+    """``result`` (a native-byte-order array computed from ``original``) stored in ``original``'s
+    byte order: the backends work on native copies (:func:`contiguous`), and a ``>f4`` input must
+    come back ``>f4``, not as a different dtype. The values are the same; only the storage differs.
+
+    Example::
+
+        >>> import numpy as np
+        >>> in_byte_order_of(np.zeros(2, np.float32), np.ones(2, ">f4")).dtype.str
+        '>f4'
+    """
+    if original.dtype.isnative or result.dtype == original.dtype:
+        return result
+    return result.astype(original.dtype)
+
+
 def check_writable(array: Any, argname: str) -> None:
     flags = array.flags
     writeable = getattr(flags, "writeable", True)

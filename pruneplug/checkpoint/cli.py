@@ -64,8 +64,9 @@ def _add_prune(subparsers) -> None:
                    "(default: 5)")
     p.add_argument("--owl-lambda", type=float, default=0.08, help="OWL: per-layer sparsities span 2 x lambda around "
                    "the target (default: 0.08)")
-    p.add_argument("--max-layer-sparsity", type=float, help="no tensor loses more than this fraction (default: 0.99 "
-                   "with --scope global, so that no layer is removed whole; 1.0 otherwise)")
+    p.add_argument("--max-layer-sparsity", type=float, help="no tensor loses more than this fraction, a number in "
+                   "[0, 1] (default: 0.99 with --scope global, so that no layer is removed whole; 1.0 otherwise). "
+                   "It applies to --scope global and --layer-ratios owl; below 1 with uniform layer scope it is refused")
     p.add_argument("--pattern", default="unstructured",
                    help="'unstructured' (default), 'N:M' such as 2:4, 'row', 'column' or 'block(H,W)'")
     p.add_argument("--axis", type=int, default=-1, help="N:M group axis (default: -1, the input dimension of [out, in])")
@@ -93,7 +94,8 @@ def _add_prune(subparsers) -> None:
     calibration_cli.add_stream_options(p)  # --device, --dtype, --calibration-mode, --resume, ... (one-step form)
     p.add_argument("--dask", metavar="ADDRESS", help="prune a sharded directory on the Dask cluster at ADDRESS "
                    "(tcp://host:8786); workers read and write whole shards on a shared file system")
-    p.add_argument("--workers", type=int, metavar="N", help="prune a sharded directory on a local Dask cluster of N processes")
+    p.add_argument("--workers", type=int, metavar="N", help="prune a sharded directory on a local Dask cluster of N "
+                   "processes (N >= 1)")
     p.set_defaults(handler=run_prune)
 
 
@@ -108,7 +110,7 @@ def run_prune(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from pruneplug import calibration_cli
 
-    if args.dask or args.workers:
+    if args.dask is not None or args.workers is not None:  # --workers 0 is refused there, not "no cluster"
         from pruneplug.dask_checkpoint import prune_from_args
 
         report = prune_from_args(args)

@@ -386,13 +386,7 @@ def _open_npz(path: Path) -> Checkpoint:
                 raise CheckpointError(f"{path}: corrupt npz: member {bad!r} fails its CRC check")
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise CheckpointError(f"{path}: corrupt or truncated npz: {exc}") from exc
-    metadata: dict[str, str] = {}
-    if comment:
-        try:
-            parsed = json.loads(comment)
-            metadata = {str(k): str(v) for k, v in parsed.items()} if isinstance(parsed, dict) else {"comment": comment}
-        except (RecursionError, ValueError):  # not JSON: an ordinary zip comment, kept as it is
-            metadata = {"comment": comment}
+    metadata = _npz_comment_metadata(path, comment)
     dtypes = _declared_dtypes(path, metadata)
     tensors = {}
     fmt = np.lib.format
@@ -418,6 +412,30 @@ def _open_npz(path: Path) -> Checkpoint:
     return Checkpoint(path, "npz", tensors, metadata,
                       npz_compressed=any(i.compress_type != zipfile.ZIP_STORED for i in infos),
                       other_members=[i.filename for i in infos if not i.filename.endswith(".npy")])
+
+
+def _npz_comment_metadata(path: Path, comment: str) -> dict[str, str]:
+    """The metadata of an npz's zip comment. A comment that starts with ``{`` is JSON metadata (what
+    :class:`~pruneplug.checkpoint.writers.NpzWriter` writes, ``pruneplug.dtypes`` included): it must
+    parse as a JSON object, or the file is refused as corrupt; ignoring it could silently read
+    bfloat16 members as integers. Too deeply nested to parse counts as unreadable, the same as
+    any other invalid JSON. Any other comment (plain text, a JSON array, however nested) is an
+    ordinary zip comment, never interpreted: it is kept as ``{"comment": text}``."""
+    if not comment:
+        return {}
+    if not comment.lstrip().startswith("{"):
+        return {"comment": comment}
+    try:
+        parsed = json.loads(comment)
+        if isinstance(parsed, dict):
+            return {str(k): str(v) for k, v in parsed.items()}
+        why = f"a JSON {type(parsed).__name__}, not an object"
+    except RecursionError:
+        why = "nested too deeply to read"
+    except ValueError as exc:
+        why = f"not valid JSON ({_brief(exc)})"
+    raise CheckpointError(f"{path}: corrupt npz comment: it starts like JSON metadata but is {why}; refused rather "
+                          "than ignoring the metadata it holds (rewrite the comment, or remove it)")
 
 
 def _declared_dtypes(path: Path, metadata: dict[str, str]) -> dict[str, str]:

@@ -43,8 +43,8 @@ from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport,
 from pruneplug.checkpoint.selection import as_patterns
 from pruneplug.checkpoint.selection import SELECTION_RULE, select_tensors
 from pruneplug.checkpoint.writers import SafetensorsWriter, Transaction, write_guard, terminate_like_interrupt
-from pruneplug.errors import CheckpointError, InvalidArgumentError, PrunePlugError
-from pruneplug.layer_ratios import default_max_layer_sparsity, layer_caps
+from pruneplug.errors import CheckpointError, HessianError, InvalidArgumentError, PrunePlugError
+from pruneplug.layer_ratios import check_owl_parameters, layer_caps, resolve_max_layer_sparsity
 from pruneplug.patterns import parse_pattern
 from pruneplug.validation import check_method, check_sparsity, count_to_prune
 from pruneplug.registry import get_registry
@@ -153,15 +153,20 @@ def prune_checkpoint(
     progress = progress or NullProgress()
     src_path = Path(src)
     owl_stats = calibration  # OWL reads Wanda scores whatever the method (magnitude too)
+    calibration_path = Path(calibration) if isinstance(calibration, (str, os.PathLike)) else None
     calibration, groups = _check_criterion(method, scope, calibration, masks_out, groups)
     _check_arguments(sparsity, pattern, scope, method if method in ("l1", "l2") else "l1", axis, format)
+    if layer_ratios not in (None, "uniform", "owl"):
+        raise InvalidArgumentError(f"layer_ratios={layer_ratios!r}: expected None, 'uniform' or 'owl'")
+    owl_m, owl_lambda = check_owl_parameters(owl_m, owl_lambda)
+    cap = resolve_max_layer_sparsity(max_layer_sparsity, scope, sparsity, layer_ratios)
     ckpt = open_checkpoint(src_path)
     if format != "dense" and ckpt.kind == "npz":
         raise InvalidArgumentError(f"format={format!r} is a safetensors format; an npz checkpoint can only be written dense")
     out_path = resolve_output(ckpt, dst, in_place, dry_run)
     masks_path = Path(masks_out) if masks_out is not None else None
     report_path = Path(report) if report is not None else None
-    check_side_outputs(ckpt, out_path, masks_path, report_path, in_place, dry_run)
+    check_side_outputs(ckpt, out_path, masks_path, report_path, in_place, dry_run, calibration_path)
 
     names = sorted(ckpt.tensors)  # tensor order: sorted by name, whatever the file layout
     tasks = _decide_tasks(ckpt, names, include, exclude, pattern, axis, strict)
@@ -176,12 +181,9 @@ def prune_checkpoint(
     if out_path is not None:
         check_space(out_path, ckpt.total_bytes + (sum(ckpt.tensors[n].numel for n in selected) if masks_path else 0))
     check_writable_form(ckpt, [n for n in selected if stores_compressed(ckpt.tensors[n].shape, format)], format)
-    cap = max_layer_sparsity if max_layer_sparsity is not None else default_max_layer_sparsity(scope, sparsity)
     plan = _plan_global_counts(tasks, selected, sparsity, method, progress, cap) if scope == "global" else None
     if plan is not None:
         apply_plan(tasks, selected, plan)
-    if layer_ratios not in (None, "uniform", "owl"):
-        raise InvalidArgumentError(f"layer_ratios={layer_ratios!r}: expected None, 'uniform' or 'owl'")
     if layer_ratios == "owl" and calibration is None and owl_stats is not None:
         from pruneplug.calibration import CalibrationContext
 
@@ -639,8 +641,11 @@ def _prune_tensor(task: TensorTask, how: HowToPrune, row: TensorReport, want_mas
     try:
         result = _call_prune(view, task, how, want_mask)
     except PrunePlugError as exc:
-        if exc.args:  # name the tensor: the core does not know it
+        if exc.args and repr(ref.name) not in str(exc.args[0]):  # name the tensor: the core does not know it
             exc.args = (f"tensor {ref.name!r}: {exc.args[0]}",) + exc.args[1:]
+        source = getattr(how.calibration, "source", None)
+        if isinstance(exc, HessianError) and exc.args and source and str(source) not in str(exc.args[0]):
+            exc.args = (f"{source}: {exc.args[0]}",) + exc.args[1:]  # and the file the Hessian came from
         raise
     del view
     pruned, mask = result if want_mask else (result, None)

@@ -16,13 +16,15 @@ from pruneplug.checkpoint import global_unstructured_masks
 from pruneplug.checkpoint.report import PruneReport, TensorReport
 from pruneplug.checkpoint.selection import SELECTION_RULE
 from pruneplug.criteria import get_criterion, prune_scored
-from pruneplug.errors import CalibrationError, CalibrationRequiredError, InvalidArgumentError, PrunePlugError
+from pruneplug.errors import (CalibrationError, CalibrationRequiredError, HessianError, InvalidArgumentError,
+                              NonFiniteError, PrunePlugError)
 from pruneplug.torch.calibrate import calibrate, calibrate_blockwise
 from pruneplug.torch.layers import linear_layers, selected_parameters
-from pruneplug.layer_ratios import (DEFAULT_LAMBDA, DEFAULT_M, capped_counts, default_max_layer_sparsity, layer_caps,
-                                    owl_counts)
+from pruneplug.layer_ratios import (DEFAULT_LAMBDA, DEFAULT_M, capped_counts, check_owl_parameters, layer_caps,
+                                    owl_counts, resolve_max_layer_sparsity)
 from pruneplug.criteria.wanda import WandaImportance
-from pruneplug.validation import count_to_prune
+from pruneplug.reconstruction.hessian import check_hessian
+from pruneplug.validation import count_to_prune, shown
 
 #: How ``prune_model`` calibrates when given batches: ``"one-pass"`` (the dense model, one forward
 #: pass per batch) or ``"sequential"`` (each block on the outputs of the pruned earlier blocks).
@@ -78,6 +80,7 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
         0.5
     """
     started = time.perf_counter()
+    _check_calibration_type(calibration)
     criterion = get_criterion(method)
     if scope not in ("layer", "global"):
         raise InvalidArgumentError(f"scope={scope!r}: expected 'layer' or 'global'")
@@ -94,10 +97,13 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
                                    f"(got pattern={pattern!r}, scope={scope!r})")
     if owl and calibration is None:
         raise CalibrationRequiredError("owl", "OWL's outlier ratios are computed from Wanda scores")
-    cap = max_layer_sparsity if max_layer_sparsity is not None else default_max_layer_sparsity(scope, sparsity)
+    owl_m, owl_lambda = check_owl_parameters(owl_m, owl_lambda)
+    cap = resolve_max_layer_sparsity(max_layer_sparsity, scope, sparsity, layer_ratios)
     params = selected_parameters(model, include, exclude)
     if not params:
         raise InvalidArgumentError(f"prune_model: no parameter selected (rule: {SELECTION_RULE})")
+    _check_materialized(params)
+    input_axes = {layer.name: layer.input_axis for layer in linear_layers(model, list(params))}
     rows = {n: _row(n, p) for n, p in model.named_parameters() if n in params}
     zeros_before = {n: _zeros(p) for n, p in params.items()}
 
@@ -108,20 +114,18 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
         counts = dict(zip(ratios.names, ratios.counts))
         ratios_info = {"method": "owl", "m": owl_m, "lambda": owl_lambda, "max_layer_sparsity": cap,
                        "outlier_ratios": ratios.outlier_ratios}
-    elif scope == "layer" and cap < 1.0 and sparsity is not None and pattern == "unstructured":
-        counts = {n: min(count_to_prune(sparsity, p.numel()), layer_caps([p.numel()], cap)[0])
-                  for n, p in params.items()}
 
     metrics: dict[str, dict] = {}
 
     def prune_some(ctx: CalibrationContext | None, names: Iterable[str]) -> None:
         names = list(names)
+        _check_ready(names, params, criterion, ctx)  # everything that can fail, before the first write
         if statistics is not None and ctx is not None:
             for name in names:
                 statistics.add(name, ctx[name])
         for name in names:
             result = _prune_one(name, params[name], criterion, None if name in counts else sparsity, pattern, groups,
-                                ctx, backend, axis, counts.get(name))
+                                ctx, backend, axis, counts.get(name), input_axes.get(name))
             if result is not None:
                 metrics[name] = dict(result.metrics)
 
@@ -185,17 +189,88 @@ def _check_pattern(sparsity: float | None, pattern: str, scope: str, criterion: 
                                    f"with method={criterion.name!r} (Wanda compares scores within each output row)")
 
 
+def _check_calibration_type(calibration: Any) -> None:
+    """``calibration`` is None, a context, a statistics file path or an iterable of batches: any
+    other value is refused up front, naming the argument (not a bare TypeError later)."""
+    if isinstance(calibration, ActivationStats):
+        raise InvalidArgumentError("calibration: prune_model needs per-layer statistics (a CalibrationContext), not "
+                                   "one layer's ActivationStats")
+    if calibration is None or isinstance(calibration, (CalibrationContext, str, os.PathLike)):
+        return
+    if isinstance(calibration, (bytes, bytearray)) or not isinstance(calibration, Iterable):
+        raise InvalidArgumentError(f"calibration={shown(calibration)} ({type(calibration).__name__}): expected a "
+                                   "CalibrationContext, a statistics file path or an iterable of batches")
+
+
+def _check_materialized(params: dict[str, torch.Tensor]) -> None:
+    """A parameter on the meta device has a shape but no values: nothing to score or prune."""
+    meta = [n for n, p in params.items() if p.device.type == "meta"]
+    if meta:
+        raise InvalidArgumentError(
+            f"tensor {meta[0]!r} is on the meta device ({len(meta)} selected parameter(s)): it has no values to prune; "
+            "materialize the model first (e.g. model.to_empty(device=...) and load_state_dict)")
+
+
+def _check_ready(names: Sequence[str], params: dict[str, torch.Tensor], criterion: Any,
+                 ctx: CalibrationContext | None) -> None:
+    """The checks the per-tensor pruning would make one tensor at a time, made for every tensor of
+    ``names`` before the first is written, so that a failure leaves all of them as they were:
+    finite weights, statistics present and fitting each shape, a Hessian where the criterion needs
+    one."""
+    for name in names:
+        p = params[name]
+        bad = int((~torch.isfinite(p.detach())).sum())
+        if bad:
+            first = int(torch.nonzero(~torch.isfinite(p.detach().reshape(-1)))[0, 0])
+            raise NonFiniteError(f"tensor {name!r}: weights contain {bad} non-finite value(s) (NaN or Inf), first at "
+                                 f"flat index {first}; {criterion.name} needs finite weights (nothing was pruned)",
+                                 count=bad, first_index=first)
+        if ctx is None:
+            continue
+        stats = ctx.check_layer(name, tuple(p.shape))
+        if "hessian" not in criterion.statistics:
+            continue
+        where = f"{ctx.source}: " if ctx.source else ""
+        if stats.hessian is None:
+            raise CalibrationError(f"{where}{criterion.name}: the statistics of tensor {name!r} have no Hessian; collect "
+                                   "them with pp.torch.calibrate(..., hessian=True) or `pruneplug calibrate --hessian`"
+                                   "; nothing was pruned")
+        try:
+            hessian = stats.hessian
+            check_hessian(hessian if isinstance(hessian, torch.Tensor) else torch.from_numpy(np.asarray(hessian)),
+                          stats.in_features, name)
+        except PrunePlugError as exc:
+            exc.args = (f"{where}{exc.args[0]}",) + exc.args[1:]
+            raise
+
+
+def _mark_written(p: torch.Tensor) -> None:
+    """Pruning writes the parameter's storage from outside autograd (NumPy views, DLPack, ``.data``),
+    which autograd cannot see; bump its version counter as an in-place op on the parameter itself
+    would, so that a tensor saved for backward before pruning raises autograd's in-place error
+    instead of silently differentiating with the new values. Frozen parameters
+    (``requires_grad=False``) are weights like any other: pruned, and marked the same way."""
+    torch.autograd.graph.increment_version(p)
+
+
 def _prune_one(name: str, p: torch.Tensor, criterion: Any, sparsity: float | None, pattern: str, groups: str | None,
-               ctx: CalibrationContext | None, backend: str | None, axis: int | None, count: int | None = None) -> Any:
+               ctx: CalibrationContext | None, backend: str | None, axis: int | None, count: int | None = None,
+               input_axis: int | None = None) -> Any:
     try:
         if ctx is not None:
             ctx.check_layer(name, tuple(p.shape))
         with torch.no_grad():
-            return prune_scored(p.data, criterion, sparsity=sparsity, pattern=pattern, groups=groups, calibration=ctx,
-                         layer=name, axis=axis, backend=backend, count=count)
+            result = prune_scored(p.data, criterion, sparsity=sparsity, pattern=pattern, groups=groups,
+                                  calibration=ctx, layer=name, axis=axis, backend=backend, count=count,
+                                  input_axis=input_axis)
+            _mark_written(p)
+            return result
     except PrunePlugError as exc:
         if exc.args and name not in str(exc.args[0]):  # name the tensor: the core does not know it
             exc.args = (f"tensor {name!r}: {exc.args[0]}",) + exc.args[1:]
+        source = getattr(ctx, "source", None)
+        if isinstance(exc, HessianError) and exc.args and source and str(source) not in str(exc.args[0]):
+            exc.args = (f"{source}: {exc.args[0]}",) + exc.args[1:]  # and the file the Hessian came from
         raise
 
 
@@ -220,6 +295,7 @@ def _prune_global(params: dict[str, torch.Tensor], sparsity: float, criterion: A
     with torch.no_grad():
         for name, size, k in zip(names, sizes, counts):
             api.prune(params[name].data, count=k, method=criterion.method, backend=backend, inplace=True)
+            _mark_written(params[name])
 
 
 class _WandaScores(Mapping):
