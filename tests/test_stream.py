@@ -65,7 +65,7 @@ def _in_memory(model_dir: Path, texts: Path, method: str, **kwargs) -> dict:
     config = transformers.AutoConfig.from_pretrained(model_dir)
     auto = transformers.AutoModelForCausalLM if any(a.endswith("ForCausalLM") for a in config.architectures or []) \
         else getattr(transformers, (config.architectures or ["AutoModel"])[0], transformers.AutoModel)
-    model = auto.from_pretrained(model_dir, dtype=torch.float32)
+    model = auto.from_pretrained(model_dir)  # float32 directories (transformers 4.53 has no dtype=)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     batches = text_batches(tokenizer, load_texts(texts, OPTS["samples"]), OPTS["seq_len"], OPTS["batch_size"])
     pp.torch.prune_model(model, kwargs.pop("sparsity", None), method=method, calibration=batches,

@@ -28,7 +28,7 @@ import numpy as np
 from pruneplug.arrays import adapt, check_float_dtype, dtype_name
 from pruneplug.checkpoint import formats
 from pruneplug.checkpoint.formats import ST_DTYPES, TensorRef, flat_chunks, numpy_dtype
-from pruneplug.checkpoint.report import ProgressLike, NullProgress
+from pruneplug.report import ProgressLike, NullProgress
 from pruneplug.errors import InvalidArgumentError, NonFiniteError
 from pruneplug.layer_ratios import capped_counts
 from pruneplug.registry import get_registry

@@ -15,7 +15,7 @@ from typing import Any
 from pruneplug.checkpoint.formats import DIRECTORY_KINDS, INDEX_NAME, Checkpoint, read_safetensors_header
 from pruneplug.checkpoint.global_select import GlobalPlan
 from pruneplug.checkpoint.paths import Place, check_distinct, check_inputs_apart, check_replaceable_dir
-from pruneplug.checkpoint.report import TensorReport
+from pruneplug.report import TensorReport
 from pruneplug.checkpoint.writers import NpzWriter, SafetensorsWriter, Transaction, write_guard
 from pruneplug.errors import CheckpointError, InvalidArgumentError
 from pruneplug.version import __version__

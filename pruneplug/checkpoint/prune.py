@@ -39,9 +39,9 @@ from pruneplug.checkpoint.outputs import (
     resolve_output,
     settings_metadata,
 )
-from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport, NullProgress
-from pruneplug.checkpoint.selection import as_patterns
-from pruneplug.checkpoint.selection import SELECTION_RULE, select_tensors
+from pruneplug.report import ProgressLike, PruneReport, TensorReport, NullProgress
+from pruneplug.selection_rule import as_patterns
+from pruneplug.selection_rule import SELECTION_RULE, select_tensors
 from pruneplug.checkpoint.writers import SafetensorsWriter, Transaction, write_guard, terminate_like_interrupt
 from pruneplug.errors import CheckpointError, HessianError, InvalidArgumentError, PrunePlugError
 from pruneplug.layer_ratios import check_owl_parameters, layer_caps, resolve_max_layer_sparsity

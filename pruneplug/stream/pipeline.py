@@ -33,11 +33,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from pruneplug.calibration import ActivationStats, CalibrationContext, StatisticsWriter
+from pruneplug.calibration import CalibrationContext, StatisticsWriter
 from pruneplug.checkpoint.formats import INDEX_NAME, array_zeros
 from pruneplug.checkpoint.paths import Place, check_distinct
-from pruneplug.checkpoint.report import NullProgress, PruneReport, TensorReport
-from pruneplug.checkpoint.selection import SELECTION_RULE
+from pruneplug.report import NullProgress, PruneReport, TensorReport
+from pruneplug.selection_rule import SELECTION_RULE
 from pruneplug.checkpoint.outputs import settings_metadata
 from pruneplug.checkpoint.writers import copy_range, current_umask, pwrite_all
 from pruneplug.criteria import prune_scored
@@ -137,9 +137,7 @@ def _device(name: str) -> Any:
 
 def open_model(model_dir: Path, texts: Any, options: StreamOptions, statistics: frozenset,
                pattern: str = "unstructured") -> _Model:
-    """Steps 1 of the module docstring, and the memory estimate."""
-    import torch
-
+    """Step 1 of the module docstring, and the memory estimate."""
     from pruneplug.torch.blockwise import STATS_DTYPES
     from pruneplug.torch.calibrate import find_blocks
     from pruneplug.torch.hf import load_texts, load_tokenizer, text_batches
@@ -694,7 +692,7 @@ def calibrate_model_dir(model_dir: str | os.PathLike, texts: Any, output: str | 
     collected. Returns a summary (layers, entries, tokens, seconds)."""
     import torch
 
-    from pruneplug.torch.blockwise import Activations, collect, context_of, input_groups, tail_pass
+    from pruneplug.torch.blockwise import Activations, collect, input_groups, tail_pass
 
     started = time.perf_counter()
     options = options or StreamOptions()

@@ -186,8 +186,6 @@ def build_skeleton(model_dir: str | Path) -> Skeleton:
         skel = build_skeleton("SmolLM2-135M")
         skel.names["model.layers.0.mlp.down_proj.weight"]   # 'model.layers.0.mlp.down_proj.weight'
     """
-    import torch
-
     model_dir = Path(model_dir)
     config = read_config(model_dir)
     checkpoint = open_checkpoint(model_dir)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -13,15 +12,16 @@ import torch
 from pruneplug import api
 from pruneplug.calibration import ActivationStats, CalibrationContext
 from pruneplug.checkpoint import global_unstructured_masks
-from pruneplug.checkpoint.report import PruneReport, TensorReport
-from pruneplug.checkpoint.selection import SELECTION_RULE
-from pruneplug.criteria import get_criterion, prune_scored
+from pruneplug.report import PruneReport, TensorReport
+from pruneplug.selection_rule import SELECTION_RULE
+from pruneplug.criteria import prune_scored
 from pruneplug.errors import (CalibrationError, CalibrationRequiredError, HessianError, InvalidArgumentError,
                               NonFiniteError, PrunePlugError)
 from pruneplug.torch.calibrate import calibrate, calibrate_blockwise
 from pruneplug.torch.layers import linear_layers, selected_parameters
-from pruneplug.layer_ratios import (DEFAULT_LAMBDA, DEFAULT_M, capped_counts, check_owl_parameters, layer_caps,
-                                    owl_counts, resolve_max_layer_sparsity)
+from pruneplug.layer_ratios import (DEFAULT_LAMBDA, DEFAULT_M, block_units, capped_counts, layer_caps,
+                                    unit_outlier_ratios)
+from pruneplug.plan import PruneSettings
 from pruneplug.criteria.wanda import WandaImportance
 from pruneplug.reconstruction.hessian import check_hessian
 from pruneplug.validation import count_to_prune, shown
@@ -45,7 +45,7 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
                 max_layer_sparsity: float | None = None, stats_dtype: str = "float32") -> PruneReport:
     """Prune the selected weights of ``model`` in place and return the report the CLI prints.
 
-    * Which weights: the CLI's rule (:data:`pruneplug.checkpoint.selection.SELECTION_RULE`) applied
+    * Which weights: the CLI's rule (:data:`pruneplug.selection_rule.SELECTION_RULE`) applied
       to ``model.named_parameters()`` names, with ``include`` / ``exclude`` regexes.
     * ``method``: a criterion name (``"l1"``, ``"l2"``, ``"wanda"``, a plugin's) or a
       :class:`~pruneplug.criteria.Criterion`. Criteria that need calibration take ``calibration``:
@@ -81,24 +81,16 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
     """
     started = time.perf_counter()
     _check_calibration_type(calibration)
-    criterion = get_criterion(method)
-    if scope not in ("layer", "global"):
-        raise InvalidArgumentError(f"scope={scope!r}: expected 'layer' or 'global'")
     if calibration_mode not in ("sequential", "one-pass"):
         raise InvalidArgumentError(f"calibration_mode={calibration_mode!r}: expected 'sequential' or 'one-pass'")
-    _check_pattern(sparsity, pattern, scope, criterion)
-    if layer_ratios not in (None, "uniform", "owl"):
-        raise InvalidArgumentError(f"layer_ratios={layer_ratios!r}: expected None, 'uniform' or 'owl'")
-    owl = layer_ratios == "owl"
+    plan = PruneSettings(method, sparsity=sparsity, pattern=pattern, scope=scope, groups=groups,
+                         layer_ratios=layer_ratios, owl_m=owl_m, owl_lambda=owl_lambda,
+                         max_layer_sparsity=max_layer_sparsity)
+    criterion, owl, cap = plan.criterion, plan.owl, plan.cap()
     if owl and calibration is not None and not isinstance(calibration, (CalibrationContext, str, os.PathLike)):
         calibration = list(calibration)  # read twice: OWL's pass over the dense model, then the pruning
-    if owl and (pattern != "unstructured" or scope != "layer"):
-        raise InvalidArgumentError("layer_ratios='owl' applies to unstructured pruning with scope='layer' "
-                                   f"(got pattern={pattern!r}, scope={scope!r})")
-    if owl and calibration is None:
-        raise CalibrationRequiredError("owl", "OWL's outlier ratios are computed from Wanda scores")
-    owl_m, owl_lambda = check_owl_parameters(owl_m, owl_lambda)
-    cap = resolve_max_layer_sparsity(max_layer_sparsity, scope, sparsity, layer_ratios)
+    if owl:
+        plan.check_calibration(calibration is not None)
     params = selected_parameters(model, include, exclude)
     if not params:
         raise InvalidArgumentError(f"prune_model: no parameter selected (rule: {SELECTION_RULE})")
@@ -110,10 +102,11 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
     counts: dict[str, int] = {}
     ratios_info: dict[str, Any] = {}
     if owl:
-        ratios = _owl_counts(model, params, calibration, sparsity, owl_m, owl_lambda, cap)
-        counts = dict(zip(ratios.names, ratios.counts))
-        ratios_info = {"method": "owl", "m": owl_m, "lambda": owl_lambda, "max_layer_sparsity": cap,
-                       "outlier_ratios": ratios.outlier_ratios}
+        outlier_ratios = _owl_ratios(model, params, calibration, plan.owl_m)
+        counts = {n: p.count for n, p in plan.plan({n: p.numel() for n, p in params.items()}, outlier_ratios).items()
+                  if p.count is not None}
+        ratios_info = {"method": "owl", "m": plan.owl_m, "lambda": plan.owl_lambda, "max_layer_sparsity": cap,
+                       "outlier_ratios": outlier_ratios}
 
     metrics: dict[str, dict] = {}
 
@@ -173,20 +166,6 @@ def _zeros(p: torch.Tensor) -> int:
 
 def _row(name: str, p: torch.Tensor) -> TensorReport:
     return TensorReport(name, list(p.shape), _DTYPES.get(p.dtype, str(p.dtype)), p.numel(), "pruned")
-
-
-def _check_pattern(sparsity: float | None, pattern: str, scope: str, criterion: Any) -> None:
-    nm = re.match(r"^(\d+):(\d+)$", pattern) if isinstance(pattern, str) else None
-    if nm:
-        if sparsity is not None:
-            raise InvalidArgumentError(f"sparsity={sparsity!r} cannot be combined with pattern={pattern!r}: N:M fixes it")
-    elif sparsity is None:
-        raise InvalidArgumentError(f"pattern={pattern!r} needs sparsity= (a real number in [0, 1])")
-    else:
-        count_to_prune(sparsity, 1)  # validates it
-    if scope == "global" and (pattern != "unstructured" or getattr(criterion, "method", None) not in ("l1", "l2")):
-        raise InvalidArgumentError(f"scope='global' applies to unstructured magnitude pruning, not pattern={pattern!r} "
-                                   f"with method={criterion.name!r} (Wanda compares scores within each output row)")
 
 
 def _check_calibration_type(calibration: Any) -> None:
@@ -316,10 +295,10 @@ class _WandaScores(Mapping):
         return len(self.params)
 
 
-def _owl_counts(model: Any, params: dict[str, torch.Tensor], calibration: Any, sparsity: float, m: float, lam: float,
-                cap: float) -> Any:
-    """OWL's exact per-tensor counts from the dense model's Wanda scores (statistics from the given
-    context or file, or one pass of the batches through the dense model, as the OWL reference)."""
+def _owl_ratios(model: Any, params: dict[str, torch.Tensor], calibration: Any, m: float) -> dict[str, float]:
+    """OWL's outlier ratio of every block from the dense model's Wanda scores (statistics from the
+    given context or file, or one pass of the batches through the dense model, as the OWL
+    reference); the counts follow from :meth:`pruneplug.PruneSettings.plan`."""
     if isinstance(calibration, (str, os.PathLike)):
         ctx = CalibrationContext.load(calibration)
     elif isinstance(calibration, CalibrationContext):
@@ -330,9 +309,7 @@ def _owl_counts(model: Any, params: dict[str, torch.Tensor], calibration: Any, s
     missing = [n for n in params if n not in ctx]
     if missing:
         raise CalibrationError(f"OWL: no statistics for tensor {missing[0]!r} ({len(missing)} selected weight(s))")
-    return owl_counts(_WandaScores(params, ctx), sparsity, m=m, lam=lam, max_layer_sparsity=cap,
-                      sizes={n: p.numel() for n, p in params.items()})
-
+    return unit_outlier_ratios(_WandaScores(params, ctx), block_units(list(params)), m)
 
 def _calibrated(model: Any, params: dict[str, torch.Tensor], calibration: Any, mode: str, prune_some: Any,
                 hessian: bool = False, stats_dtype: str = "float32") -> None:

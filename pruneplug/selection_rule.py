@@ -1,11 +1,12 @@
-"""Which tensors of a checkpoint are pruned: the default rule and ``--include`` / ``--exclude``."""
+"""Which tensors are pruned, for every front end (checkpoints, torch models, the block stream): the
+default rule and ``--include`` / ``--exclude``. A tensor is anything with ``name``, ``shape``,
+``dtype`` (safetensors' names) and ``prunable``."""
 
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
-from pruneplug.checkpoint.formats import TensorRef
 from pruneplug.errors import CheckpointError, InvalidArgumentError
 
 
@@ -59,7 +60,7 @@ def _compile(patterns: Sequence[str] | None, option: str) -> list[tuple[str, re.
     return out
 
 
-def select_tensors(refs: Iterable[TensorRef], include: Sequence[str] | None = None,
+def select_tensors(refs: Iterable[Any], include: Sequence[str] | None = None,
                    exclude: Sequence[str] | None = None) -> dict[str, str | None]:
     """Apply the selection rule (:data:`SELECTION_RULE`): name -> ``None`` when selected, else the
     reason it is left alone. An ``--include`` or ``--exclude`` regex that matches no tensor name at
