@@ -493,3 +493,37 @@ def test_a_forward_that_raises_part_way_says_what_state_things_are_in(zoo, tmp_p
     assert (tmp_path / ".out.pruneplug-stream" / "journal.json").is_file() and not (tmp_path / "out").exists()
     monkeypatch.setattr(pipeline, "_prune_layers", real)
     assert _stream(zoo("llama"), tmp_path / "out", zoo.texts, "wanda", sparsity=0.5, resume=True).resumed_from == 1
+
+
+def test_a_sharded_directory_streams_shard_by_shard_into_the_same_layout(zoo, tmp_path):
+    src = zoo("llama")
+    sharded = tmp_path / "sharded"
+    model = transformers.AutoModelForCausalLM.from_pretrained(src)
+    model.save_pretrained(sharded, max_shard_size="20KB")
+    for f in src.iterdir():
+        if f.name.startswith("tokenizer") or f.name.endswith(("vocab.json", "merges.txt", "special_tokens_map.json")):
+            (sharded / f.name).write_bytes(f.read_bytes())
+    shards = sorted(p.name for p in sharded.glob("*.safetensors"))
+    assert len(shards) > 2
+    _stream(sharded, tmp_path / "out", zoo.texts, "sparsegpt", sparsity=0.5)
+    _stream(src, tmp_path / "single", zoo.texts, "sparsegpt", sparsity=0.5)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.safetensors")) == shards
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert index == json.loads((sharded / "model.safetensors.index.json").read_text())
+    got, want = _weights(tmp_path / "out"), _weights(tmp_path / "single")
+    assert sorted(got) == sorted(want) and all(torch.equal(got[n], want[n]) for n in got)
+    transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+
+
+def test_offloaded_activations_give_the_same_bytes_and_leave_nothing(zoo, tmp_path):
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    options = StreamOptions(**OPTS, offload_activations=spill)
+    settings = pp.PruneSettings("wanda", sparsity=0.5, layer_ratios="owl")
+    prune_model_dir(zoo("llama"), tmp_path / "off", settings, zoo.texts, options=options)
+    prune_model_dir(zoo("llama"), tmp_path / "mem", settings, zoo.texts, options=StreamOptions(**OPTS))
+    assert _digest(tmp_path / "off" / "model.safetensors") == _digest(tmp_path / "mem" / "model.safetensors")
+    assert list(spill.iterdir()) == []
+    with pytest.raises(CheckpointError, match="--offload-activations .* not a directory"):
+        prune_model_dir(zoo("llama"), tmp_path / "x", settings, zoo.texts,
+                        options=StreamOptions(**OPTS, offload_activations=tmp_path / "missing"))

@@ -80,6 +80,8 @@ class StreamOptions:
                                        f"{', '.join(CALIBRATION_MODES)}")
         if self.stats_dtype not in ("float32", "float64"):
             raise InvalidArgumentError(f"--stats-dtype {self.stats_dtype!r}: expected float32 or float64")
+        if self.offload_activations is not None and not Path(self.offload_activations).is_dir():
+            raise CheckpointError(f"--offload-activations {self.offload_activations}: not a directory")
         if self.dtype not in (None, "float32", "float64", "bfloat16", "float16"):
             raise InvalidArgumentError(f"--dtype {self.dtype!r}: expected float32, bfloat16, float16 or float64")
 
@@ -260,7 +262,7 @@ class _Progress:
 # OWL: one cheap pass over the dense blocks
 # ---------------------------------------------------------------------------------------------
 def owl_ratios(m: _Model, settings: PruneSettings, calls: Sequence[Any], activations: Any,
-               progress: _Progress) -> dict[str, float]:
+               progress: _Progress, spill: Callable[[Any], Path | None] = lambda key: None) -> dict[str, float]:
     """Outlier ratio of every block (Wanda scores of the dense block on dense inputs, one-pass
     statistics of input norms only)."""
     import torch
@@ -276,7 +278,7 @@ def owl_ratios(m: _Model, settings: PruneSettings, calls: Sequence[Any], activat
         m.skel.load_where(lambda n, p=prefix + ".": n.startswith(p), m.device, m.compute_dtype)
         try:
             layers = m.block_layers[index]
-            nxt = Activations()
+            nxt = Activations(spill(f"owl-{index + 1}"))
             with torch.no_grad():
                 if layers:
                     groups = input_groups(block, layers, calls[0], current.get(0))
@@ -290,8 +292,12 @@ def owl_ratios(m: _Model, settings: PruneSettings, calls: Sequence[Any], activat
                     forward_all(block, calls, current, nxt)
         finally:
             m.skel.unload(block)
+        if current is not activations:
+            current.discard()  # the dense pass's own boundaries; the captured inputs stay for the main pass
         current = nxt
         progress.advance()
+    if current is not activations:
+        current.discard()
     return ratios
 
 
@@ -482,10 +488,7 @@ def prune_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, settin
 
 def _run_prune(m: _Model, journal: journals.Journal, settings: PruneSettings, options: StreamOptions,
                progress: Any) -> StreamResult:
-    import torch
-
-    from pruneplug.torch.blockwise import Activations, calibrate_and_prune_block, context_of, tail_pass
-
+    """Steps 2-5 of the module docstring, into the journal's staging area."""
     run_started, seconds_before = time.perf_counter(), journal.seconds
     names = m.skel.names
     selected_ckpt = {names[n] for n in m.selected}
@@ -499,12 +502,29 @@ def _run_prune(m: _Model, journal: journals.Journal, settings: PruneSettings, op
     bar = _Progress(progress, "pruning blocks", len(m.blocks) + (len(m.blocks) if settings.owl and
                                                                     journal.owl_counts is None else 0))
     bar.step("capturing inputs")
-    spill = (lambda k: _spill_dir(offload, k)) if offload is not None else (lambda k: None)
+    spill_root = _spill_root(offload)
+    try:
+        return _run_blocks(m, journal, settings, options, bar, spill_root, seconds_before, run_started,
+                           selected_ckpt, resumed_from)
+    finally:
+        if spill_root is not None:
+            shutil.rmtree(spill_root, ignore_errors=True)
+
+
+def _run_blocks(m: _Model, journal: journals.Journal, settings: PruneSettings, options: StreamOptions, bar: _Progress,
+                spill_root: Path | None, seconds_before: float, run_started: float, selected_ckpt: set[str],
+                resumed_from: int) -> StreamResult:
+    import torch
+
+    from pruneplug.torch.blockwise import Activations, calibrate_and_prune_block, context_of, tail_pass
+
+    names = m.skel.names
+    spill = (lambda k: _spill_dir(spill_root, k)) if spill_root is not None else (lambda k: None)
     first = Activations(spill("capture"))
     with torch.no_grad():
         calls = _capture(m, first)
     if settings.owl and journal.owl_counts is None:
-        ratios = owl_ratios(m, settings, calls, first, bar)
+        ratios = owl_ratios(m, settings, calls, first, bar, spill)
         units = {n: n.split(m.container + ".", 1)[1].split(".", 1)[0] for n in m.selected
                  if n.startswith(m.container + ".")}
         units = {n: f"{m.container}.{u}" for n, u in units.items()}
@@ -513,6 +533,7 @@ def _run_prune(m: _Model, journal: journals.Journal, settings: PruneSettings, op
         journal.save()
     plans = _plans(settings, m.selected, journal.owl_counts)
     if journal.done:
+        first.discard()
         current = Activations(spill("resume"))
         for i in range(len(calls)):
             current.put(i, _load_hidden(journal.hidden(journal.done), i, m.compute_dtype).to(m.device))
@@ -551,6 +572,7 @@ def _run_prune(m: _Model, journal: journals.Journal, settings: PruneSettings, op
             journal.tuple_outputs = outputs.from_tuples
         journal.save()
         journal.drop_hidden_except(index + 1)
+        current.discard()
         current = outputs
         block_seconds.append(time.perf_counter() - t0)
         bar.advance()
@@ -574,9 +596,18 @@ def _run_prune(m: _Model, journal: journals.Journal, settings: PruneSettings, op
     return StreamResult(report, m.estimate, len(m.blocks), resumed_from, block_seconds)
 
 
+def _spill_root(offload: Path | None) -> Path | None:
+    """This run's own directory inside ``--offload-activations DIR`` (removed at the end)."""
+    if offload is None:
+        return None
+    root = Path(offload) / f".pruneplug-activations-{os.getpid()}"
+    root.mkdir()
+    return root
+
+
 def _spill_dir(root: Path, key: Any) -> Path:
-    directory = Path(root) / f"pruneplug-activations-{os.getpid()}-{key}"
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = root / str(key)
+    directory.mkdir(exist_ok=True)
     return directory
 
 
