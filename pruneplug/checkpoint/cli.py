@@ -42,7 +42,10 @@ examples:
 def _add_prune(subparsers) -> None:
     p = subparsers.add_parser(
         "prune", help="prune a checkpoint (safetensors file, sharded or model directory, or .npz)",
-        description="Prune a checkpoint by weight magnitude and write it in the same form, atomically.",
+        description="Prune a checkpoint and write it in the same form, atomically: by weight magnitude, or by a "
+        "calibrated criterion with a statistics file (streamed tensor by tensor), or, for a Hugging Face model "
+        "directory with calibration texts, block by block from the checkpoint to OUT_DIR in the memory of one "
+        "block (resumable with --resume; docs/calibration.md).",
         epilog=PRUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", metavar="IN", help="a .safetensors file, a directory with model.safetensors.index.json, a model directory "
                    "(model.safetensors, config.json, tokenizer files), or an .npz")
@@ -52,9 +55,10 @@ def _add_prune(subparsers) -> None:
     p.add_argument("--method", default="l1", help="importance criterion: l1 (|w|, default), l2 (w*w), wanda "
                    "(|w| * input norm, needs --calibration), sparsegpt (SparseGPT with its weight update, needs --calibration "
                    "with Hessians: `pruneplug calibrate --hessian` or texts) or a criterion plugin's name")
-    p.add_argument("--calibration", metavar="STATS|TEXTS", help="for --method wanda: a statistics file from "
-                   "`pruneplug calibrate` (IN any checkpoint, streamed), or calibration texts (IN a Hugging Face "
-                   "model directory, OUT a new directory: sequential calibration through the model)")
+    p.add_argument("--calibration", metavar="STATS|TEXTS", help="for calibrated methods (wanda, sparsegpt, OWL): a "
+                   "statistics file from `pruneplug calibrate` (IN any checkpoint, streamed), or calibration texts "
+                   "(IN a Hugging Face model directory, OUT a new directory: the one-step form, block by block); told "
+                   "apart by content, not by name")
     p.add_argument("--groups", choices=("layer", "row"), help="unstructured comparison group: the whole tensor or "
                    "each output row (default: the method's own: row for wanda, layer otherwise)")
     p.add_argument("--layer-ratios", choices=("uniform", "owl"), default="uniform", help="per-layer sparsities: "

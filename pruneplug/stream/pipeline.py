@@ -141,7 +141,7 @@ def open_model(model_dir: Path, texts: Any, options: StreamOptions, statistics: 
                pattern: str = "unstructured") -> _Model:
     """Step 1 of the module docstring, and the memory estimate."""
     from pruneplug.torch.blockwise import STATS_DTYPES
-    from pruneplug.torch.calibrate import find_blocks
+    from pruneplug.torch.calibrate import find_blocks, split_by_block
     from pruneplug.torch.hf import load_texts, load_tokenizer, text_batches
     from pruneplug.torch.layers import linear_layers, selected_parameters
 
@@ -164,9 +164,6 @@ def open_model(model_dir: Path, texts: Any, options: StreamOptions, statistics: 
     if not blocks:
         raise CalibrationError(f"{model_dir}: the model has no repeated blocks (no ModuleList of layers) that hold "
                                "the selected weights; the stream prunes block by block")
-    prefix = container + "."
-    block_layers: list[list[Any]] = [[] for _ in blocks]
-    tail = []
     misfits = {}
     for layer in list(layers):  # tensors the pattern does not fit are skipped, as on the checkpoint path
         why = pattern_misfit(pattern, tuple(layer.module.weight.shape), -1 if layer.input_axis == 1 else 0)
@@ -177,12 +174,7 @@ def open_model(model_dir: Path, texts: Any, options: StreamOptions, statistics: 
     if not layers:
         raise InvalidArgumentError(f"{model_dir}: --pattern {pattern} fits none of the selected tensors "
                                    f"({next(iter(misfits.items()), ('', ''))[0]}: {next(iter(misfits.values()), '')})")
-    for layer in layers:
-        head = layer.name[len(prefix):].split(".", 1)[0] if layer.name.startswith(prefix) else ""
-        if head.isdigit() and int(head) < len(blocks):
-            block_layers[int(head)].append(layer)
-        else:
-            tail.append(layer)
+    block_layers, tail = split_by_block(layers, container, len(blocks))
     compute = options.dtype or ("float32" if device.type == "cpu" else _checkpoint_dtype(skel))
     model = _Model(skel, batches, container, skel.model.get_submodule(container), blocks, block_layers, tail,
                    {n: int(p.numel()) for n, p in params.items()}, device, _torch_dtype(compute),

@@ -133,6 +133,20 @@ def _eval(model: Any):
 # ---------------------------------------------------------------------------------------------
 # sequential calibration
 # ---------------------------------------------------------------------------------------------
+def split_by_block(layers: Sequence[Layer], container: str, blocks: int) -> tuple[list[list[Layer]], list[Layer]]:
+    """The layers of each block (``container.<i>.``), and the rest (outside the blocks), in order."""
+    prefix = f"{container}." if container else ""
+    by_block: list[list[Layer]] = [[] for _ in range(blocks)]
+    rest: list[Layer] = []
+    for layer in layers:
+        head = layer.name[len(prefix):].split(".", 1)[0] if layer.name.startswith(prefix) else ""
+        if head.isdigit() and int(head) < blocks:
+            by_block[int(head)].append(layer)
+        else:
+            rest.append(layer)
+    return by_block, rest
+
+
 def find_blocks(model: Any, layers: Sequence[Layer]) -> tuple[str, list[Any]]:
     """The model's repeated blocks: the ``nn.ModuleList``/``nn.Sequential`` whose children contain
     the most selected layers (``("", [])`` when no container holds two or more blocks)."""
@@ -192,14 +206,7 @@ def calibrate_blockwise(model: Any, batches: Iterable[Any], prune_block: Callabl
                 prune_and_keep(calibrate(model, batches, layers=group, hessian=hessian))
             return total
         prefix = f"{container}." if container else ""
-        by_block: list[list[Layer]] = [[] for _ in blocks]
-        rest: list[Layer] = []
-        for layer in layers:
-            head = layer.name[len(prefix):].split(".", 1)[0] if layer.name.startswith(prefix) else ""
-            if head.isdigit() and int(head) < len(blocks):
-                by_block[int(head)].append(layer)
-            else:
-                rest.append(layer)
+        by_block, rest = split_by_block(layers, container, len(blocks))
         current = Activations()
         calls = capture_block_inputs(model, blocks[0], batches, current)
         for index, (block, block_layers) in enumerate(zip(blocks, by_block)):
