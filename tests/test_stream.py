@@ -222,6 +222,9 @@ def test_owl_counts_come_from_one_dense_pass_over_the_blocks(zoo, tmp_path):
 
 
 # -- resume after kill -9 -----------------------------------------------------------------------------------
+# A run in a fresh process (as a real kill and rerun are: same thread pools, same bits) whose progress
+# object kills it with SIGKILL when the stream reaches STEP after DONE blocks (STEP "never": it runs
+# to the end); a sixth argument resumes.
 _KILLER = textwrap.dedent("""
     import os, signal, sys
     import pruneplug as pp
@@ -237,8 +240,10 @@ _KILLER = textwrap.dedent("""
         def close(self): pass
         done = 0
 
-    prune_model_dir(sys.argv[1], sys.argv[2], pp.PruneSettings("sparsegpt", sparsity=0.5), sys.argv[3],
-                    options=StreamOptions(samples=12, seq_len=16, batch_size=4), progress=Killer())
+    result = prune_model_dir(sys.argv[1], sys.argv[2], pp.PruneSettings("sparsegpt", sparsity=0.5), sys.argv[3],
+                             options=StreamOptions(samples=12, seq_len=16, batch_size=4, resume=len(sys.argv) > 6),
+                             progress=Killer())
+    print("resumed from", result.resumed_from)
 """)
 
 
@@ -246,8 +251,10 @@ _KILLER = textwrap.dedent("""
                                                ("forward", 1)])
 def test_kill_9_then_resume_gives_byte_identical_output(zoo, tmp_path, step, blocks_done):
     model_dir = zoo("llama")
-    whole = tmp_path / "whole"
-    _stream(model_dir, whole, zoo.texts, "sparsegpt", sparsity=0.5)
+    whole = tmp_path / "whole"  # uninterrupted, in a fresh process like the killed run and its resume
+    proc = subprocess.run([sys.executable, "-c", _KILLER, str(model_dir), str(whole), str(zoo.texts), "never", "0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-c", _KILLER, str(model_dir), str(out), str(zoo.texts), step,
                            str(blocks_done)], capture_output=True, text=True)
@@ -260,8 +267,9 @@ def test_kill_9_then_resume_gives_byte_identical_output(zoo, tmp_path, step, blo
         _stream(model_dir, out, zoo.texts, "sparsegpt", sparsity=0.5)
     with pytest.raises(CheckpointError, match="arguments differ.*settings"):
         _stream(model_dir, out, zoo.texts, "sparsegpt", sparsity=0.6, resume=True)
-    result = _stream(model_dir, out, zoo.texts, "sparsegpt", sparsity=0.5, resume=True)
-    assert result.resumed_from == blocks_done
+    proc = subprocess.run([sys.executable, "-c", _KILLER, str(model_dir), str(out), str(zoo.texts), "never", "0",
+                           "resume"], capture_output=True, text=True)
+    assert proc.returncode == 0 and f"resumed from {blocks_done}" in proc.stdout, proc.stderr
     assert _digest(whole / "model.safetensors") == _digest(out / "model.safetensors")
     assert not staging.exists()
 
