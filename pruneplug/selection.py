@@ -76,8 +76,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from pruneplug.arrays import adapt, check_float_dtype, contiguous, dtype_name
-from pruneplug.errors import InvalidArgumentError
+from pruneplug.arrays import adapt, check_bits, check_float_dtype, contiguous, dtype_name, float_view
+from pruneplug.errors import InvalidArgumentError, PrunePlugError
 from pruneplug.registry import get_registry
 
 KEY_KINDS = ("mag16", "f32", "f64")
@@ -284,6 +284,29 @@ def _backend_array(values: Any, argname: str) -> tuple[Any, str]:
     return contiguous(adapted.array), adapted.array_type
 
 
+def _values(values: Any, dtype: str | None, argname: str = "values") -> tuple[Any, str, str]:
+    """``(array, array type, float dtype name)`` of ``values``: floats, or with ``dtype`` the raw
+    bits of ``dtype`` floats (a NumPy array, see :func:`pruneplug.arrays.check_bits`)."""
+    if dtype is None:
+        array, array_type = _backend_array(values, argname)
+        return array, array_type, dtype_name(array)
+    check_bits(values, dtype, argname)
+    return values, "numpy", dtype
+
+
+def _call(name: str, operation: str, array: Any, dtype: str | None, **kwargs: Any) -> Any:
+    """Call a hook on ``array``; raw bits go as they are to a backend that takes ``dtype=``, and
+    viewed as their floats to one that does not."""
+    if dtype is not None:
+        if get_registry().accepts(name, operation, "dtype"):
+            kwargs["dtype"] = dtype
+        else:
+            array = float_view(array, dtype)
+            if kwargs.get("out") is not None:
+                kwargs["out"] = float_view(kwargs["out"], dtype)
+    return get_registry().call(name, operation, values=array, **kwargs)
+
+
 def _check_request(request: HistogramRequest, dtype: str) -> None:
     if request.keys not in KEY_KINDS:
         raise InvalidArgumentError(f"request.keys={request.keys!r}: expected one of {list(KEY_KINDS)}")
@@ -297,30 +320,85 @@ def _check_request(request: HistogramRequest, dtype: str) -> None:
         raise InvalidArgumentError(f"invalid histogram request {request}")
 
 
-def chunk_histogram(values: Any, transform: str, request: HistogramRequest, *, backend: str | None = None) -> np.ndarray:
+def chunk_histogram(values: Any, transform: str, request: HistogramRequest, *, backend: str | None = None,
+                    dtype: str | None = None, zeros: np.ndarray | None = None) -> np.ndarray:
     """The key histogram of one chunk of weights for ``request`` (``request.bins`` int64 counts,
     a NumPy array whatever the backend): the one data-touching step of :class:`ExactSelection`.
 
-    ``values`` is any float array the backends take (NumPy, CuPy, PyTorch); non-finite weights
-    raise :class:`~pruneplug.errors.NonFiniteError`.
+    ``values`` is any float array the backends take (NumPy, CuPy, PyTorch), or with ``dtype`` the
+    raw bits of ``dtype`` floats (NumPy); non-finite weights raise
+    :class:`~pruneplug.errors.NonFiniteError`. ``zeros`` (an int64 NumPy array of 2) receives the
+    chunk's :func:`count_zeros`, in the same pass where the backend can.
     """
-    array, array_type = _backend_array(values, "values")
+    array, array_type, name_of_dtype = _values(values, dtype)
     if transform not in TRANSFORMS:
         raise InvalidArgumentError(f"transform={transform!r}: expected one of {list(TRANSFORMS)}")
-    _check_request(request, dtype_name(array))
+    _check_request(request, name_of_dtype)
     registry = get_registry()
-    name = registry.select(backend, array_type=array_type, dtype=dtype_name(array), operation="key_histogram")
-    hist = registry.call(name, "key_histogram", values=array, transform=transform, keys=request.keys,
-                         shift=request.shift, bits=request.bits, prefix=request.prefix)
+    name = registry.select(backend, array_type=array_type, dtype=name_of_dtype, operation="key_histogram")
+    fused = zeros is not None and registry.accepts(name, "key_histogram", "zeros")
+    hist = _call(name, "key_histogram", array, dtype, transform=transform, keys=request.keys, shift=request.shift,
+                 bits=request.bits, prefix=request.prefix, **({"zeros": zeros} if fused else {}))
+    if zeros is not None and not fused:
+        zeros[:] = count_zeros(values, transform, backend=backend, dtype=dtype)
     if not isinstance(hist, np.ndarray):
         hist = hist.get()  # a CuPy array: histograms are merged on the host
     return np.asarray(hist, dtype=np.int64)
 
 
-def part_counts(values: Any, transform: str, selection: ExactSelection, *, backend: str | None = None) -> tuple[int, int]:
-    """``(count(key < T), count(key == T))`` of one part (or chunk) once ``selection`` is decided."""
-    hist = chunk_histogram(values, transform, selection.count_request(), backend=backend)
-    return int(hist[0]), int(hist[1])
+def count_zeros(values: Any, transform: str | None, *, backend: str | None = None,
+                dtype: str | None = None) -> tuple[int, int]:
+    """``(zeros, zero_scores)`` of one part: its exact zeros (``-0.0`` included) and its weights of
+    score 0 (key 0: the zeros, and under ``"square"`` the weights whose square underflows), in one
+    pass; ``transform=None`` counts zeros only and rejects nothing. ``values`` as for
+    :func:`chunk_histogram`. Non-finite weights (with a transform) raise
+    :class:`~pruneplug.errors.NonFiniteError`.
+
+    Why both: pruning exactly ``k`` keys prunes the lowest keys first, so when ``k`` reaches the
+    zero scores every one of them is pruned, and the zeros after pruning are ``k``; below that, only
+    zero scores are pruned, and where those are all exact zeros nothing changes
+    (:func:`zeros_after_pruning`).
+    """
+    array, array_type, name_of_dtype = _values(values, dtype)
+    if transform is not None and transform not in TRANSFORMS:
+        raise InvalidArgumentError(f"transform={transform!r}: expected one of {list(TRANSFORMS)} or None")
+    name = get_registry().select(backend, array_type=array_type, dtype=name_of_dtype, operation="count_zeros")
+    zeros, zero_scores = _call(name, "count_zeros", array, dtype, transform=transform)
+    return int(zeros), int(zero_scores)
+
+
+def zeros_after_pruning(pruned: int, zeros: int, zero_scores: int) -> int | None:
+    """The exact zeros of a part after its ``pruned`` lowest keys (ties in any order) are set to
+    ``+0.0``, from its counts before (:func:`count_zeros`), or ``None`` when they depend on which
+    of the tied zero scores are pruned.
+
+    Zero scores have the lowest key (0). Pruning at least all of them prunes every zero, and every
+    weight left has a nonzero score: ``pruned`` zeros. Pruning fewer prunes only zero scores; when
+    those are all exact zeros (always under ``"abs"``) nothing changes: ``zeros``. Otherwise
+    (``"square"`` with underflowing squares) it depends on their order: ``None``.
+
+    >>> zeros_after_pruning(5, 2, 2), zeros_after_pruning(1, 2, 2), zeros_after_pruning(1, 2, 3)
+    (5, 2, None)
+    """
+    if pruned >= zero_scores:
+        return pruned
+    return zeros if zero_scores == zeros else None
+
+
+def part_counts(values: Any, transform: str, selection: ExactSelection, *, backend: str | None = None,
+                dtype: str | None = None) -> tuple[int, int]:
+    """``(count(key < T), count(key == T))`` of one part (or chunk) once ``selection`` is decided:
+    the backend's ``prune_below_key`` pass counting only (branch-free, it vectorises), else its
+    histogram of :meth:`ExactSelection.count_request`."""
+    array, array_type, float_dtype = _values(values, dtype)
+    registry = get_registry()
+    try:
+        name = registry.select(backend, array_type=array_type, dtype=float_dtype, operation="prune_below_key")
+    except PrunePlugError:
+        hist = chunk_histogram(values, transform, selection.count_request(), backend=backend, dtype=dtype)
+        return int(hist[0]), int(hist[1])
+    result = prune_part(array, transform, selection, 0, backend=name, dtype=dtype)
+    return result.less, result.equal
 
 
 @dataclass
@@ -336,7 +414,7 @@ class PartResult:
 
 
 def prune_part(values: Any, transform: str, selection: ExactSelection, quota: int, *, out: Any = None,
-               mask: Any = None, backend: str | None = None) -> PartResult:
+               mask: Any = None, backend: str | None = None, dtype: str | None = None) -> PartResult:
     """Apply a decided selection to one part in one pass: prune every key ``< T`` and the first
     ``quota`` keys ``== T`` (flat C order), writing the pruned weights into ``out`` (an array like
     ``values``, not ``values`` itself; ``None`` to only count) and the keep-mask into ``mask``
@@ -344,7 +422,8 @@ def prune_part(values: Any, transform: str, selection: ExactSelection, quota: in
     (:class:`PartResult`); ``quota`` larger than the part's ties prunes all of them.
 
     Runs on the backends that implement ``prune_below_key`` (``numpy``, ``cpu``); elsewhere use
-    :func:`part_counts` and an exact-``k`` prune with ``k = less + quota``.
+    :func:`part_counts` and an exact-``k`` prune with ``k = less + quota``. With ``dtype``,
+    ``values`` and ``out`` are raw bits of ``dtype`` floats (see :func:`chunk_histogram`).
 
     >>> import numpy as np
     >>> from pruneplug.selection import ExactSelection, prune_part
@@ -356,23 +435,20 @@ def prune_part(values: Any, transform: str, selection: ExactSelection, quota: in
     >>> prune_part(w, "abs", sel, sel.tie_quota([sel.ties])[0], out=out, backend="numpy"), out
     (PartResult(less=1, equal=2, pruned=2, zeros_before=1, zeros_after=2), array([3., 0., 0., 1., 2.], dtype=float32))
     """
-    array, array_type = _backend_array(values, "values")
+    array, array_type, float_dtype = _values(values, dtype)
     selection._require_decided()
-    dtype = dtype_name(array)
-    if selection.keys == "mag16" and dtype not in _HALF:
-        raise InvalidArgumentError(f"the selection uses mag16 keys; values have dtype {dtype}")
+    if selection.keys == "mag16" and float_dtype not in _HALF:
+        raise InvalidArgumentError(f"the selection uses mag16 keys; values have dtype {float_dtype}")
     if out is not None:
-        if out is values or (getattr(out, "shape", None) != array.shape or dtype_name(out) != dtype
+        if out is values or (getattr(out, "shape", None) != array.shape or out.dtype != array.dtype
                              or not out.flags.c_contiguous or np.shares_memory(out, array)):
             raise InvalidArgumentError("out must be a C-contiguous array of the values' shape and dtype, not the values")
     if mask is not None and (getattr(mask, "shape", None) != array.shape or dtype_name(mask) != "bool"
                              or not mask.flags.c_contiguous):
         raise InvalidArgumentError("mask must be a C-contiguous bool array of the values' shape")
-    registry = get_registry()
-    name = registry.select(backend, array_type=array_type, dtype=dtype, operation="prune_below_key")
-    less, equal, zb, za = registry.call(name, "prune_below_key", values=array, transform=transform,
-                                        keys=selection.keys, threshold=selection.threshold_key,
-                                        ties=max(0, int(quota)), out=out, mask=mask)
+    name = get_registry().select(backend, array_type=array_type, dtype=float_dtype, operation="prune_below_key")
+    less, equal, zb, za = _call(name, "prune_below_key", array, dtype, transform=transform, keys=selection.keys,
+                                threshold=selection.threshold_key, ties=max(0, int(quota)), out=out, mask=mask)
     return PartResult(int(less), int(equal), int(less) + min(int(equal), max(0, int(quota))), int(zb), int(za))
 
 

@@ -1,10 +1,12 @@
-"""The reference of the exact selection's hooks (``pruneplug_key_histogram`` and
-``pruneplug_prune_below_key``): keys materialised as uint64, counted with ``bincount``."""
+"""The reference of the exact selection's hooks (``pruneplug_key_histogram``,
+``pruneplug_count_zeros`` and ``pruneplug_prune_below_key``): keys materialised as uint64, counted
+with ``bincount``. Raw bits (``dtype=``) are viewed as their floats first."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from pruneplug.arrays import check_bits, float_view
 from pruneplug.hookspecs import hookimpl
 from pruneplug.selection import bf16_square_keys
 
@@ -32,10 +34,20 @@ def _hi(key: np.ndarray, top: int) -> np.ndarray:
     return key >> np.uint64(top) if top < 64 else np.zeros_like(key)
 
 
+def _floats(values: np.ndarray, dtype: str | None) -> np.ndarray:
+    if dtype is None:
+        return values
+    check_bits(values, dtype, "values")
+    return float_view(values, dtype)
+
+
 @hookimpl
 def pruneplug_key_histogram(values: np.ndarray, transform: str, keys: str, shift: int, bits: int,
-                            prefix: int) -> np.ndarray:
+                            prefix: int, dtype: str | None = None, zeros: np.ndarray | None = None) -> np.ndarray:
+    values = _floats(values, dtype)
     key = keys_of(values, transform, keys)
+    if zeros is not None:
+        zeros[0], zeros[1] = int(np.count_nonzero(_zeros(values.reshape(-1)))), int(np.count_nonzero(key == 0))
     hi = _hi(key, shift + bits)
     p = np.uint64(prefix)
     hist = np.zeros((1 << bits) + 2, dtype=np.int64)
@@ -52,8 +64,20 @@ def _zeros(flat: np.ndarray) -> np.ndarray:
 
 
 @hookimpl
+def pruneplug_count_zeros(values: np.ndarray, transform: str | None, dtype: str | None = None) -> tuple[int, int]:
+    flat = _floats(values, dtype).reshape(-1)
+    zeros = int(np.count_nonzero(_zeros(flat)))
+    if transform is None:
+        return zeros, zeros
+    return zeros, int(np.count_nonzero(scores_of(flat, transform) == 0))  # score 0: key 0
+
+
+@hookimpl
 def pruneplug_prune_below_key(values: np.ndarray, transform: str, keys: str, threshold: int, ties: int,
-                              out=None, mask=None) -> tuple[int, int, int, int]:
+                              out=None, mask=None, dtype: str | None = None) -> tuple[int, int, int, int]:
+    values = _floats(values, dtype)
+    if out is not None and dtype is not None:
+        out = _floats(out, dtype)
     flat = values.reshape(-1)
     key = keys_of(flat, transform, keys)
     t = np.uint64(threshold)

@@ -12,10 +12,11 @@ key histogram, holding one histogram; then each tensor prunes its keys below the
 and its share of the ties at ``T`` (:func:`pruneplug.selection.prune_part`). Peak memory is one
 tensor's memory-mapped input, its pruned copy and its mask, whatever the number of tensors.
 
-Where each tensor's exact count is needed (a per-layer cap to test, a backend without
-``prune_below_key``, files written out of tensor order), one counting pass
-(:func:`count_shares`) gives every tensor's count *and* its share of the ties together, and
-:func:`plan_capped` keeps them: no pass is run twice.
+The first histogram pass over each tensor also counts its zeros (the same C pass). Where each
+tensor's exact count is needed (a per-layer cap to test, a backend without ``prune_below_key``,
+files written out of tensor order, a dry run's report), one counting pass (:func:`count_shares`)
+gives every tensor's count *and* its share of the ties together, and :func:`plan_capped` keeps
+them: no pass is run twice.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from pruneplug.arrays import adapt, check_float_dtype, dtype_name
+from pruneplug.arrays import adapt, check_float_dtype, dtype_name, float_view
 from pruneplug.checkpoint import formats
-from pruneplug.checkpoint.formats import ST_DTYPES, TensorRef, flat_chunks, numpy_dtype
+from pruneplug.checkpoint.formats import ST_DTYPES, TensorRef, flat_chunks
 from pruneplug.checkpoint.report import ProgressLike, NullProgress
 from pruneplug.errors import InvalidArgumentError, NonFiniteError
 from pruneplug.layer_ratios import capped_counts
@@ -38,9 +39,12 @@ from pruneplug.validation import check_method, check_sparsity, resolve_count
 
 
 
-def _nonfinite_error(name: str, chunks: Callable[[], Iterator[np.ndarray]], method: str) -> NonFiniteError:
+def _nonfinite_error(source: "Source", method: str) -> NonFiniteError:
+    name = source.name
     count, first, seen = 0, -1, 0
-    for chunk in chunks():
+    for chunk in source.chunks():
+        if source.raw:
+            chunk = float_view(chunk, source.dtype)
         bad = ~np.isfinite(chunk.astype(np.float64))
         if bad.any():
             if first < 0:
@@ -54,13 +58,20 @@ def _nonfinite_error(name: str, chunks: Callable[[], Iterator[np.ndarray]], meth
 @dataclass
 class Source:
     """A tensor the global select streams: its name, size, a chunk iterator factory, its itemsize
-    and dtype name (``None``: read from its first chunk)."""
+    and dtype name (``None``: read from its first chunk); ``raw``: the chunks are the raw bits of
+    ``dtype`` floats (:meth:`pruneplug.checkpoint.formats.TensorRef.bits`)."""
 
     name: str
     numel: int
     chunks: Callable[[], Iterator[np.ndarray]]
     itemsize: int = 4
     dtype: str | None = None
+    raw: bool = False
+
+    @property
+    def bits_of(self) -> str | None:
+        """The ``dtype=`` of the selection calls: the float dtype when the chunks are raw bits."""
+        return self.dtype if self.raw else None
 
     def dtype_name(self) -> str | None:
         if self.dtype is None:
@@ -85,6 +96,7 @@ class GlobalPlan:
     passes: int
     selection: ExactSelection | None = None
     quotas: list[int | None] | None = None
+    zeros: list[tuple[int, int] | None] | None = None  # per tensor: zeros and zero scores before (count_zeros)
 
 
 @dataclass(frozen=True)
@@ -113,26 +125,35 @@ def shares_of(selection: ExactSelection, tallies: Sequence[tuple[int, int]]) -> 
 
 
 def histogram(source: Source, method: str, request: Any, backend: str | None = None,
-              progress: "ProgressLike | None" = None) -> np.ndarray:
+              progress: "ProgressLike | None" = None, zeros: np.ndarray | None = None) -> np.ndarray:
     """The key histogram of one source for ``request``, summed over its chunks (one pass over it;
-    a non-finite weight is an error naming the tensor)."""
+    a non-finite weight is an error naming the tensor). ``zeros`` (int64, 2): its zeros and zero
+    scores, counted in the same pass."""
     progress = progress or NullProgress()
     total = np.zeros(request.bins, np.int64)
+    part = None if zeros is None else np.zeros(2, np.int64)
+    if zeros is not None:
+        zeros[:] = 0
     try:
         for chunk in source.chunks():
             progress.update(0, chunk.size * source.itemsize)
-            total += chunk_histogram(chunk, check_method(method), request, backend=backend)
+            total += chunk_histogram(chunk, check_method(method), request, backend=backend, dtype=source.bits_of,
+                                     zeros=part)
+            if zeros is not None:
+                zeros += part
     except NonFiniteError:
-        raise _nonfinite_error(source.name, source.chunks, method) from None
+        raise _nonfinite_error(source, method) from None
     return total
 
 
 def decide_global(sources: Sequence[Source], sparsity: float | None, method: str,
                   progress: "ProgressLike | None" = None, backend: str | None = None, *,
-                  count: int | None = None) -> ExactSelection:
+                  count: int | None = None, zeros: dict[str, tuple[int, int]] | None = None) -> ExactSelection:
     """Run the exact selection of ``round(sparsity * total)`` weights over ``sources`` (or of
     exactly ``count``, with ``sparsity=None``) until the threshold is decided (one streaming pass
-    per key digit)."""
+    per key digit). ``zeros``: a dict that receives each source's zeros and zero scores
+    (:func:`pruneplug.selection.count_zeros`), counted in the same pass as its first histogram
+    (sources already in it are not counted again)."""
     progress = progress or NullProgress()
     total = sum(s.numel for s in sources)
     nbytes = sum(s.numel * s.itemsize for s in sources)
@@ -143,7 +164,10 @@ def decide_global(sources: Sequence[Source], sparsity: float | None, method: str
         progress.start(f"global select, pass {selection.passes + 1}", len(sources), nbytes)
         merged = np.zeros(request.bins, np.int64)
         for source in sources:
-            merged += histogram(source, method, request, backend, progress)
+            counted = np.zeros(2, np.int64) if zeros is not None and source.name not in zeros else None
+            merged += histogram(source, method, request, backend, progress, counted)
+            if counted is not None:
+                zeros[source.name] = (int(counted[0]), int(counted[1]))
             progress.update(1, 0)
         progress.close()
         selection.update(merged)
@@ -167,10 +191,10 @@ def tally(source: Source, selection: ExactSelection, method: str, backend: str |
     less = equal = 0
     try:
         for chunk in source.chunks():
-            lt, eq = part_counts(chunk, check_method(method), selection, backend=backend)
+            lt, eq = part_counts(chunk, check_method(method), selection, backend=backend, dtype=source.bits_of)
             less, equal = less + lt, equal + eq
     except NonFiniteError:
-        raise _nonfinite_error(source.name, source.chunks, method) from None
+        raise _nonfinite_error(source, method) from None
     return less, equal
 
 
@@ -235,10 +259,9 @@ def plan_global(sources: Sequence[Source], sparsity: float, method: str,
 
 
 def tensor_source(ref: TensorRef, chunk: int | None = None) -> Source:
+    """A tensor of a checkpoint as a :class:`Source`: its raw bits, memory-mapped, in chunks."""
     size = chunk if chunk is not None else formats.CHUNK * 16  # read at call time (tests shrink CHUNK)
-    dtype = numpy_dtype(ref.dtype)
-    return Source(ref.name, ref.numel, lambda: ref.chunks(size), ST_DTYPES[ref.dtype][1],
-                   dtype.name if dtype is not None else None)
+    return Source(ref.name, ref.numel, lambda: ref.bit_chunks(size), ST_DTYPES[ref.dtype][1], ref.float_dtype, raw=True)
 
 
 
