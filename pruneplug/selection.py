@@ -71,6 +71,7 @@ keeps ``-1.0``: four weights, ties broken by part order.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -85,6 +86,12 @@ KEY_KINDS = ("mag16", "f32", "f64")
 KEY_BITS = {"mag16": 15, "f32": 31, "f64": 63}
 #: the digits each kind is decided in, most significant first
 DIGITS = {"mag16": (15,), "f32": (16, 15), "f64": (16, 16, 16, 15)}
+#: A sampled bracket (ExactSelection.bracket_request): its margin on each side of rank k in
+#: standard deviations of the sample's rank, the fewest sample keys it is tried with, and the widest
+#: range it may histogram (2**10 keys: 8 KiB of counts per part kept, in L1 while counted).
+BRACKET_SIGMAS = 6.0
+BRACKET_MIN_SAMPLE = 1024
+BRACKET_MAX_BITS = 10
 TRANSFORMS = ("abs", "square")
 _HALF = ("float16", "bfloat16")
 
@@ -144,6 +151,32 @@ def bf16_square_keys() -> np.ndarray:
     table[finite] = first[run].astype(np.uint16)
     table.setflags(write=False)
     return table
+
+
+def mag16_keys(bits: np.ndarray, dtype: str, transform: str) -> np.ndarray:
+    """The mag16 keys (uint16) of raw float16/bfloat16 bits: the magnitude bits, or for bfloat16
+    under ``square`` the table :func:`bf16_square_keys` (non-finite values keep their bits)."""
+    mag = bits.astype(np.uint16, copy=False) & np.uint16(0x7FFF)
+    return bf16_square_keys()[mag] if transform == "square" and dtype == "bfloat16" else mag
+
+
+#: A key sample for a bracket is read in runs of this many adjacent weights (one small read each).
+SAMPLE_RUN = 32
+
+
+def sample_starts(n: int, runs: int, run: int = SAMPLE_RUN) -> np.ndarray:
+    """Where to read ``runs`` runs of ``run`` adjacent elements spread evenly over ``n`` (flat
+    C-order starts; fewer when ``n`` is small)."""
+    runs = max(0, min(runs, n // run))
+    return (np.arange(runs, dtype=np.int64) * (n // max(runs, 1))) if runs else np.empty(0, np.int64)
+
+
+def sample_bits(flat: np.ndarray, runs: int, run: int = SAMPLE_RUN) -> np.ndarray:
+    """The elements of ``flat`` (1-D) at :func:`sample_starts`: a sample for
+    :meth:`ExactSelection.bracket_request` (adjacent weights are nearly independent samples of a
+    weight matrix; the bracket is checked exactly anyway)."""
+    starts = sample_starts(flat.size, runs, run)
+    return flat[(starts[:, None] + np.arange(run)).reshape(-1)]
 
 
 def score_of_key(key: int, keys: str, dtype: str | None, transform: str) -> float:
@@ -227,6 +260,61 @@ class ExactSelection:
         else:
             self.ties = int(digits[digit])
             self._request = None
+
+    def bracket_request(self, sample_keys: np.ndarray) -> HistogramRequest | None:
+        """A request that can decide ``T`` in one pass, from a sample of the keys (mag16 keys only,
+        before any pass): the digit at shift 0 of the smallest aligned key range that holds the
+        sample's keys within :data:`BRACKET_SIGMAS` standard deviations of rank ``k`` (so most
+        weights fall below or above it, and its histogram is small). ``None`` where no such range
+        of at most :data:`BRACKET_MAX_BITS` bits exists or the sample is too small. Its merged
+        histogram goes to :meth:`update_bracket`; a sample that misses only costs that pass.
+
+        Why only mag16: its keys are 15 bits, so a few dozen tied magnitudes around the cut fit a
+        range of ~2^6; float32/float64 keys spread a sample's bracket over far more than 2^16 keys.
+        """
+        keys = np.sort(np.asarray(sample_keys, dtype=np.uint64))
+        if self.keys != "mag16" or self._request is None or self.passes or keys.size < BRACKET_MIN_SAMPLE:
+            return None
+        p = self.k / self.n
+        spread = BRACKET_SIGMAS * math.sqrt(keys.size * p * (1 - p)) + 1
+        lo = int(keys[max(0, int(p * keys.size - spread))])
+        hi = int(keys[min(keys.size - 1, int(p * keys.size + spread))])
+        bits = (lo ^ hi).bit_length()  # the smallest aligned range 2**bits holding lo and hi
+        if bits > BRACKET_MAX_BITS:
+            return None
+        return HistogramRequest(self.keys, 0, bits, lo >> bits)
+
+    def update_bracket(self, request: HistogramRequest, histogram: Any) -> bool:
+        """Decide ``T`` from the merged histogram of :meth:`bracket_request`'s ``request`` when
+        rank ``k`` falls inside its range (True); else leave the selection as it was (False): the
+        caller then runs the ordinary passes (:meth:`next_request`)."""
+        hist = np.asarray(histogram, dtype=np.int64)
+        if self._request is None or self.passes or request.shift != 0 or hist.shape != (request.bins,):
+            raise InvalidArgumentError("update_bracket takes the histogram of bracket_request, before any pass")
+        if int(hist.sum()) != self.n:
+            raise InvalidArgumentError(f"the merged histogram counts {int(hist.sum())} keys; expected n={self.n}")
+        below, inside = int(hist[0]), hist[1:-1]
+        if not below <= self._rank < below + int(inside.sum()):
+            return False
+        cum = np.cumsum(inside)
+        digit = int(np.searchsorted(cum, self._rank - below, side="right"))
+        self.below = below + (int(cum[digit - 1]) if digit else 0)
+        self.ties = int(inside[digit])
+        self._prefix = (request.prefix << request.bits) | digit
+        self._decided = KEY_BITS[self.keys]
+        self._digits, self._request = [], None
+        self.passes = 1
+        return True
+
+    def counts_in_bracket(self, request: HistogramRequest, histogram: Any) -> tuple[int, int]:
+        """``(count(key < T), count(key == T))`` of one part from its own histogram of the bracket
+        ``request`` that decided ``T`` (:meth:`update_bracket`): no counting pass."""
+        self._require_decided()
+        if self._prefix >> request.bits != request.prefix or request.shift != 0:
+            raise InvalidArgumentError("T is not inside this bracket")
+        hist = np.asarray(histogram, dtype=np.int64)
+        digit = self._prefix & ((1 << request.bits) - 1)
+        return int(hist[0]) + int(hist[1:1 + digit].sum()), int(hist[1 + digit])
 
     @property
     def decided(self) -> bool:

@@ -8,7 +8,7 @@ import numpy as np
 
 from pruneplug.arrays import check_bits, float_view
 from pruneplug.hookspecs import hookimpl
-from pruneplug.selection import bf16_square_keys
+from pruneplug.selection import mag16_keys
 
 from pruneplug_backends.numpy.scores import check_finite, scores_of
 
@@ -20,10 +20,7 @@ def keys_of(values: np.ndarray, transform: str, keys: str) -> np.ndarray:
     flat = values.reshape(-1)
     if keys == "mag16":
         check_finite(flat, transform)
-        mag = flat.view(np.uint16) & np.uint16(0x7FFF)
-        if transform == "square" and flat.dtype.name == "bfloat16":
-            mag = bf16_square_keys()[mag]
-        return mag.astype(np.uint64)
+        return mag16_keys(flat.view(np.uint16), flat.dtype.name, transform).astype(np.uint64)
     scores = scores_of(flat, transform)
     if keys == "f32":
         return scores.astype(np.float32).view(np.uint32).astype(np.uint64)

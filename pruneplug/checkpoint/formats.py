@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from pruneplug.arrays import BITS_DTYPES
+from pruneplug.selection import SAMPLE_RUN, sample_bits, sample_starts
 from pruneplug.errors import CheckpointError, PrunePlugError
 
 
@@ -128,6 +129,22 @@ class TensorRef:
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{self.file}: cannot map tensor {self.name!r}: {exc}") from exc
         return mm.view(np.ndarray).reshape(self.shape)
+
+    def sample_bits(self, runs: int) -> np.ndarray:
+        """About ``runs * SAMPLE_RUN`` of :meth:`bits`, spread evenly over the tensor
+        (:func:`pruneplug.selection.sample_starts`), read with ``pread``: no mapping is touched
+        (a mapped tensor is faulted in page by page when it is streamed)."""
+        if self.loader is not None or self.numel == 0:
+            return sample_bits(self.bits().reshape(-1), runs)
+        bits_dtype = BITS_DTYPES[ST_DTYPES[self.dtype][1]]
+        width = SAMPLE_RUN * bits_dtype.itemsize
+        fd = os.open(self.file, os.O_RDONLY)
+        try:
+            pieces = [os.pread(fd, width, self.offset + int(start) * bits_dtype.itemsize)
+                      for start in sample_starts(self.numel, runs)]
+        finally:
+            os.close(fd)
+        return np.frombuffer(b"".join(pieces), dtype=bits_dtype)
 
     def chunks(self, size: int | None = None) -> Iterator[np.ndarray]:
         return flat_chunks(self.array(), size)

@@ -33,7 +33,7 @@ from pruneplug.checkpoint.report import ProgressLike, NullProgress
 from pruneplug.errors import InvalidArgumentError, NonFiniteError
 from pruneplug.layer_ratios import capped_counts
 from pruneplug.registry import get_registry
-from pruneplug.selection import ExactSelection, chunk_histogram, part_counts, prune_part
+from pruneplug.selection import ExactSelection, chunk_histogram, mag16_keys, part_counts, prune_part
 from pruneplug.types import Mask
 from pruneplug.validation import check_method, check_sparsity, resolve_count
 
@@ -67,6 +67,7 @@ class Source:
     itemsize: int = 4
     dtype: str | None = None
     raw: bool = False
+    sample: Callable[[int], np.ndarray] | None = None  # runs -> a sample of the raw bits (a bracket)
 
     @property
     def bits_of(self) -> str | None:
@@ -146,20 +147,91 @@ def histogram(source: Source, method: str, request: Any, backend: str | None = N
     return total
 
 
+#: Runs of the global select's key sample (pruneplug.selection.sample_starts), over all tensors:
+#: 65,536 keys put rank k within about +-1.2 % of n, a bracket of a few bfloat16 magnitudes.
+GLOBAL_SAMPLE_RUNS = 2048
+
+
+class Brackets:
+    """Each source's histogram of the bracket request that decided a selection in one pass
+    (:meth:`pruneplug.selection.ExactSelection.bracket_request`): ``2**bits + 2`` counts per
+    tensor (at most 1,026), from which its counts below and at ``T`` follow with no counting pass
+    (:meth:`~pruneplug.selection.ExactSelection.counts_in_bracket`), and a later selection over
+    some of the tensors (a layer cap's second round) is decided again when ``T`` falls inside."""
+
+    def __init__(self) -> None:
+        self.request: Any = None
+        self.histograms: dict[str, np.ndarray] = {}
+        self.passes = 0  # bracket passes run (decided or not)
+
+    def decide(self, selection: ExactSelection, sources: Sequence[Source]) -> bool:
+        """Decide ``selection`` over ``sources`` from their kept histograms (no pass), if it can."""
+        if self.request is None or any(s.name not in self.histograms for s in sources):
+            return False
+        merged = sum((self.histograms[s.name] for s in sources), np.zeros(self.request.bins, np.int64))
+        return selection.update_bracket(self.request, merged)
+
+    def tallies(self, selection: ExactSelection, sources: Sequence[Source]) -> list[tuple[int, int]] | None:
+        """Each source's ``(count(key < T), count(key == T))``, or None when ``T`` is not inside."""
+        if self.request is None or selection.k in (0, selection.n) or any(s.name not in self.histograms for s in sources):
+            return None
+        if selection.threshold_key >> self.request.bits != self.request.prefix:
+            return None
+        return [selection.counts_in_bracket(self.request, self.histograms[s.name]) for s in sources]
+
+
+def _try_bracket(selection: ExactSelection, sources: Sequence[Source], method: str, backend: str | None,
+                 progress: ProgressLike, zeros: dict[str, tuple[int, int]] | None, brackets: Brackets) -> bool:
+    """One pass that decides ``selection`` when a key sample brackets rank ``k`` (mag16 keys, every
+    source sampled); the histograms are kept in ``brackets``. False (the pass wasted, its zeros
+    kept) when the sample missed."""
+    if selection.keys != "mag16" or any(s.sample is None for s in sources) or not selection.n:
+        return False
+    total = sum(s.numel for s in sources)
+    sample = [s.sample(max(1, round(GLOBAL_SAMPLE_RUNS * s.numel / total))) for s in sources]
+    request = selection.bracket_request(np.concatenate(
+        [mag16_keys(x, s.dtype, selection.transform) for x, s in zip(sample, sources)]))
+    if request is None:
+        return False
+    progress.start("global select, pass 1 (sampled bracket)", len(sources), sum(s.numel * s.itemsize for s in sources))
+    brackets.request, brackets.histograms = request, {}
+    brackets.passes += 1
+    merged = np.zeros(request.bins, np.int64)
+    for source in sources:
+        counted = np.zeros(2, np.int64) if zeros is not None and source.name not in zeros else None
+        brackets.histograms[source.name] = histogram(source, method, request, backend, progress, counted)
+        merged += brackets.histograms[source.name]
+        if counted is not None:
+            zeros[source.name] = (int(counted[0]), int(counted[1]))
+        progress.update(1, 0)
+    progress.close()
+    if selection.update_bracket(request, merged):
+        return True
+    brackets.request, brackets.histograms = None, {}
+    return False
+
+
 def decide_global(sources: Sequence[Source], sparsity: float | None, method: str,
                   progress: "ProgressLike | None" = None, backend: str | None = None, *,
-                  count: int | None = None, zeros: dict[str, tuple[int, int]] | None = None) -> ExactSelection:
+                  count: int | None = None, zeros: dict[str, tuple[int, int]] | None = None,
+                  brackets: Brackets | None = None) -> ExactSelection:
     """Run the exact selection of ``round(sparsity * total)`` weights over ``sources`` (or of
     exactly ``count``, with ``sparsity=None``) until the threshold is decided (one streaming pass
     per key digit). ``zeros``: a dict that receives each source's zeros and zero scores
     (:func:`pruneplug.selection.count_zeros`), counted in the same pass as its first histogram
-    (sources already in it are not counted again)."""
+    (sources already in it are not counted again). ``brackets``: first try to decide it from the
+    kept bracket histograms (no pass), then from a sampled bracket (one narrow pass, kept there);
+    the radix passes run only when both miss."""
     progress = progress or NullProgress()
     total = sum(s.numel for s in sources)
     nbytes = sum(s.numel * s.itemsize for s in sources)
     dtypes = [d for d in (s.dtype_name() for s in sources) if d is not None]
     selection = ExactSelection(resolve_count(sparsity, count, total, "weights", "the global select"), total, dtypes,
                                check_method(method))
+    if brackets is not None and not selection.decided and (
+            brackets.decide(selection, sources)
+            or _try_bracket(selection, sources, method, backend, progress, zeros, brackets)):
+        return selection
     while (request := selection.next_request()) is not None:
         progress.start(f"global select, pass {selection.passes + 1}", len(sources), nbytes)
         merged = np.zeros(request.bins, np.int64)
@@ -261,7 +333,8 @@ def plan_global(sources: Sequence[Source], sparsity: float, method: str,
 def tensor_source(ref: TensorRef, chunk: int | None = None) -> Source:
     """A tensor of a checkpoint as a :class:`Source`: its raw bits, memory-mapped, in chunks."""
     size = chunk if chunk is not None else formats.CHUNK * 16  # read at call time (tests shrink CHUNK)
-    return Source(ref.name, ref.numel, lambda: ref.bit_chunks(size), ST_DTYPES[ref.dtype][1], ref.float_dtype, raw=True)
+    return Source(ref.name, ref.numel, lambda: ref.bit_chunks(size), ST_DTYPES[ref.dtype][1], ref.float_dtype, raw=True,
+                  sample=ref.sample_bits)
 
 
 

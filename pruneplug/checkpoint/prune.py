@@ -22,10 +22,12 @@ import numpy as np
 from pruneplug import api
 from pruneplug.checkpoint.formats import Checkpoint, TensorRef, array_zeros, open_checkpoint
 from pruneplug.checkpoint.global_select import (
+    Brackets,
     GlobalPlan,
     count_shares,
     decide_global,
     plan_capped,
+    shares_of,
     tensor_source,
     tie_quotas,
 )
@@ -42,14 +44,28 @@ from pruneplug.checkpoint.outputs import (
 from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport, NullProgress
 from pruneplug.checkpoint.selection import as_patterns
 from pruneplug.checkpoint.selection import SELECTION_RULE, select_tensors
-from pruneplug.checkpoint.writers import SafetensorsWriter, Transaction, write_guard, terminate_like_interrupt
+from pruneplug.checkpoint.writers import (
+    BackgroundWrites,
+    SafetensorsWriter,
+    Transaction,
+    terminate_like_interrupt,
+    write_guard,
+)
 from pruneplug.arrays import float_view
 from pruneplug.errors import BackendUnavailableError, CheckpointError, InvalidArgumentError, PrunePlugError
 from pruneplug.layer_ratios import default_max_layer_sparsity, layer_caps
 from pruneplug.patterns import parse_pattern
 from pruneplug.validation import check_method, check_sparsity, count_to_prune
 from pruneplug.registry import get_registry
-from pruneplug.selection import ExactSelection, chunk_histogram, count_zeros as count_zero_scores, prune_part, zeros_after_pruning
+from pruneplug.selection import (
+    ExactSelection,
+    chunk_histogram,
+    count_zeros as count_zero_scores,
+    mag16_keys,
+    prune_part,
+    sample_bits,
+    zeros_after_pruning,
+)
 
 
 FORMATS = ("dense", "sparse-24-bitmask", "sparse-bitmask")
@@ -379,16 +395,33 @@ def _plan_global_counts(tasks: dict[str, TensorTask], selected: list[str], spars
     caps = layer_caps([s.numel for s in sources], cap)  # checks the cap before any pass
     k = count_to_prune(sparsity, sum(s.numel for s in sources))
     zeros: dict[str, tuple[int, int]] = {}
-    if cap >= 1.0 or k == 0:
-        selection = decide_global(sources, None, method, progress, count=k, zeros=zeros)
-        plan = GlobalPlan(None, selection.threshold, selection.passes, selection)
-    else:
-        def select(active: Sequence[int], k_active: int):
-            chosen = [sources[t] for t in active]
-            selection = decide_global(chosen, None, method, progress, count=k_active, zeros=zeros)
-            return selection, count_shares(selection, chosen, method)
+    brackets = Brackets()
+    passes = [0]  # the passes over the data actually made
 
+    def decide(chosen: Sequence[Any], k_chosen: int) -> tuple[ExactSelection, list[tuple[int, int]] | None]:
+        before = brackets.passes
+        selection = decide_global(chosen, None, method, progress, count=k_chosen, zeros=zeros, brackets=brackets)
+        tallies = brackets.tallies(selection, chosen)  # a sampled bracket's histograms: no counting pass
+        passes[0] += brackets.passes - before + (selection.passes if tallies is None else 0)
+        return selection, tallies
+
+    def select(active: Sequence[int], k_active: int):
+        chosen = [sources[t] for t in active]
+        selection, tallies = decide(chosen, k_active)
+        if tallies is not None:
+            return selection, shares_of(selection, tallies)
+        passes[0] += selection.k not in (0, selection.n)  # the counting pass
+        return selection, count_shares(selection, chosen, method)
+
+    if cap >= 1.0 or k == 0:
+        selection, tallies = decide(sources, k)
+        plan = GlobalPlan(None, selection.threshold, 0, selection)
+        if tallies is not None:  # every tensor's count and share of the ties, known without a pass
+            shares = shares_of(selection, tallies)
+            plan.counts, plan.quotas = shares.counts, list(shares.quotas)
+    else:
         plan = plan_capped(k, caps, select)
+    plan.passes = passes[0]
     plan.zeros = [zeros.get(s.name) for s in sources]
     return plan
 
@@ -466,8 +499,28 @@ def _prune_tensors(outputs, tasks: dict[str, TensorTask], mask_writer: Safetenso
     writer is opened first and the tensors are processed in tensor order (sorted names), so the
     ties of a global selection are handed out as the tensors go by. Compressed formats and ``.npz``
     are written in file order, one file at a time, with the ties counted beforehand."""
+    background = None if dry_run else BackgroundWrites()
+    try:
+        rows = _prune_in_order(outputs, tasks, mask_writer, how, metadata_extra, writers, progress, dry_run,
+                               background)
+        if background is not None:
+            background.close()
+    finally:
+        if background is not None:
+            background.discard()  # an error: the write in flight ends before the writers are discarded
+    for writer in [w for w in writers if w is not mask_writer]:
+        writer.close()
+        writers.remove(writer)
+    return rows
+
+
+def _prune_in_order(outputs, tasks: dict[str, TensorTask], mask_writer: SafetensorsWriter | None, how: HowToPrune,
+                    metadata_extra: dict[str, str], writers: list[Any], progress: ProgressLike, dry_run: bool,
+                    background: BackgroundWrites | None) -> dict[str, TensorReport]:
+    """Every tensor in its order (see :func:`_prune_tensors`), its writes on ``background``; a
+    file written in file order is closed once its last write is done."""
     rows: dict[str, TensorReport] = {}
-    pass_ = TensorPruner(how, [tasks[n] for n in sorted(tasks)], dry_run)
+    pass_ = TensorPruner(how, [tasks[n] for n in sorted(tasks)], dry_run, background)
     in_tensor_order = how.format == "dense" and how.kind != "npz"
     pass_.count_first(in_tensor_order)
     if in_tensor_order:
@@ -480,9 +533,6 @@ def _prune_tensors(outputs, tasks: dict[str, TensorTask], mask_writer: Safetenso
         for name in sorted(writer_of):
             rows[name] = pass_.process(tasks[name], writer_of[name], mask_writer)
             progress.update(1, tasks[name].ref.nbytes)
-        for writer in [w for w in writers if w is not mask_writer]:
-            writer.close()
-            writers.remove(writer)
         return rows
     for _out_file, in_names, metadata, make_writer in outputs:
         writer = make_writer({**metadata, **metadata_extra}) if make_writer else None
@@ -492,6 +542,7 @@ def _prune_tensors(outputs, tasks: dict[str, TensorTask], mask_writer: Safetenso
             rows[name] = pass_.process(tasks[name], writer, mask_writer)
             progress.update(1, tasks[name].ref.nbytes)
         if writer is not None:
+            pass_.flush()
             writer.close()
             writers.remove(writer)
     return rows
@@ -519,16 +570,20 @@ class TensorPruner:
         rows = [pruner.process(tasks[n], writer, None) for n in names]
     """
 
-    def __init__(self, how: HowToPrune, tasks: Sequence[TensorTask], dry_run: bool = False) -> None:
-        self.how, self.dry_run = how, dry_run
+    def __init__(self, how: HowToPrune, tasks: Sequence[TensorTask], dry_run: bool = False,
+                 background: BackgroundWrites | None = None) -> None:
+        self.how, self.dry_run, self.background = how, dry_run, background
         self.tasks = [t for t in tasks if t.status == "pruned"]
         self.fast = self._fast_path_applies()
         self.counts_zeros = self.fast and self._backend_counts_zeros()
         self.selection = how.plan.selection if how.plan is not None else None
         self.remaining = None if self.selection is None else self.selection.k - self.selection.below
-        largest = max((t.ref.nbytes for t in self.tasks), default=0)
-        self.scratch = np.empty(largest if self.fast else 0, np.uint8)  # reused: no page faults per tensor
-        self.mask_scratch = np.empty(0, np.bool_)
+        largest = max((t.ref.nbytes for t in self.tasks), default=0) if self.fast and not dry_run else 0
+        # reused buffers (no page faults per tensor): two with background writes, one being
+        # written while the next tensor is pruned into the other
+        self.scratch = [np.empty(largest, np.uint8) for _ in range(2 if background is not None else 1)]
+        self.mask_scratch = [np.empty(0, np.bool_) for _ in self.scratch]
+        self.turn = 0  # which buffer the next pruned tensor goes to
 
     def _fast_path_applies(self) -> bool:
         how = self.how
@@ -579,7 +634,9 @@ class TensorPruner:
         ref = task.ref
         row = TensorReport(ref.name, list(ref.shape), ref.dtype, ref.numel, task.status, task.reason)
         if task.status != "pruned":
-            _copy_unchanged(ref, row, writer, self.how)
+            _count_unchanged(ref, row, self.how)
+            if writer is not None:
+                self._write(lambda: _copy_unchanged(ref, writer, self.how.kind))
             return row
         if self.fast:
             try:
@@ -597,14 +654,30 @@ class TensorPruner:
             if self.how.pattern == "unstructured" and self.how.groups == "row" and len(ref.shape) == 2 and task.k is None:
                 row.pruned = count_to_prune(self.how.sparsity, ref.shape[1]) * ref.shape[0]  # exact per row
             row.zeros_after = array_zeros(pruned)
-        if mask is not None:
-            if not isinstance(mask, np.ndarray):  # a Mask from pruneplug.prune, maybe on the GPU
-                mask = self.how.xp.asnumpy(mask.data) if self.how.xp is not None else np.asarray(mask.data)
-            mask_writer.write(ref.name, mask)
-            del mask
-        if writer is not None:
-            _write_pruned(writer, ref, pruned, row, self.how.format)
+        if mask is not None and not isinstance(mask, np.ndarray):  # a Mask from pruneplug.prune, maybe on the GPU
+            mask = self.how.xp.asnumpy(mask.data) if self.how.xp is not None else np.asarray(mask.data)
+
+        def write() -> None:
+            if mask is not None:
+                mask_writer.write(ref.name, mask)
+            if writer is not None:
+                _write_pruned(writer, ref, pruned, row, self.how.format)
+
+        self._write(write)
         return row
+
+    def flush(self) -> None:
+        """Wait for the writes submitted so far (before a writer is closed)."""
+        if self.background is not None:
+            self.background.wait()
+
+    def _write(self, job: Callable[[], None]) -> None:
+        """Run a tensor's writes: on the background thread when there is one (the next tensor is
+        pruned meanwhile into the other buffer), else now."""
+        if self.background is not None:
+            self.background.submit(job)
+        else:
+            job()
 
     def _report_without_pruning(self, task: TensorTask, row: TensorReport) -> bool:
         """A dry run's row without a selection pass, where the count to prune is known (layer
@@ -642,18 +715,17 @@ class TensorPruner:
         elif self.selection is None or task.k is not None:
             # this tensor is the whole selection: its own count (OWL, held at a layer cap) or the sparsity's
             k = task.k if task.k is not None else count_to_prune(how.sparsity, ref.numel)
-            selection = ExactSelection(k, ref.numel, [dtype], transform)
-            while (request := selection.next_request()) is not None:
-                selection.update(chunk_histogram(view, transform, request, backend=how.backend, dtype=dtype))
+            selection = _select_own(view, dtype, transform, k, how.backend)
             quota = selection.k - selection.below
         else:  # the global selection, tensors in tensor order: the ties left
             selection, quota = self.selection, self.remaining
-        out = self.scratch[:ref.nbytes].view(view.dtype).reshape(view.shape) if want_out else None
+        turn, self.turn = self.turn, (self.turn + 1) % len(self.scratch)
+        out = self.scratch[turn][:ref.nbytes].view(view.dtype).reshape(view.shape) if want_out else None
         mask = None
         if want_mask:
-            if self.mask_scratch.size < ref.numel:
-                self.mask_scratch = np.empty(ref.numel, np.bool_)
-            mask = self.mask_scratch[:ref.numel].reshape(view.shape)
+            if self.mask_scratch[turn].size < ref.numel:
+                self.mask_scratch[turn] = np.empty(ref.numel, np.bool_)
+            mask = self.mask_scratch[turn][:ref.numel].reshape(view.shape)
         result = prune_part(view, transform, selection, quota, out=out, mask=mask, backend=how.backend, dtype=dtype)
         del view
         if selection is self.selection and task.quota is None:
@@ -663,17 +735,41 @@ class TensorPruner:
         return out, mask
 
 
-def _copy_unchanged(ref: TensorRef, row: TensorReport, writer: Any, how: HowToPrune) -> None:
-    kind = how.kind
+#: Runs of a tensor's own key sample (pruneplug.selection.sample_starts): 32,768 keys put rank k
+#: within about +-1.7 % of the tensor, a bracket of a few bfloat16 magnitudes.
+LAYER_SAMPLE_RUNS = 1024
+
+
+def _select_own(bits: np.ndarray, dtype: str, transform: str, k: int, backend: str | None) -> ExactSelection:
+    """The decided exact selection of ``k`` of one tensor (raw ``bits`` of ``dtype``): one narrow
+    pass over a sampled bracket where the keys allow it and the sample holds rank ``k``, else the
+    radix passes."""
+    selection = ExactSelection(k, bits.size, [dtype], transform)
+    if selection.decided:
+        return selection
+    if selection.keys == "mag16":
+        flat = bits.reshape(-1)
+        request = selection.bracket_request(mag16_keys(sample_bits(flat, LAYER_SAMPLE_RUNS), dtype, transform))
+        if request is not None and selection.update_bracket(
+                request, chunk_histogram(bits, transform, request, backend=backend, dtype=dtype)):
+            return selection
+    while (request := selection.next_request()) is not None:
+        selection.update(chunk_histogram(bits, transform, request, backend=backend, dtype=dtype))
+    return selection
+
+
+def _count_unchanged(ref: TensorRef, row: TensorReport, how: HowToPrune) -> None:
     if ref.prunable:  # a floating tensor: its zeros are counted in the report
         row.zeros_before = row.zeros_after = _zeros_of(ref, how.backend if how.xp is None else None)
-    if writer is not None:
-        if kind == "npz" or ref.loader is not None:  # npz, or a compressed input decoded on read
-            writer.write(ref.name, ref.array())
-        elif hasattr(writer, "copy_from"):  # the stored bytes, copied inside the kernel
-            writer.copy_from(ref.name, ref.file, ref.offset, ref.nbytes, ref.dtype, ref.shape)
-        else:  # the stored bytes, so any dtype (even one NumPy cannot hold) is copied exactly
-            writer.write(ref.name, ref.raw_chunks(), ref.dtype, ref.shape)
+
+
+def _copy_unchanged(ref: TensorRef, writer: Any, kind: str) -> None:
+    if kind == "npz" or ref.loader is not None:  # npz, or a compressed input decoded on read
+        writer.write(ref.name, ref.array())
+    elif hasattr(writer, "copy_from"):  # the stored bytes, copied inside the kernel
+        writer.copy_from(ref.name, ref.file, ref.offset, ref.nbytes, ref.dtype, ref.shape)
+    else:  # the stored bytes, so any dtype (even one NumPy cannot hold) is copied exactly
+        writer.write(ref.name, ref.raw_chunks(), ref.dtype, ref.shape)
 
 
 def _zeros_of(ref: TensorRef, backend: str | None) -> int:
