@@ -360,6 +360,7 @@ typedef struct {
     uint64_t t;
     const uint16_t *lut;
     uint32_t lo, width; /* 16-bit weights: magnitudes below lo are below T, [lo, lo + width) equal it */
+    uint32_t mbad;      /* 16-bit weights: magnitudes from here on are NaN/Inf */
 } prune_args;
 
 /* counts: less, equal, zeros before, zeros after (ties not yet pruned). The body is inlined with
@@ -438,62 +439,62 @@ PRUNE_LOOP(p_f64_sq64, uint64_t, uint64_t, BAD_F64, K_F64_SQ, Z64)
  * lo" and "key == T" is "lo <= magnitude < lo + width", with lo and width found once per call
  * from the 32,768 magnitudes (range16). The loop then compares magnitudes only: no per-weight
  * widening to float32 or float64, no table lookup, and it vectorises like the mag16 loop. */
-#define PRUNE16_LOOP(NAME, BAD)                                                                   \
-    static inline __attribute__((always_inline)) void NAME##_body(                                \
-        const uint16_t *v, size_t b, size_t e, uint32_t lo, uint32_t width, uint16_t *out,        \
-        uint8_t *mask, int64_t *c, int64_t *nbad_out, const int has_out, const int has_mask)      \
-    {                                                                                             \
-        for (size_t c0 = b; c0 < e; c0 += PRUNE_BLOCK) {                                          \
-            size_t c1 = e - c0 > PRUNE_BLOCK ? c0 + PRUNE_BLOCK : e;                              \
-            uint32_t less = 0, eq = 0, zb = 0, za = 0, nbad = 0;                                  \
-            for (size_t i = c0; i < c1; i++) {                                                    \
-                uint16_t x = v[i];                                                                \
-                uint32_t m = pp_mag16(x);                                                         \
-                uint32_t lt = m < lo, z = m == 0;                                                 \
-                nbad += BAD(x);                                                                   \
-                less += lt;                                                                       \
-                eq += (uint32_t)(m - lo) < width; /* wraps above width when m < lo */            \
-                zb += z;                                                                          \
-                za += lt | z;                                                                     \
-                if (has_out) out[i] = lt ? (uint16_t)0 : x;                                       \
-                if (has_mask) mask[i] = (uint8_t)!lt;                                             \
-            }                                                                                     \
-            c[0] += less; c[1] += eq; c[2] += zb; c[3] += za;                                     \
-            *nbad_out += nbad;                                                                    \
-        }                                                                                         \
-    }                                                                                             \
-    PP_CLONES static void NAME(const uint16_t *v, size_t b, size_t e, const prune_args *a,       \
-                               uint16_t *out, uint8_t *mask, int64_t *c, int64_t *bad,            \
-                               int64_t *first)                                                    \
-    {                                                                                             \
-        uint32_t lo = a->lo, w = a->width;                                                        \
-        c[0] = c[1] = c[2] = c[3] = 0;                                                            \
-        *bad = 0;                                                                                 \
-        if (out && mask) NAME##_body(v, b, e, lo, w, out, mask, c, bad, 1, 1);                    \
-        else if (out) NAME##_body(v, b, e, lo, w, out, mask, c, bad, 1, 0);                       \
-        else if (mask) NAME##_body(v, b, e, lo, w, out, mask, c, bad, 0, 1);                      \
-        else NAME##_body(v, b, e, lo, w, out, mask, c, bad, 0, 0);                                \
-        *first = -1;                                                                              \
-        for (size_t i = b; *bad && i < e; i++)                                                    \
-            if (BAD(v[i])) { *first = (int64_t)i; break; }                                        \
-    }                                                                                             \
-    static int64_t NAME##_ties(const uint16_t *v, size_t b, size_t e, const prune_args *a,       \
-                               uint16_t *out, uint8_t *mask, int64_t take)                        \
-    {                                                                                             \
-        int64_t nonzero = 0;                                                                      \
-        for (size_t i = b; i < e && take > 0; i++) {                                              \
-            uint16_t x = v[i];                                                                    \
-            if ((uint32_t)(pp_mag16(x) - a->lo) >= a->width) continue;                            \
-            take--;                                                                               \
-            nonzero += pp_mag16(x) != 0;                                                          \
-            if (out) out[i] = 0;                                                                  \
-            if (mask) mask[i] = 0;                                                                \
-        }                                                                                         \
-        return nonzero;                                                                           \
+#define PRUNE16_CHUNK 4096 /* weights per chunk: its 16-bit counters cannot overflow */
+static inline __attribute__((always_inline)) void p16_body(const uint16_t *v, size_t b, size_t e, const prune_args *a,
+                                                           uint16_t *out, uint8_t *mask, int64_t *c, int64_t *nbad_out,
+                                                           const int has_out, const int has_mask)
+{
+    /* 16-bit lanes throughout (magnitudes, bounds, per-chunk counters), so that one AVX2
+     * operation handles 16 weights */
+    const uint16_t lo = (uint16_t)a->lo, width = (uint16_t)a->width, mbad = (uint16_t)a->mbad;
+    for (size_t c0 = b; c0 < e; c0 += PRUNE16_CHUNK) {
+        size_t c1 = e - c0 > PRUNE16_CHUNK ? c0 + PRUNE16_CHUNK : e;
+        uint16_t less = 0, eq = 0, zb = 0, za = 0, nbad = 0;
+        for (size_t i = c0; i < c1; i++) {
+            uint16_t x = v[i];
+            uint16_t m = pp_mag16(x);
+            uint16_t lt = m < lo, z = m == 0;
+            nbad += m >= mbad;
+            less += lt;
+            eq += (uint16_t)(m - lo) < width; /* wraps above width when m < lo */
+            zb += z;
+            za += lt | z;
+            if (has_out) out[i] = lt ? (uint16_t)0 : x;
+            if (has_mask) mask[i] = (uint8_t)!lt;
+        }
+        c[0] += less; c[1] += eq; c[2] += zb; c[3] += za;
+        *nbad_out += nbad;
     }
+}
 
-PRUNE16_LOOP(p16_f16, BAD_F16)
-PRUNE16_LOOP(p16_bf16, BAD_BF16)
+PP_CLONES static void p16(const uint16_t *v, size_t b, size_t e, const prune_args *a, uint16_t *out, uint8_t *mask,
+                          int64_t *c, int64_t *bad, int64_t *first)
+{
+    c[0] = c[1] = c[2] = c[3] = 0;
+    *bad = 0;
+    if (out && mask) p16_body(v, b, e, a, out, mask, c, bad, 1, 1);
+    else if (out) p16_body(v, b, e, a, out, mask, c, bad, 1, 0);
+    else if (mask) p16_body(v, b, e, a, out, mask, c, bad, 0, 1);
+    else p16_body(v, b, e, a, out, mask, c, bad, 0, 0);
+    *first = -1;
+    for (size_t i = b; *bad && i < e; i++)
+        if (pp_mag16(v[i]) >= a->mbad) { *first = (int64_t)i; break; }
+}
+
+static int64_t p16_ties(const uint16_t *v, size_t b, size_t e, const prune_args *a, uint16_t *out, uint8_t *mask,
+                        int64_t take)
+{
+    int64_t nonzero = 0;
+    for (size_t i = b; i < e && take > 0; i++) {
+        uint16_t x = v[i];
+        if ((uint32_t)(pp_mag16(x) - a->lo) >= a->width) continue;
+        take--;
+        nonzero += pp_mag16(x) != 0;
+        if (out) out[i] = 0;
+        if (mask) mask[i] = 0;
+    }
+    return nonzero;
+}
 
 /* The key of a finite 16-bit magnitude m under (dtype, transform, keys), as the histogram loops
  * compute it (their macros, on the magnitude: scores do not depend on the sign). */
@@ -641,8 +642,7 @@ static int pick_prune(int dtype, int transform, int keys, int *needs_lut, prune_
     if (dtype == PP_F16 || dtype == PP_BF16) { /* any key kind: magnitude ranges (range16) */
         if (keys != PP_KEYS_MAG16 && keys != PP_KEYS_F32 && keys != PP_KEYS_F64) return 0;
         *needs_lut = keys == PP_KEYS_MAG16 && dtype == PP_BF16 && sq;
-        if (dtype == PP_F16) P(p16_f16);
-        P(p16_bf16);
+        P(p16);
     }
     switch (keys) {
     case PP_KEYS_MAG16:
@@ -670,7 +670,7 @@ int pp_prune_below_key(const void *values, int dtype, int transform, int keys, i
         return PP_ERR_ARG;
     uint16_t lut[needs_lut ? 0x8000 : 1];
     if (needs_lut) bf16_square_keys(lut);
-    prune_args a = {threshold, needs_lut ? lut : NULL, 0, 0};
+    prune_args a = {threshold, needs_lut ? lut : NULL, 0, 0, dtype == PP_F16 ? 0x7c00u : 0x7f80u};
     if (dtype == PP_F16 || dtype == PP_BF16)
         range16(dtype, transform == PP_SQUARE, keys, threshold, a.lut, &a.lo, &a.width);
     int nt = pp_threads(nthreads, (size_t)n);
