@@ -272,9 +272,9 @@ class ExactSelection:
         Why only mag16: its keys are 15 bits, so a few dozen tied magnitudes around the cut fit a
         range of ~2^6; float32/float64 keys spread a sample's bracket over far more than 2^16 keys.
         """
-        keys = np.sort(np.asarray(sample_keys, dtype=np.uint64))
-        if self.keys != "mag16" or self._request is None or self.passes or keys.size < BRACKET_MIN_SAMPLE:
+        if self.keys != "mag16" or self._request is None or self.passes or np.size(sample_keys) < BRACKET_MIN_SAMPLE:
             return None
+        keys = np.sort(np.asarray(sample_keys))  # uint16 keys: NumPy's radix sort
         p = self.k / self.n
         spread = BRACKET_SIGMAS * math.sqrt(keys.size * p * (1 - p)) + 1
         lo = int(keys[max(0, int(p * keys.size - spread))])
