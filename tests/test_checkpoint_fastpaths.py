@@ -6,8 +6,7 @@
   underflow, in float16, bfloat16, float32 and float64;
 * a sampled bracket decides the selection in one pass and gives the same bytes as the radix passes,
   also when the sample misses;
-* faults (NaN, Inf) give the same error on every path;
-* writes on the background thread give the same bytes and surface their errors.
+* faults (NaN, Inf) give the same error on every path.
 """
 
 from __future__ import annotations
@@ -17,10 +16,8 @@ import pytest
 
 import pruneplug as pp
 from pruneplug import selection as sel_mod
-from pruneplug.checkpoint import global_select as gs_mod
 from pruneplug.checkpoint import prune as prune_module
-from pruneplug.checkpoint.writers import BackgroundWrites
-from pruneplug.errors import CheckpointError, NonFiniteError
+from pruneplug.errors import NonFiniteError
 from test_checkpoint_support import BF16, write_single
 
 BACKENDS = [b.name for b in pp.backends() if b.name in ("numpy", "cpu") and b.available and "count_zeros" in b.operations]
@@ -240,45 +237,3 @@ def test_bracket_request_and_update_by_hand():
     other = sel_mod.ExactSelection(k=10, n=6000, dtypes=["bfloat16"], transform="abs")  # rank 9: key 100, below
     assert not other.update_bracket(request, hist) and other.next_request() is not None  # missed: unchanged
     assert sel_mod.ExactSelection(k=5, n=10, dtypes=["float32"], transform="abs").bracket_request(keys) is None
-
-
-# ---------------------------------------------------------------------------------------------
-# background writes
-# ---------------------------------------------------------------------------------------------
-def test_background_writes_run_in_order_and_raise_their_errors():
-    done = []
-    bg = BackgroundWrites()
-    for i in range(5):
-        bg.submit(lambda i=i: done.append(i))
-    bg.close()
-    assert done == [0, 1, 2, 3, 4]
-    bg = BackgroundWrites()
-    bg.submit(lambda: (_ for _ in ()).throw(OSError(28, "No space left on device")))
-    with pytest.raises(OSError, match="No space"):
-        bg.submit(lambda: None)
-    bg.discard()
-
-
-@pytest.mark.parametrize("format", ["dense", "sparse-bitmask"])
-def test_background_writes_give_the_same_bytes(tmp_path, monkeypatch, format):
-    src = write_single(tmp_path / "in.safetensors", _model([BF16, np.float32, np.float16]))
-    settings = dict(sparsity=0.5, scope="global", format=format)
-    overlapped = _outputs(tmp_path, src, "bg", settings)
-    monkeypatch.setattr(prune_module, "BackgroundWrites", lambda: None)
-    synchronous = _outputs(tmp_path, src, "sync", settings)
-    assert overlapped == synchronous
-
-
-def test_a_write_error_on_the_background_thread_leaves_no_output(tmp_path, monkeypatch):
-    src = write_single(tmp_path / "in.safetensors", _model([BF16, BF16]))
-    real = prune_module._write_pruned
-
-    def full(writer, ref, pruned, row, format):
-        if ref.name == "layers.1.fc.weight":
-            raise OSError(28, "No space left on device")
-        real(writer, ref, pruned, row, format)
-
-    monkeypatch.setattr(prune_module, "_write_pruned", full)
-    with pytest.raises(CheckpointError, match="No space left"):
-        pp.prune_checkpoint(src, tmp_path / "out.safetensors", sparsity=0.5)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors"]

@@ -45,7 +45,6 @@ from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport,
 from pruneplug.checkpoint.selection import as_patterns
 from pruneplug.checkpoint.selection import SELECTION_RULE, select_tensors
 from pruneplug.checkpoint.writers import (
-    BackgroundWrites,
     SafetensorsWriter,
     Transaction,
     terminate_like_interrupt,
@@ -499,28 +498,8 @@ def _prune_tensors(outputs, tasks: dict[str, TensorTask], mask_writer: Safetenso
     writer is opened first and the tensors are processed in tensor order (sorted names), so the
     ties of a global selection are handed out as the tensors go by. Compressed formats and ``.npz``
     are written in file order, one file at a time, with the ties counted beforehand."""
-    background = None if dry_run else BackgroundWrites()
-    try:
-        rows = _prune_in_order(outputs, tasks, mask_writer, how, metadata_extra, writers, progress, dry_run,
-                               background)
-        if background is not None:
-            background.close()
-    finally:
-        if background is not None:
-            background.discard()  # an error: the write in flight ends before the writers are discarded
-    for writer in [w for w in writers if w is not mask_writer]:
-        writer.close()
-        writers.remove(writer)
-    return rows
-
-
-def _prune_in_order(outputs, tasks: dict[str, TensorTask], mask_writer: SafetensorsWriter | None, how: HowToPrune,
-                    metadata_extra: dict[str, str], writers: list[Any], progress: ProgressLike, dry_run: bool,
-                    background: BackgroundWrites | None) -> dict[str, TensorReport]:
-    """Every tensor in its order (see :func:`_prune_tensors`), its writes on ``background``; a
-    file written in file order is closed once its last write is done."""
     rows: dict[str, TensorReport] = {}
-    pass_ = TensorPruner(how, [tasks[n] for n in sorted(tasks)], dry_run, background)
+    pass_ = TensorPruner(how, [tasks[n] for n in sorted(tasks)], dry_run)
     in_tensor_order = how.format == "dense" and how.kind != "npz"
     pass_.count_first(in_tensor_order)
     if in_tensor_order:
@@ -533,6 +512,9 @@ def _prune_in_order(outputs, tasks: dict[str, TensorTask], mask_writer: Safetens
         for name in sorted(writer_of):
             rows[name] = pass_.process(tasks[name], writer_of[name], mask_writer)
             progress.update(1, tasks[name].ref.nbytes)
+        for writer in [w for w in writers if w is not mask_writer]:
+            writer.close()
+            writers.remove(writer)
         return rows
     for _out_file, in_names, metadata, make_writer in outputs:
         writer = make_writer({**metadata, **metadata_extra}) if make_writer else None
@@ -542,7 +524,6 @@ def _prune_in_order(outputs, tasks: dict[str, TensorTask], mask_writer: Safetens
             rows[name] = pass_.process(tasks[name], writer, mask_writer)
             progress.update(1, tasks[name].ref.nbytes)
         if writer is not None:
-            pass_.flush()
             writer.close()
             writers.remove(writer)
     return rows
@@ -570,20 +551,16 @@ class TensorPruner:
         rows = [pruner.process(tasks[n], writer, None) for n in names]
     """
 
-    def __init__(self, how: HowToPrune, tasks: Sequence[TensorTask], dry_run: bool = False,
-                 background: BackgroundWrites | None = None) -> None:
-        self.how, self.dry_run, self.background = how, dry_run, background
+    def __init__(self, how: HowToPrune, tasks: Sequence[TensorTask], dry_run: bool = False) -> None:
+        self.how, self.dry_run = how, dry_run
         self.tasks = [t for t in tasks if t.status == "pruned"]
         self.fast = self._fast_path_applies()
         self.counts_zeros = self.fast and self._backend_counts_zeros()
         self.selection = how.plan.selection if how.plan is not None else None
         self.remaining = None if self.selection is None else self.selection.k - self.selection.below
         largest = max((t.ref.nbytes for t in self.tasks), default=0) if self.fast and not dry_run else 0
-        # reused buffers (no page faults per tensor): two with background writes, one being
-        # written while the next tensor is pruned into the other
-        self.scratch = [np.empty(largest, np.uint8) for _ in range(2 if background is not None else 1)]
-        self.mask_scratch = [np.empty(0, np.bool_) for _ in self.scratch]
-        self.turn = 0  # which buffer the next pruned tensor goes to
+        self.scratch = np.empty(largest, np.uint8)  # reused: no page faults per tensor
+        self.mask_scratch = np.empty(0, np.bool_)
 
     def _fast_path_applies(self) -> bool:
         how = self.how
@@ -636,7 +613,7 @@ class TensorPruner:
         if task.status != "pruned":
             _count_unchanged(ref, row, self.how)
             if writer is not None:
-                self._write(lambda: _copy_unchanged(ref, writer, self.how.kind))
+                _copy_unchanged(ref, writer, self.how.kind)
             return row
         if self.fast:
             try:
@@ -657,27 +634,11 @@ class TensorPruner:
         if mask is not None and not isinstance(mask, np.ndarray):  # a Mask from pruneplug.prune, maybe on the GPU
             mask = self.how.xp.asnumpy(mask.data) if self.how.xp is not None else np.asarray(mask.data)
 
-        def write() -> None:
-            if mask is not None:
-                mask_writer.write(ref.name, mask)
-            if writer is not None:
-                _write_pruned(writer, ref, pruned, row, self.how.format)
-
-        self._write(write)
+        if mask is not None:
+            mask_writer.write(ref.name, mask)
+        if writer is not None:
+            _write_pruned(writer, ref, pruned, row, self.how.format)
         return row
-
-    def flush(self) -> None:
-        """Wait for the writes submitted so far (before a writer is closed)."""
-        if self.background is not None:
-            self.background.wait()
-
-    def _write(self, job: Callable[[], None]) -> None:
-        """Run a tensor's writes: on the background thread when there is one (the next tensor is
-        pruned meanwhile into the other buffer), else now."""
-        if self.background is not None:
-            self.background.submit(job)
-        else:
-            job()
 
     def _report_without_pruning(self, task: TensorTask, row: TensorReport) -> bool:
         """A dry run's row without a selection pass, where the count to prune is known (layer
@@ -719,13 +680,12 @@ class TensorPruner:
             quota = selection.k - selection.below
         else:  # the global selection, tensors in tensor order: the ties left
             selection, quota = self.selection, self.remaining
-        turn, self.turn = self.turn, (self.turn + 1) % len(self.scratch)
-        out = self.scratch[turn][:ref.nbytes].view(view.dtype).reshape(view.shape) if want_out else None
+        out = self.scratch[:ref.nbytes].view(view.dtype).reshape(view.shape) if want_out else None
         mask = None
         if want_mask:
-            if self.mask_scratch[turn].size < ref.numel:
-                self.mask_scratch[turn] = np.empty(ref.numel, np.bool_)
-            mask = self.mask_scratch[turn][:ref.numel].reshape(view.shape)
+            if self.mask_scratch.size < ref.numel:
+                self.mask_scratch = np.empty(ref.numel, np.bool_)
+            mask = self.mask_scratch[:ref.numel].reshape(view.shape)
         result = prune_part(view, transform, selection, quota, out=out, mask=mask, backend=how.backend, dtype=dtype)
         del view
         if selection is self.selection and task.quota is None:

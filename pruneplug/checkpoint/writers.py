@@ -35,10 +35,9 @@ import struct
 import tempfile
 import threading
 import zipfile
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -291,42 +290,6 @@ def terminate_like_interrupt() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------
 # raw I/O
 # ---------------------------------------------------------------------------------------------
-class BackgroundWrites:
-    """Write jobs run on one thread, one at a time, while the caller prunes the next tensor: pruning
-    is CPU work and ``pwrite``/``copy_file_range`` copy into the page cache (and wait for the disk
-    when dirty pages are throttled) with the GIL released, so the two overlap on two cores.
-
-    :meth:`submit` first waits for the job before it (and raises its error), so at most one job is
-    in flight: a caller that alternates two buffers may refill the buffer of job ``i`` once it has
-    submitted job ``i + 1``. :meth:`close` waits for the last job (and raises its error);
-    :meth:`discard` waits without raising (for error paths)."""
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pruneplug-write")
-        self._last: Future | None = None
-
-    def submit(self, job: Callable[[], None]) -> None:
-        self.wait()
-        self._last = self._pool.submit(job)
-
-    def wait(self) -> None:
-        """Wait for the job in flight (and raise its error)."""
-        last, self._last = self._last, None
-        if last is not None:
-            last.result()
-
-    def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self._pool.shutdown(wait=True)
-
-    def discard(self) -> None:
-        with contextlib.suppress(BaseException):
-            self.wait()
-        self._pool.shutdown(wait=True)
-
-
 def pwrite_all(fd: int, data: Any, offset: int) -> None:
     """Write all of ``data`` (any buffer) at ``offset``, looping over short writes."""
     view = memoryview(data).cast("B")
