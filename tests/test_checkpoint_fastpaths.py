@@ -57,7 +57,7 @@ SETTINGS = [
     dict(sparsity=0.5, scope="global", max_layer_sparsity=1.0), dict(sparsity=0.3, scope="global", max_layer_sparsity=0.4),
     dict(sparsity=0.05, scope="global", method="l2"),
     dict(pattern="2:4"), dict(pattern="1:4", method="l2"), dict(sparsity=0.5, pattern="row"),
-    dict(sparsity=0.5, pattern="column"), dict(sparsity=0.5, pattern="block(4,4)"),
+    dict(sparsity=0.5, pattern="column"), dict(sparsity=0.5, pattern="block(4,4)"), dict(sparsity=0.5, groups="row"),
 ]
 
 
@@ -165,7 +165,8 @@ def _outputs(tmp_path, src, name, settings) -> list[bytes]:
 BRACKET_SETTINGS = [dict(sparsity=0.5), dict(sparsity=0.3, method="l2"), dict(sparsity=0.5, scope="global"),
                     dict(sparsity=0.6, scope="global", method="l2"), dict(sparsity=0.4, scope="global", max_layer_sparsity=1.0),
                     dict(sparsity=0.5, scope="global", max_layer_sparsity=0.55), dict(sparsity=0.999, scope="global"),
-                    dict(sparsity=0.001)]
+                    dict(sparsity=0.001), dict(sparsity=0.5, scope="global", format="sparse-bitmask"),
+                    dict(sparsity=0.4, scope="global", max_layer_sparsity=1.0, format="sparse-bitmask")]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
