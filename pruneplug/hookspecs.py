@@ -12,7 +12,8 @@ So every operation hook may assume:
 
 * array arguments are arrays of the backend's own array type (``"numpy"`` -> ``numpy.ndarray``,
   ``"cupy"`` -> ``cupy.ndarray``), C-contiguous, of a dtype the backend declared; bfloat16 arrays
-  are ``ml_dtypes.bfloat16`` on NumPy and ``uint16``-backed views are the backend's business;
+  are ``ml_dtypes.bfloat16`` on NumPy and ``uint16``-backed views are the backend's business
+  (the exact-selection hooks may instead receive raw bits with ``dtype=``, where they name it);
 * ``k``, ``n``, ``m``, ``axis`` are in range (``axis`` is non-negative);
 * ``out``, when given, is a C-contiguous ``bool`` array of the result's shape, to be filled.
 
