@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pruneplug import api
+from pruneplug.arrays import float_view
 from pruneplug.checkpoint.formats import Checkpoint, TensorRef, array_zeros, open_checkpoint
 from pruneplug.checkpoint.global_select import (
     Brackets,
@@ -50,7 +51,6 @@ from pruneplug.checkpoint.writers import (
     terminate_like_interrupt,
     write_guard,
 )
-from pruneplug.arrays import float_view
 from pruneplug.errors import BackendUnavailableError, CheckpointError, InvalidArgumentError, PrunePlugError
 from pruneplug.layer_ratios import default_max_layer_sparsity, layer_caps
 from pruneplug.patterns import parse_pattern
@@ -384,12 +384,14 @@ def _pruned_count(pattern: str, sparsity: float | None, shape: tuple, k: int | N
 
 def _plan_global_counts(tasks: dict[str, TensorTask], selected: list[str], sparsity: float, method: str,
                         progress: ProgressLike, cap: float = 1.0) -> GlobalPlan:
-    """Global scope: decide the threshold (one streaming pass per key digit, each tensor's zeros
-    counted in its first pass). Without a layer cap (``cap`` 1) each tensor's exact count follows
-    from it when the tensor is pruned. With a cap: the selection and one counting pass, whose counts
-    and tie shares are kept (a dry run reports from them, with no pass more); where the cap binds (a
-    tensor over it), the select runs again for the tensors below their caps
-    (:func:`~pruneplug.checkpoint.global_select.plan_capped`) and each tensor gets its exact count."""
+    """Global scope: decide the threshold (a 16-bit checkpoint: one sampled-bracket pass; else, or
+    when the sample misses, one streaming pass per key digit), each tensor's zeros counted in its
+    first pass. Each tensor's exact count and tie share come from its bracket histogram, else (with
+    a cap) from one counting pass; without a cap and a bracket they follow as the tensors are pruned.
+    A dry run reports from them with no pass more. Where the cap binds (a tensor over it), the
+    select runs again for the tensors below their caps
+    (:func:`~pruneplug.checkpoint.global_select.plan_capped`; a kept bracket may decide it with no
+    pass) and each tensor gets its exact count. ``plan.passes``: the passes over the data made."""
     sources = [tensor_source(tasks[n].ref) for n in selected]
     caps = layer_caps([s.numel for s in sources], cap)  # checks the cap before any pass
     k = count_to_prune(sparsity, sum(s.numel for s in sources))
