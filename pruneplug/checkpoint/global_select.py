@@ -180,6 +180,19 @@ class Brackets:
         return [selection.counts_in_bracket(self.request, self.histograms[s.name]) for s in sources]
 
 
+def _one_pass(sources: Sequence[Source], method: str, request: Any, backend: str | None, progress: ProgressLike,
+              zeros: dict[str, tuple[int, int]] | None) -> Iterator[tuple[str, np.ndarray]]:
+    """Each source's name and histogram of ``request``, one source at a time; the zeros of a source
+    not yet in ``zeros`` are counted in the same pass and added there."""
+    for source in sources:
+        counted = np.zeros(2, np.int64) if zeros is not None and source.name not in zeros else None
+        hist = histogram(source, method, request, backend, progress, counted)
+        if counted is not None:
+            zeros[source.name] = (int(counted[0]), int(counted[1]))
+        progress.update(1, 0)
+        yield source.name, hist
+
+
 def _try_bracket(selection: ExactSelection, sources: Sequence[Source], method: str, backend: str | None,
                  progress: ProgressLike, zeros: dict[str, tuple[int, int]] | None, brackets: Brackets) -> bool:
     """One pass that decides ``selection`` when a key sample brackets rank ``k`` (mag16 keys, every
@@ -194,17 +207,10 @@ def _try_bracket(selection: ExactSelection, sources: Sequence[Source], method: s
     if request is None:
         return False
     progress.start("global select, pass 1 (sampled bracket)", len(sources), sum(s.numel * s.itemsize for s in sources))
-    brackets.request, brackets.histograms = request, {}
-    brackets.passes += 1
-    merged = np.zeros(request.bins, np.int64)
-    for source in sources:
-        counted = np.zeros(2, np.int64) if zeros is not None and source.name not in zeros else None
-        brackets.histograms[source.name] = histogram(source, method, request, backend, progress, counted)
-        merged += brackets.histograms[source.name]
-        if counted is not None:
-            zeros[source.name] = (int(counted[0]), int(counted[1]))
-        progress.update(1, 0)
+    brackets.request, brackets.passes = request, brackets.passes + 1
+    brackets.histograms = dict(_one_pass(sources, method, request, backend, progress, zeros))
     progress.close()
+    merged = sum(brackets.histograms.values(), np.zeros(request.bins, np.int64))
     if selection.update_bracket(request, merged):
         return True
     brackets.request, brackets.histograms = None, {}
@@ -235,12 +241,8 @@ def decide_global(sources: Sequence[Source], sparsity: float | None, method: str
     while (request := selection.next_request()) is not None:
         progress.start(f"global select, pass {selection.passes + 1}", len(sources), nbytes)
         merged = np.zeros(request.bins, np.int64)
-        for source in sources:
-            counted = np.zeros(2, np.int64) if zeros is not None and source.name not in zeros else None
-            merged += histogram(source, method, request, backend, progress, counted)
-            if counted is not None:
-                zeros[source.name] = (int(counted[0]), int(counted[1]))
-            progress.update(1, 0)
+        for _, hist in _one_pass(sources, method, request, backend, progress, zeros):
+            merged += hist  # summed as it comes: one histogram held, whatever the number of tensors
         progress.close()
         selection.update(merged)
     return selection
