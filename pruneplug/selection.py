@@ -23,6 +23,14 @@ adding the integer arrays; every decision is a pure function of the merged histo
   :meth:`ExactSelection.tie_quota` hands out the ties in global order: given each part's number of
   keys equal to ``T`` (parts in order), how many of its *first* tied elements each part prunes.
 
+With 16-bit keys a driver may first try a *bracket*: from a sample of the keys
+(:func:`sample_bits`), :meth:`ExactSelection.bracket_request` names a narrow key range around rank
+``k``; if the merged histogram of that range holds rank ``k``, :meth:`ExactSelection.update_bracket`
+decides ``T`` in that one pass, and each part's own histogram of it gives its counts below and at
+``T`` (:meth:`ExactSelection.counts_in_bracket`) without a counting pass; else the digits run as
+above. A dry run needs no selection at all where the counts decide the report:
+:func:`count_zeros` and :func:`zeros_after_pruning`.
+
 A part then prunes every key ``< T`` and its first ``quota`` keys ``== T``: :func:`prune_part`
 (a backend call that also counts zeros for reports), or :func:`part_counts` plus any exact-``k``
 operation (``k_part = less + quota``; its stable order prunes exactly those).
