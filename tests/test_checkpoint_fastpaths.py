@@ -222,6 +222,20 @@ def test_global_bracket_makes_one_pass_and_no_counting_pass(tmp_path, monkeypatc
     assert [op for op, _ in calls if op != "key_histogram"] == []  # no counting pass, no prune pass
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layer_written_run_selects_once(tmp_path, monkeypatch, backend):
+    """Layer scope, written, 16-bit: per tensor one bracket pass and one prune pass."""
+    monkeypatch.setenv("PRUNEPLUG_BACKEND", backend)
+    src = write_single(tmp_path / "in.safetensors", _bracket_model(BF16))
+    calls = []
+    registry = prune_module.get_registry()
+    real = registry.call
+    monkeypatch.setattr(registry, "call", lambda b, op, **kw: calls.append((op, kw.get("bits"))) or real(b, op, **kw))
+    pp.prune_checkpoint(src, tmp_path / "out.safetensors", sparsity=0.5)
+    assert sorted(op for op, _ in calls) == ["key_histogram"] * 4 + ["prune_below_key"] * 4
+    assert max(bits for op, bits in calls if op == "key_histogram") <= sel_mod.BRACKET_MAX_BITS
+
+
 def test_bracket_request_and_update_by_hand():
     sel = sel_mod.ExactSelection(k=3000, n=6000, dtypes=["bfloat16"], transform="abs")
     keys = np.repeat(np.arange(100, 160, dtype=np.uint64), 100)  # 6000 keys, 100 of each
