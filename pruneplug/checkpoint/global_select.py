@@ -333,10 +333,12 @@ def plan_global(sources: Sequence[Source], sparsity: float, method: str,
 
 
 def tensor_source(ref: TensorRef, chunk: int | None = None) -> Source:
-    """A tensor of a checkpoint as a :class:`Source`: its raw bits, memory-mapped, in chunks."""
+    """A tensor of a checkpoint as a :class:`Source`: its raw bits, memory-mapped, in chunks; a key
+    sample (for a bracket) where reading one costs no more than a few small reads (in a file, not
+    loaded whole: an ``.npz`` member or a compressed input is decoded on each read)."""
     size = chunk if chunk is not None else formats.CHUNK * 16  # read at call time (tests shrink CHUNK)
     return Source(ref.name, ref.numel, lambda: ref.bit_chunks(size), ST_DTYPES[ref.dtype][1], ref.float_dtype, raw=True,
-                  sample=ref.sample_bits)
+                  sample=ref.sample_bits if ref.loader is None else None)
 
 
 
