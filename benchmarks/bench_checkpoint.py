@@ -19,6 +19,7 @@ Run::
 
     python benchmarks/bench_checkpoint.py                       # 1 GB bf16 and 2 GB f32, I/O table
     python benchmarks/bench_checkpoint.py --sizes 1:bfloat16 --repeat 5 --json
+    python benchmarks/bench_checkpoint.py --issue22 [--cold]   # issue 22's table (0.78 GB bf16), warm or cold
     python benchmarks/bench_checkpoint.py --sizes 1:bfloat16 --scopes global --format sparse-bitmask \
         --compare-pythonpath /tmp/old_site   # a compressed output, against an older pruneplug
     python benchmarks/bench_checkpoint.py --micro               # hook micro-benchmark
