@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pruneplug.errors import ReadOnlyError, UnsupportedArrayError, UnsupportedDtypeError
+from pruneplug.errors import InvalidArgumentError, ReadOnlyError, UnsupportedArrayError, UnsupportedDtypeError
 
 #: Dtypes magnitude pruning accepts.
 FLOAT_DTYPES: frozenset[str] = frozenset({"float16", "bfloat16", "float32", "float64"})
@@ -134,6 +134,31 @@ def dtype_name(array: Any) -> str:
 def _dtype_name(dtype: Any) -> str:
     # A pure memo: NumPy's dtype.name costs microseconds, which matters for small arrays.
     return np.dtype(dtype).name
+
+
+#: the unsigned integer type that holds the bits of a float of each width (bytes)
+BITS_DTYPES = {2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.uint64)}
+FLOAT_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+
+def check_bits(bits: Any, dtype: str, argname: str) -> None:
+    """``bits`` must be the raw bits of ``dtype`` floats: a C-contiguous NumPy array of the unsigned
+    integer type of that width (how checkpoints hand bfloat16 to the C kernels without importing
+    ``ml_dtypes``, whose import alone costs more than reading a small model)."""
+    if dtype not in FLOAT_DTYPES:
+        raise UnsupportedDtypeError(f"{argname}: dtype {dtype!r} is not supported; expected one of {sorted(FLOAT_DTYPES)}")
+    if not isinstance(bits, np.ndarray) or bits.dtype != BITS_DTYPES[FLOAT_ITEMSIZE[dtype]] or not bits.flags.c_contiguous:
+        raise InvalidArgumentError(f"{argname}: the raw bits of {dtype} must be a C-contiguous "
+                                   f"{BITS_DTYPES[FLOAT_ITEMSIZE[dtype]]} NumPy array")
+
+
+def float_view(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """The floats whose raw bits are ``bits`` (no copy; bfloat16 imports ``ml_dtypes``)."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return bits.view(ml_dtypes.bfloat16)
+    return bits.view(np.dtype(dtype))
 
 
 def score_dtype(dtype: Any) -> np.dtype:

@@ -20,12 +20,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pruneplug import api
-from pruneplug.checkpoint.formats import Checkpoint, TensorRef, array_zeros, count_zeros, numpy_dtype, open_checkpoint
+from pruneplug.arrays import float_view
+from pruneplug.checkpoint.formats import Checkpoint, TensorRef, array_zeros, open_checkpoint
 from pruneplug.checkpoint.global_select import (
+    Brackets,
     GlobalPlan,
     count_shares,
     decide_global,
     plan_capped,
+    shares_of,
     tensor_source,
     tie_quotas,
 )
@@ -42,13 +45,27 @@ from pruneplug.checkpoint.outputs import (
 from pruneplug.report import ProgressLike, PruneReport, TensorReport, NullProgress
 from pruneplug.selection_rule import as_patterns
 from pruneplug.selection_rule import SELECTION_RULE, select_tensors
-from pruneplug.checkpoint.writers import SafetensorsWriter, Transaction, write_guard, terminate_like_interrupt
-from pruneplug.errors import CheckpointError, HessianError, InvalidArgumentError, PrunePlugError
+from pruneplug.checkpoint.writers import (
+    SafetensorsWriter,
+    Transaction,
+    terminate_like_interrupt,
+    write_guard,
+)
+from pruneplug.errors import BackendUnavailableError, CheckpointError, HessianError, InvalidArgumentError, PrunePlugError
 from pruneplug.layer_ratios import check_owl_parameters, layer_caps, resolve_max_layer_sparsity
 from pruneplug.patterns import parse_pattern
+from pruneplug.plan import pattern_misfit
 from pruneplug.validation import check_method, check_sparsity, count_to_prune
 from pruneplug.registry import get_registry
-from pruneplug.selection import ExactSelection, chunk_histogram, prune_part
+from pruneplug.selection import (
+    ExactSelection,
+    chunk_histogram,
+    count_zeros as count_zero_scores,
+    mag16_keys,
+    prune_part,
+    sample_bits,
+    zeros_after_pruning,
+)
 
 
 FORMATS = ("dense", "sparse-24-bitmask", "sparse-bitmask")
@@ -66,6 +83,7 @@ class TensorTask:
     reason: str | None = None
     k: int | None = None
     quota: int | None = None
+    zeros: tuple[int, int] | None = None  # zeros and zero scores before, when the plan's pass counted them
 
 
 @dataclass(frozen=True)
@@ -330,25 +348,8 @@ def _decide_tasks(ckpt: Checkpoint, names: list[str], include: Sequence[str] | N
 
 
 def _fits(ref: TensorRef, pattern: str, axis: int) -> str | None:
-    """Why ``pattern`` cannot be applied to ``ref`` (None when it can)."""
-    shape = ref.shape
-    spec = parse_pattern(pattern)
-    if spec.kind == "nm":
-        m = spec.m
-        if not shape:
-            return "0-d tensor cannot be grouped"
-        if not -len(shape) <= axis < len(shape):
-            return f"axis {axis} out of range for shape {list(shape)}"
-        if shape[axis] % m:
-            return f"axis {axis % len(shape)} has {shape[axis]} elements, not divisible by M={m}"
-        return None
-    if spec.kind in ("row", "column", "block"):
-        if len(shape) != 2:
-            return f"{pattern} pruning needs a 2-D tensor, shape is {list(shape)}"
-        if spec.kind == "block" and (shape[0] % spec.block_shape[0] or shape[1] % spec.block_shape[1]):
-            return f"{pattern} does not divide shape {list(shape)}"
-    return None
-
+    """Why ``pattern`` cannot be applied to ``ref`` (None when it can): the plan's one rule."""
+    return pattern_misfit(pattern, tuple(ref.shape), axis)
 
 def _pruned_count(pattern: str, sparsity: float | None, shape: tuple, k: int | None) -> int:
     n = math.prod(shape)
@@ -369,33 +370,59 @@ def _pruned_count(pattern: str, sparsity: float | None, shape: tuple, k: int | N
 
 def _plan_global_counts(tasks: dict[str, TensorTask], selected: list[str], sparsity: float, method: str,
                         progress: ProgressLike, cap: float = 1.0) -> GlobalPlan:
-    """Global scope. Without a layer cap (``cap`` 1): decide the threshold (one streaming pass per
-    key digit); each tensor's exact count follows from it when the tensor is pruned. With a cap:
-    the selection and one counting pass, whose counts and tie shares are kept; where the cap binds
-    (a tensor over it), the select runs again for the tensors below their caps
-    (:func:`~pruneplug.checkpoint.global_select.plan_capped`) and each tensor gets its exact count."""
+    """Global scope: decide the threshold (a 16-bit checkpoint: one sampled-bracket pass; else, or
+    when the sample misses, one streaming pass per key digit), each tensor's zeros counted in its
+    first pass. Each tensor's exact count and tie share come from its bracket histogram, else (with
+    a cap) from one counting pass; without a cap and a bracket they follow as the tensors are pruned.
+    A dry run reports from them with no pass more. Where the cap binds (a tensor over it), the
+    select runs again for the tensors below their caps
+    (:func:`~pruneplug.checkpoint.global_select.plan_capped`; a kept bracket may decide it with no
+    pass) and each tensor gets its exact count. ``plan.passes``: the passes over the data made."""
     sources = [tensor_source(tasks[n].ref) for n in selected]
     caps = layer_caps([s.numel for s in sources], cap)  # checks the cap before any pass
     k = count_to_prune(sparsity, sum(s.numel for s in sources))
-    if cap >= 1.0 or k == 0:
-        selection = decide_global(sources, None, method, progress, count=k)
-        return GlobalPlan(None, selection.threshold, selection.passes, selection)
+    zeros: dict[str, tuple[int, int]] = {}
+    brackets = Brackets()
+    passes = [0]  # the passes over the data actually made
+
+    def decide(chosen: Sequence[Any], k_chosen: int) -> tuple[ExactSelection, list[tuple[int, int]] | None]:
+        before = brackets.passes
+        selection = decide_global(chosen, None, method, progress, count=k_chosen, zeros=zeros, brackets=brackets)
+        tallies = brackets.tallies(selection, chosen)  # a sampled bracket's histograms: no counting pass
+        passes[0] += brackets.passes - before + (selection.passes if tallies is None else 0)
+        return selection, tallies
 
     def select(active: Sequence[int], k_active: int):
         chosen = [sources[t] for t in active]
-        selection = decide_global(chosen, None, method, progress, count=k_active)
+        selection, tallies = decide(chosen, k_active)
+        if tallies is not None:
+            return selection, shares_of(selection, tallies)
+        passes[0] += selection.k not in (0, selection.n)  # the counting pass
         return selection, count_shares(selection, chosen, method)
 
-    return plan_capped(k, caps, select)
+    if cap >= 1.0 or k == 0:
+        selection, tallies = decide(sources, k)
+        plan = GlobalPlan(None, selection.threshold, 0, selection)
+        if tallies is not None:  # every tensor's count and share of the ties, known without a pass
+            shares = shares_of(selection, tallies)
+            plan.counts, plan.quotas = shares.counts, list(shares.quotas)
+    else:
+        plan = plan_capped(k, caps, select)
+    plan.passes = passes[0]
+    plan.zeros = [zeros.get(s.name) for s in sources]
+    return plan
 
 
 def apply_plan(tasks: dict[str, TensorTask], selected: list[str], plan: GlobalPlan) -> None:
-    """Give each selected tensor (in tensor order, as planned) its planned count and tie share."""
+    """Give each selected tensor (in tensor order, as planned) its planned count, tie share and
+    zeros."""
     for i, name in enumerate(selected):
         if plan.counts is not None:
             tasks[name].k = plan.counts[i]
         if plan.quotas is not None:
             tasks[name].quota = plan.quotas[i]
+        if plan.zeros is not None:
+            tasks[name].zeros = plan.zeros[i]
 
 
 def _owl_plan(tasks: dict[str, TensorTask], selected: list[str], sparsity: float | None, pattern: str, scope: str,
@@ -516,10 +543,11 @@ class TensorPruner:
         self.how, self.dry_run = how, dry_run
         self.tasks = [t for t in tasks if t.status == "pruned"]
         self.fast = self._fast_path_applies()
+        self.counts_zeros = self.fast and self._backend_counts_zeros()
         self.selection = how.plan.selection if how.plan is not None else None
         self.remaining = None if self.selection is None else self.selection.k - self.selection.below
-        largest = max((t.ref.nbytes for t in self.tasks), default=0)
-        self.scratch = np.empty(largest if self.fast else 0, np.uint8)  # reused: no page faults per tensor
+        largest = max((t.ref.nbytes for t in self.tasks), default=0) if self.fast and not dry_run else 0
+        self.scratch = np.empty(largest, np.uint8)  # reused: no page faults per tensor
         self.mask_scratch = np.empty(0, np.bool_)
 
     def _fast_path_applies(self) -> bool:
@@ -528,15 +556,24 @@ class TensorPruner:
             return False
         if how.calibration is not None or how.groups == "row" or how.method not in ("l1", "l2"):
             return False  # a criterion's scores or per-row groups: pruned through pruneplug.criteria
-        dtypes = {t.ref.dtype for t in self.tasks}
+        dtypes = {t.ref.float_dtype for t in self.tasks}
         if not dtypes:
             return False
         registry = get_registry()
         try:
-            for st in dtypes:
-                dtype = numpy_dtype(st)
-                name = registry.select(how.backend, array_type="numpy", dtype=dtype.name, operation="prune_below_key")
-                registry.select(name, array_type="numpy", dtype=dtype.name, operation="key_histogram")
+            for dtype in dtypes:
+                name = registry.select(how.backend, array_type="numpy", dtype=dtype, operation="prune_below_key")
+                registry.select(name, array_type="numpy", dtype=dtype, operation="key_histogram")
+        except PrunePlugError:
+            return False
+        return True
+
+    def _backend_counts_zeros(self) -> bool:
+        """Whether the backend counts zeros (``count_zeros``) for every selected dtype."""
+        registry = get_registry()
+        try:
+            for dtype in {t.ref.float_dtype for t in self.tasks}:
+                registry.select(self.how.backend, array_type="numpy", dtype=dtype, operation="count_zeros")
         except PrunePlugError:
             return False
         return True
@@ -562,10 +599,14 @@ class TensorPruner:
         ref = task.ref
         row = TensorReport(ref.name, list(ref.shape), ref.dtype, ref.numel, task.status, task.reason)
         if task.status != "pruned":
-            _copy_unchanged(ref, row, writer, self.how.kind)
+            _count_unchanged(ref, row, self.how)
+            if writer is not None:
+                _copy_unchanged(ref, writer, self.how.kind)
             return row
         if self.fast:
             try:
+                if writer is None and mask_writer is None and self._report_without_pruning(task, row):
+                    return row
                 pruned, mask = self._threshold_prune(task, row, want_out=writer is not None,
                                                      want_mask=mask_writer is not None)
             except PrunePlugError as exc:
@@ -578,38 +619,62 @@ class TensorPruner:
             if self.how.pattern == "unstructured" and self.how.groups == "row" and len(ref.shape) == 2 and task.k is None:
                 row.pruned = count_to_prune(self.how.sparsity, ref.shape[1]) * ref.shape[0]  # exact per row
             row.zeros_after = array_zeros(pruned)
+        if mask is not None and not isinstance(mask, np.ndarray):  # a Mask from pruneplug.prune, maybe on the GPU
+            mask = self.how.xp.asnumpy(mask.data) if self.how.xp is not None else np.asarray(mask.data)
+
         if mask is not None:
-            if not isinstance(mask, np.ndarray):  # a Mask from pruneplug.prune, maybe on the GPU
-                mask = self.how.xp.asnumpy(mask.data) if self.how.xp is not None else np.asarray(mask.data)
             mask_writer.write(ref.name, mask)
-            del mask
         if writer is not None:
             _write_pruned(writer, ref, pruned, row, self.how.format)
         return row
 
+    def _report_without_pruning(self, task: TensorTask, row: TensorReport) -> bool:
+        """A dry run's row without a selection pass, where the count to prune is known (layer
+        scope, OWL, a global plan's count): exact pruning takes the lowest keys and zeros have the
+        lowest, so the zeros after follow from the zeros and zero scores before
+        (:func:`pruneplug.selection.zeros_after_pruning`; one vectorised counting pass, or none
+        when the plan's pass counted them). False where they depend on which ties are pruned, or
+        the tensor's ties are handed out as the tensors go by: then it is pruned (counted)."""
+        ref, how = task.ref, self.how
+        if task.quota is not None or (self.selection is not None and task.k is None):
+            if task.k is None or task.zeros is None:  # global: its planned count and the plan's zeros
+                return False
+            k, zeros = task.k, task.zeros
+        else:  # this tensor alone: its own count (OWL, held at a layer cap) or the sparsity's
+            k = task.k if task.k is not None else count_to_prune(how.sparsity, ref.numel)
+            zeros = task.zeros
+            if zeros is None:
+                if not self.counts_zeros:
+                    return False
+                zeros = count_zero_scores(ref.bits(), check_method(how.method), backend=how.backend,
+                                          dtype=ref.float_dtype)
+        after = zeros_after_pruning(k, *zeros)
+        if after is None:
+            return False
+        task.k = row.pruned = k
+        row.zeros_before, row.zeros_after = zeros[0], after
+        return True
+
     def _threshold_prune(self, task: TensorTask, row: TensorReport, want_out: bool, want_mask: bool):
         ref, how = task.ref, self.how
         transform = check_method(how.method)
-        view = ref.array()
-        dtype = view.dtype
+        view, dtype = ref.bits(), ref.float_dtype  # raw bits: the kernels read bits
         if task.quota is not None:  # the global selection and this tensor's planned share of its ties
             selection, quota = self.selection, task.quota
         elif self.selection is None or task.k is not None:
             # this tensor is the whole selection: its own count (OWL, held at a layer cap) or the sparsity's
             k = task.k if task.k is not None else count_to_prune(how.sparsity, ref.numel)
-            selection = ExactSelection(k, ref.numel, [dtype.name], transform)
-            while (request := selection.next_request()) is not None:
-                selection.update(chunk_histogram(view, transform, request, backend=how.backend))
+            selection = _select_own(view, dtype, transform, k, how.backend)
             quota = selection.k - selection.below
         else:  # the global selection, tensors in tensor order: the ties left
             selection, quota = self.selection, self.remaining
-        out = self.scratch[:ref.nbytes].view(dtype).reshape(view.shape) if want_out else None
+        out = self.scratch[:ref.nbytes].view(view.dtype).reshape(view.shape) if want_out else None
         mask = None
         if want_mask:
             if self.mask_scratch.size < ref.numel:
                 self.mask_scratch = np.empty(ref.numel, np.bool_)
             mask = self.mask_scratch[:ref.numel].reshape(view.shape)
-        result = prune_part(view, transform, selection, quota, out=out, mask=mask, backend=how.backend)
+        result = prune_part(view, transform, selection, quota, out=out, mask=mask, backend=how.backend, dtype=dtype)
         del view
         if selection is self.selection and task.quota is None:
             self.remaining -= result.pruned - result.less  # the ties this tensor took
@@ -618,17 +683,50 @@ class TensorPruner:
         return out, mask
 
 
-def _copy_unchanged(ref: TensorRef, row: TensorReport, writer: Any, kind: str) -> None:
+#: Runs of a tensor's own key sample (pruneplug.selection.sample_starts): 32,768 keys put rank k
+#: within about +-1.7 % of the tensor, a bracket of a few bfloat16 magnitudes.
+LAYER_SAMPLE_RUNS = 1024
+
+
+def _select_own(bits: np.ndarray, dtype: str, transform: str, k: int, backend: str | None) -> ExactSelection:
+    """The decided exact selection of ``k`` of one tensor (raw ``bits`` of ``dtype``): one narrow
+    pass over a sampled bracket where the keys allow it and the sample holds rank ``k``, else the
+    radix passes."""
+    selection = ExactSelection(k, bits.size, [dtype], transform)
+    if selection.decided:
+        return selection
+    if selection.keys == "mag16":
+        flat = bits.reshape(-1)
+        request = selection.bracket_request(mag16_keys(sample_bits(flat, LAYER_SAMPLE_RUNS), dtype, transform))
+        if request is not None and selection.update_bracket(
+                request, chunk_histogram(bits, transform, request, backend=backend, dtype=dtype)):
+            return selection
+    while (request := selection.next_request()) is not None:
+        selection.update(chunk_histogram(bits, transform, request, backend=backend, dtype=dtype))
+    return selection
+
+
+def _count_unchanged(ref: TensorRef, row: TensorReport, how: HowToPrune) -> None:
     if ref.prunable:  # a floating tensor: its zeros are counted in the report
-        dtype = numpy_dtype(ref.dtype)
-        row.zeros_before = row.zeros_after = array_zeros(ref.array()) if dtype is not None else count_zeros(ref.chunks())
-    if writer is not None:
-        if kind == "npz" or ref.loader is not None:  # npz, or a compressed input decoded on read
-            writer.write(ref.name, ref.array())
-        elif hasattr(writer, "copy_from"):  # the stored bytes, copied inside the kernel
-            writer.copy_from(ref.name, ref.file, ref.offset, ref.nbytes, ref.dtype, ref.shape)
-        else:  # the stored bytes, so any dtype (even one NumPy cannot hold) is copied exactly
-            writer.write(ref.name, ref.raw_chunks(), ref.dtype, ref.shape)
+        row.zeros_before = row.zeros_after = _zeros_of(ref, how.backend if how.xp is None else None)
+
+
+def _copy_unchanged(ref: TensorRef, writer: Any, kind: str) -> None:
+    if kind == "npz" or ref.loader is not None:  # npz, or a compressed input decoded on read
+        writer.write(ref.name, ref.array())
+    elif hasattr(writer, "copy_from"):  # the stored bytes, copied inside the kernel
+        writer.copy_from(ref.name, ref.file, ref.offset, ref.nbytes, ref.dtype, ref.shape)
+    else:  # the stored bytes, so any dtype (even one NumPy cannot hold) is copied exactly
+        writer.write(ref.name, ref.raw_chunks(), ref.dtype, ref.shape)
+
+
+def _zeros_of(ref: TensorRef, backend: str | None) -> int:
+    """The exact zeros of a floating tensor that is not pruned: the backend's vectorised count of
+    its raw bits where it has one, else NumPy's."""
+    try:
+        return count_zero_scores(ref.bits(), None, backend=backend, dtype=ref.float_dtype)[0]
+    except BackendUnavailableError:
+        return array_zeros(ref.array())
 
 
 def _prune_tensor(task: TensorTask, how: HowToPrune, row: TensorReport, want_mask: bool) -> tuple[np.ndarray, Any]:
@@ -675,16 +773,22 @@ def _call_prune(view: Any, task: TensorTask, how: HowToPrune, want_mask: bool) -
 
 
 def _write_pruned(writer: Any, ref: TensorRef, pruned: np.ndarray, row: TensorReport, format: str) -> None:
+    """Write a pruned tensor (floats, or raw bits of the tensor's dtype from the fast path)."""
+    raw = pruned.dtype.kind == "u"
     if stores_compressed(ref.shape, format):
         from pruneplug import compressed_tensors
 
-        for key, value in compressed_tensors.encode(ref.name, pruned, format).items():
+        floats = float_view(pruned, ref.float_dtype) if raw else pruned
+        for key, value in compressed_tensors.encode(ref.name, floats, format).items():
             writer.write(key, value)
         row.stored_as = format
     else:
         if format != "dense":
             row.reason = f"kept dense: {format} stores 2-D weights only"
-        writer.write(ref.name, pruned)
+        if raw and isinstance(writer, SafetensorsWriter):
+            writer.write(ref.name, pruned, ref.dtype)  # the bits, under the tensor's own dtype
+        else:
+            writer.write(ref.name, float_view(pruned, ref.float_dtype) if raw else pruned)
 
 
 def _write_report(txn: Transaction, path: Path, report: PruneReport) -> None:

@@ -472,11 +472,12 @@ class SafetensorsWriter:
 
     def write(self, name: str, data: np.ndarray | Iterable[bytes], dtype: str | None = None,
               shape: Sequence[int] | None = None) -> None:
-        """Write a tensor: an array (from its buffer, no copy), or the raw bytes of one as pieces
-        (with its dtype and shape)."""
+        """Write a tensor: an array (from its buffer, no copy; ``dtype``, when given, is the
+        safetensors dtype its bytes are stored as: raw bits of bfloat16 in a ``uint16`` array), or
+        the raw bytes of one as pieces (with its dtype and shape)."""
         if isinstance(data, np.ndarray):
             buf = _array_bytes(data)
-            offset = self._slot((name, st_dtype_of(data), tuple(data.shape), buf.nbytes))
+            offset = self._slot((name, dtype or st_dtype_of(data), tuple(data.shape), buf.nbytes))
             pwrite_all(self._fd_for_data(), buf, offset)
             return
         if self.spool is not None:
