@@ -52,9 +52,9 @@ from pruneplug.checkpoint.writers import (
     write_guard,
 )
 from pruneplug.errors import BackendUnavailableError, CheckpointError, HessianError, InvalidArgumentError, PrunePlugError
-from pruneplug.layer_ratios import check_owl_parameters, layer_caps, resolve_max_layer_sparsity
+from pruneplug.layer_ratios import block_units, layer_caps, unit_outlier_ratios
 from pruneplug.patterns import parse_pattern
-from pruneplug.plan import pattern_misfit
+from pruneplug.plan import PruneSettings, pattern_misfit
 from pruneplug.validation import check_method, check_sparsity, count_to_prune
 from pruneplug.registry import get_registry
 from pruneplug.selection import (
@@ -174,10 +174,10 @@ def prune_checkpoint(
     calibration_path = Path(calibration) if isinstance(calibration, (str, os.PathLike)) else None
     calibration, groups = _check_criterion(method, scope, calibration, masks_out, groups)
     _check_arguments(sparsity, pattern, scope, method if method in ("l1", "l2") else "l1", axis, format)
-    if layer_ratios not in (None, "uniform", "owl"):
-        raise InvalidArgumentError(f"layer_ratios={layer_ratios!r}: expected None, 'uniform' or 'owl'")
-    owl_m, owl_lambda = check_owl_parameters(owl_m, owl_lambda)
-    cap = resolve_max_layer_sparsity(max_layer_sparsity, scope, sparsity, layer_ratios)
+    prune_settings = PruneSettings(method, sparsity=sparsity, pattern=pattern, scope=scope, groups=groups,
+                                   layer_ratios=layer_ratios, owl_m=owl_m, owl_lambda=owl_lambda,
+                                   max_layer_sparsity=max_layer_sparsity)  # the plan every front end shares
+    owl_m, owl_lambda, cap = prune_settings.owl_m, prune_settings.owl_lambda, prune_settings.cap()
     ckpt = open_checkpoint(src_path)
     if format != "dense" and ckpt.kind == "npz":
         raise InvalidArgumentError(f"format={format!r} is a safetensors format; an npz checkpoint can only be written dense")
@@ -208,8 +208,7 @@ def prune_checkpoint(
         calibration_for_owl = owl_stats if isinstance(owl_stats, CalibrationContext) else CalibrationContext.load(owl_stats)
     else:
         calibration_for_owl = calibration
-    owl = _owl_plan(tasks, selected, sparsity, pattern, scope, calibration_for_owl, owl_m, owl_lambda, cap) \
-        if layer_ratios == "owl" else None
+    owl = _owl_plan(tasks, selected, prune_settings, calibration_for_owl) if prune_settings.owl else None
 
     settings = {
         "sparsity": sparsity, "pattern": pattern, "scope": scope, "method": method,
@@ -425,14 +424,11 @@ def apply_plan(tasks: dict[str, TensorTask], selected: list[str], plan: GlobalPl
             tasks[name].zeros = plan.zeros[i]
 
 
-def _owl_plan(tasks: dict[str, TensorTask], selected: list[str], sparsity: float | None, pattern: str, scope: str,
-              calibration: Any, m: float, lam: float, cap: float) -> dict:
-    """OWL: exact per-tensor counts (``task.k``) from the Wanda scores of the selected tensors."""
+def _owl_plan(tasks: dict[str, TensorTask], selected: list[str], settings: PruneSettings, calibration: Any) -> dict:
+    """OWL: exact per-tensor counts (``task.k``) from the outlier ratios of the Wanda scores of the
+    selected tensors, by the plan every front end shares (:meth:`PruneSettings.plan`)."""
     from pruneplug.criteria.wanda import WandaImportance
-    from pruneplug.layer_ratios import owl_counts
 
-    if pattern != "unstructured" or scope != "layer" or sparsity is None:
-        raise InvalidArgumentError("layer_ratios='owl' applies to unstructured pruning with scope='layer'")
     if calibration is None:
         raise InvalidArgumentError("layer_ratios='owl' needs calibration statistics (its outlier ratios come from "
                                    "Wanda scores): pass calibration=STATS")
@@ -441,12 +437,13 @@ def _owl_plan(tasks: dict[str, TensorTask], selected: list[str], sparsity: float
         def __getitem__(self, name: str) -> Any:
             return WandaImportance().compute(tasks[name].ref.array(), calibration, layer=name).values
 
-    ratios = owl_counts(Scores.fromkeys(selected), sparsity, m=m, lam=lam, max_layer_sparsity=cap,
-                        sizes={n: tasks[n].ref.numel for n in selected})
-    for n, k in zip(ratios.names, ratios.counts):
-        tasks[n].k = k
-    return {"method": "owl", "m": m, "lambda": lam, "max_layer_sparsity": cap, "outlier_ratios": ratios.outlier_ratios}
-
+    units = block_units(selected)
+    ratios = unit_outlier_ratios(Scores.fromkeys(selected), units, settings.owl_m)
+    plans = settings.plan({n: tasks[n].ref.numel for n in selected}, ratios, units)
+    for n in selected:
+        tasks[n].k = plans[n].count
+    return {"method": "owl", "m": settings.owl_m, "lambda": settings.owl_lambda,
+            "max_layer_sparsity": settings.cap(), "outlier_ratios": ratios}
 
 def _device_module(backend: str | None) -> Any:
     """CuPy when ``backend`` names an available backend that takes CuPy arrays and not NumPy ones
