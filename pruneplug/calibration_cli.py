@@ -72,7 +72,8 @@ def add_stream_options(p: argparse.ArgumentParser, prune: bool = True) -> None:
         return
     p.add_argument("--calibration-mode", choices=("sequential", "one-pass"), default=None,
                    help="one-step form: each block calibrated on the outputs of the pruned blocks before it "
-                   "(sequential, default, as the papers) or of the dense ones (one-pass)")
+                   "(sequential, as the papers) or of the dense ones (one-pass); default: sequential for sparsegpt "
+                   "(its update corrects earlier blocks' errors), one-pass otherwise (measured: docs/calibration.md)")
     p.add_argument("--offload-activations", metavar="DIR", default=None,
                    help="one-step form: keep the calibration hidden states in DIR instead of memory")
     p.add_argument("--resume", action="store_true", help="one-step form: continue an interrupted run with the same "
@@ -88,10 +89,10 @@ def stream_only_options(args: argparse.Namespace) -> str | None:
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from pruneplug.stream import DEFAULT_CALIBRATION_MODE, StreamOptions
+    from pruneplug.stream import StreamOptions
 
     return StreamOptions(device=args.device or "cpu", dtype=args.dtype, stats_dtype=args.stats_dtype or "float32",
-                         calibration_mode=getattr(args, "calibration_mode", None) or DEFAULT_CALIBRATION_MODE,
+                         calibration_mode=getattr(args, "calibration_mode", None),
                          samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size,
                          include=args.include, exclude=args.exclude,
                          offload_activations=Path(args.offload_activations) if getattr(

@@ -29,6 +29,9 @@ from pruneplug.patterns import parse_pattern
 from pruneplug.validation import check_groups, count_to_prune
 
 LAYER_RATIOS = ("uniform", "owl")
+#: How calibration batches run through a model: each block on the outputs of the pruned blocks
+#: before it ("sequential", the papers' protocol) or of the dense ones ("one-pass").
+CALIBRATION_MODES = ("sequential", "one-pass")
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,28 @@ class PruneSettings:
         """The calibration statistics this needs: the criterion's, plus input norms for OWL (whose
         outlier ratios are computed from Wanda scores whatever the method)."""
         return self.criterion.statistics | (frozenset({"input_norms"}) if self.owl else frozenset())
+
+    def calibration_mode(self, asked: str | None = None) -> str:
+        """``asked``, checked; or the default, measured (docs/calibration.md, "Which mode"):
+        "sequential" for a criterion that reconstructs (SparseGPT: its update corrects the errors
+        of the blocks before only when it sees their pruned outputs, as its reference runs),
+        "one-pass" otherwise (Wanda on SmolLM2-135M: perplexity 72.5 one-pass against 73.6
+        sequential at 50%, 197.7 against 198.4 at 2:4, for 30% less CPU; MiniLM: 0.882 both).
+
+        Example::
+
+            >>> import pruneplug as pp
+            >>> pp.PruneSettings("wanda", sparsity=0.5).calibration_mode(), pp.PruneSettings("sparsegpt", sparsity=0.5).calibration_mode()
+            ('one-pass', 'sequential')
+        """
+        from pruneplug.criteria import Reconstruction
+
+        if asked is not None:
+            if asked not in CALIBRATION_MODES:
+                raise InvalidArgumentError(f"calibration_mode={asked!r}: expected one of {', '.join(CALIBRATION_MODES)}")
+            return asked
+        reconstructs = isinstance(self.criterion, Reconstruction) and self.criterion.reconstructs()
+        return "sequential" if reconstructs else "one-pass"
 
     def check_calibration(self, available: bool) -> None:
         """A :class:`CalibrationRequiredError` when statistics are needed and none are given."""

@@ -10,9 +10,8 @@ output in the memory of one block (``docs/calibration.md``, "The stream").
 """
 
 from pruneplug.stream.memory import MemoryEstimate, llama_estimate
-from pruneplug.stream.pipeline import (CALIBRATION_MODES, DEFAULT_CALIBRATION_MODE, StreamOptions, StreamResult,
-                                       calibrate_model_dir, prune_model_dir)
+from pruneplug.stream.pipeline import StreamOptions, StreamResult, calibrate_model_dir, prune_model_dir
 from pruneplug.stream.skeleton import Skeleton, build_skeleton
 
-__all__ = ["CALIBRATION_MODES", "DEFAULT_CALIBRATION_MODE", "MemoryEstimate", "Skeleton", "StreamOptions",
+__all__ = ["MemoryEstimate", "Skeleton", "StreamOptions",
            "StreamResult", "build_skeleton", "calibrate_model_dir", "llama_estimate", "prune_model_dir"]

@@ -23,6 +23,7 @@ the checkpoint's dtype), so the calibration sees what the saved model computes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -43,14 +44,11 @@ from pruneplug.checkpoint.writers import copy_range, current_umask, pwrite_all
 from pruneplug.criteria import prune_scored
 from pruneplug.errors import CalibrationError, CheckpointError, InvalidArgumentError, NonFiniteError, PrunePlugError
 from pruneplug.layer_ratios import unit_outlier_ratios
-from pruneplug.plan import PruneSettings, TensorPlan, pattern_misfit
+from pruneplug.plan import CALIBRATION_MODES, PruneSettings, TensorPlan, pattern_misfit
 from pruneplug.stream import journal as journals
 from pruneplug.stream.memory import MemoryEstimate, estimate
 from pruneplug.stream.skeleton import HEAD_NAMES, Skeleton, build_skeleton
 
-CALIBRATION_MODES = ("sequential", "one-pass")
-#: ``--calibration-mode`` of the one-step form (see docs/calibration.md, "Which mode").
-DEFAULT_CALIBRATION_MODE = "sequential"
 
 
 @dataclass
@@ -61,7 +59,7 @@ class StreamOptions:
     device: str = "cpu"
     dtype: str | None = None  # compute dtype; None: float32 on the CPU, the checkpoint's dtype on a GPU
     stats_dtype: str = "float32"
-    calibration_mode: str = DEFAULT_CALIBRATION_MODE
+    calibration_mode: str | None = None  # None: the plan's default (PruneSettings.calibration_mode)
     samples: int = 128
     seq_len: int = 128
     batch_size: int = 16
@@ -75,7 +73,7 @@ class StreamOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"--{name.replace('_', '-')} {value!r}: must be an integer >= 1")
-        if self.calibration_mode not in CALIBRATION_MODES:
+        if self.calibration_mode not in (None, *CALIBRATION_MODES):
             raise InvalidArgumentError(f"--calibration-mode {self.calibration_mode!r}: expected one of "
                                        f"{', '.join(CALIBRATION_MODES)}")
         if self.stats_dtype not in ("float32", "float64"):
@@ -440,6 +438,7 @@ def prune_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, settin
         raise CheckpointError(f"-o {out}: the directory {str(out.parent)!r} does not exist")
     check_paths(model_dir, out, texts, Path(report) if report else None, options.offload_activations)
     settings.check_calibration(True)
+    options = dataclasses.replace(options, calibration_mode=settings.calibration_mode(options.calibration_mode))
     m = open_model(model_dir, texts, options, settings.statistics, settings.pattern)
     if on_estimate is not None:
         on_estimate(m.estimate)

@@ -19,7 +19,7 @@ Example::
 from pruneplug.torch.calibrate import calibrate, calibrate_blockwise, calibrate_sequential, find_blocks
 from pruneplug.torch.layers import Layer, linear_layers, selected_parameters
 from pruneplug.torch.nn_prune import ExactL1Unstructured, ExactL2Unstructured
-from pruneplug.torch.prune import DEFAULT_CALIBRATION_MODE, prune_model
+from pruneplug.torch.prune import prune_model
 
-__all__ = ["DEFAULT_CALIBRATION_MODE", "ExactL1Unstructured", "ExactL2Unstructured", "Layer", "calibrate",
+__all__ = ["ExactL1Unstructured", "ExactL2Unstructured", "Layer", "calibrate",
            "calibrate_blockwise", "calibrate_sequential", "find_blocks", "linear_layers", "prune_model", "selected_parameters"]

@@ -26,19 +26,12 @@ from pruneplug.criteria.wanda import WandaImportance
 from pruneplug.reconstruction.hessian import check_hessian
 from pruneplug.validation import count_to_prune, shown
 
-#: How ``prune_model`` calibrates when given batches: ``"one-pass"`` (the dense model, one forward
-#: pass per batch) or ``"sequential"`` (each block on the outputs of the pruned earlier blocks).
-#: One-pass is the default because it measured as good and far cheaper: on all-MiniLM-L6-v2 with
-#: 128 texts, Wanda one-pass / sequential mean cosine 0.882 / 0.882 at 50%, 0.672 / 0.664 at 70%,
-#: 0.769 / 0.767 at 2:4; on SmolLM2-135M perplexity 88.7 / 96.5 at 50% and 231.8 / 226.7 at 2:4;
-#: sequential costs 15-300x the time (README, quality table).
-DEFAULT_CALIBRATION_MODE = "one-pass"
 _DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
 
 
 def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "unstructured", scope: str = "layer",
                 method: str = "l1", groups: str | None = None, calibration: Any = None,
-                calibration_mode: str = DEFAULT_CALIBRATION_MODE, include: Sequence[str] | None = None,
+                calibration_mode: str | None = None, include: Sequence[str] | None = None,
                 exclude: Sequence[str] | None = None, backend: str | None = None,
                 axis: int | None = None, statistics: CalibrationContext | None = None,
                 layer_ratios: str | None = None, owl_m: float = DEFAULT_M, owl_lambda: float = DEFAULT_LAMBDA,
@@ -50,7 +43,8 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
     * ``method``: a criterion name (``"l1"``, ``"l2"``, ``"wanda"``, a plugin's) or a
       :class:`~pruneplug.criteria.Criterion`. Criteria that need calibration take ``calibration``:
       a :class:`CalibrationContext`, a statistics file path, or an iterable of batches (run through
-      the model, ``calibration_mode`` ``"sequential"`` or ``"one-pass"``).
+      the model, ``calibration_mode`` ``"sequential"`` or ``"one-pass"``; by default sequential for
+      SparseGPT and one-pass otherwise: :meth:`pruneplug.PruneSettings.calibration_mode`).
     * ``sparsity`` with ``pattern="unstructured"`` (``scope`` ``"layer"``, or ``"global"`` for
       magnitude on CPU tensors: exactly ``round(sparsity * total)`` over all selected weights),
       ``"row"``, ``"column"``, ``"block(H,W)"``; or ``pattern="N:M"`` alone. ``groups`` for
@@ -81,11 +75,10 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
     """
     started = time.perf_counter()
     _check_calibration_type(calibration)
-    if calibration_mode not in ("sequential", "one-pass"):
-        raise InvalidArgumentError(f"calibration_mode={calibration_mode!r}: expected 'sequential' or 'one-pass'")
     plan = PruneSettings(method, sparsity=sparsity, pattern=pattern, scope=scope, groups=groups,
                          layer_ratios=layer_ratios, owl_m=owl_m, owl_lambda=owl_lambda,
                          max_layer_sparsity=max_layer_sparsity)
+    calibration_mode = plan.calibration_mode(calibration_mode)
     criterion, owl, cap = plan.criterion, plan.owl, plan.cap()
     if owl and calibration is not None and not isinstance(calibration, (CalibrationContext, str, os.PathLike)):
         calibration = list(calibration)  # read twice: OWL's pass over the dense model, then the pruning
