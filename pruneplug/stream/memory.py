@@ -13,7 +13,9 @@ larger), never the model:
   and for input norms, every distinct input of the block;
 * ``activations``: the hidden states entering and leaving the block, ``2 x samples x tokens x
   hidden`` in the compute dtype (one batch each with ``--offload-activations``), plus the other
-  arguments the model passes a block (rotary tables, masks);
+  arguments the model passes a block, kept for every batch (:func:`call_bytes_per_token`: the
+  ``[batch, 1, tokens, tokens]`` attention mask of a padded batch, one byte an entry under SDPA,
+  and the rotary tables);
 * ``workspace``: SparseGPT's factor and working copies of the largest layer (``in^2 + 3 x out x in``
   floats);
 * ``overhead``: the Python interpreter, torch and transformers, measured.
@@ -70,6 +72,13 @@ def estimate(*, outside: int, block: int, largest_in: int, largest_out: int, dis
     return MemoryEstimate(weights, statistics, activations, workspace)
 
 
+def call_bytes_per_token(seq_len: int, head_dim: int) -> int:
+    """Bytes per calibration token of what a block is passed besides its hidden states: the boolean
+    attention mask SDPA gets for a padded batch (``seq_len`` per token; eager attention's float mask
+    is 4 times that) and the rotary cos/sin tables (``2 x head_dim`` float32)."""
+    return seq_len + 2 * head_dim * 4
+
+
 def llama_estimate(*, hidden: int, intermediate: int, heads: int, kv_heads: int, vocab: int, samples: int = 128,
                    seq_len: int = 2048, compute_bytes: int = 4, stats_bytes: int = 4, hessian: bool = True,
                    offload: bool = False) -> MemoryEstimate:
@@ -79,7 +88,7 @@ def llama_estimate(*, hidden: int, intermediate: int, heads: int, kv_heads: int,
 
         >>> e = llama_estimate(hidden=4096, intermediate=14336, heads=32, kv_heads=8, vocab=128256)
         >>> round(e.total / 2**30, 1)
-        13.0
+        13.5
     """
     head_dim = hidden // heads
     attn = hidden * hidden * 2 + 2 * hidden * kv_heads * head_dim
@@ -89,4 +98,5 @@ def llama_estimate(*, hidden: int, intermediate: int, heads: int, kv_heads: int,
     return estimate(outside=vocab * hidden, block=block, largest_in=intermediate, largest_out=hidden,
                     distinct_inputs=[hidden, hidden, hidden, intermediate], hidden=hidden, tokens=tokens,
                     compute_bytes=compute_bytes, stats_bytes=stats_bytes, hessian=hessian, sequential=True,
-                    offload=offload, batch_tokens=16 * seq_len, extra_per_token=2 * head_dim * 4)
+                    offload=offload, batch_tokens=16 * seq_len,
+                    extra_per_token=call_bytes_per_token(seq_len, head_dim))

@@ -46,7 +46,7 @@ from pruneplug.errors import CalibrationError, CheckpointError, InvalidArgumentE
 from pruneplug.layer_ratios import unit_outlier_ratios
 from pruneplug.plan import CALIBRATION_MODES, PruneSettings, TensorPlan, pattern_misfit
 from pruneplug.stream import journal as journals
-from pruneplug.stream.memory import MemoryEstimate, estimate
+from pruneplug.stream.memory import MemoryEstimate, call_bytes_per_token, estimate
 from pruneplug.stream.skeleton import HEAD_NAMES, Skeleton, build_skeleton
 
 
@@ -203,7 +203,12 @@ def _estimate(m: _Model, statistics: frozenset, options: StreamOptions) -> Memor
                     stats_bytes=torch.empty((), dtype=m.stats_dtype).element_size(),
                     hessian="hessian" in statistics, sequential=options.calibration_mode == "sequential",
                     offload=options.offload_activations is not None, batch_tokens=batch_tokens,
-                    extra_per_token=4 * hidden)
+                    extra_per_token=call_bytes_per_token(options.seq_len, _head_dim(m.skel.config, hidden)))
+
+
+def _head_dim(config: Any, hidden: int) -> int:
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None) or 1
+    return int(getattr(config, "head_dim", None) or hidden // heads)
 
 
 def _outside(m: _Model, with_head: bool) -> Callable[[str], bool]:
