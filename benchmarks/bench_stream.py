@@ -106,7 +106,9 @@ def run_cli(argv: list[str], *, env_path: list[str] | None = None, log: Path) ->
     cmd = ["/usr/bin/time", "-v", sys.executable, "-c", CHILD, str(blocks_json), *argv]
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    # cwd: the log folder, never the repository (python -c puts the cwd first on sys.path, so the
+    # repository's own pruneplug/ would shadow PYTHONPATH's old code)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=log.parent)
     wall = time.perf_counter() - t0
     log.write_text(f"$ {' '.join(argv)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
@@ -182,6 +184,22 @@ def synthetic(path: Path, blocks: int, tokenizer_dir: Path) -> None:
         if (tokenizer_dir / name).is_file():
             shutil.copy(tokenizer_dir / name, tmp / name)
     tmp.rename(path)
+
+
+def tf4_copy(f32: Path) -> Path:
+    """The float32 directory readable by transformers 4.57: the same weights and tokenizer, its
+    ``tokenizer_class`` (``TokenizersBackend``, a transformers 5 name) renamed
+    ``PreTrainedTokenizerFast`` (same tokenizer.json, so the same ids)."""
+    dst = f32.with_name(f32.name + "-tf4")
+    if not dst.is_dir():
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(f32, tmp)
+        config = json.loads((tmp / "tokenizer_config.json").read_text())
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+        tmp.rename(dst)
+    return dst
 
 
 def dir_size(path: Path) -> int:
@@ -293,8 +311,10 @@ def part_smollm(res: Results, work: Path, args: argparse.Namespace) -> None:
             r = one(res, f"old {method} 50% (transformers {args.tf_label})", argv, work, out=out, evaluate=True,
                     env_path=old_path)
             if r and r["rc"] != 0 and args.tf457 and wanted(args, f"old {method} 50% tf457"):
+                argv = [str(tf4_copy(f32)) if a == str(f32) else a for a in argv]
                 one(res, f"old {method} 50% (transformers 4.57)", argv, work, out=out, evaluate=True,
-                    env_path=[args.tf457, args.old_pp], note="transformers 4.57 first on PYTHONPATH")
+                    env_path=[args.tf457, args.old_pp], note="transformers 4.57 first on PYTHONPATH; the directory's "
+                    "tokenizer_class TokenizersBackend (written by transformers 5) renamed PreTrainedTokenizerFast")
     for method in ("wanda", "sparsegpt"):
         for label, target in targets.items():
             for mode in ("sequential", "one-pass"):
