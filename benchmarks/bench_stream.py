@@ -122,8 +122,9 @@ def run_cli(argv: list[str], *, env_path: list[str] | None = None, log: Path) ->
     if blocks_json.is_file():
         out.update(json.loads(blocks_json.read_text()))
     if proc.returncode != 0:
-        tail = [l for l in proc.stderr.splitlines() if not l.startswith("\t")][-6:]
-        out["error"] = "\n".join(tail)
+        before_time = proc.stderr.split("\tCommand being timed")[0].splitlines()
+        errors = [l for l in before_time if re.match(r"^[\w.]*(Error|Exception)\b", l)]
+        out["error"] = errors[-1] if errors else "\n".join(before_time[-3:])
     return out
 
 
@@ -260,10 +261,15 @@ def one(res: Results, key: str, argv: list[str], work: Path, *, out: Path | None
         return r
     if out is not None:
         shutil.rmtree(out, ignore_errors=True)
+        # an interrupted earlier run's staging area would make the stream refuse (--resume)
+        shutil.rmtree(out.parent / f".{out.name}.pruneplug-stream", ignore_errors=True)
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
     r = run_cli(argv, env_path=env_path, log=logs / (re.sub(r"[^\w.-]+", "_", key) + ".log"))
     r["note"] = note
+    r["log"] = str(logs / (re.sub(r"[^\w.-]+", "_", key) + ".log"))
+    if r["rc"] != 0 and env_path:
+        r["final"] = True  # the old code's failure is a result, not something to retry
     if r["rc"] == 0 and out is not None and evaluate:
         r["perplexity"] = eval_dir(out)
         r["zeros"] = zeros_fraction(out)
