@@ -420,17 +420,33 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", required=True, help="scratch directory (model directories, outputs, logs)")
     ap.add_argument("--smollm", help="SmolLM2-135M-Instruct.Q4_1.gguf (for --part prepare)")
-    ap.add_argument("--part", action="append", choices=("prepare", "smollm", "memory"), required=True)
+    ap.add_argument("--part", action="append", choices=("prepare", "smollm", "memory"), default=[])
     ap.add_argument("--old-pp", help="pip install --target of the old code (commit 970bb86): run the old one-step form")
     ap.add_argument("--tf457", help="pip install --target of transformers 4.57 (+ its hub and tokenizers): rerun the "
                     "old form with it when it fails under the venv's transformers")
     ap.add_argument("--only", help="run only the keys matching this regex")
+    ap.add_argument("--merge", action="append", default=[], help="another run's --json (run in parallel in another "
+                    "--work): its runs not in --json are added, then the summary is written")
     ap.add_argument("--json", required=True)
     ap.add_argument("--text", help="write the summary here too")
     args = ap.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     res = Results(Path(args.json))
+    for other in args.merge:
+        extra = json.loads(Path(other).read_text())
+        for key, r in extra["runs"].items():
+            if key not in res.data["runs"]:
+                r["merged_from"] = other
+                res.data["runs"][key] = r
+        res.data["machine"] += extra["machine"]
+    if args.merge and not args.part:
+        res.save()
+        text = summary(res)
+        print(text)
+        if args.text:
+            Path(args.text).write_text(text)
+        return 0
     m = machine()
     args.tf_label = m["transformers"]
     res.data["machine"].append(m)
