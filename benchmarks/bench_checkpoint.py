@@ -19,6 +19,7 @@ Run::
 
     python benchmarks/bench_checkpoint.py                       # 1 GB bf16 and 2 GB f32, I/O table
     python benchmarks/bench_checkpoint.py --sizes 1:bfloat16 --repeat 5 --json
+    python benchmarks/bench_checkpoint.py --issue22 [--cold]   # issue 22's table (0.78 GB bf16), warm or cold
     python benchmarks/bench_checkpoint.py --sizes 1:bfloat16 --scopes global --format sparse-bitmask \
         --compare-pythonpath /tmp/old_site   # a compressed output, against an older pruneplug
     python benchmarks/bench_checkpoint.py --micro               # hook micro-benchmark
@@ -180,6 +181,12 @@ def main() -> None:
                     "sparse-bitmask writes in file order, with each tensor's share of the global ties counted first")
     ap.add_argument("--scopes", default="layer,global", help="I/O mode: the scopes to run (default: layer,global)")
     ap.add_argument("--dir", default=None, help="where to write the checkpoints (default: a temporary directory)")
+    ap.add_argument("--cold", action="store_true",
+                    help="I/O mode: evict the input checkpoint from the page cache before every timed run "
+                    "(posix_fadvise DONTNEED on that file only: other users' caches are left alone)")
+    ap.add_argument("--issue22", action="store_true",
+                    help="I/O mode, the table of issue 22: --sizes 0.78:bfloat16 (TinyLlama-1.1B's shapes, 5 layers), "
+                    "both scopes, dry and written, against cat and dd conv=fsync in the same run")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--compare-pythonpath", default=None,
                     help="I/O mode: also run the CLI of another pruneplug found on this PYTHONPATH (an older commit)")
@@ -201,6 +208,8 @@ def main() -> None:
         results = torch_comparison(args)
         print(json.dumps(results, indent=2)) if args.json else _print(results)
         return
+    if args.issue22:
+        args.sizes, args.scopes = "0.78:bfloat16", "layer,global"
     results = io_comparison(args)
     print(json.dumps(results, indent=2)) if args.json else _print_io(results)
 
@@ -233,9 +242,27 @@ def _median(values: list[float]) -> float:
     return float(np.median(values))
 
 
+def _evict(path: Path) -> None:
+    """Drop one file's pages from the page cache (written back first): a cold read of it, without
+    touching the rest of the cache (``drop_caches`` would slow every other user of the machine)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def io_comparison(args: argparse.Namespace) -> dict:
     results: dict = {"cpus": os.cpu_count(), "sparsity": args.sparsity, "repeat": args.repeat, "format": args.format or "dense",
-                     "loadavg_before": os.getloadavg(), "sizes": []}
+                     "loadavg_before": os.getloadavg(), "uptime_before": _uptime(), "cold": args.cold, "sizes": []}
     cli = [sys.executable, __file__, "--child", "cli"]
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         tmp = Path(tmp)
@@ -268,6 +295,8 @@ def io_comparison(args: argparse.Namespace) -> dict:
             rss: dict = {name: [] for name in cases}
             for _ in range(args.repeat):  # round by round, so that a change of load hits every case alike
                 for name, run in cases.items():
+                    if args.cold:
+                        _evict(src)
                     seconds, info = run()
                     times[name].append(seconds)
                     if info:
@@ -285,6 +314,7 @@ def io_comparison(args: argparse.Namespace) -> dict:
             results["sizes"].append(row)
             src.unlink()
     results["loadavg_after"] = os.getloadavg()
+    results["uptime_after"] = _uptime()
     return results
 
 
@@ -293,15 +323,18 @@ TARGETS = {"layer_dry": 3.0, "global_dry": 4.0, "layer_written": 1.5, "global_wr
 
 def _print_io(r: dict) -> None:
     print(f"{r['cpus']} CPUs, sparsity {r['sparsity']}, format {r.get('format', 'dense')}, median of {r['repeat']}; load average before "
-          f"{'/'.join(f'{x:.1f}' for x in r['loadavg_before'])}, after {'/'.join(f'{x:.1f}' for x in r['loadavg_after'])}")
+          f"{'/'.join(f'{x:.1f}' for x in r['loadavg_before'])}, after {'/'.join(f'{x:.1f}' for x in r['loadavg_after'])}"
+          f"{'; COLD: the input evicted from the page cache before every run' if r.get('cold') else '; warm page cache'}")
+    if "uptime_before" in r:
+        print(f"uptime before: {r['uptime_before']}\nuptime after:  {r['uptime_after']}")
     for row in r["sizes"]:
         c, runs = row["checkpoint"], row["runs"]
         print(f"\n{c['bytes'] / 1e9:.2f} GB {row['dtype']}, {c['tensors']} tensors, largest {c['largest_tensor_bytes'] / 2**20:.0f} MiB "
               f"(selected: {c['largest_selected_bytes'] / 2**20:.0f} MiB)")
         print(f"{'what':<34} {'seconds':>8} {'net':>7} {'ratio':>7} {'target':>7} {'peak RSS':>9}")
         start = runs["startup"]
-        print(f"{'cat FILE > /dev/null':<34} {runs['cat']['seconds']:8.3f} {'':>7} {'1':>7}")
-        print(f"{'dd bs=16M conv=fsync':<34} {runs['dd_fsync']['seconds']:8.3f} {'':>7} {'1':>7}")
+        print(f"{'cat FILE > /dev/null':<34} {runs['cat']['seconds']:8.3f} {'':>7} {'1':>7}   runs {runs['cat']['all']}")
+        print(f"{'dd bs=16M conv=fsync':<34} {runs['dd_fsync']['seconds']:8.3f} {'':>7} {'1':>7}   runs {runs['dd_fsync']['all']}")
         print(f"{'interpreter start-up':<34} {start['seconds']:8.3f} {'':>7} {'':>7} {'':>7} {start['peak_rss_mb']:7.0f} MB")
         for prefix, who in (("", ""), ("other_", "other: ")):
             for name, label in (("layer_dry", "prune --dry-run (layer)"), ("global_dry", "prune --dry-run --scope global"),
@@ -310,7 +343,7 @@ def _print_io(r: dict) -> None:
                 if x is None:
                     continue
                 print(f"{who + label:<34} {x['seconds']:8.3f} {x['net_seconds']:7.3f} {x['ratio']:6.2f}x "
-                      f"{TARGETS[name]:6.1f}x {x['peak_rss_mb']:7.0f} MB")
+                      f"{TARGETS[name]:6.1f}x {x['peak_rss_mb']:7.0f} MB   runs {x['all']}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,17 +356,17 @@ def micro(n: int, repeat: int) -> dict:
 
     rng = np.random.default_rng(0)
     results = {"n": n, "loadavg": os.getloadavg(), "cases": {}}
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return _median(times)
+
     for dtype in (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32)):
         x = (rng.standard_normal(n, dtype=np.float32) * 0.02).astype(dtype)
         buf = np.empty_like(x)
-
-        def best(fn) -> float:
-            times = []
-            for _ in range(repeat):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            return _median(times)
 
         copy = best(lambda: np.copyto(buf, x))
         sel = ExactSelection(n // 2, n, [dtype.name], "abs")
@@ -349,6 +382,17 @@ def micro(n: int, repeat: int) -> dict:
 
         rows["pp.prune (copy + in place, for reference)"] = best(lambda: pp.prune(x, sparsity=0.5))
         results["cases"][dtype.name] = {k: {"seconds": v, "x_copy": v / copy} for k, v in rows.items()}
+    # float16 weights under float32 keys (a global select over float16 and float32 tensors)
+    x = (rng.standard_normal(n, dtype=np.float32) * 0.02).astype(np.float16)
+    buf = np.empty_like(x)
+    copy = best(lambda: np.copyto(buf, x))
+    sel = ExactSelection(n // 2, n, ["float16", "float32"], "abs")
+    while (req := sel.next_request()) is not None:
+        sel.update(chunk_histogram(x, "abs", req, backend="cpu"))
+    quota = sel.k - sel.below
+    rows = {"np.copyto": copy,
+            "prune_below_key into a buffer, float32 keys": best(lambda: prune_part(x, "abs", sel, quota, out=buf, backend="cpu"))}
+    results["cases"]["float16 (float32 keys)"] = {k: {"seconds": v, "x_copy": v / copy} for k, v in rows.items()}
     return results
 
 

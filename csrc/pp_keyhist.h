@@ -16,12 +16,23 @@
 
 enum pp_keys { PP_KEYS_MAG16 = 0, PP_KEYS_F32 = 1, PP_KEYS_F64 = 2 };
 
+/* pp_count_zeros without a transform: count the zeros of a tensor that is not pruned. */
+enum pp_zeros_option { PP_NO_TRANSFORM = -1 };
+
 /* hist[(1 << bits) + 2] receives: [0] keys with key >> (shift + bits) below `prefix`, [1 + d] keys
  * with that prefix and digit (key >> shift) & ((1 << bits) - 1) == d, [last] keys above the prefix
- * (key >> 64 is 0). 0 <= bits <= 16, shift + bits <= 64. One pass, threads. */
+ * (key >> 64 is 0). 0 <= bits <= 16, shift + bits <= 64. `zeros` (NULL: not counted) receives what
+ * pp_count_zeros counts, in the same pass. One pass, threads. */
 int pp_key_histogram(const void *values, int dtype, int transform, int keys, int64_t n,
-                     int shift, int bits, uint64_t prefix, int64_t *hist, int nthreads,
+                     int shift, int bits, uint64_t prefix, int64_t *hist, int64_t *zeros, int nthreads,
                      int64_t *bad_count, int64_t *bad_first);
+
+/* counts[2] = exact zeros (-0.0 included) and weights whose score is zero (key 0 under every key
+ * kind: the zeros, and for PP_SQUARE the weights whose square underflows to 0). `transform` is
+ * PP_ABS or PP_SQUARE (NaN/Inf are an error), or PP_NO_TRANSFORM: zeros only (counts[1] =
+ * counts[0]), no value rejected. One vectorised read pass, threads. */
+int pp_count_zeros(const void *values, int dtype, int transform, int64_t n, int64_t *counts, int nthreads,
+                   int64_t *bad_count, int64_t *bad_first);
 
 /* Prune every weight whose key is < threshold and the first `ties` (flat order) whose key equals
  * it: `out` (NULL: count only; not `values`) receives the pruned weights (+0.0 where pruned),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from pruneplug.apply import apply_bool_mask
-from pruneplug.arrays import adapt, check_float_dtype, check_in_place, contiguous, dtype_name
+from pruneplug.arrays import adapt, check_float_dtype, check_in_place, contiguous, dtype_name, in_byte_order_of
 from pruneplug.dispatch import run_operation
 from pruneplug.errors import InvalidArgumentError
 from pruneplug.patterns import pattern_units, parse_pattern
@@ -128,7 +128,7 @@ def prune(
                                block_shape=units.block_shape, k=k, transform=transform)
     if inplace and target is not adapted.array:
         adapted.array[...] = target
-    result = weights if inplace else adapted.wrap(target)
+    result = weights if inplace else adapted.wrap(in_byte_order_of(target, adapted.array))
     if return_mask:
         return result, mask
     return result

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pruneplug.errors import ReadOnlyError, UnsupportedArrayError, UnsupportedDtypeError
+from pruneplug.errors import InvalidArgumentError, ReadOnlyError, UnsupportedArrayError, UnsupportedDtypeError
 
 #: Dtypes magnitude pruning accepts.
 FLOAT_DTYPES: frozenset[str] = frozenset({"float16", "bfloat16", "float32", "float64"})
@@ -136,6 +136,31 @@ def _dtype_name(dtype: Any) -> str:
     return np.dtype(dtype).name
 
 
+#: the unsigned integer type that holds the bits of a float of each width (bytes)
+BITS_DTYPES = {2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.uint64)}
+FLOAT_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+
+def check_bits(bits: Any, dtype: str, argname: str) -> None:
+    """``bits`` must be the raw bits of ``dtype`` floats: a C-contiguous NumPy array of the unsigned
+    integer type of that width (how checkpoints hand bfloat16 to the C kernels without importing
+    ``ml_dtypes``, whose import alone costs more than reading a small model)."""
+    if dtype not in FLOAT_DTYPES:
+        raise UnsupportedDtypeError(f"{argname}: dtype {dtype!r} is not supported; expected one of {sorted(FLOAT_DTYPES)}")
+    if not isinstance(bits, np.ndarray) or bits.dtype != BITS_DTYPES[FLOAT_ITEMSIZE[dtype]] or not bits.flags.c_contiguous:
+        raise InvalidArgumentError(f"{argname}: the raw bits of {dtype} must be a C-contiguous "
+                                   f"{BITS_DTYPES[FLOAT_ITEMSIZE[dtype]]} NumPy array")
+
+
+def float_view(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """The floats whose raw bits are ``bits`` (no copy; bfloat16 imports ``ml_dtypes``)."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return bits.view(ml_dtypes.bfloat16)
+    return bits.view(np.dtype(dtype))
+
+
 def score_dtype(dtype: Any) -> np.dtype:
     """The dtype of importance scores for weights of ``dtype``: float32 for the 16-bit floats
     (float16 and bfloat16 widen exactly), otherwise the weights' own dtype. The one home of this
@@ -168,6 +193,22 @@ def contiguous(array: Any) -> Any:
     if array.flags.c_contiguous:
         return array
     return array.copy(order="C")
+
+
+def in_byte_order_of(result: Any, original: Any) -> Any:
+    """``result`` (a native-byte-order array computed from ``original``) stored in ``original``'s
+    byte order: the backends work on native copies (:func:`contiguous`), and a ``>f4`` input must
+    come back ``>f4``, not as a different dtype. The values are the same; only the storage differs.
+
+    Example::
+
+        >>> import numpy as np
+        >>> in_byte_order_of(np.zeros(2, np.float32), np.ones(2, ">f4")).dtype.str
+        '>f4'
+    """
+    if original.dtype.isnative or result.dtype == original.dtype:
+        return result
+    return result.astype(original.dtype)
 
 
 def check_writable(array: Any, argname: str) -> None:

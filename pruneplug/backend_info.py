@@ -27,6 +27,7 @@ OPERATIONS: FrozenSet[str] = frozenset(
         "decompress_24",
         "prune_compress_24",
         "key_histogram",
+        "count_zeros",
         "prune_below_key",
         "row_mask",
     }

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import IO, Any
 
-from pruneplug.checkpoint.report import ProgressLike
+from pruneplug.report import ProgressLike
 
 EXIT_USAGE = 2  # the command line is wrong (argparse uses 2 too)
 EXIT_ERROR = 1  # the command failed

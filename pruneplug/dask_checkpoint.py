@@ -52,7 +52,7 @@ from pruneplug.checkpoint.outputs import finish_directory, settings_metadata
 from pruneplug.checkpoint.prune import HowToPrune, TensorPruner, TensorTask, apply_plan, check_arguments, decide_tasks
 from pruneplug.checkpoint.writers import current_umask, fsync_path
 from pruneplug.errors import CheckpointError, InvalidArgumentError
-from pruneplug.layer_ratios import default_max_layer_sparsity, layer_caps
+from pruneplug.layer_ratios import check_owl_parameters, layer_caps, resolve_max_layer_sparsity
 from pruneplug.selection import ExactSelection
 from pruneplug.validation import check_method, count_to_prune
 
@@ -90,6 +90,9 @@ def prune_checkpoint_dask(
     """
     started = time.perf_counter()
     check_arguments(sparsity, pattern, scope, method, axis, "dense")
+    cap = resolve_max_layer_sparsity(max_layer_sparsity, scope, sparsity)
+    if workers is not None:  # before any work, and even beside a scheduler address: never "no cluster"
+        _check_workers_count(workers)
     src_path = Path(src)
     ckpt = open_checkpoint(src_path)
     if ckpt.kind != "sharded":
@@ -107,7 +110,6 @@ def prune_checkpoint_dask(
         "axis": axis, "format": "dense", "include": list(include or []), "exclude": list(exclude or []),
         "backend": backend or "auto", "strict": strict,
     }
-    cap = max_layer_sparsity if max_layer_sparsity is not None else default_max_layer_sparsity(scope, sparsity)
     if scope == "global":
         settings["max_layer_sparsity"] = cap  # as the single-process command records it
     with _client(client, scheduler, workers) as dask_client:
@@ -167,11 +169,16 @@ def _client(client: Any, scheduler: str | None, workers: int | None) -> Iterator
         with Client(scheduler) as connected:
             yield connected
         return
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise InvalidArgumentError(f"workers={workers!r} must be an integer >= 1 (or give a scheduler address)")
+    _check_workers_count(workers)
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as local:
         yield local
+
+
+def _check_workers_count(workers: Any) -> None:
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise InvalidArgumentError(f"workers={workers!r} (--workers) must be an integer >= 1 (or give a scheduler "
+                                   "address)")
 
 
 def _check_workers(client: Any, before: set[str]) -> None:
@@ -287,7 +294,9 @@ def prune_from_args(args: Any) -> PruneReport:
                    if value] + ([f"--format {args.format}"] if args.format != "dense" else []) \
         + ([f"--method {args.method}"] if args.method not in ("l1", "l2") else []) \
         + (["--calibration"] if getattr(args, "calibration", None) else []) \
-        + ([f"--groups {args.groups}"] if getattr(args, "groups", None) == "row" else [])
+        + ([f"--groups {args.groups}"] if getattr(args, "groups", None) == "row" else []) \
+        + (["--layer-ratios owl"] if getattr(args, "layer_ratios", None) == "owl" else [])
+    check_owl_parameters(getattr(args, "owl_m", 5.0), getattr(args, "owl_lambda", 0.08))  # as everywhere, OWL or not
     if unsupported:
         raise InvalidArgumentError(f"{', '.join(unsupported)} cannot be combined with --dask/--workers; "
                                    "use the single-process command")

@@ -12,7 +12,8 @@ So every operation hook may assume:
 
 * array arguments are arrays of the backend's own array type (``"numpy"`` -> ``numpy.ndarray``,
   ``"cupy"`` -> ``cupy.ndarray``), C-contiguous, of a dtype the backend declared; bfloat16 arrays
-  are ``ml_dtypes.bfloat16`` on NumPy and ``uint16``-backed views are the backend's business;
+  are ``ml_dtypes.bfloat16`` on NumPy and ``uint16``-backed views are the backend's business
+  (the exact-selection hooks may instead receive raw bits with ``dtype=``, where they name it);
 * ``k``, ``n``, ``m``, ``axis`` are in range (``axis`` is non-negative);
 * ``out``, when given, is a C-contiguous ``bool`` array of the result's shape, to be filled.
 
@@ -195,7 +196,8 @@ def pruneplug_prune_compress_24(weights: Array, layout: str, transform: str) -> 
 
 
 @hookspec(firstresult=True)
-def pruneplug_key_histogram(values: Array, transform: str, keys: str, shift: int, bits: int, prefix: int) -> Array:
+def pruneplug_key_histogram(values: Array, transform: str, keys: str, shift: int, bits: int, prefix: int,
+                            dtype: "str | None" = None, zeros: "Array | None" = None) -> Array:
     """Histogram of one digit of the selection keys of ``values`` (one chunk of weights), restricted
     to a key prefix: the only data-touching step of the exact selection over many arrays
     (:mod:`pruneplug.selection`, which documents the algorithm and drives it).
@@ -217,12 +219,31 @@ def pruneplug_key_histogram(values: Array, transform: str, keys: str, shift: int
     ``[1 + d]`` = keys with ``hi == prefix`` and ``digit == d``, ``[-1]`` = keys with
     ``hi > prefix``. ``0 <= bits <= 16``. Histograms of different chunks add up. Raise
     ``NonFiniteError`` for NaN or Inf weights.
+
+    Optional keywords (a backend that names them supports them; the core asks the registry before
+    passing them): ``dtype``, when given, says that ``values`` are the raw bits of that float dtype
+    (a C-contiguous ``uint16``/``uint32``/``uint64`` NumPy array: checkpoints pass bfloat16 this way,
+    without importing ``ml_dtypes``); ``zeros``, an int64 NumPy array of 2, receives in the same pass
+    what ``pruneplug_count_zeros`` returns.
+    """
+
+
+@hookspec(firstresult=True)
+def pruneplug_count_zeros(values: Array, transform: "str | None", dtype: "str | None" = None) -> "tuple[int, int]":
+    """Optional: ``(zeros, zero_scores)`` of ``values``: exact zeros (``-0.0`` included), and weights
+    whose score under ``transform`` is zero (the zeros, plus for ``"square"`` the weights whose
+    square underflows to 0; with the keys of ``pruneplug_key_histogram``, the weights of key 0).
+    ``transform`` ``"abs"``/``"square"``: raise ``NonFiniteError`` for NaN or Inf; ``None``: count
+    zeros only (``zero_scores == zeros``), nothing is rejected. ``dtype``: as for
+    ``pruneplug_key_histogram`` (raw bits). What a checkpoint dry run reports needs only these
+    counts (``pruneplug.checkpoint.prune``).
     """
 
 
 @hookspec(firstresult=True)
 def pruneplug_prune_below_key(values: Array, transform: str, keys: str, threshold: int, ties: int,
-                              out: "Array | None", mask: "Array | None") -> "tuple[int, int, int, int]":
+                              out: "Array | None", mask: "Array | None",
+                              dtype: "str | None" = None) -> "tuple[int, int, int, int]":
     """Optional: apply a decided exact selection to one part in one pass (keys as in
     ``pruneplug_key_histogram``): prune every weight whose key is ``< threshold`` and the first
     ``ties`` weights (flat C order) whose key equals it. ``out`` (``None``: count only) is a
@@ -231,5 +252,6 @@ def pruneplug_prune_below_key(values: Array, transform: str, keys: str, threshol
     receives the keep-mask. ``values`` is never written. Return ``(less, equal, zeros_before,
     zeros_after)``: keys below and equal to ``threshold``, and exact zeros (``-0.0`` included) in
     ``values`` and in the result. Raise ``NonFiniteError`` for NaN or Inf weights (``out`` and
-    ``mask`` are then unspecified).
+    ``mask`` are then unspecified). ``dtype`` (optional): ``values`` and ``out`` are raw bits, as
+    for ``pruneplug_key_histogram``.
     """

@@ -57,6 +57,12 @@ def _check_fraction(value: Any, argname: str, *, low: float = 0.0, high: float =
     return float(value)
 
 
+def _check_m(m: Any, argname: str) -> float:
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0 or math.isinf(m):
+        raise InvalidArgumentError(f"{argname}={m!r} must be a finite number > 0 (outliers are scores above m x the mean)")
+    return float(m)
+
+
 def outlier_ratio(scores: Any, m: float = DEFAULT_M) -> float:
     """The fraction of ``scores`` above ``m`` times their mean (float64 mean).
 
@@ -90,8 +96,7 @@ def block_units(names: Sequence[str]) -> dict[str, str]:
 def unit_outlier_ratios(scores: Mapping[str, Any], units: Mapping[str, str], m: float = DEFAULT_M) -> dict[str, float]:
     """Per unit, the fraction of all its tensors' scores above ``m`` times the unit's mean score.
     Nothing is concatenated: one pass for the sums, one for the counts."""
-    if isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0 or math.isinf(m):
-        raise InvalidArgumentError(f"m={m!r} must be a finite number > 0 (outliers are scores above m x the mean)")
+    _check_m(m, "m")
     sums: dict[str, float] = {}
     sizes: dict[str, int] = {}
     for name in scores:  # indexing, not items(): a lazy mapping computes each tensor's scores when asked
@@ -139,6 +144,52 @@ def default_max_layer_sparsity(scope: str, sparsity: "float | None") -> float:
     if scope == "global" and (sparsity is None or sparsity <= DEFAULT_GLOBAL_MAX_LAYER_SPARSITY):
         return DEFAULT_GLOBAL_MAX_LAYER_SPARSITY
     return 1.0
+
+
+def resolve_max_layer_sparsity(max_layer_sparsity: Any, scope: str, sparsity: "float | None",
+                               layer_ratios: "str | None" = None) -> float:
+    """The per-layer cap every front end uses (CLI, ``prune_checkpoint``, ``prune_model``,
+    ``prune_sharded``, the Dask path): ``max_layer_sparsity`` checked (a finite number in [0, 1]),
+    or :func:`default_max_layer_sparsity` when it is None.
+
+    A cap applies where sparsities differ from layer to layer: ``scope="global"`` and
+    ``layer_ratios="owl"``. With uniform layer scope every tensor is pruned to ``sparsity`` itself,
+    so a cap below 1 could only lower that sparsity for every layer alike (or do nothing): it is
+    refused, naming both values, rather than silently ignored or silently lowering the target.
+
+    Example::
+
+        >>> from pruneplug.layer_ratios import resolve_max_layer_sparsity
+        >>> resolve_max_layer_sparsity(None, "global", 0.5), resolve_max_layer_sparsity(None, "layer", 0.5)
+        (0.99, 1.0)
+        >>> resolve_max_layer_sparsity(0.3, "layer", 0.5)
+        Traceback (most recent call last):
+        ...
+        pruneplug.errors.InvalidArgumentError: max_layer_sparsity=0.3 applies to scope='global' and layer_ratios='owl' (where layers get different sparsities); with uniform layer scope every selected tensor is pruned to the same sparsity (0.5): lower the sparsity instead, or leave max_layer_sparsity out
+    """
+    if max_layer_sparsity is None:
+        return default_max_layer_sparsity(scope, sparsity)
+    cap = _check_fraction(max_layer_sparsity, "max_layer_sparsity")
+    if cap < 1.0 and scope != "global" and layer_ratios != "owl":
+        raise InvalidArgumentError(
+            f"max_layer_sparsity={max_layer_sparsity!r} applies to scope='global' and layer_ratios='owl' (where "
+            f"layers get different sparsities); with uniform layer scope every selected tensor is pruned to the same "
+            f"sparsity ({sparsity!r}): lower the sparsity instead, or leave max_layer_sparsity out")
+    return cap
+
+
+def check_owl_parameters(m: Any, lam: Any) -> tuple[float, float]:
+    """OWL's ``m`` (a finite number > 0: outliers are scores above ``m`` times the mean) and
+    ``lam`` (a number in [0, 0.5]: the half-width of the sparsity window), checked the same way by
+    every front end, whether or not OWL is asked for (a bad value is refused, never ignored).
+
+    Example::
+
+        >>> from pruneplug.layer_ratios import check_owl_parameters
+        >>> check_owl_parameters(5, 0.08)
+        (5.0, 0.08)
+    """
+    return _check_m(m, "owl_m"), _check_fraction(lam, "owl_lambda", high=0.5)
 
 
 def layer_caps(sizes: Sequence[int], max_layer_sparsity: float) -> list[int]:

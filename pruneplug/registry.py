@@ -60,6 +60,13 @@ class RegistryView:
     def supports(self, backend: str, operation: str) -> bool:
         return operation in self.info(backend).operations
 
+    def accepts(self, backend: str, operation: str, keyword: str) -> bool:
+        """Whether ``backend``'s implementation of ``operation`` names the optional ``keyword``
+        (a hook may accept fewer arguments than its spec: a caller that passes something only some
+        implementations understand, such as raw bits with ``dtype=``, asks first)."""
+        target = self._implementations.get((backend, operation))
+        return target is not None and keyword in target[1] + target[2]
+
     def select(self, backend: str | None, *, array_type: str, dtype: str, operation: str) -> str:
         """The backend to run ``operation``: the named one (or an error saying why it cannot run),
         or for ``"auto"`` the highest-priority available one that supports it. Never a silent
@@ -271,6 +278,10 @@ class Registry:
 
     def supports(self, backend: str, operation: str) -> bool:
         return self.snapshot().supports(backend, operation)
+
+    def accepts(self, backend: str, operation: str, keyword: str) -> bool:
+        """:meth:`RegistryView.accepts` on the current view."""
+        return self.snapshot().accepts(backend, operation, keyword)
 
     def call(self, backend: str, operation: str, **kwargs: Any) -> Any:
         """:meth:`RegistryView.call` on the current view."""

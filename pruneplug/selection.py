@@ -23,6 +23,14 @@ adding the integer arrays; every decision is a pure function of the merged histo
   :meth:`ExactSelection.tie_quota` hands out the ties in global order: given each part's number of
   keys equal to ``T`` (parts in order), how many of its *first* tied elements each part prunes.
 
+With 16-bit keys a driver may first try a *bracket*: from a sample of the keys
+(:func:`sample_bits`), :meth:`ExactSelection.bracket_request` names a narrow key range around rank
+``k``; if the merged histogram of that range holds rank ``k``, :meth:`ExactSelection.update_bracket`
+decides ``T`` in that one pass, and each part's own histogram of it gives its counts below and at
+``T`` (:meth:`ExactSelection.counts_in_bracket`) without a counting pass; else the digits run as
+above. A dry run needs no selection at all where the counts decide the report:
+:func:`count_zeros` and :func:`zeros_after_pruning`.
+
 A part then prunes every key ``< T`` and its first ``quota`` keys ``== T``: :func:`prune_part`
 (a backend call that also counts zeros for reports), or :func:`part_counts` plus any exact-``k``
 operation (``k_part = less + quota``; its stable order prunes exactly those).
@@ -71,13 +79,14 @@ keeps ``-1.0``: four weights, ties broken by part order.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from pruneplug.arrays import adapt, check_float_dtype, contiguous, dtype_name
-from pruneplug.errors import InvalidArgumentError
+from pruneplug.arrays import adapt, check_bits, check_float_dtype, contiguous, dtype_name, float_view
+from pruneplug.errors import InvalidArgumentError, PrunePlugError
 from pruneplug.registry import get_registry
 
 KEY_KINDS = ("mag16", "f32", "f64")
@@ -85,6 +94,12 @@ KEY_KINDS = ("mag16", "f32", "f64")
 KEY_BITS = {"mag16": 15, "f32": 31, "f64": 63}
 #: the digits each kind is decided in, most significant first
 DIGITS = {"mag16": (15,), "f32": (16, 15), "f64": (16, 16, 16, 15)}
+#: A sampled bracket (ExactSelection.bracket_request): its margin on each side of rank k in
+#: standard deviations of the sample's rank, the fewest sample keys it is tried with, and the widest
+#: range it may histogram (2**10 keys: 8 KiB of counts per part kept, in L1 while counted).
+BRACKET_SIGMAS = 6.0
+BRACKET_MIN_SAMPLE = 1024
+BRACKET_MAX_BITS = 10
 TRANSFORMS = ("abs", "square")
 _HALF = ("float16", "bfloat16")
 
@@ -144,6 +159,32 @@ def bf16_square_keys() -> np.ndarray:
     table[finite] = first[run].astype(np.uint16)
     table.setflags(write=False)
     return table
+
+
+def mag16_keys(bits: np.ndarray, dtype: str, transform: str) -> np.ndarray:
+    """The mag16 keys (uint16) of raw float16/bfloat16 bits: the magnitude bits, or for bfloat16
+    under ``square`` the table :func:`bf16_square_keys` (non-finite values keep their bits)."""
+    mag = bits.astype(np.uint16, copy=False) & np.uint16(0x7FFF)
+    return bf16_square_keys()[mag] if transform == "square" and dtype == "bfloat16" else mag
+
+
+#: A key sample for a bracket is read in runs of this many adjacent weights (one small read each).
+SAMPLE_RUN = 32
+
+
+def sample_starts(n: int, runs: int, run: int = SAMPLE_RUN) -> np.ndarray:
+    """Where to read ``runs`` runs of ``run`` adjacent elements spread evenly over ``n`` (flat
+    C-order starts; fewer when ``n`` is small)."""
+    runs = max(0, min(runs, n // run))
+    return (np.arange(runs, dtype=np.int64) * (n // max(runs, 1))) if runs else np.empty(0, np.int64)
+
+
+def sample_bits(flat: np.ndarray, runs: int, run: int = SAMPLE_RUN) -> np.ndarray:
+    """The elements of ``flat`` (1-D) at :func:`sample_starts`: a sample for
+    :meth:`ExactSelection.bracket_request` (adjacent weights are nearly independent samples of a
+    weight matrix; the bracket is checked exactly anyway)."""
+    starts = sample_starts(flat.size, runs, run)
+    return flat[(starts[:, None] + np.arange(run)).reshape(-1)]
 
 
 def score_of_key(key: int, keys: str, dtype: str | None, transform: str) -> float:
@@ -228,6 +269,61 @@ class ExactSelection:
             self.ties = int(digits[digit])
             self._request = None
 
+    def bracket_request(self, sample_keys: np.ndarray) -> HistogramRequest | None:
+        """A request that can decide ``T`` in one pass, from a sample of the keys (mag16 keys only,
+        before any pass): the digit at shift 0 of the smallest aligned key range that holds the
+        sample's keys within :data:`BRACKET_SIGMAS` standard deviations of rank ``k`` (so most
+        weights fall below or above it, and its histogram is small). ``None`` where no such range
+        of at most :data:`BRACKET_MAX_BITS` bits exists or the sample is too small. Its merged
+        histogram goes to :meth:`update_bracket`; a sample that misses only costs that pass.
+
+        Why only mag16: its keys are 15 bits, so a few dozen tied magnitudes around the cut fit a
+        range of ~2^6; float32/float64 keys spread a sample's bracket over far more than 2^16 keys.
+        """
+        if self.keys != "mag16" or self._request is None or self.passes or np.size(sample_keys) < BRACKET_MIN_SAMPLE:
+            return None
+        keys = np.sort(np.asarray(sample_keys))  # uint16 keys: NumPy's radix sort
+        p = self.k / self.n
+        spread = BRACKET_SIGMAS * math.sqrt(keys.size * p * (1 - p)) + 1
+        lo = int(keys[max(0, int(p * keys.size - spread))])
+        hi = int(keys[min(keys.size - 1, int(p * keys.size + spread))])
+        bits = (lo ^ hi).bit_length()  # the smallest aligned range 2**bits holding lo and hi
+        if bits > BRACKET_MAX_BITS:
+            return None
+        return HistogramRequest(self.keys, 0, bits, lo >> bits)
+
+    def update_bracket(self, request: HistogramRequest, histogram: Any) -> bool:
+        """Decide ``T`` from the merged histogram of :meth:`bracket_request`'s ``request`` when
+        rank ``k`` falls inside its range (True); else leave the selection as it was (False): the
+        caller then runs the ordinary passes (:meth:`next_request`)."""
+        hist = np.asarray(histogram, dtype=np.int64)
+        if self._request is None or self.passes or request.shift != 0 or hist.shape != (request.bins,):
+            raise InvalidArgumentError("update_bracket takes the histogram of bracket_request, before any pass")
+        if int(hist.sum()) != self.n:
+            raise InvalidArgumentError(f"the merged histogram counts {int(hist.sum())} keys; expected n={self.n}")
+        below, inside = int(hist[0]), hist[1:-1]
+        if not below <= self._rank < below + int(inside.sum()):
+            return False
+        cum = np.cumsum(inside)
+        digit = int(np.searchsorted(cum, self._rank - below, side="right"))
+        self.below = below + (int(cum[digit - 1]) if digit else 0)
+        self.ties = int(inside[digit])
+        self._prefix = (request.prefix << request.bits) | digit
+        self._decided = KEY_BITS[self.keys]
+        self._digits, self._request = [], None
+        self.passes = 1
+        return True
+
+    def counts_in_bracket(self, request: HistogramRequest, histogram: Any) -> tuple[int, int]:
+        """``(count(key < T), count(key == T))`` of one part from its own histogram of the bracket
+        ``request`` that decided ``T`` (:meth:`update_bracket`): no counting pass."""
+        self._require_decided()
+        if self._prefix >> request.bits != request.prefix or request.shift != 0:
+            raise InvalidArgumentError("T is not inside this bracket")
+        hist = np.asarray(histogram, dtype=np.int64)
+        digit = self._prefix & ((1 << request.bits) - 1)
+        return int(hist[0]) + int(hist[1:1 + digit].sum()), int(hist[1 + digit])
+
     @property
     def decided(self) -> bool:
         return self._request is None
@@ -284,6 +380,29 @@ def _backend_array(values: Any, argname: str) -> tuple[Any, str]:
     return contiguous(adapted.array), adapted.array_type
 
 
+def _values(values: Any, dtype: str | None, argname: str = "values") -> tuple[Any, str, str]:
+    """``(array, array type, float dtype name)`` of ``values``: floats, or with ``dtype`` the raw
+    bits of ``dtype`` floats (a NumPy array, see :func:`pruneplug.arrays.check_bits`)."""
+    if dtype is None:
+        array, array_type = _backend_array(values, argname)
+        return array, array_type, dtype_name(array)
+    check_bits(values, dtype, argname)
+    return values, "numpy", dtype
+
+
+def _call(name: str, operation: str, array: Any, dtype: str | None, **kwargs: Any) -> Any:
+    """Call a hook on ``array``; raw bits go as they are to a backend that takes ``dtype=``, and
+    viewed as their floats to one that does not."""
+    if dtype is not None:
+        if get_registry().accepts(name, operation, "dtype"):
+            kwargs["dtype"] = dtype
+        else:
+            array = float_view(array, dtype)
+            if kwargs.get("out") is not None:
+                kwargs["out"] = float_view(kwargs["out"], dtype)
+    return get_registry().call(name, operation, values=array, **kwargs)
+
+
 def _check_request(request: HistogramRequest, dtype: str) -> None:
     if request.keys not in KEY_KINDS:
         raise InvalidArgumentError(f"request.keys={request.keys!r}: expected one of {list(KEY_KINDS)}")
@@ -297,30 +416,85 @@ def _check_request(request: HistogramRequest, dtype: str) -> None:
         raise InvalidArgumentError(f"invalid histogram request {request}")
 
 
-def chunk_histogram(values: Any, transform: str, request: HistogramRequest, *, backend: str | None = None) -> np.ndarray:
+def chunk_histogram(values: Any, transform: str, request: HistogramRequest, *, backend: str | None = None,
+                    dtype: str | None = None, zeros: np.ndarray | None = None) -> np.ndarray:
     """The key histogram of one chunk of weights for ``request`` (``request.bins`` int64 counts,
     a NumPy array whatever the backend): the one data-touching step of :class:`ExactSelection`.
 
-    ``values`` is any float array the backends take (NumPy, CuPy, PyTorch); non-finite weights
-    raise :class:`~pruneplug.errors.NonFiniteError`.
+    ``values`` is any float array the backends take (NumPy, CuPy, PyTorch), or with ``dtype`` the
+    raw bits of ``dtype`` floats (NumPy); non-finite weights raise
+    :class:`~pruneplug.errors.NonFiniteError`. ``zeros`` (an int64 NumPy array of 2) receives the
+    chunk's :func:`count_zeros`, in the same pass where the backend can.
     """
-    array, array_type = _backend_array(values, "values")
+    array, array_type, name_of_dtype = _values(values, dtype)
     if transform not in TRANSFORMS:
         raise InvalidArgumentError(f"transform={transform!r}: expected one of {list(TRANSFORMS)}")
-    _check_request(request, dtype_name(array))
+    _check_request(request, name_of_dtype)
     registry = get_registry()
-    name = registry.select(backend, array_type=array_type, dtype=dtype_name(array), operation="key_histogram")
-    hist = registry.call(name, "key_histogram", values=array, transform=transform, keys=request.keys,
-                         shift=request.shift, bits=request.bits, prefix=request.prefix)
+    name = registry.select(backend, array_type=array_type, dtype=name_of_dtype, operation="key_histogram")
+    fused = zeros is not None and registry.accepts(name, "key_histogram", "zeros")
+    hist = _call(name, "key_histogram", array, dtype, transform=transform, keys=request.keys, shift=request.shift,
+                 bits=request.bits, prefix=request.prefix, **({"zeros": zeros} if fused else {}))
+    if zeros is not None and not fused:
+        zeros[:] = count_zeros(values, transform, backend=backend, dtype=dtype)
     if not isinstance(hist, np.ndarray):
         hist = hist.get()  # a CuPy array: histograms are merged on the host
     return np.asarray(hist, dtype=np.int64)
 
 
-def part_counts(values: Any, transform: str, selection: ExactSelection, *, backend: str | None = None) -> tuple[int, int]:
-    """``(count(key < T), count(key == T))`` of one part (or chunk) once ``selection`` is decided."""
-    hist = chunk_histogram(values, transform, selection.count_request(), backend=backend)
-    return int(hist[0]), int(hist[1])
+def count_zeros(values: Any, transform: str | None, *, backend: str | None = None,
+                dtype: str | None = None) -> tuple[int, int]:
+    """``(zeros, zero_scores)`` of one part: its exact zeros (``-0.0`` included) and its weights of
+    score 0 (key 0: the zeros, and under ``"square"`` the weights whose square underflows), in one
+    pass; ``transform=None`` counts zeros only and rejects nothing. ``values`` as for
+    :func:`chunk_histogram`. Non-finite weights (with a transform) raise
+    :class:`~pruneplug.errors.NonFiniteError`.
+
+    Why both: pruning exactly ``k`` keys prunes the lowest keys first, so when ``k`` reaches the
+    zero scores every one of them is pruned, and the zeros after pruning are ``k``; below that, only
+    zero scores are pruned, and where those are all exact zeros nothing changes
+    (:func:`zeros_after_pruning`).
+    """
+    array, array_type, name_of_dtype = _values(values, dtype)
+    if transform is not None and transform not in TRANSFORMS:
+        raise InvalidArgumentError(f"transform={transform!r}: expected one of {list(TRANSFORMS)} or None")
+    name = get_registry().select(backend, array_type=array_type, dtype=name_of_dtype, operation="count_zeros")
+    zeros, zero_scores = _call(name, "count_zeros", array, dtype, transform=transform)
+    return int(zeros), int(zero_scores)
+
+
+def zeros_after_pruning(pruned: int, zeros: int, zero_scores: int) -> int | None:
+    """The exact zeros of a part after its ``pruned`` lowest keys (ties in any order) are set to
+    ``+0.0``, from its counts before (:func:`count_zeros`), or ``None`` when they depend on which
+    of the tied zero scores are pruned.
+
+    Zero scores have the lowest key (0). Pruning at least all of them prunes every zero, and every
+    weight left has a nonzero score: ``pruned`` zeros. Pruning fewer prunes only zero scores; when
+    those are all exact zeros (always under ``"abs"``) nothing changes: ``zeros``. Otherwise
+    (``"square"`` with underflowing squares) it depends on their order: ``None``.
+
+    >>> zeros_after_pruning(5, 2, 2), zeros_after_pruning(1, 2, 2), zeros_after_pruning(1, 2, 3)
+    (5, 2, None)
+    """
+    if pruned >= zero_scores:
+        return pruned
+    return zeros if zero_scores == zeros else None
+
+
+def part_counts(values: Any, transform: str, selection: ExactSelection, *, backend: str | None = None,
+                dtype: str | None = None) -> tuple[int, int]:
+    """``(count(key < T), count(key == T))`` of one part (or chunk) once ``selection`` is decided:
+    the backend's ``prune_below_key`` pass counting only (branch-free, it vectorises), else its
+    histogram of :meth:`ExactSelection.count_request`."""
+    array, array_type, float_dtype = _values(values, dtype)
+    registry = get_registry()
+    try:
+        name = registry.select(backend, array_type=array_type, dtype=float_dtype, operation="prune_below_key")
+    except PrunePlugError:
+        hist = chunk_histogram(values, transform, selection.count_request(), backend=backend, dtype=dtype)
+        return int(hist[0]), int(hist[1])
+    result = prune_part(array, transform, selection, 0, backend=name, dtype=dtype)
+    return result.less, result.equal
 
 
 @dataclass
@@ -336,7 +510,7 @@ class PartResult:
 
 
 def prune_part(values: Any, transform: str, selection: ExactSelection, quota: int, *, out: Any = None,
-               mask: Any = None, backend: str | None = None) -> PartResult:
+               mask: Any = None, backend: str | None = None, dtype: str | None = None) -> PartResult:
     """Apply a decided selection to one part in one pass: prune every key ``< T`` and the first
     ``quota`` keys ``== T`` (flat C order), writing the pruned weights into ``out`` (an array like
     ``values``, not ``values`` itself; ``None`` to only count) and the keep-mask into ``mask``
@@ -344,7 +518,8 @@ def prune_part(values: Any, transform: str, selection: ExactSelection, quota: in
     (:class:`PartResult`); ``quota`` larger than the part's ties prunes all of them.
 
     Runs on the backends that implement ``prune_below_key`` (``numpy``, ``cpu``); elsewhere use
-    :func:`part_counts` and an exact-``k`` prune with ``k = less + quota``.
+    :func:`part_counts` and an exact-``k`` prune with ``k = less + quota``. With ``dtype``,
+    ``values`` and ``out`` are raw bits of ``dtype`` floats (see :func:`chunk_histogram`).
 
     >>> import numpy as np
     >>> from pruneplug.selection import ExactSelection, prune_part
@@ -356,23 +531,20 @@ def prune_part(values: Any, transform: str, selection: ExactSelection, quota: in
     >>> prune_part(w, "abs", sel, sel.tie_quota([sel.ties])[0], out=out, backend="numpy"), out
     (PartResult(less=1, equal=2, pruned=2, zeros_before=1, zeros_after=2), array([3., 0., 0., 1., 2.], dtype=float32))
     """
-    array, array_type = _backend_array(values, "values")
+    array, array_type, float_dtype = _values(values, dtype)
     selection._require_decided()
-    dtype = dtype_name(array)
-    if selection.keys == "mag16" and dtype not in _HALF:
-        raise InvalidArgumentError(f"the selection uses mag16 keys; values have dtype {dtype}")
+    if selection.keys == "mag16" and float_dtype not in _HALF:
+        raise InvalidArgumentError(f"the selection uses mag16 keys; values have dtype {float_dtype}")
     if out is not None:
-        if out is values or (getattr(out, "shape", None) != array.shape or dtype_name(out) != dtype
+        if out is values or (getattr(out, "shape", None) != array.shape or out.dtype != array.dtype
                              or not out.flags.c_contiguous or np.shares_memory(out, array)):
             raise InvalidArgumentError("out must be a C-contiguous array of the values' shape and dtype, not the values")
     if mask is not None and (getattr(mask, "shape", None) != array.shape or dtype_name(mask) != "bool"
                              or not mask.flags.c_contiguous):
         raise InvalidArgumentError("mask must be a C-contiguous bool array of the values' shape")
-    registry = get_registry()
-    name = registry.select(backend, array_type=array_type, dtype=dtype, operation="prune_below_key")
-    less, equal, zb, za = registry.call(name, "prune_below_key", values=array, transform=transform,
-                                        keys=selection.keys, threshold=selection.threshold_key,
-                                        ties=max(0, int(quota)), out=out, mask=mask)
+    name = get_registry().select(backend, array_type=array_type, dtype=float_dtype, operation="prune_below_key")
+    less, equal, zb, za = _call(name, "prune_below_key", array, dtype, transform=transform, keys=selection.keys,
+                                threshold=selection.threshold_key, ties=max(0, int(quota)), out=out, mask=mask)
     return PartResult(int(less), int(equal), int(less) + min(int(equal), max(0, int(quota))), int(zb), int(za))
 
 

@@ -3,7 +3,8 @@
 Usage: python distributed_worker.py OUT_DIR PORT [WORLD]. Rank 0 saves the full parameters to
 OUT_DIR/full.pt; every rank saves its pruned pieces and masks to OUT_DIR/rank{r}.pt, keyed by
 (scheme, scope, sparsity, name) -> (offset, pruned piece, mask piece), and the error messages of
-the failure scenarios.
+the failure scenarios. Scope "global" runs without a cap (max_layer_sparsity=1.0), "capped" is
+global scope with the default cap, which binds on e.weight at 0.9.
 """
 
 from __future__ import annotations
@@ -75,10 +76,12 @@ def run(rank: int, world: int, out_dir: str, port: int) -> None:
         torch.save(params, f"{out_dir}/full.pt")
     results, errors = {}, {}
     for scheme in ("whole", "flat", "rows", "dtensor"):
-        for scope in ("global", "layer"):
+        for scope in ("global", "layer", "capped"):  # "capped": global with the default cap (0.99)
             for s in SPARSITIES:
                 mine = pieces(params, scheme, rank, world)
-                masks = prune_sharded(mine, s, scope=scope, order=order)
+                cap = {"global": 1.0, "layer": None, "capped": None}[scope]
+                masks = prune_sharded(mine, s, scope="layer" if scope == "layer" else "global", order=order,
+                                      max_layer_sparsity=cap)
                 for piece in mine:
                     results[(scheme, scope, s, piece.name)] = (piece.offset, piece.tensor, masks[piece.name].data)
     bad = pieces(params, "flat", rank, world)

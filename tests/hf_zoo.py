@@ -56,7 +56,8 @@ CONFIGS = {
 
 def build_model_dir(kind: str, directory: Path, dtype: torch.dtype = torch.float32) -> Path:
     """Write a tiny ``kind`` model (config with ``architectures``, safetensors weights) and its fast
-    tokenizer into ``directory``; the same ``kind`` always gives the same bytes."""
+    tokenizer into ``directory``; the same ``kind`` gives the same bytes every time (under one
+    transformers version: initialisation differs between versions)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = transformers.AutoConfig.for_model(kind, **CONFIGS[kind])

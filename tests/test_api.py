@@ -261,6 +261,25 @@ def test_big_endian_and_fortran_inputs_give_the_native_result(weights):
     np.testing.assert_array_equal(pp.prune(np.asfortranarray(weights), 0.5), expected)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("dtype", [">f2", ">f4", ">f8", "<f4"])
+@pytest.mark.parametrize("kwargs", [{"sparsity": 0.5}, {"pattern": "2:4"}, {"sparsity": 0.25, "pattern": "row"},
+                                    {"sparsity": 0.5, "groups": "row"}, {"count": 7}])
+def test_non_native_byte_order_comes_back_in_the_inputs_dtype(weights, backend, dtype, kwargs):
+    """pp.prune returns the input's dtype, byte order included (issue 19): a big-endian array is
+    pruned on a native copy and stored back big-endian, with the values of the native result."""
+    native = weights.astype(np.dtype(dtype).newbyteorder("="))
+    expected = pp.prune(native, backend=backend, **kwargs)
+    for arr in (native.astype(dtype), native.astype(dtype)[:, ::2]):  # contiguous and strided
+        before = arr.copy()
+        out, mask = pp.prune(arr, backend=backend, return_mask=True, **kwargs)
+        np.testing.assert_array_equal(arr, before)
+        assert out.dtype == np.dtype(dtype) and out.dtype.str == np.dtype(dtype).str
+        want = expected if arr.shape == native.shape else pp.prune(native[:, ::2], backend=backend, **kwargs)
+        np.testing.assert_array_equal(out, want)
+        assert arr.dtype == np.dtype(dtype)  # the input itself untouched
+
+
 class _FewArguments:
     """A plugin whose hook takes fewer arguments than the spec names (pluggy's forward
     compatibility): the registry must pass only those."""

@@ -72,6 +72,62 @@ def test_gloo_group_matches_single_process(group_run, scheme):
         assert total_pruned == pp.count_to_prune(s, sum(w.numel() for w in full.values()))
 
 
+def _capped_reference(full, sparsity, cap=0.99):
+    """The single-process capped global prune: water-filling over exact global selections, each
+    tensor then pruned to its count (pruneplug.layer_ratios.capped_counts)."""
+    from pruneplug.layer_ratios import capped_counts, layer_caps
+
+    names = list(full)
+    sizes = [full[n].numel() for n in names]
+
+    def select(active, k):
+        masks = pp.global_unstructured_masks({names[t]: full[names[t]] for t in active}, count=k)
+        return [sizes[t] - int(masks[names[t]].data.sum()) for t in active]
+
+    counts = capped_counts(pp.count_to_prune(sparsity, sum(sizes)), layer_caps(sizes, cap), select)
+    return {n: pp.prune(full[n].clone(), count=k, return_mask=True)[1].data for n, k in zip(names, counts)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["whole", "flat", "rows", "dtensor"])
+def test_gloo_group_default_cap_matches_the_single_process_capped_prune(group_run, scheme):
+    """Global scope caps every parameter at 0.99 by default, as every other front end (at 0.9 the
+    uncapped selection removes all of e.weight, whose weights are all 0.5); the total stays exact."""
+    full, ranks = group_run
+    for s in (0.3, 0.9):
+        want = _capped_reference(full, s)
+        masks = {name: _assemble(ranks, (scheme, "capped", s, name), full)[1] for name in full}
+        for name in full:
+            assert torch.equal(masks[name], want[name]), (scheme, s, name)
+            assert int((~masks[name]).sum()) <= int(0.99 * full[name].numel())
+        assert sum(int((~m).sum()) for m in masks.values()) == pp.count_to_prune(s, sum(w.numel() for w in full.values()))
+    assert int((~masks["e.weight"]).sum()) == int(0.99 * 256)  # the cap bound
+
+
+def test_one_rank_group_cap_and_its_validation(one_rank_group):
+    from pruneplug.torch.distributed import prune_sharded
+    from pruneplug.errors import InvalidArgumentError
+
+    g = torch.Generator().manual_seed(7)
+    params = {"big": torch.randn(20, 20, generator=g) + 10.0, "pooler": torch.randn(10, 10, generator=g) * 1e-3}
+    masks = prune_sharded({n: p.clone() for n, p in params.items()}, 0.6, order=list(params), inplace=False)
+    assert int((~masks["pooler"].data).sum()) == 99  # not 100: the default cap of every front end (0.99)
+    assert sum(int((~m.data).sum()) for m in masks.values()) == pp.count_to_prune(0.6, 500)
+    assert all(torch.equal(masks[n].data, m) for n, m in _capped_reference(params, 0.6).items())
+    full = prune_sharded({n: p.clone() for n, p in params.items()}, 0.6, order=list(params), inplace=False,
+                         max_layer_sparsity=1.0)
+    assert int((~full["pooler"].data).sum()) == 100
+    for bad in (float("nan"), -1.0, 1.5, float("inf")):
+        with pytest.raises(InvalidArgumentError, match="max_layer_sparsity="):
+            prune_sharded(params, 0.6, max_layer_sparsity=bad)
+    with pytest.raises(InvalidArgumentError, match="uniform layer scope"):
+        prune_sharded(params, 0.6, scope="layer", max_layer_sparsity=0.3)
+    frozen = torch.nn.Parameter(params["big"].clone(), requires_grad=False)
+    version = frozen._version
+    prune_sharded({"big": frozen}, 0.5)  # an in-place write autograd can see, as prune_model's
+    assert frozen._version > version and int((frozen == 0).sum()) == 200
+
+
 @pytest.mark.slow
 def test_gloo_group_errors_are_the_same_on_every_rank(group_run):
     _, ranks = group_run

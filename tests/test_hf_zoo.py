@@ -4,6 +4,7 @@ Every kind builds, loads with no missing or unexpected keys, runs on its tokeniz
 the name mapping of docs/architectures.md covers its checkpoint exactly."""
 
 import importlib.metadata
+import json
 import re
 from pathlib import Path
 
@@ -62,6 +63,14 @@ def test_the_directory_has_config_weights_and_tokenizer(built):
     assert (directory / "model.safetensors").is_file() and (directory / "tokenizer.json").is_file()
     sizes = [getattr(config, name) for name in ("hidden_size", "n_embd") if hasattr(config, name)]
     assert 32 <= sizes[0] <= 64 and config.vocab_size <= 256
+
+
+@pytest.mark.parametrize("kind", ["llama", "mixtral"])
+def test_a_bfloat16_build_stores_and_records_bfloat16(kind, tmp_path):
+    directory = hf_zoo.build_model_dir(kind, tmp_path, dtype=torch.bfloat16)
+    assert {tensor.dtype for tensor in load_file(str(directory / "model.safetensors")).values()} == {torch.bfloat16}
+    config = json.loads((directory / "config.json").read_text())
+    assert (config.get("dtype") or config.get("torch_dtype")) == "bfloat16"  # 5.x: dtype, 4.x: torch_dtype
 
 
 def test_the_build_is_seeded(built, tmp_path):

@@ -213,3 +213,112 @@ def test_nonfinite_is_reported_with_count_and_first_index(backend):
     ok = select_exact([np.ones(5, np.float32)], 2, "abs", backend="numpy")
     with pytest.raises(NonFiniteError):
         prune_part(x, "abs", ok, 0, out=np.empty_like(x), backend=backend)
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 22: zero counts, raw bits, 16-bit magnitude ranges, narrow brackets (C against the reference)
+# ---------------------------------------------------------------------------------------------
+def _all_half(dtype) -> np.ndarray:
+    """Every finite float16/bfloat16 bit pattern, both signs, shuffled (ties, zeros, denormals,
+    squares that underflow or overflow: every magnitude there is)."""
+    end = 0x7C00 if np.dtype(dtype) == np.float16 else 0x7F80
+    mags = np.arange(end, dtype=np.uint16)
+    bits = np.concatenate([mags, mags | np.uint16(0x8000), mags[::97]])  # and some repeated
+    return np.random.default_rng(1).permutation(bits).view(dtype)
+
+
+C_BACKENDS = [b for b in SELECTION_BACKENDS if b != "numpy"]
+
+
+@pytest.mark.parametrize("backend", C_BACKENDS)
+@pytest.mark.parametrize("dtype", [BF16, np.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("transform", ["abs", "square"])
+@pytest.mark.parametrize("keys", ["mag16", "f32", "f64"])
+def test_half_prune_by_magnitude_range_matches_the_reference(backend, dtype, transform, keys):
+    """pp_prune_below_key compares 16-bit magnitudes against a range found once: exhaustively the
+    reference's keys, at thresholds on and between the keys present, with tie quotas."""
+    x = _all_half(dtype)
+    request_keys = np.unique(sel_mod.mag16_keys(x.view(np.uint16), np.dtype(dtype).name, transform)) if keys == "mag16" \
+        else None
+    from pruneplug_backends.numpy.keyhist import keys_of
+
+    all_keys = np.unique(keys_of(x, transform, keys)) if request_keys is None else request_keys.astype(np.uint64)
+    thresholds = [0, int(all_keys[1]), int(all_keys[len(all_keys) // 3]), int(all_keys[len(all_keys) // 2]) + 1,
+                  int(all_keys[-1]), int(all_keys[-1]) + 1]
+    from pruneplug.registry import get_registry
+
+    registry = get_registry()
+    for t in thresholds:
+        for ties in (0, 1, 5, 10**9):
+            got_out, ref_out = np.empty_like(x), np.empty_like(x)
+            got_mask, ref_mask = np.empty(x.shape, bool), np.empty(x.shape, bool)
+            got = registry.call(backend, "prune_below_key", values=x, transform=transform, keys=keys, threshold=t,
+                                ties=ties, out=got_out, mask=got_mask)
+            ref = registry.call("numpy", "prune_below_key", values=x, transform=transform, keys=keys, threshold=t,
+                                ties=ties, out=ref_out, mask=ref_mask)
+            assert got == ref, (t, ties)
+            assert got_out.tobytes() == ref_out.tobytes() and np.array_equal(got_mask, ref_mask), (t, ties)
+
+
+@pytest.mark.parametrize("backend", C_BACKENDS)
+@pytest.mark.parametrize("dtype", [BF16, np.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("transform", ["abs", "square"])
+def test_narrow_mag16_brackets_match_the_reference(backend, dtype, transform):
+    """Requests at shift 0 with <= 10 bits (brackets, counting requests) take C's vectorised
+    magnitude-range loop: histogram and zero counts equal the reference's."""
+    from pruneplug.registry import get_registry
+
+    registry = get_registry()
+    x = np.concatenate([_all_half(dtype), np.random.default_rng(2).standard_normal(70_001).astype(dtype)])
+    rng = np.random.default_rng(3)
+    for bits in (0, 1, 4, 7, 10):
+        for prefix in {0, 1, int(rng.integers(0, 1 << (15 - bits))), (1 << (15 - bits)) - 1, 0x3C00 >> bits}:
+            kw = dict(transform=transform, keys="mag16", shift=0, bits=bits, prefix=prefix)
+            got_z, ref_z = np.zeros(2, np.int64), np.zeros(2, np.int64)
+            got = registry.call(backend, "key_histogram", values=x, zeros=got_z, **kw)
+            ref = registry.call("numpy", "key_histogram", values=x, zeros=ref_z, **kw)
+            assert np.array_equal(got, ref) and np.array_equal(got_z, ref_z), (bits, prefix)
+
+
+@pytest.mark.parametrize("backend", SELECTION_BACKENDS)
+@pytest.mark.parametrize("dtype", [BF16, np.float16, np.float32, np.float64], ids=["bf16", "f16", "f32", "f64"])
+def test_count_zeros_and_raw_bits(backend, dtype):
+    """count_zeros: exact zeros (-0.0 included) and zero scores (squares that underflow), with
+    NaN/Inf rejected under a transform and ignored without one; raw bits give what floats give."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(5000)
+    x[rng.random(5000) < 0.2] = 0.0
+    x[rng.random(5000) < 0.2] = -0.0
+    x[rng.random(5000) < 0.1] = 1e-30 if np.dtype(dtype) != np.float64 else 1e-200
+    x = x.astype(dtype)
+    bits = x.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[x.itemsize])
+    zeros = int(np.count_nonzero(x.astype(np.float64) == 0))
+    for transform in ("abs", "square"):
+        square_zero = int(np.count_nonzero(scores64(x, transform) == 0))
+        assert sel_mod.count_zeros(x, transform, backend=backend) == (zeros, square_zero)
+        assert sel_mod.count_zeros(bits, transform, backend=backend, dtype=np.dtype(dtype).name) == (zeros, square_zero)
+        request = ExactSelection(7, x.size, [np.dtype(dtype).name], transform).next_request()
+        z = np.zeros(2, np.int64)
+        hist = chunk_histogram(bits, transform, request, backend=backend, dtype=np.dtype(dtype).name, zeros=z)
+        assert np.array_equal(hist, chunk_histogram(x, transform, request, backend="numpy"))
+        assert tuple(z) == (zeros, square_zero)
+    bad = x.copy()
+    bad[[3, 10]] = np.inf
+    with pytest.raises(NonFiniteError) as err:
+        sel_mod.count_zeros(bad, "abs", backend=backend)
+    assert (err.value.count, err.value.first_index) == (2, 3)
+    assert sel_mod.count_zeros(bad, None, backend=backend) == (zeros - int(x[3] == 0) - int(x[10] == 0),) * 2
+
+
+@pytest.mark.parametrize("backend", SELECTION_BACKENDS)
+@pytest.mark.parametrize("transform", ["abs", "square"])
+def test_zeros_after_pruning_is_what_pruning_leaves(backend, transform):
+    """The dry run's rule, against pruning itself, for every k (ties, underflowing squares)."""
+    x = np.array([1e-30, 0.0, 2.0, 1e-30, -0.0, 0.5, 1e-30, 2.0, 0.0, 0.5], np.float32)
+    zeros = sel_mod.count_zeros(x, transform, backend=backend)
+    for k in range(x.size + 1):
+        sel = select_exact([x], k, transform, backend="numpy")
+        result = prune_part(x, transform, sel, sel.k - sel.below, out=np.empty_like(x), backend=backend)
+        after = sel_mod.zeros_after_pruning(k, *zeros)
+        assert after is None or after == result.zeros_after, (k, after, result)
+        assert (after is None) == (transform == "square" and k < zeros[1] and zeros[1] != zeros[0]), k

@@ -193,12 +193,16 @@ def test_bad_input_is_named():
 
 
 def test_indefinite_hessian_gets_more_damping_or_a_named_error():
-    w, _, h = layer(4, 16, seed=11)
+    w, _, _ = layer(4, 16, seed=11)
+    x = np.random.default_rng(11).standard_normal((64, 16))  # features of one scale: see below
+    h = x.T @ x
     eigvals, vecs = np.linalg.eigh(h)
     mean_diag = np.mean(np.diag(h))
     # one eigenvalue pushed to -0.05 x mean diagonal: 0.01 damping fails, 0.1 works
     eigvals[0] = -0.05 * mean_diag
     bent = (vecs * eigvals) @ vecs.T
+    bent = (bent + bent.T) / 2
+    assert np.diag(bent).min() > 0  # indefinite, but no negative diagonal entry (that is refused outright)
     r = sparsegpt_prune(w, bent, sparsity=0.5, dtype="float64")
     assert r.retries == 1 and r.damping == pytest.approx(0.1)
     with pytest.raises(errors.HessianError, match="'fc1'.*not positive definite"):
@@ -212,7 +216,8 @@ def test_inverse_factor_is_the_cholesky_of_the_inverse():
     _, _, h = layer(1, 24, seed=12)
     r = damped_inverse_factor(torch.from_numpy(h), damping=0.01, dtype=torch.float64)
     damped = h + 0.01 * np.mean(np.diag(h)) * np.eye(24)
-    u = r.value.numpy()
+    assert r.scale == pytest.approx(np.mean(np.diag(h)))
+    u = r.value.numpy() / np.sqrt(r.scale)  # the factor of H / scale, in H's own units
     np.testing.assert_allclose(u.T @ u, np.linalg.inv(damped), rtol=1e-8, atol=1e-12 * np.abs(np.linalg.inv(damped)).max())
     assert np.allclose(u, np.triu(u))
 

@@ -152,4 +152,8 @@ def pruneplug_importance(weights: np.ndarray, transform: str):
 
 from pruneplug_backends.cpu.compress24 import pruneplug_compress_24, pruneplug_decompress_24, pruneplug_prune_compress_24  # noqa: E402,F401
 from pruneplug_backends.cpu.rows import pruneplug_row_mask  # noqa: E402,F401  (per-row selection)
-from pruneplug_backends.cpu.keyhist import pruneplug_key_histogram, pruneplug_prune_below_key  # noqa: E402,F401
+from pruneplug_backends.cpu.keyhist import (  # noqa: E402,F401
+    pruneplug_count_zeros,
+    pruneplug_key_histogram,
+    pruneplug_prune_below_key,
+)

@@ -128,6 +128,7 @@ from pruneplug_backends.numpy.compress24 import (  # noqa: E402,F401  (2:4 compr
 )
 from pruneplug_backends.numpy.rows import pruneplug_row_mask  # noqa: E402,F401  (per-row selection)
 from pruneplug_backends.numpy.keyhist import (  # noqa: E402,F401  (exact selection over many arrays)
+    pruneplug_count_zeros,
     pruneplug_key_histogram,
     pruneplug_prune_below_key,
 )

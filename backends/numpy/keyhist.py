@@ -1,12 +1,14 @@
-"""The reference of the exact selection's hooks (``pruneplug_key_histogram`` and
-``pruneplug_prune_below_key``): keys materialised as uint64, counted with ``bincount``."""
+"""The reference of the exact selection's hooks (``pruneplug_key_histogram``,
+``pruneplug_count_zeros`` and ``pruneplug_prune_below_key``): keys materialised as uint64, counted
+with ``bincount``. Raw bits (``dtype=``) are viewed as their floats first."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from pruneplug.arrays import check_bits, float_view
 from pruneplug.hookspecs import hookimpl
-from pruneplug.selection import bf16_square_keys
+from pruneplug.selection import mag16_keys
 
 from pruneplug_backends.numpy.scores import check_finite, scores_of
 
@@ -18,10 +20,7 @@ def keys_of(values: np.ndarray, transform: str, keys: str) -> np.ndarray:
     flat = values.reshape(-1)
     if keys == "mag16":
         check_finite(flat, transform)
-        mag = flat.view(np.uint16) & np.uint16(0x7FFF)
-        if transform == "square" and flat.dtype.name == "bfloat16":
-            mag = bf16_square_keys()[mag]
-        return mag.astype(np.uint64)
+        return mag16_keys(flat.view(np.uint16), flat.dtype.name, transform).astype(np.uint64)
     scores = scores_of(flat, transform)
     if keys == "f32":
         return scores.astype(np.float32).view(np.uint32).astype(np.uint64)
@@ -32,10 +31,20 @@ def _hi(key: np.ndarray, top: int) -> np.ndarray:
     return key >> np.uint64(top) if top < 64 else np.zeros_like(key)
 
 
+def _floats(values: np.ndarray, dtype: str | None) -> np.ndarray:
+    if dtype is None:
+        return values
+    check_bits(values, dtype, "values")
+    return float_view(values, dtype)
+
+
 @hookimpl
 def pruneplug_key_histogram(values: np.ndarray, transform: str, keys: str, shift: int, bits: int,
-                            prefix: int) -> np.ndarray:
+                            prefix: int, dtype: str | None = None, zeros: np.ndarray | None = None) -> np.ndarray:
+    values = _floats(values, dtype)
     key = keys_of(values, transform, keys)
+    if zeros is not None:
+        zeros[0], zeros[1] = int(np.count_nonzero(_zeros(values.reshape(-1)))), int(np.count_nonzero(key == 0))
     hi = _hi(key, shift + bits)
     p = np.uint64(prefix)
     hist = np.zeros((1 << bits) + 2, dtype=np.int64)
@@ -52,8 +61,20 @@ def _zeros(flat: np.ndarray) -> np.ndarray:
 
 
 @hookimpl
+def pruneplug_count_zeros(values: np.ndarray, transform: str | None, dtype: str | None = None) -> tuple[int, int]:
+    flat = _floats(values, dtype).reshape(-1)
+    zeros = int(np.count_nonzero(_zeros(flat)))
+    if transform is None:
+        return zeros, zeros
+    return zeros, int(np.count_nonzero(scores_of(flat, transform) == 0))  # score 0: key 0
+
+
+@hookimpl
 def pruneplug_prune_below_key(values: np.ndarray, transform: str, keys: str, threshold: int, ties: int,
-                              out=None, mask=None) -> tuple[int, int, int, int]:
+                              out=None, mask=None, dtype: str | None = None) -> tuple[int, int, int, int]:
+    values = _floats(values, dtype)
+    if out is not None and dtype is not None:
+        out = _floats(out, dtype)
     flat = values.reshape(-1)
     key = keys_of(flat, transform, keys)
     t = np.uint64(threshold)

@@ -14,7 +14,8 @@ Where things are:
 * :mod:`~pruneplug.checkpoint.formats`: reading (safetensors headers, sharded and model directories,
   ``.npz``, compressed-tensors weights decoded on read),
   :class:`TensorRef` and :class:`Checkpoint`, the dtype maps;
-* :mod:`~pruneplug.checkpoint.selection`: which tensors are pruned (:data:`SELECTION_RULE`);
+* :mod:`pruneplug.selection_rule` (core, shared with the torch front end and the stream): which
+  tensors are pruned (:data:`SELECTION_RULE`);
 * :mod:`~pruneplug.checkpoint.global_select`: global pruning in bounded memory (drives
   :mod:`pruneplug.selection` over the tensors);
 * :mod:`~pruneplug.checkpoint.prune`: :func:`prune_checkpoint`, step by step, and its per-tensor
@@ -25,7 +26,7 @@ Where things are:
   index, config.json and other files;
 * :mod:`~pruneplug.checkpoint.writers`: the transaction (unnamed temporaries linked and renamed at
   the end) and the safetensors (``pwrite``, ``copy_file_range``) and ``.npz`` writers;
-* :mod:`~pruneplug.checkpoint.report`: progress and the prune report;
+* :mod:`pruneplug.report` (core, shared): progress and the prune report;
 * :mod:`~pruneplug.checkpoint.inspect`: :func:`inspect_checkpoint` and its plot.
 """
 
@@ -33,8 +34,8 @@ from pruneplug.checkpoint.formats import Checkpoint, TensorRef, open_checkpoint,
 from pruneplug.checkpoint.global_select import GlobalPlan, global_unstructured_masks, plan_global
 from pruneplug.checkpoint.inspect import InspectReport, InspectRow, check_plot_path, inspect_checkpoint, plot_inspection
 from pruneplug.checkpoint.prune import FORMATS, prune_checkpoint
-from pruneplug.checkpoint.report import ProgressLike, PruneReport, TensorReport
-from pruneplug.checkpoint.selection import SELECTION_RULE, select_tensors
+from pruneplug.report import ProgressLike, PruneReport, TensorReport
+from pruneplug.selection_rule import SELECTION_RULE, select_tensors
 from pruneplug.checkpoint.writers import SafetensorsWriter
 
 __all__ = [

@@ -42,7 +42,10 @@ examples:
 def _add_prune(subparsers) -> None:
     p = subparsers.add_parser(
         "prune", help="prune a checkpoint (safetensors file, sharded or model directory, or .npz)",
-        description="Prune a checkpoint by weight magnitude and write it in the same form, atomically.",
+        description="Prune a checkpoint and write it in the same form, atomically: by weight magnitude, or by a "
+        "calibrated criterion with a statistics file (streamed tensor by tensor), or, for a Hugging Face model "
+        "directory with calibration texts, block by block from the checkpoint to OUT_DIR in the memory of one "
+        "block (resumable with --resume; docs/calibration.md).",
         epilog=PRUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", metavar="IN", help="a .safetensors file, a directory with model.safetensors.index.json, a model directory "
                    "(model.safetensors, config.json, tokenizer files), or an .npz")
@@ -52,9 +55,10 @@ def _add_prune(subparsers) -> None:
     p.add_argument("--method", default="l1", help="importance criterion: l1 (|w|, default), l2 (w*w), wanda "
                    "(|w| * input norm, needs --calibration), sparsegpt (SparseGPT with its weight update, needs --calibration "
                    "with Hessians: `pruneplug calibrate --hessian` or texts) or a criterion plugin's name")
-    p.add_argument("--calibration", metavar="STATS|TEXTS", help="for --method wanda: a statistics file from "
-                   "`pruneplug calibrate` (IN any checkpoint, streamed), or calibration texts (IN a Hugging Face "
-                   "model directory, OUT a new directory: sequential calibration through the model)")
+    p.add_argument("--calibration", metavar="STATS|TEXTS", help="for calibrated methods (wanda, sparsegpt, OWL): a "
+                   "statistics file from `pruneplug calibrate` (IN any checkpoint, streamed), or calibration texts "
+                   "(IN a Hugging Face model directory, OUT a new directory: the one-step form, block by block); told "
+                   "apart by content, not by name")
     p.add_argument("--groups", choices=("layer", "row"), help="unstructured comparison group: the whole tensor or "
                    "each output row (default: the method's own: row for wanda, layer otherwise)")
     p.add_argument("--layer-ratios", choices=("uniform", "owl"), default="uniform", help="per-layer sparsities: "
@@ -64,8 +68,9 @@ def _add_prune(subparsers) -> None:
                    "(default: 5)")
     p.add_argument("--owl-lambda", type=float, default=0.08, help="OWL: per-layer sparsities span 2 x lambda around "
                    "the target (default: 0.08)")
-    p.add_argument("--max-layer-sparsity", type=float, help="no tensor loses more than this fraction (default: 0.99 "
-                   "with --scope global, so that no layer is removed whole; 1.0 otherwise)")
+    p.add_argument("--max-layer-sparsity", type=float, help="no tensor loses more than this fraction, a number in "
+                   "[0, 1] (default: 0.99 with --scope global, so that no layer is removed whole; 1.0 otherwise). "
+                   "It applies to --scope global and --layer-ratios owl; below 1 with uniform layer scope it is refused")
     p.add_argument("--pattern", default="unstructured",
                    help="'unstructured' (default), 'N:M' such as 2:4, 'row', 'column' or 'block(H,W)'")
     p.add_argument("--axis", type=int, default=-1, help="N:M group axis (default: -1, the input dimension of [out, in])")
@@ -93,7 +98,8 @@ def _add_prune(subparsers) -> None:
     calibration_cli.add_stream_options(p)  # --device, --dtype, --calibration-mode, --resume, ... (one-step form)
     p.add_argument("--dask", metavar="ADDRESS", help="prune a sharded directory on the Dask cluster at ADDRESS "
                    "(tcp://host:8786); workers read and write whole shards on a shared file system")
-    p.add_argument("--workers", type=int, metavar="N", help="prune a sharded directory on a local Dask cluster of N processes")
+    p.add_argument("--workers", type=int, metavar="N", help="prune a sharded directory on a local Dask cluster of N "
+                   "processes (N >= 1)")
     p.set_defaults(handler=run_prune)
 
 
@@ -108,7 +114,7 @@ def run_prune(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from pruneplug import calibration_cli
 
-    if args.dask or args.workers:
+    if args.dask is not None or args.workers is not None:  # --workers 0 is refused there, not "no cluster"
         from pruneplug.dask_checkpoint import prune_from_args
 
         report = prune_from_args(args)

@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from pruneplug.arrays import BITS_DTYPES
+from pruneplug.selection import SAMPLE_RUN, sample_bits, sample_starts
 from pruneplug.errors import CheckpointError, PrunePlugError
 
 
@@ -37,6 +39,8 @@ ST_DTYPES: dict[str, tuple[Any, int]] = {
     "F6_E2M3": (None, 1), "F6_E3M2": (None, 1), "F8_E4M3FNUZ": (None, 1), "F8_E5M2FNUZ": (None, 1),
 }
 PRUNABLE = {"F16", "BF16", "F32", "F64"}
+#: safetensors float dtype -> its NumPy name
+FLOAT_NAMES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 _ML_DTYPES = {"BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 NP_TO_ST = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
              "int32": "I32", "int16": "I16", "int8": "I8", "uint64": "U64", "uint32": "U32",
@@ -104,8 +108,50 @@ class TensorRef:
             raise CheckpointError(f"{self.file}: cannot map tensor {self.name!r}: {exc}") from exc
         return mm.view(np.ndarray).reshape(self.shape)
 
+    @property
+    def float_dtype(self) -> str | None:
+        """The NumPy name of a prunable tensor's float dtype (``"bfloat16"``, ...), else None."""
+        return FLOAT_NAMES.get(self.dtype)
+
+    def bits(self) -> np.ndarray:
+        """A prunable tensor's raw bits: its float bits as unsigned integers of the same width,
+        memory-mapped (safetensors), shaped like the tensor. What the C kernels read, and no
+        ``ml_dtypes`` import for bfloat16 (it costs more than reading a small model)."""
+        if self.dtype not in PRUNABLE:
+            raise CheckpointError(f"tensor {self.name!r}: dtype {self.dtype} is not a float dtype")
+        bits_dtype = BITS_DTYPES[ST_DTYPES[self.dtype][1]]
+        if self.loader is not None:
+            return np.ascontiguousarray(self.loader()).view(bits_dtype)
+        if self.numel == 0:
+            return np.empty(self.shape, dtype=bits_dtype)
+        try:
+            mm = np.memmap(self.file, dtype=bits_dtype, mode="r", offset=self.offset, shape=(self.numel,))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{self.file}: cannot map tensor {self.name!r}: {exc}") from exc
+        return mm.view(np.ndarray).reshape(self.shape)
+
+    def sample_bits(self, runs: int) -> np.ndarray:
+        """About ``runs * SAMPLE_RUN`` of :meth:`bits`, spread evenly over the tensor
+        (:func:`pruneplug.selection.sample_starts`), read with ``pread``: no mapping is touched
+        (a mapped tensor is faulted in page by page when it is streamed)."""
+        if self.loader is not None or self.numel == 0:
+            return sample_bits(self.bits().reshape(-1), runs)
+        bits_dtype = BITS_DTYPES[ST_DTYPES[self.dtype][1]]
+        width = SAMPLE_RUN * bits_dtype.itemsize
+        fd = os.open(self.file, os.O_RDONLY)
+        try:
+            pieces = [os.pread(fd, width, self.offset + int(start) * bits_dtype.itemsize)
+                      for start in sample_starts(self.numel, runs)]
+        finally:
+            os.close(fd)
+        return np.frombuffer(b"".join(pieces), dtype=bits_dtype)
+
     def chunks(self, size: int | None = None) -> Iterator[np.ndarray]:
         return flat_chunks(self.array(), size)
+
+    def bit_chunks(self, size: int | None = None) -> Iterator[np.ndarray]:
+        """:meth:`bits` in flat chunks (see :func:`flat_chunks`)."""
+        return flat_chunks(self.bits(), size)
 
     def raw_chunks(self, size: int = 64 << 20) -> Iterator[bytes]:
         """The tensor's bytes as stored (safetensors only), for byte-identical copies."""
@@ -386,13 +432,7 @@ def _open_npz(path: Path) -> Checkpoint:
                 raise CheckpointError(f"{path}: corrupt npz: member {bad!r} fails its CRC check")
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise CheckpointError(f"{path}: corrupt or truncated npz: {exc}") from exc
-    metadata: dict[str, str] = {}
-    if comment:
-        try:
-            parsed = json.loads(comment)
-            metadata = {str(k): str(v) for k, v in parsed.items()} if isinstance(parsed, dict) else {"comment": comment}
-        except (RecursionError, ValueError):  # not JSON: an ordinary zip comment, kept as it is
-            metadata = {"comment": comment}
+    metadata = _npz_comment_metadata(path, comment)
     dtypes = _declared_dtypes(path, metadata)
     tensors = {}
     fmt = np.lib.format
@@ -418,6 +458,30 @@ def _open_npz(path: Path) -> Checkpoint:
     return Checkpoint(path, "npz", tensors, metadata,
                       npz_compressed=any(i.compress_type != zipfile.ZIP_STORED for i in infos),
                       other_members=[i.filename for i in infos if not i.filename.endswith(".npy")])
+
+
+def _npz_comment_metadata(path: Path, comment: str) -> dict[str, str]:
+    """The metadata of an npz's zip comment. A comment that starts with ``{`` is JSON metadata (what
+    :class:`~pruneplug.checkpoint.writers.NpzWriter` writes, ``pruneplug.dtypes`` included): it must
+    parse as a JSON object, or the file is refused as corrupt; ignoring it could silently read
+    bfloat16 members as integers. Too deeply nested to parse counts as unreadable, the same as
+    any other invalid JSON. Any other comment (plain text, a JSON array, however nested) is an
+    ordinary zip comment, never interpreted: it is kept as ``{"comment": text}``."""
+    if not comment:
+        return {}
+    if not comment.lstrip().startswith("{"):
+        return {"comment": comment}
+    try:
+        parsed = json.loads(comment)
+        if isinstance(parsed, dict):
+            return {str(k): str(v) for k, v in parsed.items()}
+        why = f"a JSON {type(parsed).__name__}, not an object"
+    except RecursionError:
+        why = "nested too deeply to read"
+    except ValueError as exc:
+        why = f"not valid JSON ({_brief(exc)})"
+    raise CheckpointError(f"{path}: corrupt npz comment: it starts like JSON metadata but is {why}; refused rather "
+                          "than ignoring the metadata it holds (rewrite the comment, or remove it)")
 
 
 def _declared_dtypes(path: Path, metadata: dict[str, str]) -> dict[str, str]:
@@ -470,9 +534,6 @@ def flat_chunks(array: np.ndarray, size: int | None = None) -> Iterator[np.ndarr
         yield flat[start:start + size]
 
 
-_SIGNED_ZERO_BITS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
-
-
 def count_zeros(chunks: Iterable[np.ndarray]) -> int:
     """Exact zeros in ``chunks`` (``-0.0`` included). IEEE floats and bfloat16 are counted on their
     bits (every bit but the sign zero): a bfloat16 ``== 0`` would run element by element in
@@ -480,7 +541,7 @@ def count_zeros(chunks: Iterable[np.ndarray]) -> int:
     total = 0
     for c in chunks:
         if c.dtype.kind == "f" or c.dtype.name == "bfloat16":
-            bits = np.ascontiguousarray(c).reshape(-1).view(_SIGNED_ZERO_BITS[c.dtype.itemsize])
+            bits = np.ascontiguousarray(c).reshape(-1).view(BITS_DTYPES[c.dtype.itemsize])
             total += bits.size - int(np.count_nonzero(bits << np.uint8(1)))
         else:
             total += int(np.count_nonzero(c == 0))

@@ -12,10 +12,11 @@ key histogram, holding one histogram; then each tensor prunes its keys below the
 and its share of the ties at ``T`` (:func:`pruneplug.selection.prune_part`). Peak memory is one
 tensor's memory-mapped input, its pruned copy and its mask, whatever the number of tensors.
 
-Where each tensor's exact count is needed (a per-layer cap to test, a backend without
-``prune_below_key``, files written out of tensor order), one counting pass
-(:func:`count_shares`) gives every tensor's count *and* its share of the ties together, and
-:func:`plan_capped` keeps them: no pass is run twice.
+The first histogram pass over each tensor also counts its zeros (the same C pass). Where each
+tensor's exact count is needed (a per-layer cap to test, a backend without ``prune_below_key``,
+files written out of tensor order, a dry run's report), one counting pass (:func:`count_shares`)
+gives every tensor's count *and* its share of the ties together, and :func:`plan_capped` keeps
+them: no pass is run twice.
 """
 
 from __future__ import annotations
@@ -25,22 +26,25 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from pruneplug.arrays import adapt, check_float_dtype, dtype_name
+from pruneplug.arrays import adapt, check_float_dtype, dtype_name, float_view
 from pruneplug.checkpoint import formats
-from pruneplug.checkpoint.formats import ST_DTYPES, TensorRef, flat_chunks, numpy_dtype
-from pruneplug.checkpoint.report import ProgressLike, NullProgress
+from pruneplug.checkpoint.formats import ST_DTYPES, TensorRef, flat_chunks
+from pruneplug.report import ProgressLike, NullProgress
 from pruneplug.errors import InvalidArgumentError, NonFiniteError
 from pruneplug.layer_ratios import capped_counts
 from pruneplug.registry import get_registry
-from pruneplug.selection import ExactSelection, chunk_histogram, part_counts, prune_part
+from pruneplug.selection import ExactSelection, chunk_histogram, mag16_keys, part_counts, prune_part
 from pruneplug.types import Mask
 from pruneplug.validation import check_method, check_sparsity, resolve_count
 
 
 
-def _nonfinite_error(name: str, chunks: Callable[[], Iterator[np.ndarray]], method: str) -> NonFiniteError:
+def _nonfinite_error(source: "Source", method: str) -> NonFiniteError:
+    name = source.name
     count, first, seen = 0, -1, 0
-    for chunk in chunks():
+    for chunk in source.chunks():
+        if source.raw:
+            chunk = float_view(chunk, source.dtype)
         bad = ~np.isfinite(chunk.astype(np.float64))
         if bad.any():
             if first < 0:
@@ -54,13 +58,21 @@ def _nonfinite_error(name: str, chunks: Callable[[], Iterator[np.ndarray]], meth
 @dataclass
 class Source:
     """A tensor the global select streams: its name, size, a chunk iterator factory, its itemsize
-    and dtype name (``None``: read from its first chunk)."""
+    and dtype name (``None``: read from its first chunk); ``raw``: the chunks are the raw bits of
+    ``dtype`` floats (:meth:`pruneplug.checkpoint.formats.TensorRef.bits`)."""
 
     name: str
     numel: int
     chunks: Callable[[], Iterator[np.ndarray]]
     itemsize: int = 4
     dtype: str | None = None
+    raw: bool = False
+    sample: Callable[[int], np.ndarray] | None = None  # runs -> a sample of the raw bits (a bracket)
+
+    @property
+    def bits_of(self) -> str | None:
+        """The ``dtype=`` of the selection calls: the float dtype when the chunks are raw bits."""
+        return self.dtype if self.raw else None
 
     def dtype_name(self) -> str | None:
         if self.dtype is None:
@@ -85,6 +97,7 @@ class GlobalPlan:
     passes: int
     selection: ExactSelection | None = None
     quotas: list[int | None] | None = None
+    zeros: list[tuple[int, int] | None] | None = None  # per tensor: zeros and zero scores before (count_zeros)
 
 
 @dataclass(frozen=True)
@@ -113,38 +126,123 @@ def shares_of(selection: ExactSelection, tallies: Sequence[tuple[int, int]]) -> 
 
 
 def histogram(source: Source, method: str, request: Any, backend: str | None = None,
-              progress: "ProgressLike | None" = None) -> np.ndarray:
+              progress: "ProgressLike | None" = None, zeros: np.ndarray | None = None) -> np.ndarray:
     """The key histogram of one source for ``request``, summed over its chunks (one pass over it;
-    a non-finite weight is an error naming the tensor)."""
+    a non-finite weight is an error naming the tensor). ``zeros`` (int64, 2): its zeros and zero
+    scores, counted in the same pass."""
     progress = progress or NullProgress()
     total = np.zeros(request.bins, np.int64)
+    part = None if zeros is None else np.zeros(2, np.int64)
+    if zeros is not None:
+        zeros[:] = 0
     try:
         for chunk in source.chunks():
             progress.update(0, chunk.size * source.itemsize)
-            total += chunk_histogram(chunk, check_method(method), request, backend=backend)
+            total += chunk_histogram(chunk, check_method(method), request, backend=backend, dtype=source.bits_of,
+                                     zeros=part)
+            if zeros is not None:
+                zeros += part
     except NonFiniteError:
-        raise _nonfinite_error(source.name, source.chunks, method) from None
+        raise _nonfinite_error(source, method) from None
     return total
+
+
+#: Runs of the global select's key sample (pruneplug.selection.sample_starts), over all tensors:
+#: 65,536 keys put rank k within about +-1.2 % of n, a bracket of a few bfloat16 magnitudes.
+GLOBAL_SAMPLE_RUNS = 2048
+
+
+class Brackets:
+    """Each source's histogram of the bracket request that decided a selection in one pass
+    (:meth:`pruneplug.selection.ExactSelection.bracket_request`): ``2**bits + 2`` counts per
+    tensor (at most 1,026), from which its counts below and at ``T`` follow with no counting pass
+    (:meth:`~pruneplug.selection.ExactSelection.counts_in_bracket`), and a later selection over
+    some of the tensors (a layer cap's second round) is decided again when ``T`` falls inside."""
+
+    def __init__(self) -> None:
+        self.request: Any = None
+        self.histograms: dict[str, np.ndarray] = {}
+        self.passes = 0  # bracket passes run (decided or not)
+
+    def decide(self, selection: ExactSelection, sources: Sequence[Source]) -> bool:
+        """Decide ``selection`` over ``sources`` from their kept histograms (no pass), if it can."""
+        if self.request is None or any(s.name not in self.histograms for s in sources):
+            return False
+        merged = sum((self.histograms[s.name] for s in sources), np.zeros(self.request.bins, np.int64))
+        return selection.update_bracket(self.request, merged)
+
+    def tallies(self, selection: ExactSelection, sources: Sequence[Source]) -> list[tuple[int, int]] | None:
+        """Each source's ``(count(key < T), count(key == T))``, or None when ``T`` is not inside."""
+        if self.request is None or selection.k in (0, selection.n) or any(s.name not in self.histograms for s in sources):
+            return None
+        if selection.threshold_key >> self.request.bits != self.request.prefix:
+            return None
+        return [selection.counts_in_bracket(self.request, self.histograms[s.name]) for s in sources]
+
+
+def _one_pass(sources: Sequence[Source], method: str, request: Any, backend: str | None, progress: ProgressLike,
+              zeros: dict[str, tuple[int, int]] | None) -> Iterator[tuple[str, np.ndarray]]:
+    """Each source's name and histogram of ``request``, one source at a time; the zeros of a source
+    not yet in ``zeros`` are counted in the same pass and added there."""
+    for source in sources:
+        counted = np.zeros(2, np.int64) if zeros is not None and source.name not in zeros else None
+        hist = histogram(source, method, request, backend, progress, counted)
+        if counted is not None:
+            zeros[source.name] = (int(counted[0]), int(counted[1]))
+        progress.update(1, 0)
+        yield source.name, hist
+
+
+def _try_bracket(selection: ExactSelection, sources: Sequence[Source], method: str, backend: str | None,
+                 progress: ProgressLike, zeros: dict[str, tuple[int, int]] | None, brackets: Brackets) -> bool:
+    """One pass that decides ``selection`` when a key sample brackets rank ``k`` (mag16 keys, every
+    source sampled); the histograms are kept in ``brackets``. False (the pass wasted, its zeros
+    kept) when the sample missed."""
+    if selection.keys != "mag16" or any(s.sample is None for s in sources) or not selection.n:
+        return False
+    total = sum(s.numel for s in sources)
+    sample = [s.sample(max(1, round(GLOBAL_SAMPLE_RUNS * s.numel / total))) for s in sources]
+    request = selection.bracket_request(np.concatenate(
+        [mag16_keys(x, s.dtype, selection.transform) for x, s in zip(sample, sources)]))
+    if request is None:
+        return False
+    progress.start("global select, pass 1 (sampled bracket)", len(sources), sum(s.numel * s.itemsize for s in sources))
+    brackets.request, brackets.passes = request, brackets.passes + 1
+    brackets.histograms = dict(_one_pass(sources, method, request, backend, progress, zeros))
+    progress.close()
+    merged = sum(brackets.histograms.values(), np.zeros(request.bins, np.int64))
+    if selection.update_bracket(request, merged):
+        return True
+    brackets.request, brackets.histograms = None, {}
+    return False
 
 
 def decide_global(sources: Sequence[Source], sparsity: float | None, method: str,
                   progress: "ProgressLike | None" = None, backend: str | None = None, *,
-                  count: int | None = None) -> ExactSelection:
+                  count: int | None = None, zeros: dict[str, tuple[int, int]] | None = None,
+                  brackets: Brackets | None = None) -> ExactSelection:
     """Run the exact selection of ``round(sparsity * total)`` weights over ``sources`` (or of
     exactly ``count``, with ``sparsity=None``) until the threshold is decided (one streaming pass
-    per key digit)."""
+    per key digit). ``zeros``: a dict that receives each source's zeros and zero scores
+    (:func:`pruneplug.selection.count_zeros`), counted in the same pass as its first histogram
+    (sources already in it are not counted again). ``brackets``: first try to decide it from the
+    kept bracket histograms (no pass), then from a sampled bracket (one narrow pass, kept there);
+    the radix passes run only when both miss."""
     progress = progress or NullProgress()
     total = sum(s.numel for s in sources)
     nbytes = sum(s.numel * s.itemsize for s in sources)
     dtypes = [d for d in (s.dtype_name() for s in sources) if d is not None]
     selection = ExactSelection(resolve_count(sparsity, count, total, "weights", "the global select"), total, dtypes,
                                check_method(method))
+    if brackets is not None and not selection.decided and (
+            brackets.decide(selection, sources)
+            or _try_bracket(selection, sources, method, backend, progress, zeros, brackets)):
+        return selection
     while (request := selection.next_request()) is not None:
         progress.start(f"global select, pass {selection.passes + 1}", len(sources), nbytes)
         merged = np.zeros(request.bins, np.int64)
-        for source in sources:
-            merged += histogram(source, method, request, backend, progress)
-            progress.update(1, 0)
+        for _, hist in _one_pass(sources, method, request, backend, progress, zeros):
+            merged += hist  # summed as it comes: one histogram held, whatever the number of tensors
         progress.close()
         selection.update(merged)
     return selection
@@ -167,10 +265,10 @@ def tally(source: Source, selection: ExactSelection, method: str, backend: str |
     less = equal = 0
     try:
         for chunk in source.chunks():
-            lt, eq = part_counts(chunk, check_method(method), selection, backend=backend)
+            lt, eq = part_counts(chunk, check_method(method), selection, backend=backend, dtype=source.bits_of)
             less, equal = less + lt, equal + eq
     except NonFiniteError:
-        raise _nonfinite_error(source.name, source.chunks, method) from None
+        raise _nonfinite_error(source, method) from None
     return less, equal
 
 
@@ -235,10 +333,12 @@ def plan_global(sources: Sequence[Source], sparsity: float, method: str,
 
 
 def tensor_source(ref: TensorRef, chunk: int | None = None) -> Source:
+    """A tensor of a checkpoint as a :class:`Source`: its raw bits, memory-mapped, in chunks; a key
+    sample (for a bracket) where reading one costs no more than a few small reads (in a file, not
+    loaded whole: an ``.npz`` member or a compressed input is decoded on each read)."""
     size = chunk if chunk is not None else formats.CHUNK * 16  # read at call time (tests shrink CHUNK)
-    dtype = numpy_dtype(ref.dtype)
-    return Source(ref.name, ref.numel, lambda: ref.chunks(size), ST_DTYPES[ref.dtype][1],
-                   dtype.name if dtype is not None else None)
+    return Source(ref.name, ref.numel, lambda: ref.bit_chunks(size), ST_DTYPES[ref.dtype][1], ref.float_dtype, raw=True,
+                  sample=ref.sample_bits if ref.loader is None else None)
 
 
 

@@ -15,8 +15,8 @@ import numpy as np
 from pruneplug.checkpoint.formats import CHUNK, count_zeros, flat_chunks, open_checkpoint
 from pruneplug.checkpoint.global_select import tensor_source, plan_global
 from pruneplug.checkpoint.paths import Place, check_distinct
-from pruneplug.checkpoint.report import ProgressLike, NullProgress
-from pruneplug.checkpoint.selection import select_tensors
+from pruneplug.report import ProgressLike, NullProgress
+from pruneplug.selection_rule import select_tensors
 from pruneplug.errors import CheckpointError
 from pruneplug import masks
 

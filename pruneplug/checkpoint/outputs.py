@@ -14,8 +14,8 @@ from typing import Any
 
 from pruneplug.checkpoint.formats import DIRECTORY_KINDS, INDEX_NAME, Checkpoint, read_safetensors_header
 from pruneplug.checkpoint.global_select import GlobalPlan
-from pruneplug.checkpoint.paths import Place, check_distinct, check_replaceable_dir
-from pruneplug.checkpoint.report import TensorReport
+from pruneplug.checkpoint.paths import Place, check_distinct, check_inputs_apart, check_replaceable_dir
+from pruneplug.report import TensorReport
 from pruneplug.checkpoint.writers import NpzWriter, SafetensorsWriter, Transaction, write_guard
 from pruneplug.errors import CheckpointError, InvalidArgumentError
 from pruneplug.version import __version__
@@ -68,15 +68,19 @@ def _check_target_dir(path: Path) -> None:
 
 
 def check_side_outputs(ckpt: Checkpoint, out: Path | None, masks: Path | None, report: Path | None,
-                        in_place: bool, dry_run: bool) -> None:
+                       in_place: bool, dry_run: bool, calibration: Path | None = None) -> None:
     """Fail before the work, not after it, when ``--masks-out`` or ``--report`` cannot be written or
-    clash with IN, OUT or each other (the rules: :mod:`pruneplug.checkpoint.paths`)."""
+    clash with IN, OUT or each other, or when an output would overwrite the ``--calibration``
+    statistics file (an input read during the work; the rules: :mod:`pruneplug.checkpoint.paths`)."""
     is_dir = ckpt.kind in DIRECTORY_KINDS
     places = [Place("IN", ckpt.path, is_dir)]
     if out is not None and not in_place:
         places.append(Place("OUT", out, is_dir))
     places += [Place(role, p, False) for role, p in (("--report", report), ("--masks-out", masks)) if p is not None]
     check_distinct(places)
+    if calibration is not None:  # an input like IN, but only read: it may lie inside IN, never under an output
+        written = places[1:] if not in_place else places
+        check_inputs_apart([Place("--calibration", calibration, False)], written)
     if in_place and is_dir and not dry_run:
         check_replaceable_dir(ckpt.path)
     for extra in (masks if not dry_run else None, report):

@@ -8,6 +8,10 @@ it: a side output inside IN or OUT is refused, because the directory is replaced
 file written into it would either be lost or break that replacement. (With ``--in-place`` OUT *is*
 IN; that pair alone is allowed.)
 
+The ``--calibration`` statistics file is an input read during the work: no output (OUT, IN
+with ``--in-place``, ``--report``, ``--masks-out``) may be it, a link to it, or a directory holding
+it (:func:`check_inputs_apart`); it may lie inside IN, which is only read.
+
 A directory replaced in place must be one a rename can move: not a mount point, and not the
 current working directory or one of its parents (``prune . --in-place``).
 
@@ -94,6 +98,19 @@ def check_distinct(places: list[Place]) -> None:
         why = _clash(a, b)
         if why is not None:
             raise CheckpointError(f"{a.role} {a.path} and {b.role} {b.path} {why}; choose another path")
+
+
+def check_inputs_apart(inputs: list[Place], outputs: list[Place]) -> None:
+    """Raise :class:`CheckpointError` when an output of ``outputs`` would overwrite (or replace the
+    directory holding) a read-only input of ``inputs``, such as the ``--calibration`` statistics
+    file: the same path, a symbolic or hard link to it, or a file inside an output directory.
+    Inputs are only read, so two inputs may be the same file and an input may lie inside IN."""
+    for a in inputs:
+        for b in outputs:
+            why = _clash(a, b)
+            if why is not None:
+                raise CheckpointError(f"{a.role} {a.path} and {b.role} {b.path} {why}: writing {b.role} would destroy "
+                                      f"the {a.role} input; choose another path")
 
 
 def check_replaceable_dir(path: Path) -> None:

@@ -99,6 +99,33 @@ class _Staged:
     fd: int | None  # the unnamed file's descriptor (its only handle), None for named temporaries
 
 
+@dataclass
+class _Committed:
+    """One output renamed into place: where its previous version was set aside (None: there was
+    none, or it could not be kept) and whether the target existed before."""
+
+    staged: _Staged
+    aside: Path | None
+    existed: bool
+
+
+def _undo(done: "list[_Committed]") -> None:
+    """Put the previous outputs back, last committed first (a failed commit changes nothing)."""
+    for c in reversed(done):
+        final = c.staged.final
+        with contextlib.suppress(OSError):
+            if c.aside is not None:
+                if c.staged.is_dir:  # a directory cannot be renamed over a non-empty one: new one out first
+                    gone = final.parent / stage_name(final, "tmp")
+                    os.replace(final, gone)
+                    os.replace(c.aside, final)
+                    _remove_entry(gone)
+                else:
+                    os.replace(c.aside, final)
+            elif not c.existed:
+                _remove_entry(final)
+
+
 class Transaction:
     """Stage files and directories next to their targets; ``commit`` makes them durable and renames
     them into place, ``abort`` removes every temporary. Used as a context manager: an exception
@@ -146,35 +173,57 @@ class Transaction:
         return directory
 
     def commit(self) -> None:
+        """Make every staged output durable, then rename each into place. All or nothing: the
+        previous outputs are set aside (hard links for files, a rename for directories) and put
+        back if a later rename fails, so that a failed commit leaves every target as it was."""
+        done: list[_Committed] = []
         try:
             for s in self.staged:  # everything durable before any rename
                 _sync_tree(s.tmp) if s.is_dir else fsync_path(s.tmp, s.fd)
             for s in self.staged:
-                self._commit_one(s)
+                done.append(self._commit_one(s))
             for directory in {s.final.parent for s in self.staged}:
                 _fsync_dir(directory)
         except OSError as exc:
+            _undo(done)
             raise CheckpointError(f"cannot move the output into place: {exc.strerror or exc}") from exc
+        for c in done:  # committed: the previous outputs go
+            if c.aside is not None:
+                _remove_entry(c.aside)
         self._close()
         self.staged = []
 
-    def _commit_one(self, s: _Staged) -> None:
+    def _commit_one(self, s: _Staged) -> "_Committed":
         mode = self.modes[s.tmp]
+        existed = s.final.exists() or s.final.is_symlink()
+        aside = s.final.parent / stage_name(s.final, "old") if existed else None
         if s.is_dir:
             os.chmod(s.tmp, mode)
-            if s.final.exists():
-                # replace a directory (in place): the old one aside, the new one in, then drop the old
-                old = s.final.parent / stage_name(s.final, "old")
-                os.replace(s.final, old)
+            if aside is not None:  # the old directory (or link) aside, the new one in
+                os.replace(s.final, aside)
                 try:
                     os.replace(s.tmp, s.final)
                 except OSError:
-                    os.replace(old, s.final)
+                    os.replace(aside, s.final)
                     raise
-                shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(s.tmp, s.final)
-            return
+            return _Committed(s, aside, existed)
+        if aside is not None:
+            try:  # a second name for the previous file, so that it can be put back
+                os.link(s.final, aside, follow_symlinks=False)
+            except OSError:  # no hard links here: this one target cannot be put back
+                aside = None
+        try:
+            self._rename_file(s, mode)
+        except OSError:
+            if aside is not None:
+                with contextlib.suppress(OSError):
+                    aside.unlink()
+            raise
+        return _Committed(s, aside, existed)
+
+    def _rename_file(self, s: _Staged, mode: int) -> None:
         if s.fd is None:
             os.chmod(s.tmp, mode)
             os.replace(s.tmp, s.final)
@@ -214,6 +263,17 @@ class Transaction:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def _remove_entry(path: Path) -> None:
+    """Remove what was set aside at ``path``: a directory tree, or the symbolic link itself when the
+    replaced output was a link to a directory (``rmtree`` refuses links, and ignoring that left the
+    ``.old`` link behind)."""
+    if path.is_symlink() or not path.is_dir():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def fsync_path(path: Path, fd: int | None = None) -> None:
@@ -412,11 +472,12 @@ class SafetensorsWriter:
 
     def write(self, name: str, data: np.ndarray | Iterable[bytes], dtype: str | None = None,
               shape: Sequence[int] | None = None) -> None:
-        """Write a tensor: an array (from its buffer, no copy), or the raw bytes of one as pieces
-        (with its dtype and shape)."""
+        """Write a tensor: an array (from its buffer, no copy; ``dtype``, when given, is the
+        safetensors dtype its bytes are stored as: raw bits of bfloat16 in a ``uint16`` array), or
+        the raw bytes of one as pieces (with its dtype and shape)."""
         if isinstance(data, np.ndarray):
             buf = _array_bytes(data)
-            offset = self._slot((name, st_dtype_of(data), tuple(data.shape), buf.nbytes))
+            offset = self._slot((name, dtype or st_dtype_of(data), tuple(data.shape), buf.nbytes))
             pwrite_all(self._fd_for_data(), buf, offset)
             return
         if self.spool is not None:

@@ -17,14 +17,19 @@ from pruneplug.validation import check_groups, resolve_count
 
 def prune_scored(weights: Any, method: Any = "l1", *, sparsity: float | None = None, pattern: str = "unstructured",
                  groups: str | None = None, calibration: Any = None, layer: str | None = None, axis: int | None = None,
-                 backend: str | None = None, count: int | None = None) -> LayerResult | None:
+                 backend: str | None = None, count: int | None = None,
+                 input_axis: int | None = None) -> LayerResult | None:
     """Prune ``weights`` (NumPy, CuPy or PyTorch, writable) in place by the scores of ``method``
     (a criterion name or :class:`~pruneplug.criteria.Criterion`).
 
     ``groups`` (unstructured only) defaults to the criterion's own (``"row"`` for Wanda, else
-    ``"layer"``). ``axis`` (N:M) defaults to the input axis (the last one; axis 0 for a Conv1D
-    weight whose statistics say ``input_axis=0``). ``calibration`` and ``layer`` are passed to
-    the criterion. Magnitude criteria on whole layers take the fused in-place path.
+    ``"layer"``). ``input_axis``: the weight's input-feature axis, 1 for ``[out, in]`` (the
+    default) and 0 for a Hugging Face Conv1D ``[in, out]``; when None, the statistics' own
+    ``input_axis`` (1 without statistics). ``axis`` (N:M) defaults to the input axis, so that N:M
+    groups run along the inputs of every output unit whatever the layout; ``groups="row"`` compares
+    within each output unit (a column of a Conv1D weight). ``"row"``, ``"column"`` and
+    ``"block(H,W)"`` act on the tensor as stored. ``calibration`` and ``layer`` are passed to the
+    criterion. Magnitude criteria on whole ``[out, in]`` layers take the fused in-place path.
 
     ``count`` (unstructured, instead of ``sparsity``): prune exactly this many weights of the
     tensor (per-layer sparsities such as OWL's); with row groups the first ``count % rows`` rows
@@ -49,7 +54,10 @@ def prune_scored(weights: Any, method: Any = "l1", *, sparsity: float | None = N
         groups = "layer"  # an N:M group is already a comparison group; row grouping does not apply
     if spec.kind != "unstructured" and groups == "row":
         raise InvalidArgumentError(f"groups='row' applies to unstructured pruning, not pattern={pattern!r}")
-    input_axis = _input_axis(calibration, layer or getattr(criterion, "layer_name", None))
+    if input_axis is None:
+        input_axis = _input_axis(calibration, layer or getattr(criterion, "layer_name", None))
+    elif input_axis not in (0, 1):
+        raise InvalidArgumentError(f"input_axis={input_axis!r}: expected 1 ([out, in]) or 0 ([in, out])")
     nm_axis = (0 if input_axis == 0 else -1) if axis is None else axis
 
     if criterion.requires_calibration() and calibration is None:
@@ -59,8 +67,11 @@ def prune_scored(weights: Any, method: Any = "l1", *, sparsity: float | None = N
     if isinstance(criterion, Reconstruction) and criterion.reconstructs():
         return _reconstruct(weights, criterion, calibration, layer, sparsity=sparsity, count=count, pattern=pattern,
                             groups=groups)
-    magnitude = getattr(criterion, "method", None) in ("l1", "l2") and input_axis == 1 and count is None
-    if magnitude:  # the core's fused paths: no score array at all for layer groups
+    # the core's fused paths (no score array at all for layer groups), except row groups of an
+    # [in, out] weight: the core's rows are its input features, not its output units
+    magnitude = getattr(criterion, "method", None) in ("l1", "l2") and count is None \
+        and not (groups == "row" and input_axis == 0)
+    if magnitude:
         if spec.kind == "nm":
             api.prune(weights, pattern=pattern, method=criterion.method, axis=nm_axis, backend=backend, inplace=True)
         else:

@@ -25,7 +25,7 @@ from pruneplug import api
 from pruneplug.arrays import adapt, array_module
 from pruneplug.calibration import ActivationStats
 from pruneplug.criteria.base import LayerResult, Reconstruction, score_stats
-from pruneplug.errors import CalibrationError, InvalidArgumentError, ShapeError
+from pruneplug.errors import CalibrationError, HessianError, InvalidArgumentError, ShapeError
 from pruneplug.reconstruction.hessian import inverse_diagonal
 from pruneplug.types import ImportanceScores
 
@@ -113,8 +113,16 @@ class SparseGPTImportance(Reconstruction):
         scores = api.importance(weights, "l2", backend=backend)  # w*w: the backend's work, score dtype
         values = adapt(scores.values, "scores").array
         xp = array_module(values)
-        denom = xp.asarray(diag.astype(values.dtype)).reshape((1, -1) if stats.input_axis == 1 else (-1, 1))
-        xp.divide(values, denom, out=values)
+        with np.errstate(over="ignore"):  # out of range is checked below, with a message
+            rounded = diag.astype(values.dtype)
+            denom = xp.asarray(rounded).reshape((1, -1) if stats.input_axis == 1 else (-1, 1))
+            xp.divide(values, denom, out=values)
+        if not (np.isfinite(rounded).all() and (rounded >= np.finfo(rounded.dtype).tiny).all()
+                and bool(xp.isfinite(values).all())):  # all-0 or all-inf scores would rank by index alone
+            raise HessianError(
+                f"sparsegpt: tensor {name!r}: the saliency w^2 / diag(H^-1) does not fit {values.dtype} at this "
+                f"Hessian's scale (diag(H^-1) from {float(diag.min()):g} to {float(diag.max()):g}); rescale the "
+                "statistics, or use method='sparsegpt' with its update, which does not depend on the scale")
         return ImportanceScores(scores.values, self.name, score_stats(values))
 
     def __repr__(self) -> str:

@@ -18,7 +18,9 @@ One-Shot", 2023), as implemented here:
    its error ``(w - q) / U_jj`` is spread over the block's remaining columns (rank-1 update), and
    after the block the accumulated errors update all later columns at once (the "lazy batch"
    update: one matrix product per block).
-4. The result is written in the weight's dtype; pruned positions are exactly ``+0.0``.
+4. The result is written in the weight's dtype; pruned positions are exactly ``+0.0``. An update
+   that does not fit that dtype (a float16 weight beyond 65504) raises
+   :class:`~pruneplug.errors.NonFiniteError` naming the tensor: nothing is returned to write.
 
 Counts are exact: ``"unstructured"`` prunes ``K = round(sparsity * rows * cols)`` weights (per
 row ``round(sparsity * cols)`` with ``groups="row"``), spread over the blocks by the integer rule
@@ -103,6 +105,20 @@ def _check_weight(weight: Any, name: str) -> None:
         raise NonFiniteError(
             f"tensor {name!r}: weights contain {int(bad.sum())} non-finite value(s) (NaN or Inf), first at flat "
             f"index {first}; SparseGPT needs finite weights", count=int(bad.sum()), first_index=first)
+
+
+def _check_updated(out: Any, dtype: Any, name: str) -> None:
+    """The updated weights must be finite in the weight's dtype: an update that overflows it (float16
+    tops out at 65504) is refused, naming the tensor, before anything is written."""
+    import torch
+
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        first = int(torch.nonzero(bad.reshape(-1))[0])
+        raise NonFiniteError(
+            f"tensor {name!r}: the SparseGPT update overflows {str(dtype).removeprefix('torch.')} in {int(bad.sum())} "
+            f"weight(s), first at flat index {first}; nothing was written (prune a float32 copy, or raise the "
+            "damping)", count=int(bad.sum()), first_index=first)
 
 
 def _parse_pattern(pattern: str, sparsity: Any, groups: str, mask: Any) -> "tuple[int, int] | None":
@@ -296,12 +312,13 @@ def sparsegpt_prune(weight: Any, hessian: Any, *, sparsity: "float | None" = Non
             _sweep(w1, q1, err1, u1, d1, keep1, keep1t, nm, zero)
         wt[i1:i2] = q1
         keep[:, i1:i2] = keep1
-        error += (err1.to(torch.float64) ** 2).sum() / 2
+        error += (err1.to(torch.float64) ** 2).sum() / 2  # in units of H / scale (the factor's own)
         if i2 < cols:
             wt[i2:].addmm_(upper[i1:i2, i2:].t(), err1, alpha=-1)
 
     w = wt.t()
     out = torch.where(keep, w.to(w_in.dtype), torch.zeros((), dtype=w_in.dtype, device=w.device))
+    _check_updated(out, w_in.dtype, name)
     return SparseGPTResult(
         weight=back(out), mask=back(keep), pruned=int((~keep).sum()), damping=inv.damping, retries=inv.retries,
-        dead_inputs=int(inv.dead.sum()), error=float(error), dtype=dtype)
+        dead_inputs=int(inv.dead.sum()), error=float(error) * inv.scale, dtype=dtype)

@@ -23,6 +23,7 @@ the checkpoint's dtype), so the calibration sees what the saved model computes.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -32,16 +33,17 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from pruneplug.calibration import ActivationStats, CalibrationContext, StatisticsWriter
+from pruneplug.calibration import CalibrationContext, StatisticsWriter
 from pruneplug.checkpoint.formats import INDEX_NAME, array_zeros
 from pruneplug.checkpoint.paths import Place, check_distinct
-from pruneplug.checkpoint.report import NullProgress, PruneReport, TensorReport
-from pruneplug.checkpoint.selection import SELECTION_RULE
-from pruneplug.checkpoint.writers import copy_range, pwrite_all
+from pruneplug.report import NullProgress, PruneReport, TensorReport
+from pruneplug.selection_rule import SELECTION_RULE
+from pruneplug.checkpoint.outputs import settings_metadata
+from pruneplug.checkpoint.writers import copy_range, current_umask, pwrite_all
 from pruneplug.criteria import prune_scored
-from pruneplug.errors import CalibrationError, CheckpointError, InvalidArgumentError, NonFiniteError
+from pruneplug.errors import CalibrationError, CheckpointError, InvalidArgumentError, NonFiniteError, PrunePlugError
 from pruneplug.layer_ratios import unit_outlier_ratios
-from pruneplug.plan import PruneSettings, TensorPlan
+from pruneplug.plan import PruneSettings, TensorPlan, pattern_misfit
 from pruneplug.stream import journal as journals
 from pruneplug.stream.memory import MemoryEstimate, estimate
 from pruneplug.stream.skeleton import HEAD_NAMES, Skeleton, build_skeleton
@@ -78,6 +80,8 @@ class StreamOptions:
                                        f"{', '.join(CALIBRATION_MODES)}")
         if self.stats_dtype not in ("float32", "float64"):
             raise InvalidArgumentError(f"--stats-dtype {self.stats_dtype!r}: expected float32 or float64")
+        if self.offload_activations is not None and not Path(self.offload_activations).is_dir():
+            raise CheckpointError(f"--offload-activations {self.offload_activations}: not a directory")
         if self.dtype not in (None, "float32", "float64", "bfloat16", "float16"):
             raise InvalidArgumentError(f"--dtype {self.dtype!r}: expected float32, bfloat16, float16 or float64")
 
@@ -100,7 +104,8 @@ class _Model:
     texts: int = 0
     tokens: int = 0
     estimate: MemoryEstimate | None = None
-    tuple_outputs: bool = False
+    offsets: dict = field(default_factory=dict)  # checkpoint tensor name -> its offset in the output file
+    misfits: dict = field(default_factory=dict)  # checkpoint tensor name -> why the pattern does not fit it
 
 
 def _torch_dtype(name: str) -> Any:
@@ -132,12 +137,11 @@ def _device(name: str) -> Any:
     return device
 
 
-def open_model(model_dir: Path, texts: Any, options: StreamOptions, statistics: frozenset) -> _Model:
-    """Steps 1 of the module docstring, and the memory estimate."""
-    import torch
-
+def open_model(model_dir: Path, texts: Any, options: StreamOptions, statistics: frozenset,
+               pattern: str = "unstructured") -> _Model:
+    """Step 1 of the module docstring, and the memory estimate."""
     from pruneplug.torch.blockwise import STATS_DTYPES
-    from pruneplug.torch.calibrate import find_blocks
+    from pruneplug.torch.calibrate import find_blocks, split_by_block
     from pruneplug.torch.hf import load_texts, load_tokenizer, text_batches
     from pruneplug.torch.layers import linear_layers, selected_parameters
 
@@ -160,20 +164,22 @@ def open_model(model_dir: Path, texts: Any, options: StreamOptions, statistics: 
     if not blocks:
         raise CalibrationError(f"{model_dir}: the model has no repeated blocks (no ModuleList of layers) that hold "
                                "the selected weights; the stream prunes block by block")
-    prefix = container + "."
-    block_layers: list[list[Any]] = [[] for _ in blocks]
-    tail = []
-    for layer in layers:
-        head = layer.name[len(prefix):].split(".", 1)[0] if layer.name.startswith(prefix) else ""
-        if head.isdigit() and int(head) < len(blocks):
-            block_layers[int(head)].append(layer)
-        else:
-            tail.append(layer)
+    misfits = {}
+    for layer in list(layers):  # tensors the pattern does not fit are skipped, as on the checkpoint path
+        why = pattern_misfit(pattern, tuple(layer.module.weight.shape), -1 if layer.input_axis == 1 else 0)
+        if why is not None:
+            misfits[skel.names[layer.name]] = why
+            layers.remove(layer)
+            params.pop(layer.name)
+    if not layers:
+        raise InvalidArgumentError(f"{model_dir}: --pattern {pattern} fits none of the selected tensors "
+                                   f"({next(iter(misfits.items()), ('', ''))[0]}: {next(iter(misfits.values()), '')})")
+    block_layers, tail = split_by_block(layers, container, len(blocks))
     compute = options.dtype or ("float32" if device.type == "cpu" else _checkpoint_dtype(skel))
     model = _Model(skel, batches, container, skel.model.get_submodule(container), blocks, block_layers, tail,
                    {n: int(p.numel()) for n, p in params.items()}, device, _torch_dtype(compute),
                    STATS_DTYPES[options.stats_dtype], len(texts_list),
-                   sum(int(b["attention_mask"].sum()) for b in batches))
+                   sum(int(b["attention_mask"].sum()) for b in batches), misfits=misfits)
     model.estimate = _estimate(model, statistics, options)
     return model
 
@@ -248,7 +254,7 @@ class _Progress:
 # OWL: one cheap pass over the dense blocks
 # ---------------------------------------------------------------------------------------------
 def owl_ratios(m: _Model, settings: PruneSettings, calls: Sequence[Any], activations: Any,
-               progress: _Progress) -> dict[str, float]:
+               progress: _Progress, spill: Callable[[Any], Path | None] = lambda key: None) -> dict[str, float]:
     """Outlier ratio of every block (Wanda scores of the dense block on dense inputs, one-pass
     statistics of input norms only)."""
     import torch
@@ -264,7 +270,7 @@ def owl_ratios(m: _Model, settings: PruneSettings, calls: Sequence[Any], activat
         m.skel.load_where(lambda n, p=prefix + ".": n.startswith(p), m.device, m.compute_dtype)
         try:
             layers = m.block_layers[index]
-            nxt = Activations()
+            nxt = Activations(spill(f"owl-{index + 1}"))
             with torch.no_grad():
                 if layers:
                     groups = input_groups(block, layers, calls[0], current.get(0))
@@ -278,29 +284,54 @@ def owl_ratios(m: _Model, settings: PruneSettings, calls: Sequence[Any], activat
                     forward_all(block, calls, current, nxt)
         finally:
             m.skel.unload(block)
+        if current is not activations:
+            current.discard()  # the dense pass's own boundaries; the captured inputs stay for the main pass
         current = nxt
         progress.advance()
+    if current is not activations:
+        current.discard()
     return ratios
 
 
 # ---------------------------------------------------------------------------------------------
 # the output: the input's files, copied header and untouched tensors first, pruned slots later
 # ---------------------------------------------------------------------------------------------
-def _prepare_output(m: _Model, out: Path, selected_ckpt: set[str]) -> None:
-    """Create the output's safetensors files in ``out`` with the input's headers (same names,
-    dtypes, shapes and offsets) and copy every tensor that will not be rewritten."""
+def output_layout(m: _Model, metadata: dict[str, str]) -> tuple[dict[Path, bytes], dict[str, int]]:
+    """The output files' headers (the input's tensors in the input's order, the input's metadata plus
+    ``metadata``) and every tensor's absolute offset in its output file. A function of the input
+    and the settings only, so a resumed run finds the same slots."""
+    headers: dict[Path, bytes] = {}
+    offsets: dict[str, int] = {}
+    for st in m.skel.checkpoint.files:
+        data_start = 8 + st.header_size
+        header: dict[str, Any] = {"__metadata__": {**st.metadata, **metadata}}
+        for ref in st.tensors:
+            rel = ref.offset - data_start
+            header[ref.name] = {"dtype": ref.dtype, "shape": list(ref.shape), "data_offsets": [rel, rel + ref.nbytes]}
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)  # 8-byte alignment, as safetensors writes it
+        headers[Path(st.path.name)] = len(raw).to_bytes(8, "little") + raw
+        for ref in st.tensors:
+            offsets[ref.name] = 8 + len(raw) + ref.offset - data_start
+    return headers, offsets
+
+
+def _prepare_output(m: _Model, out: Path, selected_ckpt: set[str], headers: dict[Path, bytes],
+                    offsets: dict[str, int]) -> None:
+    """Create the output's safetensors files in ``out``: the new header, and every tensor that will
+    not be rewritten copied from the input as stored."""
     ckpt = m.skel.checkpoint
     for st in ckpt.files:
-        target = out / st.path.name
+        header = headers[Path(st.path.name)]
         src_fd = os.open(st.path, os.O_RDONLY)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(out / st.path.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 & ~current_umask())
         try:
-            size = os.fstat(src_fd).st_size
-            os.ftruncate(fd, size)
-            copy_range(src_fd, 0, fd, 0, 8 + st.header_size)
+            data = os.fstat(src_fd).st_size - (8 + st.header_size)
+            os.ftruncate(fd, len(header) + data)
+            pwrite_all(fd, header, 0)
             for ref in st.tensors:
                 if ref.name not in selected_ckpt and ref.nbytes:
-                    copy_range(src_fd, ref.offset, fd, ref.offset, ref.nbytes)
+                    copy_range(src_fd, ref.offset, fd, offsets[ref.name], ref.nbytes)
         finally:
             os.close(fd)
             os.close(src_fd)
@@ -334,7 +365,7 @@ def _write_tensor(m: _Model, out: Path, ckpt_name: str, weight: Any) -> np.ndarr
                              first_index=int(np.flatnonzero(~finite.reshape(-1))[0]))
     fd = os.open(out / ref.file.name, os.O_WRONLY)
     try:
-        pwrite_all(fd, memoryview(np.ascontiguousarray(stored).reshape(-1).view(np.uint8)), ref.offset)
+        pwrite_all(fd, memoryview(np.ascontiguousarray(stored).reshape(-1).view(np.uint8)), m.offsets[ckpt_name])
     finally:
         os.close(fd)
     return stored
@@ -390,8 +421,8 @@ def check_paths(model_dir: Path, out: Path, texts: Any, report: Path | None,
 
 def prune_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, settings: PruneSettings, texts: Any, *,
                     options: StreamOptions | None = None, progress: Any = None,
-                    report: str | os.PathLike | None = None, on_estimate: Callable[[MemoryEstimate], None] | None = None,
-                    _stop_after: int | None = None) -> StreamResult:
+                    report: str | os.PathLike | None = None,
+                    on_estimate: Callable[[MemoryEstimate], None] | None = None) -> StreamResult:
     """Prune the model directory ``model_dir`` into the new directory ``out`` block by block (the
     module docstring), calibrated on ``texts`` (a text file, or a list of strings).
 
@@ -409,7 +440,7 @@ def prune_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, settin
         raise CheckpointError(f"-o {out}: the directory {str(out.parent)!r} does not exist")
     check_paths(model_dir, out, texts, Path(report) if report else None, options.offload_activations)
     settings.check_calibration(True)
-    m = open_model(model_dir, texts, options, settings.statistics)
+    m = open_model(model_dir, texts, options, settings.statistics, settings.pattern)
     if on_estimate is not None:
         on_estimate(m.estimate)
     arguments = journals.describe({
@@ -422,13 +453,19 @@ def prune_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, settin
     journal = journals.open_journal(out, journals.fingerprint(arguments, inputs), arguments, options.resume)
     started, seconds_before = time.perf_counter(), journal.seconds
     try:
-        result = _run_prune(m, journal, settings, options, progress, _stop_after)
-    except BaseException:
+        result = _run_prune(m, journal, settings, options, progress)
+    except BaseException as exc:
         if journal.done == 0 and not options.resume:
             journal.remove()  # nothing worth resuming: leave nothing behind
+            raise
+        if isinstance(exc, Exception):  # finished blocks are kept: say how to continue
+            hint = (f"; {journal.done} of {len(m.blocks)} blocks are finished in {journal.directory}: fix the cause "
+                    "and rerun with --resume to continue, or remove that directory")
+            if isinstance(exc, PrunePlugError):
+                exc.args = (f"{exc.args[0] if exc.args else exc}{hint}",) + tuple(exc.args[1:])
+                raise
+            raise CalibrationError(f"{type(exc).__name__}: {exc}{hint}") from exc
         raise
-    if result is None:  # _stop_after: the test hook that stands for a kill
-        return None  # type: ignore[return-value]
     _copy_other_files(model_dir, journal.out, {st.path.name for st in m.skel.checkpoint.files} | {INDEX_NAME})
     _sync_output(journal.out)
     os.rename(journal.out, out)
@@ -442,27 +479,44 @@ def prune_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, settin
 
 
 def _run_prune(m: _Model, journal: journals.Journal, settings: PruneSettings, options: StreamOptions,
-               progress: Any, stop_after: int | None) -> StreamResult | None:
-    import torch
-
-    from pruneplug.torch.blockwise import Activations, calibrate_and_prune_block, context_of, tail_pass
-
+               progress: Any) -> StreamResult:
+    """Steps 2-5 of the module docstring, into the journal's staging area."""
     run_started, seconds_before = time.perf_counter(), journal.seconds
     names = m.skel.names
     selected_ckpt = {names[n] for n in m.selected}
     resumed_from = journal.done
-    if journal.done == 0 and not any(journal.out.iterdir()):
-        _prepare_output(m, journal.out, selected_ckpt)
+    headers, m.offsets = output_layout(m, settings_metadata(
+        {**settings.describe(), "calibration": options.calibration_mode, "stats_dtype": options.stats_dtype,
+         "samples": m.texts, "seq_len": options.seq_len}, sorted(selected_ckpt), None))
+    if journal.done == 0:
+        _prepare_output(m, journal.out, selected_ckpt, headers, m.offsets)
     offload = options.offload_activations
     bar = _Progress(progress, "pruning blocks", len(m.blocks) + (len(m.blocks) if settings.owl and
                                                                     journal.owl_counts is None else 0))
     bar.step("capturing inputs")
-    spill = (lambda k: _spill_dir(offload, k)) if offload is not None else (lambda k: None)
+    spill_root = _spill_root(offload)
+    try:
+        return _run_blocks(m, journal, settings, options, bar, spill_root, seconds_before, run_started,
+                           selected_ckpt, resumed_from)
+    finally:
+        if spill_root is not None:
+            shutil.rmtree(spill_root, ignore_errors=True)
+
+
+def _run_blocks(m: _Model, journal: journals.Journal, settings: PruneSettings, options: StreamOptions, bar: _Progress,
+                spill_root: Path | None, seconds_before: float, run_started: float, selected_ckpt: set[str],
+                resumed_from: int) -> StreamResult:
+    import torch
+
+    from pruneplug.torch.blockwise import Activations, calibrate_and_prune_block, context_of, tail_pass
+
+    names = m.skel.names
+    spill = (lambda k: _spill_dir(spill_root, k)) if spill_root is not None else (lambda k: None)
     first = Activations(spill("capture"))
     with torch.no_grad():
         calls = _capture(m, first)
     if settings.owl and journal.owl_counts is None:
-        ratios = owl_ratios(m, settings, calls, first, bar)
+        ratios = owl_ratios(m, settings, calls, first, bar, spill)
         units = {n: n.split(m.container + ".", 1)[1].split(".", 1)[0] for n in m.selected
                  if n.startswith(m.container + ".")}
         units = {n: f"{m.container}.{u}" for n, u in units.items()}
@@ -471,6 +525,7 @@ def _run_prune(m: _Model, journal: journals.Journal, settings: PruneSettings, op
         journal.save()
     plans = _plans(settings, m.selected, journal.owl_counts)
     if journal.done:
+        first.discard()
         current = Activations(spill("resume"))
         for i in range(len(calls)):
             current.put(i, _load_hidden(journal.hidden(journal.done), i, m.compute_dtype).to(m.device))
@@ -509,12 +564,10 @@ def _run_prune(m: _Model, journal: journals.Journal, settings: PruneSettings, op
             journal.tuple_outputs = outputs.from_tuples
         journal.save()
         journal.drop_hidden_except(index + 1)
+        current.discard()
         current = outputs
         block_seconds.append(time.perf_counter() - t0)
         bar.advance()
-        if stop_after is not None and journal.done >= stop_after:
-            bar.close()
-            return None
     if m.tail_layers:
         bar.step("tail layers")
         m.skel.load_where(_outside(m, True), m.device, m.compute_dtype)
@@ -535,9 +588,18 @@ def _run_prune(m: _Model, journal: journals.Journal, settings: PruneSettings, op
     return StreamResult(report, m.estimate, len(m.blocks), resumed_from, block_seconds)
 
 
+def _spill_root(offload: Path | None) -> Path | None:
+    """This run's own directory inside ``--offload-activations DIR`` (removed at the end)."""
+    if offload is None:
+        return None
+    root = Path(offload) / f".pruneplug-activations-{os.getpid()}"
+    root.mkdir()
+    return root
+
+
 def _spill_dir(root: Path, key: Any) -> Path:
-    directory = Path(root) / f"pruneplug-activations-{os.getpid()}-{key}"
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = root / str(key)
+    directory.mkdir(exist_ok=True)
     return directory
 
 
@@ -620,8 +682,8 @@ def _report(m: _Model, journal: journals.Journal, settings: PruneSettings, optio
     for name, ref in m.skel.checkpoint.tensors.items():
         if name not in rows:
             zeros = array_zeros(ref.array()) if ref.prunable else None
-            rows[name] = TensorReport(name, list(ref.shape), ref.dtype, ref.numel, "kept", "not selected", zeros,
-                                      zeros)
+            status, why = ("skipped", m.misfits[name]) if name in m.misfits else ("kept", "not selected")
+            rows[name] = TensorReport(name, list(ref.shape), ref.dtype, ref.numel, status, why, zeros, zeros)
     settings_dict = {**settings.describe(), "calibration": options.calibration_mode, "samples": m.texts,
                      "seq_len": options.seq_len, "tokens": m.tokens, "device": str(m.device),
                      "dtype": str(m.compute_dtype).replace("torch.", ""), "stats_dtype": options.stats_dtype,
@@ -637,8 +699,6 @@ def _report(m: _Model, journal: journals.Journal, settings: PruneSettings, optio
 
 
 def _write_report(path: Path, report: PruneReport) -> None:
-    import json
-
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -655,7 +715,7 @@ def calibrate_model_dir(model_dir: str | os.PathLike, texts: Any, output: str | 
     collected. Returns a summary (layers, entries, tokens, seconds)."""
     import torch
 
-    from pruneplug.torch.blockwise import Activations, collect, context_of, input_groups, tail_pass
+    from pruneplug.torch.blockwise import Activations, collect, input_groups, tail_pass
 
     started = time.perf_counter()
     options = options or StreamOptions()

@@ -101,6 +101,15 @@ class Activations:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._held.values())
 
+    def discard(self) -> None:
+        """Drop every hidden state (and the spill directory, when there is one)."""
+        import shutil
+
+        self._held.clear()
+        self._spilled.clear()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
 
 def save_tensor(path: Path, tensor: torch.Tensor) -> None:
     """Write ``tensor`` to ``path`` as ``.npy`` (bfloat16 as its 16 bits), via a temporary renamed

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from pruneplug.calibration import ActivationStats, CalibrationContext
-from pruneplug.errors import CalibrationError, InvalidArgumentError
+from pruneplug.errors import CalibrationError, InvalidArgumentError, PrunePlugError
 from pruneplug.torch.layers import Layer, linear_layers, selected_parameters
 
 
@@ -133,6 +133,20 @@ def _eval(model: Any):
 # ---------------------------------------------------------------------------------------------
 # sequential calibration
 # ---------------------------------------------------------------------------------------------
+def split_by_block(layers: Sequence[Layer], container: str, blocks: int) -> tuple[list[list[Layer]], list[Layer]]:
+    """The layers of each block (``container.<i>.``), and the rest (outside the blocks), in order."""
+    prefix = f"{container}." if container else ""
+    by_block: list[list[Layer]] = [[] for _ in range(blocks)]
+    rest: list[Layer] = []
+    for layer in layers:
+        head = layer.name[len(prefix):].split(".", 1)[0] if layer.name.startswith(prefix) else ""
+        if head.isdigit() and int(head) < blocks:
+            by_block[int(head)].append(layer)
+        else:
+            rest.append(layer)
+    return by_block, rest
+
+
 def find_blocks(model: Any, layers: Sequence[Layer]) -> tuple[str, list[Any]]:
     """The model's repeated blocks: the ``nn.ModuleList``/``nn.Sequential`` whose children contain
     the most selected layers (``("", [])`` when no container holds two or more blocks)."""
@@ -192,21 +206,19 @@ def calibrate_blockwise(model: Any, batches: Iterable[Any], prune_block: Callabl
                 prune_and_keep(calibrate(model, batches, layers=group, hessian=hessian))
             return total
         prefix = f"{container}." if container else ""
-        by_block: list[list[Layer]] = [[] for _ in blocks]
-        rest: list[Layer] = []
-        for layer in layers:
-            head = layer.name[len(prefix):].split(".", 1)[0] if layer.name.startswith(prefix) else ""
-            if head.isdigit() and int(head) < len(blocks):
-                by_block[int(head)].append(layer)
-            else:
-                rest.append(layer)
+        by_block, rest = split_by_block(layers, container, len(blocks))
         current = Activations()
         calls = capture_block_inputs(model, blocks[0], batches, current)
-        for block, block_layers in zip(blocks, by_block):
+        for index, (block, block_layers) in enumerate(zip(blocks, by_block)):
             outputs = Activations()
-            calibrate_and_prune_block(block, block_layers, calls, current, outputs,
-                                      lambda group, ctx: prune_and_keep(ctx), hessian=hessian,
-                                      sequential=sequential, dtype=dtype, source=total.source)
+            try:
+                calibrate_and_prune_block(block, block_layers, calls, current, outputs,
+                                          lambda group, ctx: prune_and_keep(ctx), hessian=hessian,
+                                          sequential=sequential, dtype=dtype, source=total.source)
+            except Exception as exc:
+                if index == 0 and not total:
+                    raise
+                _half_pruned(exc, f"{prefix}{index}", len(total))
             current = outputs
         if rest:
             acc = tail_pass(model, model.get_submodule(container), current, batches, rest, hessian=hessian,
@@ -220,6 +232,17 @@ def calibrate_blockwise(model: Any, batches: Iterable[Any], prune_block: Callabl
     total.metadata.update({"mode": "sequential" if sequential else "one-pass", "batches": str(len(batches)),
                            "seconds": f"{time.perf_counter() - started:.3f}"})
     return total
+
+
+def _half_pruned(exc: Exception, where: str, pruned: int) -> None:
+    """Re-raise a failure inside a block after earlier layers were pruned in place, saying so: the
+    model is then half-pruned (prune_model works in place and keeps no copy of the dense weights)."""
+    hint = (f" (in {where}; {pruned} layers before it are already pruned in place: the model is half-pruned, "
+            "reload it before trying again)")
+    if isinstance(exc, PrunePlugError):
+        exc.args = (f"{exc.args[0] if exc.args else exc}{hint}",) + tuple(exc.args[1:])
+        raise exc
+    raise CalibrationError(f"{type(exc).__name__}: {exc}{hint}") from exc
 
 
 def calibrate_sequential(model: Any, batches: Iterable[Any], prune_block: Callable[[CalibrationContext], None], *,

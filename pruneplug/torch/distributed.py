@@ -34,6 +34,7 @@ from pruneplug.arrays import adapt, array_module, check_float_dtype, dtype_name
 from pruneplug.errors import InvalidArgumentError, NonFiniteError
 from pruneplug.selection import chunk_histogram
 from pruneplug.types import Mask
+from pruneplug.layer_ratios import capped_counts, layer_caps, resolve_max_layer_sparsity
 from pruneplug.validation import METHODS, count_to_prune
 
 LAYER_DIGIT_BITS = 8  # layer scope: 257 counts per parameter and pass, all sharded parameters at once
@@ -64,7 +65,8 @@ class Shard:
 
 def prune_sharded(shards: Sequence[Shard] | Mapping[str, Any], sparsity: float, *, scope: str = "global",
                   method: str = "l1", order: Sequence[str] | None = None, group: Any = None,
-                  backend: str | None = None, inplace: bool = True) -> dict[str, Mask]:
+                  backend: str | None = None, inplace: bool = True,
+                  max_layer_sparsity: float | None = None) -> dict[str, Mask]:
     """Prune this rank's parameter pieces so that, over the whole group, the result is the
     single-process one (see the module docstring); return this rank's keep-masks by name.
 
@@ -73,6 +75,10 @@ def prune_sharded(shards: Sequence[Shard] | Mapping[str, Any], sparsity: float, 
     ``dict(model.named_parameters())`` of an FSDP2 model works as it is). Every
     rank of ``group`` must call it with the same ``sparsity``, ``scope``, ``method`` and
     ``order``; ``inplace=False`` computes the masks without writing the tensors.
+    ``max_layer_sparsity`` (global scope): no parameter loses more than this fraction; default 0.99,
+    as every other front end (:func:`pruneplug.layer_ratios.resolve_max_layer_sparsity`), with the
+    total still exact (water-filling, :func:`pruneplug.layer_ratios.capped_counts`: one more
+    selection round per round in which a parameter is over its cap).
 
     Example (each of 4 ranks holds whole layers of the model)::
 
@@ -80,25 +86,29 @@ def prune_sharded(shards: Sequence[Shard] | Mapping[str, Any], sparsity: float, 
         mine = {n: p for i, (n, p) in enumerate(model.named_parameters()) if i % 4 == dist.get_rank()}
         masks = ppd.prune_sharded(mine, 0.5, order=[n for n, _ in model.named_parameters()])
     """
+    import torch
     import torch.distributed as dist
 
     transform = METHODS[_check_method(method)][0]
     count_to_prune(sparsity, 0)  # validates the sparsity
     if scope not in ("global", "layer"):
         raise InvalidArgumentError(f"scope={scope!r}: expected 'global' or 'layer'")
+    cap = resolve_max_layer_sparsity(max_layer_sparsity, scope, sparsity)
     pieces = _as_shards(shards)
     sizes, dtypes, whole = _gather_sizes(pieces, group, dist)
     order = _check_order(order, sizes)
     _check_coverage(pieces, sizes, group, dist)
     if scope == "global":
-        counts = _global_counts(pieces, sizes, dtypes, order, sparsity, transform, group, dist)
+        counts = _capped_global_counts(pieces, sizes, dtypes, whole, order, sparsity, cap, transform, group, dist)
     else:
-        sharded = [n for n in order if n not in whole]
-        counts = _layer_counts(pieces, sizes, dtypes, sharded, sparsity, transform, group, dist)
+        wanted = {n: count_to_prune(sparsity, sizes[n]) for n in order}
+        counts = _layer_counts(pieces, sizes, dtypes, whole, wanted, transform, group, dist)
     masks = {}
     for piece, k in zip(pieces, counts):
         result = api.prune(piece.tensor.detach(), count=k, method=method, backend=backend,
                            inplace=inplace, return_mask=True)
+        if inplace:  # written through NumPy/DLPack, unseen by autograd: bump the version as prune_model does
+            torch.autograd.graph.increment_version(piece.tensor)
         masks[piece.name] = result[1]
     return masks
 
@@ -238,8 +248,41 @@ def _positions(base: int):
     return positions
 
 
+def _capped_global_counts(pieces: list[Shard], sizes: dict[str, int], dtypes: dict[str, str], whole: set[str],
+                          order: list[str], sparsity: float, cap: float, transform: str, group: Any,
+                          dist: Any) -> list[int]:
+    """Global scope with every parameter capped at ``cap``: water-filling over the exact global
+    selection (each round's per-parameter totals all-reduced, so every rank takes the same
+    decisions); a parameter fixed at its cap is then pruned to that count alone, whose stable order
+    is the global order restricted to it."""
+    caps = layer_caps([sizes[n] for n in order], cap)
+    last: dict[int, int] = {}  # piece index -> its count in the latest selection round
+    active_names: list[str] = []  # that round's parameters (the same on every rank)
+
+    def select(active: Sequence[int], k: int) -> list[int]:
+        names = [order[t] for t in active]
+        chosen = [i for i, p in enumerate(pieces) if p.name in set(names)]
+        counts = [0] * len(chosen) if k == 0 else _global_counts(
+            [pieces[i] for i in chosen], {n: sizes[n] for n in names}, {n: dtypes[n] for n in names}, names, k,
+            transform, group, dist)
+        last.clear()
+        last.update(zip(chosen, counts))
+        active_names[:] = names
+        totals = np.zeros(len(names), dtype=np.int64)
+        position = {n: j for j, n in enumerate(names)}
+        for i, c in zip(chosen, counts):
+            totals[position[pieces[i].name]] += c
+        return [int(c) for c in _all_reduce(totals, group, dist)]
+
+    per_name = dict(zip(order, capped_counts(count_to_prune(sparsity, sum(sizes.values())), caps, select)))
+    at_cap = [n for n in order if n not in set(active_names)]
+    held = iter(_layer_counts([p for p in pieces if p.name in set(at_cap)], sizes, dtypes, whole,
+                              {n: per_name[n] for n in at_cap}, transform, group, dist))
+    return [last[i] if i in last else next(held) for i in range(len(pieces))]
+
+
 def _global_counts(pieces: list[Shard], sizes: dict[str, int], dtypes: dict[str, str], order: list[str],
-                   sparsity: float, transform: str, group: Any, dist: Any) -> list[int]:
+                   k: int, transform: str, group: Any, dist: Any) -> list[int]:
     """Global scope: :func:`pruneplug.partselect.exact_cut` with histograms all-reduced. A rank
     whose weights are not finite reports how many in an extra slot instead of raising alone (the
     others would wait in the collective); then every rank raises the same error."""
@@ -266,7 +309,7 @@ def _global_counts(pieces: list[Shard], sizes: dict[str, int], dtypes: dict[str,
             hist += partselect.position_histogram(_positions(bases[piece.name] + piece.offset)(tied), request)
         return _all_reduce(hist, group, dist)
 
-    cut = partselect.exact_cut(count_to_prune(sparsity, total), total, sorted(set(dtypes.values())), transform,
+    cut = partselect.exact_cut(k, total, sorted(set(dtypes.values())), transform,
                                keys, ties)
     return [cut.pruned_count(a, transform, _positions(bases[p.name] + p.offset)) for p, a in zip(pieces, arrays)]
 
@@ -287,13 +330,15 @@ def _invalid_error(pieces: list[Shard], bases: dict[str, int], order: list[str],
     return NonFiniteError(f"tensor {name!r}: {base}", count=count, first_index=position - bases[name])
 
 
-def _layer_counts(pieces: list[Shard], sizes: dict[str, int], dtypes: dict[str, str], sharded: list[str],
-                  sparsity: float, transform: str, group: Any, dist: Any) -> list[int]:
-    """Each parameter's exact count; parameters held whole by one rank need no collective, the
-    ``sharded`` ones run their selections in lockstep (one all_reduce per pass for all of them)."""
-    counts = {p.name: count_to_prune(sparsity, p.full_numel) for p in pieces if p.name not in sharded}
+def _layer_counts(pieces: list[Shard], sizes: dict[str, int], dtypes: dict[str, str], whole: set[str],
+                  wanted: dict[str, int], transform: str, group: Any, dist: Any) -> list[int]:
+    """Each parameter's exact count ``wanted[name]`` (the same mapping on every rank); parameters
+    held whole by one rank need no collective, the sharded ones run their selections in lockstep
+    (one all_reduce per pass for all of them)."""
+    sharded = [n for n in wanted if n not in whole]
+    counts = {p.name: wanted[p.name] for p in pieces if p.name not in sharded}
     mine = {p.name: p for p in pieces}
-    selections = {n: partselect.Selection(count_to_prune(sparsity, sizes[n]), sizes[n],
+    selections = {n: partselect.Selection(wanted[n], sizes[n],
                                           _key_width(dtypes[n]), LAYER_DIGIT_BITS) for n in sharded}
     bins = 1 << LAYER_DIGIT_BITS
     while True:

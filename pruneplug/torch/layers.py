@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from pruneplug.checkpoint.selection import select_tensors
+from pruneplug.selection_rule import select_tensors
 
 _FLOATS = {"torch.float16": "F16", "torch.bfloat16": "BF16", "torch.float32": "F32", "torch.float64": "F64"}
 
@@ -43,7 +43,7 @@ def is_conv1d(module: Any) -> bool:
 def selected_parameters(model: Any, include: Sequence[str] | None = None,
                         exclude: Sequence[str] | None = None) -> dict[str, Any]:
     """name -> parameter for the parameters the CLI's selection rule picks (``SELECTION_RULE`` of
-    :mod:`pruneplug.checkpoint.selection`: two or more dimensions, floating, not embeddings, norms or
+    :mod:`pruneplug.selection_rule`: two or more dimensions, floating, not embeddings, norms or
     the output head; ``include``/``exclude`` regexes as on the command line). Tied parameters
     appear once, under their first name."""
     params = dict(model.named_parameters())

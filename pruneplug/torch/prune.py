@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -13,16 +12,19 @@ import torch
 from pruneplug import api
 from pruneplug.calibration import ActivationStats, CalibrationContext
 from pruneplug.checkpoint import global_unstructured_masks
-from pruneplug.checkpoint.report import PruneReport, TensorReport
-from pruneplug.checkpoint.selection import SELECTION_RULE
-from pruneplug.criteria import get_criterion, prune_scored
-from pruneplug.errors import CalibrationError, CalibrationRequiredError, InvalidArgumentError, PrunePlugError
+from pruneplug.report import PruneReport, TensorReport
+from pruneplug.selection_rule import SELECTION_RULE
+from pruneplug.criteria import prune_scored
+from pruneplug.errors import (CalibrationError, CalibrationRequiredError, HessianError, InvalidArgumentError,
+                              NonFiniteError, PrunePlugError)
 from pruneplug.torch.calibrate import calibrate, calibrate_blockwise
 from pruneplug.torch.layers import linear_layers, selected_parameters
-from pruneplug.layer_ratios import (DEFAULT_LAMBDA, DEFAULT_M, capped_counts, default_max_layer_sparsity, layer_caps,
-                                    owl_counts)
+from pruneplug.layer_ratios import (DEFAULT_LAMBDA, DEFAULT_M, block_units, capped_counts, layer_caps,
+                                    unit_outlier_ratios)
+from pruneplug.plan import PruneSettings
 from pruneplug.criteria.wanda import WandaImportance
-from pruneplug.validation import count_to_prune
+from pruneplug.reconstruction.hessian import check_hessian
+from pruneplug.validation import count_to_prune, shown
 
 #: How ``prune_model`` calibrates when given batches: ``"one-pass"`` (the dense model, one forward
 #: pass per batch) or ``"sequential"`` (each block on the outputs of the pruned earlier blocks).
@@ -43,7 +45,7 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
                 max_layer_sparsity: float | None = None, stats_dtype: str = "float32") -> PruneReport:
     """Prune the selected weights of ``model`` in place and return the report the CLI prints.
 
-    * Which weights: the CLI's rule (:data:`pruneplug.checkpoint.selection.SELECTION_RULE`) applied
+    * Which weights: the CLI's rule (:data:`pruneplug.selection_rule.SELECTION_RULE`) applied
       to ``model.named_parameters()`` names, with ``include`` / ``exclude`` regexes.
     * ``method``: a criterion name (``"l1"``, ``"l2"``, ``"wanda"``, a plugin's) or a
       :class:`~pruneplug.criteria.Criterion`. Criteria that need calibration take ``calibration``:
@@ -78,50 +80,45 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
         0.5
     """
     started = time.perf_counter()
-    criterion = get_criterion(method)
-    if scope not in ("layer", "global"):
-        raise InvalidArgumentError(f"scope={scope!r}: expected 'layer' or 'global'")
+    _check_calibration_type(calibration)
     if calibration_mode not in ("sequential", "one-pass"):
         raise InvalidArgumentError(f"calibration_mode={calibration_mode!r}: expected 'sequential' or 'one-pass'")
-    _check_pattern(sparsity, pattern, scope, criterion)
-    if layer_ratios not in (None, "uniform", "owl"):
-        raise InvalidArgumentError(f"layer_ratios={layer_ratios!r}: expected None, 'uniform' or 'owl'")
-    owl = layer_ratios == "owl"
+    plan = PruneSettings(method, sparsity=sparsity, pattern=pattern, scope=scope, groups=groups,
+                         layer_ratios=layer_ratios, owl_m=owl_m, owl_lambda=owl_lambda,
+                         max_layer_sparsity=max_layer_sparsity)
+    criterion, owl, cap = plan.criterion, plan.owl, plan.cap()
     if owl and calibration is not None and not isinstance(calibration, (CalibrationContext, str, os.PathLike)):
         calibration = list(calibration)  # read twice: OWL's pass over the dense model, then the pruning
-    if owl and (pattern != "unstructured" or scope != "layer"):
-        raise InvalidArgumentError("layer_ratios='owl' applies to unstructured pruning with scope='layer' "
-                                   f"(got pattern={pattern!r}, scope={scope!r})")
-    if owl and calibration is None:
-        raise CalibrationRequiredError("owl", "OWL's outlier ratios are computed from Wanda scores")
-    cap = max_layer_sparsity if max_layer_sparsity is not None else default_max_layer_sparsity(scope, sparsity)
+    if owl:
+        plan.check_calibration(calibration is not None)
     params = selected_parameters(model, include, exclude)
     if not params:
         raise InvalidArgumentError(f"prune_model: no parameter selected (rule: {SELECTION_RULE})")
+    _check_materialized(params)
+    input_axes = {layer.name: layer.input_axis for layer in linear_layers(model, list(params))}
     rows = {n: _row(n, p) for n, p in model.named_parameters() if n in params}
     zeros_before = {n: _zeros(p) for n, p in params.items()}
 
     counts: dict[str, int] = {}
     ratios_info: dict[str, Any] = {}
     if owl:
-        ratios = _owl_counts(model, params, calibration, sparsity, owl_m, owl_lambda, cap)
-        counts = dict(zip(ratios.names, ratios.counts))
-        ratios_info = {"method": "owl", "m": owl_m, "lambda": owl_lambda, "max_layer_sparsity": cap,
-                       "outlier_ratios": ratios.outlier_ratios}
-    elif scope == "layer" and cap < 1.0 and sparsity is not None and pattern == "unstructured":
-        counts = {n: min(count_to_prune(sparsity, p.numel()), layer_caps([p.numel()], cap)[0])
-                  for n, p in params.items()}
+        outlier_ratios = _owl_ratios(model, params, calibration, plan.owl_m)
+        counts = {n: p.count for n, p in plan.plan({n: p.numel() for n, p in params.items()}, outlier_ratios).items()
+                  if p.count is not None}
+        ratios_info = {"method": "owl", "m": plan.owl_m, "lambda": plan.owl_lambda, "max_layer_sparsity": cap,
+                       "outlier_ratios": outlier_ratios}
 
     metrics: dict[str, dict] = {}
 
     def prune_some(ctx: CalibrationContext | None, names: Iterable[str]) -> None:
         names = list(names)
+        _check_ready(names, params, criterion, ctx)  # everything that can fail, before the first write
         if statistics is not None and ctx is not None:
             for name in names:
                 statistics.add(name, ctx[name])
         for name in names:
             result = _prune_one(name, params[name], criterion, None if name in counts else sparsity, pattern, groups,
-                                ctx, backend, axis, counts.get(name))
+                                ctx, backend, axis, counts.get(name), input_axes.get(name))
             if result is not None:
                 metrics[name] = dict(result.metrics)
 
@@ -171,31 +168,88 @@ def _row(name: str, p: torch.Tensor) -> TensorReport:
     return TensorReport(name, list(p.shape), _DTYPES.get(p.dtype, str(p.dtype)), p.numel(), "pruned")
 
 
-def _check_pattern(sparsity: float | None, pattern: str, scope: str, criterion: Any) -> None:
-    nm = re.match(r"^(\d+):(\d+)$", pattern) if isinstance(pattern, str) else None
-    if nm:
-        if sparsity is not None:
-            raise InvalidArgumentError(f"sparsity={sparsity!r} cannot be combined with pattern={pattern!r}: N:M fixes it")
-    elif sparsity is None:
-        raise InvalidArgumentError(f"pattern={pattern!r} needs sparsity= (a real number in [0, 1])")
-    else:
-        count_to_prune(sparsity, 1)  # validates it
-    if scope == "global" and (pattern != "unstructured" or getattr(criterion, "method", None) not in ("l1", "l2")):
-        raise InvalidArgumentError(f"scope='global' applies to unstructured magnitude pruning, not pattern={pattern!r} "
-                                   f"with method={criterion.name!r} (Wanda compares scores within each output row)")
+def _check_calibration_type(calibration: Any) -> None:
+    """``calibration`` is None, a context, a statistics file path or an iterable of batches: any
+    other value is refused up front, naming the argument (not a bare TypeError later)."""
+    if isinstance(calibration, ActivationStats):
+        raise InvalidArgumentError("calibration: prune_model needs per-layer statistics (a CalibrationContext), not "
+                                   "one layer's ActivationStats")
+    if calibration is None or isinstance(calibration, (CalibrationContext, str, os.PathLike)):
+        return
+    if isinstance(calibration, (bytes, bytearray)) or not isinstance(calibration, Iterable):
+        raise InvalidArgumentError(f"calibration={shown(calibration)} ({type(calibration).__name__}): expected a "
+                                   "CalibrationContext, a statistics file path or an iterable of batches")
+
+
+def _check_materialized(params: dict[str, torch.Tensor]) -> None:
+    """A parameter on the meta device has a shape but no values: nothing to score or prune."""
+    meta = [n for n, p in params.items() if p.device.type == "meta"]
+    if meta:
+        raise InvalidArgumentError(
+            f"tensor {meta[0]!r} is on the meta device ({len(meta)} selected parameter(s)): it has no values to prune; "
+            "materialize the model first (e.g. model.to_empty(device=...) and load_state_dict)")
+
+
+def _check_ready(names: Sequence[str], params: dict[str, torch.Tensor], criterion: Any,
+                 ctx: CalibrationContext | None) -> None:
+    """The checks the per-tensor pruning would make one tensor at a time, made for every tensor of
+    ``names`` before the first is written, so that a failure leaves all of them as they were:
+    finite weights, statistics present and fitting each shape, a Hessian where the criterion needs
+    one."""
+    for name in names:
+        p = params[name]
+        bad = int((~torch.isfinite(p.detach())).sum())
+        if bad:
+            first = int(torch.nonzero(~torch.isfinite(p.detach().reshape(-1)))[0, 0])
+            raise NonFiniteError(f"tensor {name!r}: weights contain {bad} non-finite value(s) (NaN or Inf), first at "
+                                 f"flat index {first}; {criterion.name} needs finite weights (nothing was pruned)",
+                                 count=bad, first_index=first)
+        if ctx is None:
+            continue
+        stats = ctx.check_layer(name, tuple(p.shape))
+        if "hessian" not in criterion.statistics:
+            continue
+        where = f"{ctx.source}: " if ctx.source else ""
+        if stats.hessian is None:
+            raise CalibrationError(f"{where}{criterion.name}: the statistics of tensor {name!r} have no Hessian; collect "
+                                   "them with pp.torch.calibrate(..., hessian=True) or `pruneplug calibrate --hessian`"
+                                   "; nothing was pruned")
+        try:
+            hessian = stats.hessian
+            check_hessian(hessian if isinstance(hessian, torch.Tensor) else torch.from_numpy(np.asarray(hessian)),
+                          stats.in_features, name)
+        except PrunePlugError as exc:
+            exc.args = (f"{where}{exc.args[0]}",) + exc.args[1:]
+            raise
+
+
+def _mark_written(p: torch.Tensor) -> None:
+    """Pruning writes the parameter's storage from outside autograd (NumPy views, DLPack, ``.data``),
+    which autograd cannot see; bump its version counter as an in-place op on the parameter itself
+    would, so that a tensor saved for backward before pruning raises autograd's in-place error
+    instead of silently differentiating with the new values. Frozen parameters
+    (``requires_grad=False``) are weights like any other: pruned, and marked the same way."""
+    torch.autograd.graph.increment_version(p)
 
 
 def _prune_one(name: str, p: torch.Tensor, criterion: Any, sparsity: float | None, pattern: str, groups: str | None,
-               ctx: CalibrationContext | None, backend: str | None, axis: int | None, count: int | None = None) -> Any:
+               ctx: CalibrationContext | None, backend: str | None, axis: int | None, count: int | None = None,
+               input_axis: int | None = None) -> Any:
     try:
         if ctx is not None:
             ctx.check_layer(name, tuple(p.shape))
         with torch.no_grad():
-            return prune_scored(p.data, criterion, sparsity=sparsity, pattern=pattern, groups=groups, calibration=ctx,
-                         layer=name, axis=axis, backend=backend, count=count)
+            result = prune_scored(p.data, criterion, sparsity=sparsity, pattern=pattern, groups=groups,
+                                  calibration=ctx, layer=name, axis=axis, backend=backend, count=count,
+                                  input_axis=input_axis)
+            _mark_written(p)
+            return result
     except PrunePlugError as exc:
         if exc.args and name not in str(exc.args[0]):  # name the tensor: the core does not know it
             exc.args = (f"tensor {name!r}: {exc.args[0]}",) + exc.args[1:]
+        source = getattr(ctx, "source", None)
+        if isinstance(exc, HessianError) and exc.args and source and str(source) not in str(exc.args[0]):
+            exc.args = (f"{source}: {exc.args[0]}",) + exc.args[1:]  # and the file the Hessian came from
         raise
 
 
@@ -220,6 +274,7 @@ def _prune_global(params: dict[str, torch.Tensor], sparsity: float, criterion: A
     with torch.no_grad():
         for name, size, k in zip(names, sizes, counts):
             api.prune(params[name].data, count=k, method=criterion.method, backend=backend, inplace=True)
+            _mark_written(params[name])
 
 
 class _WandaScores(Mapping):
@@ -240,10 +295,10 @@ class _WandaScores(Mapping):
         return len(self.params)
 
 
-def _owl_counts(model: Any, params: dict[str, torch.Tensor], calibration: Any, sparsity: float, m: float, lam: float,
-                cap: float) -> Any:
-    """OWL's exact per-tensor counts from the dense model's Wanda scores (statistics from the given
-    context or file, or one pass of the batches through the dense model, as the OWL reference)."""
+def _owl_ratios(model: Any, params: dict[str, torch.Tensor], calibration: Any, m: float) -> dict[str, float]:
+    """OWL's outlier ratio of every block from the dense model's Wanda scores (statistics from the
+    given context or file, or one pass of the batches through the dense model, as the OWL
+    reference); the counts follow from :meth:`pruneplug.PruneSettings.plan`."""
     if isinstance(calibration, (str, os.PathLike)):
         ctx = CalibrationContext.load(calibration)
     elif isinstance(calibration, CalibrationContext):
@@ -254,9 +309,7 @@ def _owl_counts(model: Any, params: dict[str, torch.Tensor], calibration: Any, s
     missing = [n for n in params if n not in ctx]
     if missing:
         raise CalibrationError(f"OWL: no statistics for tensor {missing[0]!r} ({len(missing)} selected weight(s))")
-    return owl_counts(_WandaScores(params, ctx), sparsity, m=m, lam=lam, max_layer_sparsity=cap,
-                      sizes={n: p.numel() for n, p in params.items()})
-
+    return unit_outlier_ratios(_WandaScores(params, ctx), block_units(list(params)), m)
 
 def _calibrated(model: Any, params: dict[str, torch.Tensor], calibration: Any, mode: str, prune_some: Any,
                 hessian: bool = False, stats_dtype: str = "float32") -> None:

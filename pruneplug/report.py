@@ -1,5 +1,6 @@
-"""What :func:`~pruneplug.checkpoint.prune_checkpoint` reports: progress while it runs (the CLI
-draws a bar; the library stays quiet) and the per-tensor rows and totals when it is done."""
+"""What every pruning front end reports (``prune_checkpoint``, ``pp.torch.prune_model``, the block
+stream): progress while it runs (the CLI draws a bar; the library stays quiet) and the per-tensor
+rows and totals when it is done."""
 
 from __future__ import annotations
 

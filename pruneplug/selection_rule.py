@@ -1,21 +1,26 @@
-"""Which tensors of a checkpoint are pruned: the default rule and ``--include`` / ``--exclude``."""
+"""Which tensors are pruned, for every front end (checkpoints, torch models, the block stream): the
+default rule and ``--include`` / ``--exclude``. A tensor is anything with ``name``, ``shape``,
+``dtype`` (safetensors' names) and ``prunable``."""
 
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
-from pruneplug.checkpoint.formats import TensorRef
 from pruneplug.errors import CheckpointError, InvalidArgumentError
 
 
 EMBEDDING_RE = r"embed|(^|\.)(wte|wpe|shared)(\.|$)"
 NORM_RE = r"norm|(^|\.)ln(_\w+|\d*)(\.|$)"
 HEAD_RE = r"(^|\.)lm_head(\.|$)|^(output|head|classifier|score|embed_out)\."
+#: MoE routers (``block_sparse_moe.gate``, ``mlp.gate``, ``router``) and Qwen-MoE's shared-expert
+#: gate: a few rows that pick experts; pruning them changes the routing, not a layer's width.
+ROUTER_RE = r"(^|\.)(gate|router|shared_expert_gate)\.weight$"
 
 SELECTION_RULE = (
     "every floating tensor (F16, BF16, F32, F64) with two or more dimensions, except embeddings "
-    f"(name matches /{EMBEDDING_RE}/), norms (/{NORM_RE}/) and the output head (/{HEAD_RE}/); "
+    f"(name matches /{EMBEDDING_RE}/), norms (/{NORM_RE}/), MoE routers (/{ROUTER_RE}/) and the output head "
+    f"(/{HEAD_RE}/); "
     "--include REGEX replaces the dimension and name rules by 'name matches one of the --include "
     "regexes' (re.search); --exclude REGEX always removes matching names. Everything else is copied "
     "unchanged."
@@ -55,7 +60,7 @@ def _compile(patterns: Sequence[str] | None, option: str) -> list[tuple[str, re.
     return out
 
 
-def select_tensors(refs: Iterable[TensorRef], include: Sequence[str] | None = None,
+def select_tensors(refs: Iterable[Any], include: Sequence[str] | None = None,
                    exclude: Sequence[str] | None = None) -> dict[str, str | None]:
     """Apply the selection rule (:data:`SELECTION_RULE`): name -> ``None`` when selected, else the
     reason it is left alone. An ``--include`` or ``--exclude`` regex that matches no tensor name at
@@ -84,6 +89,8 @@ def select_tensors(refs: Iterable[TensorRef], include: Sequence[str] | None = No
             reason = "norm"
         elif re.search(HEAD_RE, ref.name):
             reason = "output head"
+        elif re.search(ROUTER_RE, ref.name):
+            reason = "MoE router"
         if reason is None and not ref.prunable:
             reason = f"dtype {ref.dtype} is not prunable"
         result[ref.name] = reason
