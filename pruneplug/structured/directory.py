@@ -28,7 +28,6 @@ import torch
 
 from pruneplug.checkpoint.paths import Place, check_distinct
 from pruneplug.errors import CheckpointError
-from pruneplug.report import NullProgress
 from pruneplug.structured.decide import BlockDecision
 from pruneplug.structured.plan import (Plan, ShrinkRequest, config_changes, decide, find_block_list, json_key,
                                        make_plan, renumbering)
@@ -70,7 +69,7 @@ def shrink_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, reque
     container, blocks = find_block_list(skel.model)
     plan = make_plan(request, blocks[0], len(blocks), skel.config)
     batches = _batches(model_dir, texts, plan, samples, seq_len, batch_size)
-    progress = progress or NullProgress()
+    progress = progress or _Quiet()
     torch_device = torch.device(device)
     staging = out.parent / f".{out.name}.shrink-{os.getpid()}"
     pending = staging / ".pending"
@@ -111,6 +110,14 @@ def shrink_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, reque
         tmp.write_text(result.to_json(), encoding="utf-8")
         os.replace(tmp, report)
     return result
+
+
+class _Quiet:
+    """No progress display (the library default; the CLI passes its bar)."""
+
+    def start(self, label: str, items: int, amount: int, unit: str = "tensors") -> None: ...
+    def update(self, items: int = 0, amount: int = 0) -> None: ...
+    def close(self) -> None: ...
 
 
 def _batches(model_dir: Path, texts: Any, plan: Plan, samples: int, seq_len: int, batch_size: int) -> list | None:
