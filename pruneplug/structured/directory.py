@@ -29,8 +29,8 @@ import torch
 from pruneplug.checkpoint.paths import Place, check_distinct
 from pruneplug.errors import CheckpointError
 from pruneplug.structured.decide import BlockDecision
-from pruneplug.structured.plan import (Plan, ShrinkRequest, config_changes, decide, find_block_list, json_key,
-                                       make_plan, renumbering)
+from pruneplug.structured.plan import (Plan, ShrinkRequest, block_scores, config_changes, decide, find_block_list,
+                                       json_key, make_plan, needs_what, new_tensors, renumbering, zero_bias_siblings)
 from pruneplug.structured.report import ShrinkReport
 from pruneplug.structured.units import head_cuts, mlp_cuts
 
@@ -93,8 +93,6 @@ def shrink_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, reque
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    from pruneplug.torch.shrink import block_scores
-
     result = ShrinkReport(
         method=plan.unit_criterion.name if plan.unit_criterion else None,
         block_method=plan.block_criterion.name if plan.block_criterion else None,
@@ -127,9 +125,7 @@ def _batches(model_dir: Path, texts: Any, plan: Plan, samples: int, seq_len: int
     from pruneplug.torch.hf import load_texts, load_tokenizer, text_batches
 
     if texts is None:
-        from pruneplug.structured.plan import _needs
-
-        raise CalibrationRequiredError(_needs(plan), "give --calibration TEXTS")
+        raise CalibrationRequiredError(needs_what(plan), "give --calibration TEXTS")
     texts_list = list(texts)[:samples] if isinstance(texts, list) else load_texts(texts, samples)
     return text_batches(load_tokenizer(model_dir), texts_list, seq_len, batch_size, where=str(texts))
 
@@ -216,8 +212,6 @@ def _parameter_counts(skel: Any, container: str, plan: Plan, decisions: Any) -> 
 
 
 def _added_bias_size(rel: str, plan: Plan, cuts: dict, tensors: Any, members: list) -> int:
-    from pruneplug.torch.shrink import zero_bias_siblings
-
     by_rel = {r: n for n, _, r in members}
     size = _cut_shape(tensors[by_rel[rel.replace(".bias", ".weight")]].shape, None)[0]
     for sibling in zero_bias_siblings(rel, plan):
@@ -231,7 +225,6 @@ def _write(skel: Any, container: str, plan: Plan, decisions: Any, changes: dict,
     from safetensors.torch import save_file
 
     from pruneplug.stream.skeleton import to_torch
-    from pruneplug.torch.shrink import new_tensors
 
     grouped, outside = _grouped(skel, container)
     renumber = renumbering(len(decisions.blocks), decisions.dropped)

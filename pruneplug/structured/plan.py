@@ -18,6 +18,7 @@ import torch
 
 from pruneplug.errors import CalibrationRequiredError, InvalidArgumentError
 from pruneplug.structured.criteria import BlockChoice, UnitCriterion, get_unit_criterion
+from pruneplug.structured.criteria.block_influence import BlockInfluence
 from pruneplug.structured.decide import BlockDecision, check_compensate, decide_block
 from pruneplug.structured.measure import BlockMeasure, Wants, measure_blocks
 from pruneplug.structured.units import (AttentionLayout, MlpLayout, attention_layout, heads_per_group, mlp_layout,
@@ -143,7 +144,7 @@ def decide(plan: Plan, model: Any, blocks: Sequence[Any], batches: Sequence[Any]
     depth = None
     if plan.needs_calibration:
         if batches is None:
-            raise CalibrationRequiredError(_needs(plan), "pass calibration batches (texts for the CLI)")
+            raise CalibrationRequiredError(needs_what(plan), "pass calibration batches (texts for the CLI)")
         depth = measure_blocks(model, blocks, batches, plan.wants(), on_block, load=load, unload=unload,
                                capture=capture, device=device, step=step)
     else:
@@ -167,7 +168,8 @@ def decide(plan: Plan, model: Any, blocks: Sequence[Any], batches: Sequence[Any]
     return result
 
 
-def _needs(plan: Plan) -> str:
+def needs_what(plan: Plan) -> str:
+    """What makes ``plan`` need calibration (for the error saying it is missing)."""
     if plan.unit_criterion is not None and plan.unit_criterion.requires_calibration():
         return plan.unit_criterion.name
     if plan.request.drop_blocks:
@@ -250,3 +252,41 @@ def find_block_list(model: Any) -> tuple[str, Any]:
     if best[2] is None:
         raise InvalidArgumentError(f"{type(model).__name__} has no list of transformer blocks this version knows")
     return best[1], best[2]
+
+
+def block_scores(plan: Plan, depth: Any) -> list[float] | None:
+    """What the block criterion measured, per block: BI, or the angular distance of the run of
+    ``drop_blocks`` blocks starting there."""
+    if depth is None:
+        return None
+    if isinstance(plan.block_criterion, BlockInfluence):
+        return [float(v) for v in BlockInfluence.influence(depth)]
+    return [float(v) for v in depth.angle[:, plan.request.drop_blocks - 1]]
+
+
+def new_tensors(params: dict[str, torch.Tensor], decision: BlockDecision, plan: Plan) -> dict[str, torch.Tensor]:
+    """Relative parameter name -> its new tensor, for every tensor of a block (``params``: relative
+    name -> tensor, a module's parameters or a checkpoint's tensors) the decision changes: cut,
+    compensated, or a zero bias that a config switch such as ``mlp_bias`` adds."""
+    out: dict[str, torch.Tensor] = {}
+    for name, (axis, index) in decision.cuts.items():
+        if name in params:
+            idx = torch.from_numpy(np.ascontiguousarray(index)).to(params[name].device)
+            out[name] = params[name].detach().index_select(axis, idx).contiguous()
+    out.update(decision.replaced)
+    for name in list(out):  # a bias switched on by the config: the modules beside it get zero ones
+        if name.endswith(".bias") and name not in params:
+            for sibling in zero_bias_siblings(name, plan):
+                if sibling + ".bias" not in params and sibling + ".bias" not in out:
+                    weight = out.get(sibling + ".weight", params[sibling + ".weight"])
+                    out[sibling + ".bias"] = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+    return out
+
+
+def zero_bias_siblings(bias_name: str, plan: Plan) -> tuple[str, ...]:
+    """Modules that get a zero bias when the config switch giving ``bias_name`` one turns on."""
+    if plan.mlp is not None and bias_name == f"{plan.mlp.down}.bias":
+        return plan.mlp.rows
+    if plan.attention is not None and bias_name == f"{plan.attention.out}.bias":
+        return plan.attention.rows
+    return ()

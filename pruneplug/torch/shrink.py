@@ -7,14 +7,12 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 
 from pruneplug.errors import InvalidArgumentError
-from pruneplug.structured.criteria.block_influence import BlockInfluence
 from pruneplug.structured.decide import BlockDecision
-from pruneplug.structured.plan import (Plan, ShrinkRequest, config_changes, decide, find_block_list, make_plan,
-                                       renumbering)
+from pruneplug.structured.plan import (Plan, ShrinkRequest, block_scores, config_changes, decide, find_block_list,
+                                       make_plan, new_tensors, renumbering)
 from pruneplug.structured.report import ShrinkReport
 
 
@@ -79,44 +77,6 @@ def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, drop_block
         heads_removed={i: v for i, v in decisions.heads_removed.items() if i not in decisions.dropped},
         block_scores=block_scores(plan, decisions.depth), config_changes=changes,
         seconds=time.perf_counter() - start)
-
-
-def block_scores(plan: Plan, depth: Any) -> list[float] | None:
-    """What the block criterion measured, per block: BI, or the angular distance of the run of
-    ``drop_blocks`` blocks starting there."""
-    if depth is None:
-        return None
-    if isinstance(plan.block_criterion, BlockInfluence):
-        return [float(v) for v in BlockInfluence.influence(depth)]
-    return [float(v) for v in depth.angle[:, plan.request.drop_blocks - 1]]
-
-
-def new_tensors(params: dict[str, torch.Tensor], decision: BlockDecision, plan: Plan) -> dict[str, torch.Tensor]:
-    """Relative parameter name -> its new tensor, for every tensor of a block (``params``: relative
-    name -> tensor, a module's parameters or a checkpoint's tensors) the decision changes: cut,
-    compensated, or a zero bias that a config switch such as ``mlp_bias`` adds."""
-    out: dict[str, torch.Tensor] = {}
-    for name, (axis, index) in decision.cuts.items():
-        if name in params:
-            idx = torch.from_numpy(np.ascontiguousarray(index)).to(params[name].device)
-            out[name] = params[name].detach().index_select(axis, idx).contiguous()
-    out.update(decision.replaced)
-    for name in list(out):  # a bias switched on by the config: the modules beside it get zero ones
-        if name.endswith(".bias") and name not in params:
-            for sibling in zero_bias_siblings(name, plan):
-                if sibling + ".bias" not in params and sibling + ".bias" not in out:
-                    weight = out.get(sibling + ".weight", params[sibling + ".weight"])
-                    out[sibling + ".bias"] = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
-    return out
-
-
-def zero_bias_siblings(bias_name: str, plan: Plan) -> tuple[str, ...]:
-    """Modules that get a zero bias when the config switch giving ``bias_name`` one turns on."""
-    if plan.mlp is not None and bias_name == f"{plan.mlp.down}.bias":
-        return plan.mlp.rows
-    if plan.attention is not None and bias_name == f"{plan.attention.out}.bias":
-        return plan.attention.rows
-    return ()
 
 
 def apply_to_block(block: Any, decision: BlockDecision, plan: Plan) -> None:

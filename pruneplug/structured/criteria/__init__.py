@@ -29,8 +29,8 @@ Built-ins, each in its own module, with its source:
 Example::
 
     >>> from pruneplug.structured.criteria import get_unit_criterion
-    >>> get_unit_criterion("activation").units
-    frozenset({'head', 'neuron'})
+    >>> sorted(get_unit_criterion("activation").units)
+    ['head', 'neuron']
 """
 
 from __future__ import annotations
