@@ -37,23 +37,23 @@ from pruneplug.torch.hf import load_texts  # noqa: E402
 
 PROMPT = "The history of the printing press begins"
 # (label, request keywords, measure generation speed)
-CONFIGS = [
-    ("mlp -25% magnitude", dict(mlp=0.25, method="magnitude"), False),
+CONFIGS = [  # in order of importance: a run cut short keeps the first rows
     ("mlp -25% activation", dict(mlp=0.25, method="activation"), True),
+    ("2 blocks block_influence", dict(drop_blocks=2, block_method="block_influence"), True),
+    ("4 blocks block_influence", dict(drop_blocks=4, block_method="block_influence"), True),
+    ("heads -1/3 activation", dict(heads=1 / 3, method="activation"), True),
+    ("mlp -25% magnitude", dict(mlp=0.25, method="magnitude"), False),
+    ("heads -1/3 magnitude", dict(heads=1 / 3, method="magnitude"), False),
     ("mlp -25% activation +bias", dict(mlp=0.25, method="activation", compensate="bias"), False),
     ("mlp -25% activation +refit", dict(mlp=0.25, method="activation", compensate="refit"), False),
+    ("2 blocks angular", dict(drop_blocks=2, block_method="angular"), False),
+    ("4 blocks angular", dict(drop_blocks=4, block_method="angular"), False),
+    ("heads -1/3 activation +bias", dict(heads=1 / 3, method="activation", compensate="bias"), False),
+    ("heads -1/3 activation +refit", dict(heads=1 / 3, method="activation", compensate="refit"), False),
     ("mlp -25% flap", dict(mlp=0.25, method="flap"), False),
     ("mlp -25% flap +bias", dict(mlp=0.25, method="flap", compensate="bias"), False),
     ("mlp -25% flap +refit", dict(mlp=0.25, method="flap", compensate="refit"), False),
-    ("heads -1/3 magnitude", dict(heads=1 / 3, method="magnitude"), False),
-    ("heads -1/3 activation", dict(heads=1 / 3, method="activation"), True),
-    ("heads -1/3 activation +bias", dict(heads=1 / 3, method="activation", compensate="bias"), False),
-    ("heads -1/3 activation +refit", dict(heads=1 / 3, method="activation", compensate="refit"), False),
     ("heads -1/3 flap", dict(heads=1 / 3, method="flap"), False),
-    ("2 blocks block_influence", dict(drop_blocks=2, block_method="block_influence"), True),
-    ("2 blocks angular", dict(drop_blocks=2, block_method="angular"), False),
-    ("4 blocks block_influence", dict(drop_blocks=4, block_method="block_influence"), True),
-    ("4 blocks angular", dict(drop_blocks=4, block_method="angular"), False),
 ]
 
 
@@ -61,17 +61,53 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def throughput(model, tok, runs: int = 5, new_tokens: int = 128) -> float:
-    """Median tokens/s of greedy ``generate`` (exactly ``new_tokens`` new tokens)."""
+def generate_once(model, tok, new_tokens: int = 128) -> tuple[float, float]:
+    """(tokens per wall second, tokens per process-CPU second) of one greedy ``generate`` of
+    exactly ``new_tokens`` new tokens."""
     ids = tok(PROMPT, return_tensors="pt")["input_ids"]
-    rates = []
     with torch.no_grad():
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
-            rates.append(new_tokens / (time.perf_counter() - t0))
-    return statistics.median(rates)
+        t0, c0 = time.perf_counter(), time.process_time()
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
+        return new_tokens / (time.perf_counter() - t0), new_tokens / (time.process_time() - c0)
+
+
+def throughput(model, tok, runs: int = 5) -> float:
+    """Median tokens/s (wall) of :func:`generate_once`."""
+    return statistics.median(generate_once(model, tok)[0] for _ in range(runs))
+
+
+def speed_table(dense_dir: Path, root: Path, tok, calib, runs: int) -> list[dict]:
+    """Generation speed of shrunk models against the dense one, interleaved run by run (dense,
+    shrunk, dense, shrunk, ...) so that both see the same load on a shared machine. Speed depends
+    on the shapes alone, so the units are chosen by ``magnitude`` (blocks: BI on 8 texts)."""
+    from transformers import AutoModelForCausalLM
+
+    dense = AutoModelForCausalLM.from_pretrained(str(dense_dir), dtype=torch.float32).eval()
+    rows = []
+    for label, kw in (("mlp -25%", dict(mlp=0.25, method="magnitude")), ("heads -1/3", dict(heads=1 / 3, method="magnitude")),
+                      ("2 blocks", dict(drop_blocks=2)), ("4 blocks", dict(drop_blocks=4)),
+                      ("mlp -25% + 4 blocks", dict(mlp=0.25, method="magnitude", drop_blocks=4))):
+        out = root / "speed"
+        shrink_model_dir(dense_dir, out, ShrinkRequest(**kw), calib[:8])
+        small = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+        pairs = [(generate_once(dense, tok), generate_once(small, tok)) for _ in range(runs)]
+        row = {"config": f"speed {label}", "runs": runs, "new_tokens": 128, "load": load_average(),
+               "parameters": count_parameters(small), "dense_parameters": count_parameters(dense),
+               "dense_tok_s": statistics.median(d[0] for d, _ in pairs),
+               "tok_s": statistics.median(s[0] for _, s in pairs),
+               "dense_tok_per_cpu_s": statistics.median(d[1] for d, _ in pairs),
+               "tok_per_cpu_s": statistics.median(s[1] for _, s in pairs),
+               "speedup_wall": statistics.median(s[0] / d[0] for d, s in pairs),
+               "speedup_cpu": statistics.median(s[1] / d[1] for d, s in pairs)}
+        rows.append(row)
+        print(f"{row['config']:28s} params {row['parameters'] / row['dense_parameters']:.1%}  dense "
+              f"{row['dense_tok_s']:.2f} -> {row['tok_s']:.2f} tok/s (x{row['speedup_wall']:.2f} wall), "
+              f"{row['dense_tok_per_cpu_s']:.1f} -> {row['tok_per_cpu_s']:.1f} tok/CPU-s (x{row['speedup_cpu']:.2f}), "
+              f"load {row['load']:.1f}", flush=True)
+        del small
+        shutil.rmtree(out)
+    return rows
 
 
 def evaluate(directory: Path, tok, paragraphs, speed: bool) -> dict:
@@ -89,8 +125,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smollm", required=True, help="SmolLM2-135M-Instruct.Q4_1.gguf")
     parser.add_argument("--json", help="write the rows as JSON")
+    parser.add_argument("--speed", type=int, metavar="RUNS", help="measure only generation speed, dense and shrunk "
+                        "interleaved, RUNS pairs per configuration (median)")
+    parser.add_argument("--workdir", help="where the temporary model directories go (default: the system's)")
     parser.add_argument("--only", help="run only the configurations whose label matches this regex")
     parser.add_argument("--samples", type=int, default=128, help="calibration texts (default: 128)")
+    parser.add_argument("--no-speed", action="store_true", help="skip the generation-speed measurements (quality "
+                        "rows only: a second process can run them beside a first that measures speed)")
     args = parser.parse_args(argv)
     from transformers import AutoTokenizer
 
@@ -99,18 +140,25 @@ def main(argv=None) -> int:
     rows = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load_average():.1f}, "
           f"{len(calib)} calibration texts, {len(paragraphs)} evaluation paragraphs", flush=True)
-    with tempfile.TemporaryDirectory() as root:
+    with tempfile.TemporaryDirectory(dir=args.workdir) as root:
         dense_dir = Path(root) / "dense"
         dense_dir.mkdir()
         dequantize_smollm(args.smollm, str(dense_dir))
         tok = AutoTokenizer.from_pretrained(str(dense_dir))
-        dense = evaluate(dense_dir, tok, paragraphs, True)
+        if args.speed:
+            rows = speed_table(dense_dir, Path(root), tok, calib, args.speed)
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+            return 0
+        dense = evaluate(dense_dir, tok, paragraphs, not args.no_speed)
         rows.append({"config": "dense", **dense})
-        print(f"{'dense':32s} ppl {dense['perplexity']:9.2f}  params {dense['parameters']:,}  "
-              f"{dense['tokens_per_s']:.1f} tok/s (load {dense['load_before_speed']:.1f})", flush=True)
+        speed_note = "" if args.no_speed else (f"  {dense['tokens_per_s']:.1f} tok/s (load "
+                                               f"{dense['load_before_speed']:.1f})")
+        print(f"{'dense':32s} ppl {dense['perplexity']:9.2f}  params {dense['parameters']:,}{speed_note}", flush=True)
         for label, kw, speed in CONFIGS:
             if args.only and not re.search(args.only, label):
                 continue
+            speed = speed and not args.no_speed
             out = Path(root) / "out"
             report, seconds, mib = timed(lambda: shrink_model_dir(dense_dir, out, ShrinkRequest(**kw), calib))
             row = {"config": label, **kw, "shrink_seconds": seconds, "shrink_peak_mib": mib,
