@@ -160,6 +160,9 @@ def dequantize_smollm(gguf_file, out_dir):
     save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     config = model.config.to_dict()
     config.pop("quantization_config", None)
+    # transformers 5 leaves architectures null: without it AutoModel* loads the base model, and the
+    # stream's skeleton names lose their "model." prefix (as the published directory has it)
+    config["architectures"] = config.get("architectures") or ["LlamaForCausalLM"]
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f)
     tok.save_pretrained(out_dir)

@@ -54,13 +54,14 @@ CONFIGS = {
 }
 
 
-def build_model_dir(kind: str, directory: Path, dtype: torch.dtype = torch.float32) -> Path:
+def build_model_dir(kind: str, directory: Path, dtype: torch.dtype = torch.float32, **overrides) -> Path:
     """Write a tiny ``kind`` model (config with ``architectures``, safetensors weights) and its fast
     tokenizer into ``directory``; the same ``kind`` gives the same bytes every time (under one
-    transformers version: initialisation differs between versions)."""
+    transformers version: initialisation differs between versions). ``overrides``: config keyword
+    arguments replacing the kind's (``num_hidden_layers=5`` for block-dropping tests)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = transformers.AutoConfig.for_model(kind, **CONFIGS[kind])
+    config = transformers.AutoConfig.for_model(kind, **{**CONFIGS[kind], **overrides})
     torch.manual_seed(0)
     model = AUTO_CLASS[kind].from_config(config)
     _perturb_all(model)

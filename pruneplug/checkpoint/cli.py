@@ -195,9 +195,11 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers) -> None:
-    """Add ``prune`` and ``inspect`` to the ``pruneplug`` command line."""
+    """Add ``prune``, ``inspect`` and ``shrink`` to the ``pruneplug`` command line."""
     from pruneplug import calibration_cli
+    from pruneplug.structured import cli as shrink_cli
 
     _add_prune(subparsers)
     _add_inspect(subparsers)
     calibration_cli.add_commands(subparsers)
+    shrink_cli.add_command(subparsers)

@@ -20,6 +20,7 @@ from pruneplug.torch.calibrate import calibrate, calibrate_blockwise, calibrate_
 from pruneplug.torch.layers import Layer, linear_layers, selected_parameters
 from pruneplug.torch.nn_prune import ExactL1Unstructured, ExactL2Unstructured
 from pruneplug.torch.prune import prune_model
+from pruneplug.torch.shrink import count_parameters, shrink_model
 
-__all__ = ["ExactL1Unstructured", "ExactL2Unstructured", "Layer", "calibrate",
+__all__ = ["ExactL1Unstructured", "ExactL2Unstructured", "Layer", "calibrate", "count_parameters", "shrink_model",
            "calibrate_blockwise", "calibrate_sequential", "find_blocks", "linear_layers", "prune_model", "selected_parameters"]

@@ -1,0 +1,95 @@
+"""The interface of unit criteria and the statistics they read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass
+class UnitStats:
+    """Moments of one layer input over the calibration tokens (real tokens only), per feature:
+    ``abs_sum`` (sum of ``|x|``), ``sum`` (of ``x``), ``sq_sum`` (of ``x*x``), ``count`` (tokens),
+    float64. For MLP neurons the layer is down_proj (one feature per neuron); for heads, o_proj
+    (``head_dim`` consecutive features per query head)."""
+
+    abs_sum: np.ndarray
+    sum: np.ndarray
+    sq_sum: np.ndarray
+    count: int
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sum / max(self.count, 1)
+
+    @property
+    def mean_abs(self) -> np.ndarray:
+        return self.abs_sum / max(self.count, 1)
+
+    @property
+    def variance(self) -> np.ndarray:
+        return np.maximum(self.sq_sum / max(self.count, 1) - self.mean ** 2, 0.0)
+
+
+@dataclass
+class BlockChoice:
+    """What a depth criterion measured: ``cosine[l][n-1]`` is the mean cosine between the hidden
+    states entering block ``l`` and those leaving block ``l+n-1`` (n consecutive blocks), and
+    ``angle[l][n-1]`` the mean of ``arccos(cos)/pi``, over the calibration tokens; NaN where the run
+    passes the last block."""
+
+    cosine: np.ndarray
+    angle: np.ndarray
+
+
+class UnitCriterion:
+    """A structured importance criterion. Subclasses set ``name``, ``units`` (a subset of
+    ``{"neuron", "head", "block"}``) and ``needs_calibration``, and implement the methods of the
+    units they support. Higher scores are more important: the lowest go.
+
+    Example::
+
+        class RandomUnits(UnitCriterion):
+            name, units = "random", frozenset({"neuron"})
+            def neuron_scores(self, weights, stats):
+                return np.random.default_rng(0).random(weights["down"].shape[1])
+    """
+
+    name: str = ""
+    units: frozenset = frozenset()
+    needs_calibration: bool = False
+
+    def requires_calibration(self) -> bool:
+        return self.needs_calibration
+
+    def neuron_scores(self, weights: dict[str, np.ndarray], stats: UnitStats | None) -> np.ndarray:
+        """One score per MLP neuron. ``weights``: ``"rows"`` ([neurons, in] stacked rows of every
+        tensor whose output is the neuron, e.g. gate and up side by side: [neurons, 2*hidden]) and
+        ``"down"`` ([hidden, neurons], the columns that read the neuron); ``stats``: the moments
+        of the neurons (down_proj's input)."""
+        raise NotImplementedError
+
+    def head_scores(self, weights: dict[str, np.ndarray], stats: UnitStats | None, head_dim: int) -> np.ndarray:
+        """One score per query head. ``weights``: ``"rows"`` ([heads, head_dim * in], the head's
+        q rows) and ``"out"`` ([hidden, heads * head_dim], o_proj); ``stats``: o_proj's input."""
+        raise NotImplementedError
+
+    def choose_blocks(self, measured: BlockChoice, count: int, allowed: Sequence[int]) -> list[int]:
+        """The ``count`` blocks to drop, among ``allowed``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<unit criterion {self.name!r}>"
+
+
+def per_head(values: np.ndarray, head_dim: int) -> np.ndarray:
+    """Feature values summed per head: [heads * head_dim] -> [heads]."""
+    return values.reshape(-1, head_dim).sum(axis=1)
+
+
+def column_sq_norms(out: np.ndarray) -> np.ndarray:
+    """Squared L2 norm of every column of ``out`` ([hidden, features]), float64."""
+    out = out.astype(np.float64, copy=False)
+    return (out * out).sum(axis=0)

@@ -1,0 +1,292 @@
+"""A shrink request, checked against a model before anything changes, and the decisions for all
+its blocks: shared by :func:`pruneplug.torch.shrink_model` (in memory) and
+:func:`pruneplug.structured.shrink_model_dir` (block by block from a model directory).
+
+Widths are uniform: every block loses the same number of neurons and of query heads per KV group,
+so the Hugging Face config (one ``intermediate_size``, one ``num_attention_heads``) describes the
+result. (Non-uniform widths need per-layer sizes that only a few configs can carry, such as
+OpenELM's or DeciLM's ``block_configs``; this version does not make them.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from pruneplug.errors import CalibrationRequiredError, InvalidArgumentError
+from pruneplug.structured.criteria import BlockChoice, UnitCriterion, get_unit_criterion
+from pruneplug.structured.criteria.block_influence import BlockInfluence
+from pruneplug.structured.decide import BlockDecision, check_compensate, decide_block
+from pruneplug.structured.measure import BlockMeasure, Wants, measure_blocks
+from pruneplug.structured.units import (AttentionLayout, MlpLayout, attention_layout, heads_per_group, mlp_layout,
+                                        removal_count)
+
+
+@dataclass
+class ShrinkRequest:
+    """What to remove: ``mlp`` (fraction of every block's MLP neurons), ``heads`` (fraction of the
+    query heads of every KV group; of all heads for multi-head attention), ``drop_blocks`` (whole
+    blocks), ``experts`` (not supported yet: must be None); ``method`` scores neurons and heads,
+    ``block_method`` blocks; ``compensate`` is ``"none"``, ``"bias"`` or ``"refit"``;
+    ``keep_ends``: never drop the first and last block."""
+
+    mlp: float = 0.0
+    heads: float = 0.0
+    drop_blocks: int = 0
+    experts: float | None = None
+    method: str | UnitCriterion = "activation"
+    block_method: str | UnitCriterion = "block_influence"
+    compensate: str = "none"
+    damping: float = 0.01
+    keep_ends: bool = True
+
+
+@dataclass
+class Plan:
+    """A request checked against a model: its layouts, counts and criteria."""
+
+    request: ShrinkRequest
+    n_blocks: int
+    mlp: MlpLayout | None
+    mlp_count: int
+    attention: AttentionLayout | None
+    head_count: int  # per KV group (GQA) or overall (multi-head)
+    unit_criterion: UnitCriterion | None
+    block_criterion: UnitCriterion | None
+    config_changes: dict = field(default_factory=dict)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return ((self.unit_criterion is not None and self.unit_criterion.requires_calibration())
+                or (self.block_criterion is not None and self.request.drop_blocks > 0)
+                or self.request.compensate != "none")
+
+    def wants(self) -> Wants:
+        return Wants(neuron_input=self.mlp.down if self.mlp is not None and self.mlp_count else None,
+                     head_input=self.attention.out if self.attention is not None and self.head_count else None,
+                     hessian=self.request.compensate == "refit", depth=self.request.drop_blocks)
+
+    def allowed_blocks(self) -> list[int]:
+        ends = {0, self.n_blocks - 1} if self.request.keep_ends else set()
+        return [i for i in range(self.n_blocks) if i not in ends]
+
+
+def make_plan(request: ShrinkRequest, first_block: Any, n_blocks: int, config: Any) -> Plan:
+    """Check ``request`` against the model (its first block's layout, its config); every error a
+    request can cause is raised here, before any work."""
+    r = request
+    if r.experts not in (None, 0, 0.0):
+        raise InvalidArgumentError(f"experts={r.experts!r}: removing MoE experts is not implemented in this version")
+    check_compensate(r.compensate, r.damping)
+    if isinstance(r.drop_blocks, bool) or not isinstance(r.drop_blocks, int) or r.drop_blocks < 0:
+        raise InvalidArgumentError(f"drop_blocks={r.drop_blocks!r}: expected an integer >= 0")
+    mlp = attention = None
+    mlp_count = head_count = 0
+    if r.mlp:
+        mlp = mlp_layout(first_block, "block 0")
+        mlp_count = removal_count(r.mlp, mlp.width, "MLP neurons of each block", "mlp")
+    if r.heads:
+        attention = attention_layout(first_block, config, "block 0")
+        head_count = heads_per_group(r.heads, attention)
+    if not (mlp_count or head_count or r.drop_blocks):
+        raise InvalidArgumentError("nothing to remove: give mlp, heads or drop_blocks (a fraction that rounds to "
+                                   "0 units removes nothing)")
+    unit_criterion = block_criterion = None
+    if mlp_count:
+        unit_criterion = get_unit_criterion(r.method, "neuron")
+    if head_count:
+        unit_criterion = get_unit_criterion(r.method, "head")
+    plan = Plan(r, n_blocks, mlp, mlp_count, attention, head_count, unit_criterion, None)
+    if r.drop_blocks:
+        plan.block_criterion = get_unit_criterion(r.block_method, "block")
+        allowed = plan.allowed_blocks()
+        if r.drop_blocks > len(allowed):
+            raise InvalidArgumentError(f"drop_blocks={r.drop_blocks}: the model has {n_blocks} blocks, of which "
+                                       f"{len(allowed)} may go (the first and last are kept)")
+    if r.compensate != "none" and not (mlp_count or head_count):
+        raise InvalidArgumentError(f"compensate={r.compensate!r} compensates removed neurons or heads; "
+                                   "dropped blocks have nothing to fold into")
+    return plan
+
+
+@dataclass
+class Decisions:
+    """Per block (original index) what goes, and the blocks dropped."""
+
+    blocks: list[BlockDecision]
+    dropped: list[int]
+    depth: BlockChoice | None
+    neurons_removed: dict[int, list[int]] = field(default_factory=dict)
+    heads_removed: dict[int, list[int]] = field(default_factory=dict)
+
+
+def decide(plan: Plan, model: Any, blocks: Sequence[Any], batches: Sequence[Any] | None, *,
+           load: Callable[[int], None] = lambda i: None, unload: Callable[[int], None] = lambda i: None,
+           capture: Callable[[Any], list] | None = None, device: Any = None,
+           keep: Callable[[int, BlockDecision], BlockDecision] = lambda i, d: d,
+           step: Callable[[int], None] = lambda i: None) -> Decisions:
+    """Every block's decision (one calibration pass when the plan needs one). ``keep(i, d)`` may
+    move a decision's compensated tensors elsewhere (the stream writes them to its staging area)."""
+    r = plan.request
+    decisions: list[BlockDecision | None] = [None] * len(blocks)
+
+    def on_block(i: int, block: Any, measured: BlockMeasure) -> None:
+        decisions[i] = keep(i, decide_block(block, plan.unit_criterion, mlp=plan.mlp, mlp_count=plan.mlp_count,
+                                            attention=plan.attention, head_count=plan.head_count,
+                                            neuron_stats=measured.neurons, head_stats=measured.heads,
+                                            compensate=r.compensate, damping=r.damping,
+                                            neuron_hessian=measured.neuron_hessian,
+                                            head_hessian=measured.head_hessian))
+
+    depth = None
+    if plan.needs_calibration:
+        if batches is None:
+            raise CalibrationRequiredError(needs_what(plan), "pass calibration batches (texts for the CLI)")
+        depth = measure_blocks(model, blocks, batches, plan.wants(), on_block, load=load, unload=unload,
+                               capture=capture, device=device, step=step)
+    else:
+        for i, block in enumerate(blocks):
+            load(i)
+            try:
+                on_block(i, block, BlockMeasure())
+            finally:
+                unload(i)
+            step(i)
+    dropped = plan.block_criterion.choose_blocks(depth, r.drop_blocks, plan.allowed_blocks()) if r.drop_blocks else []
+    if len(dropped) != r.drop_blocks:
+        raise InvalidArgumentError(f"drop_blocks={r.drop_blocks}: {plan.block_criterion.name} found no run of that "
+                                   "many blocks to drop among the allowed ones")
+    result = Decisions([d for d in decisions], sorted(dropped), depth)
+    for i, d in enumerate(result.blocks):
+        if d.keep_neurons is not None:
+            result.neurons_removed[i] = np.setdiff1d(np.arange(plan.mlp.width), d.keep_neurons).tolist()
+        if d.keep_heads is not None:
+            result.heads_removed[i] = np.setdiff1d(np.arange(plan.attention.heads), d.keep_heads).tolist()
+    return result
+
+
+def needs_what(plan: Plan) -> str:
+    """What makes ``plan`` need calibration (for the error saying it is missing)."""
+    if plan.unit_criterion is not None and plan.unit_criterion.requires_calibration():
+        return plan.unit_criterion.name
+    if plan.request.drop_blocks:
+        return plan.block_criterion.name
+    return f"compensate={plan.request.compensate}"
+
+
+def config_changes(plan: Plan, config: Any, dropped: Sequence[int]) -> dict[str, Any]:
+    """The config attributes the shrunk model needs (attribute names; :func:`json_key` maps them to
+    the names config.json uses)."""
+    r = plan.request
+    changes: dict[str, Any] = {}
+    if plan.mlp_count:
+        key = "n_inner" if hasattr(config, "n_inner") else "intermediate_size"
+        changes[key] = plan.mlp.width - plan.mlp_count
+        if r.compensate == "bias" and not _has_bias(plan.mlp.down, config, "mlp"):
+            changes["mlp_bias"] = True
+    if plan.head_count:
+        a = plan.attention
+        if a.kv_heads == a.heads:
+            changes["num_attention_heads"] = changes["num_key_value_heads"] = a.heads - plan.head_count
+        else:
+            changes["num_attention_heads"] = a.heads - plan.head_count * a.kv_heads
+            changes["num_key_value_heads"] = a.kv_heads
+        changes["head_dim"] = a.head_dim  # explicit: hidden_size / heads no longer gives it
+        if r.compensate == "bias" and not _has_bias(a.out, config, "attention"):
+            changes["attention_bias"] = True
+    if dropped:
+        n = plan.n_blocks - len(dropped)
+        changes["num_hidden_layers"] = n
+        gone = set(dropped)
+        for key in ("layer_types",):
+            value = getattr(config, key, None)
+            if isinstance(value, (list, tuple)) and len(value) == plan.n_blocks:
+                changes[key] = [v for i, v in enumerate(value) if i not in gone]
+        value = getattr(config, "mlp_only_layers", None)
+        if isinstance(value, (list, tuple)):
+            renumber = renumbering(plan.n_blocks, dropped)
+            changes["mlp_only_layers"] = [renumber[i] for i in value if i in renumber]
+    return changes
+
+
+def _has_bias(module_name: str, config: Any, kind: str) -> bool:
+    """Whether the config already gives ``module_name`` a bias; raises when it cannot have one."""
+    switch = "mlp_bias" if kind == "mlp" else "attention_bias"
+    if getattr(config, switch, None) is True:
+        return True
+    if not hasattr(config, switch):
+        raise InvalidArgumentError(f"compensate='bias': {module_name} has no bias and {type(config).__name__} has "
+                                   f"no {switch} setting to give it one; use compensate='refit' or 'none'")
+    return False
+
+
+def renumbering(n_blocks: int, dropped: Sequence[int]) -> dict[int, int]:
+    """Original block index -> new index, for the kept blocks."""
+    gone = set(dropped)
+    kept = [i for i in range(n_blocks) if i not in gone]
+    return {old: new for new, old in enumerate(kept)}
+
+
+def json_key(config: Any, attribute: str) -> str:
+    """The config.json key of a config attribute (GPT-2 stores ``num_hidden_layers`` as ``n_layer``)."""
+    return getattr(config, "attribute_map", {}).get(attribute, attribute)
+
+
+def find_block_list(model: Any) -> tuple[str, Any]:
+    """The model's repeated blocks: the largest ``nn.ModuleList`` whose first child has an MLP or an
+    attention this module knows (name, list)."""
+    best: tuple[int, str, Any] = (0, "", None)
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.ModuleList) or len(module) == 0 or len(module) <= best[0]:
+            continue
+        try:
+            mlp_layout(module[0])
+        except InvalidArgumentError:
+            names = dict(module[0].named_modules())
+            if not any(k in names for k in ("self_attn", "attn", "attention")):
+                continue
+        best = (len(module), name, module)
+    if best[2] is None:
+        raise InvalidArgumentError(f"{type(model).__name__} has no list of transformer blocks this version knows")
+    return best[1], best[2]
+
+
+def block_scores(plan: Plan, depth: Any) -> list[float] | None:
+    """What the block criterion measured, per block: BI, or the angular distance of the run of
+    ``drop_blocks`` blocks starting there."""
+    if depth is None:
+        return None
+    if isinstance(plan.block_criterion, BlockInfluence):
+        return [float(v) for v in BlockInfluence.influence(depth)]
+    return [float(v) for v in depth.angle[:, plan.request.drop_blocks - 1]]
+
+
+def new_tensors(params: dict[str, torch.Tensor], decision: BlockDecision, plan: Plan) -> dict[str, torch.Tensor]:
+    """Relative parameter name -> its new tensor, for every tensor of a block (``params``: relative
+    name -> tensor, a module's parameters or a checkpoint's tensors) the decision changes: cut,
+    compensated, or a zero bias that a config switch such as ``mlp_bias`` adds."""
+    out: dict[str, torch.Tensor] = {}
+    for name, (axis, index) in decision.cuts.items():
+        if name in params:
+            idx = torch.from_numpy(np.ascontiguousarray(index)).to(params[name].device)
+            out[name] = params[name].detach().index_select(axis, idx).contiguous()
+    out.update(decision.replaced)
+    for name in list(out):  # a bias switched on by the config: the modules beside it get zero ones
+        if name.endswith(".bias") and name not in params:
+            for sibling in zero_bias_siblings(name, plan):
+                if sibling + ".bias" not in params and sibling + ".bias" not in out:
+                    weight = out.get(sibling + ".weight", params[sibling + ".weight"])
+                    out[sibling + ".bias"] = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+    return out
+
+
+def zero_bias_siblings(bias_name: str, plan: Plan) -> tuple[str, ...]:
+    """Modules that get a zero bias when the config switch giving ``bias_name`` one turns on."""
+    if plan.mlp is not None and bias_name == f"{plan.mlp.down}.bias":
+        return plan.mlp.rows
+    if plan.attention is not None and bias_name == f"{plan.attention.out}.bias":
+        return plan.attention.rows
+    return ()

@@ -1,0 +1,53 @@
+"""What a shrink did: which units went from where, the config changes and the parameter counts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class ShrinkReport:
+    """The report of :func:`pruneplug.torch.shrink_model` and ``pruneplug shrink``.
+
+    ``neurons_removed`` / ``heads_removed``: original block index -> removed neuron / query-head
+    indices (of the original numbering); ``dropped_blocks``: original indices; ``block_scores``:
+    what the block criterion measured per block (BI, or the angular distance of the run starting
+    there), when it ran; ``config_changes``: the config.json keys and their new values."""
+
+    method: str | None
+    block_method: str | None
+    compensate: str
+    params_before: int
+    params_after: int
+    dropped_blocks: list[int] = field(default_factory=list)
+    neurons_removed: dict[int, list[int]] = field(default_factory=dict)
+    heads_removed: dict[int, list[int]] = field(default_factory=dict)
+    block_scores: list[float] | None = None
+    config_changes: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One paragraph for the terminal."""
+        parts = []
+        if self.neurons_removed:
+            per = len(next(iter(self.neurons_removed.values())))
+            parts.append(f"{per} MLP neurons from each of {len(self.neurons_removed)} blocks")
+        if self.heads_removed:
+            per = len(next(iter(self.heads_removed.values())))
+            parts.append(f"{per} attention heads from each of {len(self.heads_removed)} blocks")
+        if self.dropped_blocks:
+            parts.append(f"blocks {', '.join(map(str, self.dropped_blocks))}")
+        ratio = self.params_after / self.params_before if self.params_before else 1.0
+        return (f"removed {'; '.join(parts) or 'nothing'} ({self.method or self.block_method}, compensate "
+                f"{self.compensate}); parameters {self.params_before:,} -> {self.params_after:,} ({ratio:.1%})")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["neurons_removed"] = {str(k): v for k, v in self.neurons_removed.items()}
+        data["heads_removed"] = {str(k): v for k, v in self.heads_removed.items()}
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)

@@ -1,0 +1,139 @@
+"""Structured pruning of a model in memory: :func:`shrink_model` removes MLP neurons, attention
+heads and whole blocks, replacing Linear modules by smaller ones and updating ``model.config``
+(the decisions: :mod:`pruneplug.structured`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable
+
+import torch
+
+from pruneplug.errors import InvalidArgumentError
+from pruneplug.structured.decide import BlockDecision
+from pruneplug.structured.plan import (Plan, ShrinkRequest, block_scores, config_changes, decide, find_block_list,
+                                       make_plan, new_tensors, renumbering)
+from pruneplug.structured.report import ShrinkReport
+
+
+def count_parameters(model: Any) -> int:
+    """Parameters of ``model``, each shared (tied) tensor once."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, drop_blocks: int = 0,
+                 experts: float | None = None, method: str = "activation", block_method: str = "block_influence",
+                 calibration: Iterable[Any] | None = None, compensate: str = "none", damping: float = 0.01,
+                 keep_ends: bool = True) -> ShrinkReport:
+    """Make ``model`` (a Hugging Face transformers model, in place) smaller: remove the fraction
+    ``mlp`` of every block's MLP neurons, ``heads`` of the query heads of every KV group (of all
+    heads for multi-head attention), and ``drop_blocks`` whole blocks (never the first or last
+    with ``keep_ends``). Neurons and heads are scored by the unit criterion ``method``, blocks by
+    ``block_method`` (:mod:`pruneplug.structured.criteria`); calibrated ones need ``calibration``
+    (batches, as for ``prune_model``). ``compensate``: ``"none"``, ``"bias"`` or ``"refit"``
+    (:mod:`pruneplug.structured.decide`). Every check runs before the first change: a failed call
+    leaves the model as it was.
+
+    Example::
+
+        report = pp.torch.shrink_model(model, mlp=0.25, drop_blocks=2, calibration=batches)
+        model.config.intermediate_size, model.config.num_hidden_layers   # the smaller widths and depth
+        print(report.summary())
+    """
+    start = time.perf_counter()
+    request = ShrinkRequest(mlp=mlp, heads=heads, drop_blocks=drop_blocks, experts=experts, method=method,
+                            block_method=block_method, compensate=compensate, damping=damping, keep_ends=keep_ends)
+    container, blocks = find_block_list(model)
+    config = getattr(model, "config", None)
+    if config is None:
+        raise InvalidArgumentError(f"model: a {type(model).__name__} without a config; shrink_model edits a "
+                                   "Hugging Face model and its config")
+    plan = make_plan(request, blocks[0], len(blocks), config)
+    meta = next((n for n, p in model.named_parameters() if p.device.type == "meta"), None)
+    if meta is not None:
+        raise InvalidArgumentError(f"model: parameter {meta!r} is on the meta device (no weights to shrink)")
+    batches = list(calibration) if calibration is not None else None
+    before = count_parameters(model)
+    was_training = model.training
+    model.eval()
+    try:
+        decisions = decide(plan, model, list(blocks), batches, device=next(model.parameters()).device)
+    finally:
+        model.train(was_training)
+    changes = config_changes(plan, config, decisions.dropped)
+    for i, block in enumerate(blocks):
+        if i not in decisions.dropped:
+            apply_to_block(block, decisions.blocks[i], plan)
+    if decisions.dropped:
+        _drop_blocks(model, container, decisions.dropped)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return ShrinkReport(
+        method=plan.unit_criterion.name if plan.unit_criterion else None,
+        block_method=plan.block_criterion.name if plan.block_criterion else None,
+        compensate=compensate, params_before=before, params_after=count_parameters(model),
+        dropped_blocks=decisions.dropped,
+        neurons_removed={i: v for i, v in decisions.neurons_removed.items() if i not in decisions.dropped},
+        heads_removed={i: v for i, v in decisions.heads_removed.items() if i not in decisions.dropped},
+        block_scores=block_scores(plan, decisions.depth), config_changes=changes,
+        seconds=time.perf_counter() - start)
+
+
+def apply_to_block(block: Any, decision: BlockDecision, plan: Plan) -> None:
+    """Replace the block's changed Linear modules by smaller ones (Conv1D: resized in place)."""
+    tensors = new_tensors(dict(block.named_parameters()), decision, plan)
+    by_module: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        module, leaf = name.rsplit(".", 1)
+        by_module.setdefault(module, {})[leaf] = tensor
+    for module_name, parts in by_module.items():
+        old = block.get_submodule(module_name)
+        weight = parts.get("weight", old.weight.detach())
+        bias = parts.get("bias", old.bias.detach() if getattr(old, "bias", None) is not None else None)
+        if isinstance(old, torch.nn.Linear):
+            new = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                                  device=weight.device, dtype=weight.dtype)
+            with torch.no_grad():
+                new.weight.copy_(weight)
+                if bias is not None:
+                    new.bias.copy_(bias)
+            new.train(old.training)
+            parent, _, leaf = module_name.rpartition(".")
+            setattr(block.get_submodule(parent) if parent else block, leaf, new)
+        else:  # transformers' Conv1D: weight [in, out], nf = out
+            old.weight = torch.nn.Parameter(weight, requires_grad=old.weight.requires_grad)
+            if bias is not None:
+                old.bias = torch.nn.Parameter(bias, requires_grad=old.weight.requires_grad)
+            old.nf = int(weight.shape[1])
+    _update_attributes(block, plan)
+
+
+def _update_attributes(block: Any, plan: Plan) -> None:
+    """Module attributes the forward code reads instead of the config (head counts, MLP width)."""
+    if plan.attention is not None and plan.head_count:
+        a = plan.attention
+        attention = block.get_submodule(a.out.rpartition(".")[0])
+        heads = a.heads - plan.head_count * (1 if a.kv_heads == a.heads else a.kv_heads)
+        kv = heads if a.kv_heads == a.heads else a.kv_heads
+        for attr, value in (("num_heads", heads), ("num_attention_heads", heads), ("num_key_value_heads", kv),
+                            ("num_key_value_groups", heads // kv)):
+            if isinstance(getattr(attention, attr, None), int):
+                setattr(attention, attr, value)
+    if plan.mlp is not None and plan.mlp_count:
+        mlp = block.get_submodule(plan.mlp.down.rpartition(".")[0])
+        if isinstance(getattr(mlp, "intermediate_size", None), int):
+            mlp.intermediate_size = plan.mlp.width - plan.mlp_count
+
+
+def _drop_blocks(model: Any, container: str, dropped: list[int]) -> None:
+    """Remove the dropped blocks from their ModuleList and renumber the rest (``layer_idx``, which
+    the KV cache is indexed by)."""
+    old = model.get_submodule(container)
+    renumber = renumbering(len(old), dropped)
+    kept = torch.nn.ModuleList([old[i] for i in sorted(renumber)])
+    for new_index, block in enumerate(kept):
+        for module in block.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = new_index
+    parent, _, leaf = container.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, kept)
