@@ -315,7 +315,7 @@ def test_cli_one_step_prints_estimate_progress_and_real_time(zoo, tmp_path, caps
     reported = float(captured.out.strip().splitlines()[-1].split(" in ")[1].split(" s")[0])
     assert reported >= 0.7 * wall - 0.1  # the whole command, not one phase of it
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["settings"]["calibration"] == "sequential" and report["settings"]["stats_dtype"] == "float32"
+    assert report["settings"]["calibration"] == "one-pass" and report["settings"]["stats_dtype"] == "float32"  # wanda's default
     code = main(["prune", str(zoo("llama")), "-o", str(tmp_path / "q"), "--method", "wanda", "--calibration",
                  str(zoo.texts), "--sparsity", "0.5", "--samples", "12", "--quiet"])
     assert code == 0 and capsys.readouterr().err == ""
