@@ -15,6 +15,10 @@ block and no output head runs). Then, for each block in forward order:
    order, each calibrated on the outputs of the groups already pruned before it, one group's
    Hessian in memory at a time (the SparseGPT reference's "true sequential" order); the others
    calibrate the whole block in one pass, then prune it (the Wanda reference).
+   With reconstruction on (:class:`pruneplug.ReconstructSettings`, ``steps > 0``), the dense
+   block's outputs on the same inputs are kept first (from the statistics pass; one extra dense
+   pass for sequential Hessian criteria, whose statistics passes stop early), and after pruning
+   the block's pruned weights are re-fitted to them (:mod:`pruneplug.torch.reconstruct`).
 3. **Next inputs.** ``sequential=True``: the pruned block runs on its inputs to make the next
    block's (the papers); ``sequential=False`` ("one-pass"): the dense block's outputs, captured
    during the statistics pass before anything is pruned.
