@@ -374,8 +374,9 @@ def calibrate_and_prune_block(block: Any, layers: Sequence[Layer], calls: Sequen
         del ctx
     losses = None
     if refit:
-        losses = reconstruct_block(block, [layer.module.weight for layer in layers], calls, activations, targets,
-                                   reconstruct, index, step)
+        losses = reconstruct_block(block, [layer.module.weight for layer in layers],
+                                   lambda i: block_output(calls[i].run(block, activations.get(i))), targets,
+                                   [call.token_mask for call in calls], reconstruct, index, step)
         if targets is not outputs:
             targets.clear()
         if rewrite is not None:

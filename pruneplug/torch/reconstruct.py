@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -62,25 +62,22 @@ def _training(block: Any, weights: Sequence[torch.Tensor]) -> Iterator[None]:
         block.train(was_training)
 
 
-def reconstruct_block(block: Any, weights: Sequence[torch.Tensor], calls: Sequence[Any], inputs: Any, targets: Any,
-                      settings: ReconstructSettings, index: int = 0,
-                      step: Any = lambda s: None) -> dict:
-    """Re-fit ``weights`` (the block's pruned weights, in place) so that ``block`` run on each
-    batch of ``inputs`` gives ``targets`` (:class:`~pruneplug.torch.blockwise.Activations`;
-    ``calls`` the :class:`~pruneplug.torch.blockwise.BlockCall` of each batch). Returns the losses:
+def reconstruct_block(block: Any, weights: Sequence[torch.Tensor], run: Callable[[int], torch.Tensor],
+                      targets: Any, token_masks: Sequence[torch.Tensor | None], settings: ReconstructSettings,
+                      index: int = 0, step: Callable[[str], None] = lambda s: None) -> dict:
+    """Re-fit ``weights`` (the block's pruned weights, in place) so that ``run(i)``, the block's
+    hidden-state output on calibration batch ``i``, gives ``targets.get(i)`` (the dense block's;
+    ``token_masks[i]``: the batch's real tokens, or None). Returns the losses:
     ``before`` / ``after`` on the training batches, ``held_out_before`` / ``held_out_after`` (None
     without a held-out split), ``best_step`` (the step whose weights were kept, 0 = none),
     ``steps`` and ``seconds``."""
-    from pruneplug.torch.blockwise import block_output
-
     started = time.perf_counter()
-    train, held = settings.split(len(calls))
+    train, held = settings.split(len(token_masks))
     masks = [w.detach() != 0 for w in weights]
     generator = torch.Generator().manual_seed(settings.seed + index)
 
     def loss_of(i: int) -> torch.Tensor:
-        out = block_output(calls[i].run(block, inputs.get(i)))
-        return block_loss(out, targets.get(i), calls[i].token_mask, settings.loss)
+        return block_loss(run(i), targets.get(i), token_masks[i], settings.loss)
 
     def mean_loss(indices: Sequence[int]) -> float | None:
         if not indices:
