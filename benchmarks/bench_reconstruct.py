@@ -40,6 +40,19 @@ PATTERNS = (("50%", {"sparsity": 0.5}), ("70%", {"sparsity": 0.7}), ("2:4", {"pa
 METHODS = ("wanda", "sparsegpt")
 
 
+class Results(list):
+    """The rows so far, rewritten to ``path`` after each one (a run stopped part-way keeps its cells)."""
+
+    def __init__(self, path, settings):
+        super().__init__()
+        self.path, self.settings = path, settings
+
+    def append(self, row):
+        super().append(row)
+        if self.path:
+            Path(self.path).write_text(json.dumps({"settings": self.settings, "results": list(self)}, indent=1))
+
+
 def cells(regex):
     for method in METHODS:
         for label, kw in PATTERNS:
@@ -152,16 +165,13 @@ def main(argv=None):
                                    holdout=args.holdout)
     print(f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()}; {args.samples} "
           f"calibration texts x {args.seq_len} tokens in batches of {args.batch_size}, {args.mode}; {recon}", flush=True)
-    out = []
+    out = Results(args.json, {**vars(args), "reconstruct": recon.describe()})
     started = time.perf_counter()
     if args.minilm:
         run_minilm(args.minilm, args, recon, out)
     if args.smollm:
         run_smollm(args.smollm, args, recon, out)
     print(f"total {time.perf_counter() - started:.0f} s; load average after: {os.getloadavg()}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"settings": {**vars(args), "reconstruct": recon.describe()},
-                                               "results": out}, indent=1))
     return 0
 
 
