@@ -299,3 +299,14 @@ def test_cli_reconstruct_options(llama, tmp_path, capsys):
     assert main(["prune", str(st), "-o", str(tmp_path / "x.safetensors"), "--sparsity", "0.5",
                  "--reconstruct", "4"]) != 0
     assert "--reconstruct" in capsys.readouterr().err
+
+
+def test_the_memory_estimate_counts_the_refit():
+    from pruneplug.stream.memory import estimate
+
+    shape = dict(outside=1000, block=500, largest_in=64, largest_out=32, distinct_inputs=[32, 64], hidden=32,
+                 tokens=4096, compute_bytes=4, stats_bytes=4, hessian=False, sequential=True, offload=False,
+                 batch_tokens=512)
+    plain, refit = estimate(**shape), estimate(**shape, reconstruct=True, block_out=256)
+    # the teacher's hidden states, 4 float32 copies of the block, one batch's intermediates
+    assert refit.total - plain.total == 4096 * 32 * 4 + 4 * 500 * 4 + 512 * (256 + 4 * 32) * 4
