@@ -33,6 +33,7 @@ from pruneplug.criteria.magnitude import MagnitudeImportance
 from pruneplug.criteria.wanda import WandaImportance
 from pruneplug.criteria.sparsegpt import SparseGPTImportance
 from pruneplug.plan import PruneSettings, TensorPlan  # noqa: E402
+from pruneplug.reconstruction.block import ReconstructSettings  # noqa: E402
 from pruneplug import criteria  # noqa: E402  (importance criteria: pp.criteria.get_criterion, ...)
 
 from pruneplug.version import __version__  # noqa: E402
@@ -43,6 +44,7 @@ __all__ = [
     "WandaImportance",
     "SparseGPTImportance",
     "PruneSettings",
+    "ReconstructSettings",
     "TensorPlan",
     "criteria",
     "BackendInfo",

@@ -21,10 +21,13 @@ from typing import Any
 
 from pruneplug.console import one_line, progress_for
 from pruneplug.errors import CheckpointError, InvalidArgumentError
+from pruneplug.reconstruction.block import LOSSES, ReconstructSettings
 
 #: Options that only the one-step form reads (their defaults mean "not given").
 STREAM_ONLY = {"calibration_mode": None, "device": None, "dtype": None, "stats_dtype": None,
-               "offload_activations": None, "resume": False}
+               "offload_activations": None, "resume": False, "reconstruct": None, "reconstruct_lr": None,
+               "reconstruct_batches": None, "reconstruct_loss": None, "reconstruct_holdout": None,
+               "reconstruct_seed": None}
 
 
 def add_commands(subparsers: Any) -> None:
@@ -78,6 +81,30 @@ def add_stream_options(p: argparse.ArgumentParser, prune: bool = True) -> None:
                    help="one-step form: keep the calibration hidden states in DIR instead of memory")
     p.add_argument("--resume", action="store_true", help="one-step form: continue an interrupted run with the same "
                    "arguments from its last finished block (its staging area .OUT_DIR.pruneplug-stream)")
+    add_reconstruct_options(p)
+
+
+def add_reconstruct_options(p: argparse.ArgumentParser) -> None:
+    """``--reconstruct STEPS`` and its settings (pruneplug.ReconstructSettings; docs/reconstruction.md)."""
+    d = ReconstructSettings()
+    p.add_argument("--reconstruct", type=int, metavar="STEPS", default=None,
+                   help="one-step form: after pruning each block, re-fit its remaining weights (masks fixed) to the "
+                   "dense block's outputs with STEPS Adam steps (default 0: off)")
+    p.add_argument("--reconstruct-lr", type=float, default=None, help=f"Adam's learning rate (default {d.lr})")
+    p.add_argument("--reconstruct-batches", type=int, default=None,
+                   help=f"calibration batches (of --batch-size texts) per Adam step (default {d.batches})")
+    p.add_argument("--reconstruct-loss", choices=LOSSES, default=None,
+                   help=f"mse, or nmse (normalised by the dense output's square) (default {d.loss})")
+    p.add_argument("--reconstruct-holdout", type=float, default=None,
+                   help=f"fraction of the calibration batches held out for early stopping (default {d.holdout})")
+    p.add_argument("--reconstruct-seed", type=int, default=None, help=f"seed of the batch order (default {d.seed})")
+
+
+def reconstruct_settings(args: argparse.Namespace) -> ReconstructSettings:
+    """The :class:`ReconstructSettings` of the command line (defaults for options not given)."""
+    given = {field: getattr(args, f"reconstruct_{field}", None) for field in ("lr", "batches", "loss", "holdout", "seed")}
+    given["steps"] = getattr(args, "reconstruct", None)
+    return ReconstructSettings(**{k: v for k, v in given.items() if v is not None})
 
 
 def stream_only_options(args: argparse.Namespace) -> str | None:
@@ -97,7 +124,7 @@ def _options(args: argparse.Namespace) -> Any:
                          include=args.include, exclude=args.exclude,
                          offload_activations=Path(args.offload_activations) if getattr(
                              args, "offload_activations", None) else None,
-                         resume=bool(getattr(args, "resume", False)))
+                         resume=bool(getattr(args, "resume", False)), reconstruct=reconstruct_settings(args))
 
 
 def _print_estimate(command: str, quiet: bool) -> Any:

@@ -63,6 +63,7 @@ class Journal:
     metrics: dict = field(default_factory=dict)  # tensor name -> reconstruction metrics
     seconds: float = 0.0  # wall time spent so far, by this run and earlier (interrupted) ones
     tuple_outputs: bool | None = None  # whether the blocks return tuples (the tail pass must too)
+    reconstruction_losses: dict = field(default_factory=dict)  # block prefix -> losses of its re-fit
 
     @property
     def path(self) -> Path:
@@ -79,7 +80,8 @@ class Journal:
         """Replace the journal atomically (written, synced, renamed)."""
         data = {"version": JOURNAL_VERSION, "fingerprint": self.fingerprint, "arguments": self.arguments,
                 "done": self.done, "owl_counts": self.owl_counts, "rows": self.rows, "metrics": self.metrics,
-                "seconds": self.seconds, "tuple_outputs": self.tuple_outputs}
+                "seconds": self.seconds, "tuple_outputs": self.tuple_outputs,
+                "reconstruction_losses": self.reconstruction_losses}
         tmp = self.path.with_name("journal.json.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, default=str)
@@ -137,7 +139,8 @@ def open_journal(out: Path, fp: str, arguments: dict, resume: bool) -> Journal:
         raise CheckpointError(f"--resume: the interrupted run in {directory} was started differently: {what}; rerun "
                               "with its arguments, or remove that directory to start over")
     return Journal(directory, fp, arguments, int(data["done"]), data.get("owl_counts"), data.get("rows", {}),
-                   data.get("metrics", {}), float(data.get("seconds", 0.0)), data.get("tuple_outputs"))
+                   data.get("metrics", {}), float(data.get("seconds", 0.0)), data.get("tuple_outputs"),
+                   data.get("reconstruction_losses", {}))
 
 
 def describe(arguments: dict[str, Any]) -> dict:

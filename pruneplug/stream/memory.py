@@ -53,11 +53,16 @@ class MemoryEstimate:
 
 def estimate(*, outside: int, block: int, largest_in: int, largest_out: int, distinct_inputs: list[int],
              hidden: int, tokens: int, compute_bytes: int, stats_bytes: int, hessian: bool, sequential: bool,
-             offload: bool, batch_tokens: int, extra_per_token: int = 0) -> MemoryEstimate:
+             offload: bool, batch_tokens: int, extra_per_token: int = 0, reconstruct: bool = False,
+             block_out: int = 0) -> MemoryEstimate:
     """The estimate from the model's shapes: ``outside``/``block`` parameter counts, the largest
     layer's ``largest_in``/``largest_out``, one entry per distinct input of the largest block
     (``distinct_inputs``: its feature counts), ``hidden`` size, calibration ``tokens`` (samples x
-    sequence length), bytes per element of the compute and statistics dtypes."""
+    sequence length), bytes per element of the compute and statistics dtypes. ``reconstruct``: the
+    re-fit's extra (docs/reconstruction.md): the dense outputs (one more set of hidden states),
+    the gradients, Adam's two moments and the kept copy of the block's weights (4 copies in
+    float32), and the autograd intermediates of one batch (``block_out``: the summed output
+    features of the block's layers, per token, float32)."""
     weights = max(outside, block) * compute_bytes
     norms = sum(distinct_inputs) * stats_bytes
     if hessian:
@@ -69,6 +74,9 @@ def estimate(*, outside: int, block: int, largest_in: int, largest_out: int, dis
     activations = 2 * held_tokens * hidden * compute_bytes + tokens * extra_per_token
     workspace = (largest_in * largest_in + 3 * largest_in * largest_out) * 4 if hessian else \
         2 * largest_in * largest_out * 4
+    if reconstruct:
+        activations += held_tokens * hidden * compute_bytes
+        workspace += 4 * block * 4 + batch_tokens * (block_out + 4 * hidden) * 4
     return MemoryEstimate(weights, statistics, activations, workspace)
 
 

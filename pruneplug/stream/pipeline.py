@@ -45,6 +45,7 @@ from pruneplug.criteria import prune_scored
 from pruneplug.errors import CalibrationError, CheckpointError, InvalidArgumentError, NonFiniteError, PrunePlugError
 from pruneplug.layer_ratios import unit_outlier_ratios
 from pruneplug.plan import CALIBRATION_MODES, PruneSettings, TensorPlan, pattern_misfit
+from pruneplug.reconstruction.block import ReconstructSettings
 from pruneplug.stream import journal as journals
 from pruneplug.stream.memory import MemoryEstimate, call_bytes_per_token, estimate
 from pruneplug.stream.skeleton import HEAD_NAMES, Skeleton, build_skeleton
@@ -67,6 +68,7 @@ class StreamOptions:
     exclude: Sequence[str] | None = None
     offload_activations: Path | None = None
     resume: bool = False
+    reconstruct: ReconstructSettings = field(default_factory=ReconstructSettings)  # off by default
 
     def check(self) -> None:
         for name in ("samples", "seq_len", "batch_size"):
@@ -82,6 +84,9 @@ class StreamOptions:
             raise CheckpointError(f"--offload-activations {self.offload_activations}: not a directory")
         if self.dtype not in (None, "float32", "float64", "bfloat16", "float16"):
             raise InvalidArgumentError(f"--dtype {self.dtype!r}: expected float32, bfloat16, float16 or float64")
+        if not isinstance(self.reconstruct, ReconstructSettings):
+            raise InvalidArgumentError(f"reconstruct={self.reconstruct!r}: expected a pruneplug.ReconstructSettings")
+        self.reconstruct.check()
 
 
 @dataclass
@@ -203,7 +208,8 @@ def _estimate(m: _Model, statistics: frozenset, options: StreamOptions) -> Memor
                     stats_bytes=torch.empty((), dtype=m.stats_dtype).element_size(),
                     hessian="hessian" in statistics, sequential=options.calibration_mode == "sequential",
                     offload=options.offload_activations is not None, batch_tokens=batch_tokens,
-                    extra_per_token=call_bytes_per_token(options.seq_len, _head_dim(m.skel.config, hidden)))
+                    extra_per_token=call_bytes_per_token(options.seq_len, _head_dim(m.skel.config, hidden)),
+                    reconstruct=options.reconstruct.enabled, block_out=sum(outs))
 
 
 def _head_dim(config: Any, hidden: int) -> int:
@@ -452,7 +458,8 @@ def prune_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, settin
         "batch_size": options.batch_size, "calibration_mode": options.calibration_mode,
         "dtype": str(m.compute_dtype), "stats_dtype": options.stats_dtype, "device": m.device.type,
         "include": list(options.include or []), "exclude": list(options.exclude or []),
-        "texts": str(texts) if not isinstance(texts, list) else texts})
+        "texts": str(texts) if not isinstance(texts, list) else texts,
+        **_reconstruct_arguments(options)})
     inputs = [st.path for st in m.skel.checkpoint.files] + ([Path(texts)] if not isinstance(texts, list) else [])
     journal = journals.open_journal(out, journals.fingerprint(arguments, inputs), arguments, options.resume)
     started, seconds_before = time.perf_counter(), journal.seconds
@@ -482,6 +489,12 @@ def prune_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, settin
     return result
 
 
+def _reconstruct_arguments(options: StreamOptions) -> dict:
+    """The reconstruction settings, for the fingerprint and the output's metadata; nothing when it
+    is off, so that a run without it gives the bytes it gave before reconstruction existed."""
+    return {"reconstruct": options.reconstruct.describe()} if options.reconstruct.enabled else {}
+
+
 def _run_prune(m: _Model, journal: journals.Journal, settings: PruneSettings, options: StreamOptions,
                progress: Any) -> StreamResult:
     """Steps 2-5 of the module docstring, into the journal's staging area."""
@@ -491,7 +504,8 @@ def _run_prune(m: _Model, journal: journals.Journal, settings: PruneSettings, op
     resumed_from = journal.done
     headers, m.offsets = output_layout(m, settings_metadata(
         {**settings.describe(), "calibration": options.calibration_mode, "stats_dtype": options.stats_dtype,
-         "samples": m.texts, "seq_len": options.seq_len}, sorted(selected_ckpt), None))
+         "samples": m.texts, "seq_len": options.seq_len, **_reconstruct_arguments(options)},
+        sorted(selected_ckpt), None))
     if journal.done == 0:
         _prepare_output(m, journal.out, selected_ckpt, headers, m.offsets)
     offload = options.offload_activations
@@ -549,11 +563,14 @@ def _run_blocks(m: _Model, journal: journals.Journal, settings: PruneSettings, o
         rows_before = {l.name: _zeros(l.module.weight) for l in m.block_layers[index]}
         try:
             with torch.no_grad():
-                calibrate_and_prune_block(
+                losses = calibrate_and_prune_block(
                     block, m.block_layers[index], calls, current, outputs,
                     lambda layers, ctx: _prune_layers(m, journal, layers, ctx, settings, plans, rows_before),
                     hessian=hessian, sequential=sequential, dtype=m.stats_dtype, source="calibration",
-                    step=bar.step)
+                    step=bar.step, reconstruct=options.reconstruct, index=index,
+                    rewrite=lambda layers: [_store(m, journal, layer, rows_before) for layer in layers])
+            if losses is not None:
+                journal.reconstruction_losses[f"{m.container}.{index}"] = losses
             bar.step("writing")
             for layer in m.block_layers[index]:
                 if names[layer.name] not in journal.rows:
@@ -644,16 +661,29 @@ def _prune_layers(m: _Model, journal: journals.Journal, layers: Sequence[Any], c
             if hasattr(exc, "args") and exc.args and ckpt_name not in str(exc.args[0]):
                 exc.args = (f"tensor {ckpt_name!r}: {exc.args[0]}",) + exc.args[1:]
             raise
-        stored = _write_tensor(m, journal.out, ckpt_name, weight)
-        with torch.no_grad():  # the next block's inputs come from the weights as written
-            weight.copy_(_from_stored(stored, weight))
-        zeros_after = int(stored.size - np.count_nonzero(stored))
-        ref = m.skel.checkpoint.tensors[ckpt_name]
-        row = TensorReport(ckpt_name, list(ref.shape), ref.dtype, ref.numel, "pruned", reason,
-                           zeros_before[layer.name], zeros_after, max(zeros_after - zeros_before[layer.name], 0))
-        journal.rows[ckpt_name] = row.to_dict()
+        _store(m, journal, layer, zeros_before, reason)
         if result is not None:
             journal.metrics[ckpt_name] = dict(result.metrics)
+
+
+def _store(m: _Model, journal: journals.Journal, layer: Any, zeros_before: dict[str, int],
+           reason: str | None = None) -> None:
+    """Write a pruned (or re-fitted) layer's weight in the checkpoint's dtype, round the weight in
+    memory to what was written (the next block's inputs come from the weights as written) and
+    record its report row (a rewrite keeps the row's reason)."""
+    import torch
+
+    ckpt_name = m.skel.names[layer.name]
+    weight = layer.module.weight
+    stored = _write_tensor(m, journal.out, ckpt_name, weight)
+    with torch.no_grad():
+        weight.copy_(_from_stored(stored, weight))
+    zeros_after = int(stored.size - np.count_nonzero(stored))
+    ref = m.skel.checkpoint.tensors[ckpt_name]
+    reason = reason if ckpt_name not in journal.rows else journal.rows[ckpt_name]["reason"]
+    row = TensorReport(ckpt_name, list(ref.shape), ref.dtype, ref.numel, "pruned", reason,
+                       zeros_before[layer.name], zeros_after, max(zeros_after - zeros_before[layer.name], 0))
+    journal.rows[ckpt_name] = row.to_dict()
 
 
 def _from_stored(stored: np.ndarray, like: Any) -> Any:
@@ -697,6 +727,9 @@ def _report(m: _Model, journal: journals.Journal, settings: PruneSettings, optio
         settings_dict["layer_ratios"] = {**settings_dict.get("layer_ratios", {}), "counts": journal.owl_counts}
     if journal.metrics:
         settings_dict["reconstruction"] = journal.metrics
+    if options.reconstruct.enabled:
+        settings_dict["reconstruct"] = options.reconstruct.describe()
+        settings_dict["reconstruction_losses"] = journal.reconstruction_losses
     return PruneReport(input=str(m.skel.model_dir), output=None, settings=settings_dict,
                        selection_rule=SELECTION_RULE if not options.include else "--include/--exclude regexes",
                        tensors=sorted(rows.values(), key=lambda r: r.name), seconds=0.0)

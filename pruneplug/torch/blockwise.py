@@ -15,6 +15,10 @@ block and no output head runs). Then, for each block in forward order:
    order, each calibrated on the outputs of the groups already pruned before it, one group's
    Hessian in memory at a time (the SparseGPT reference's "true sequential" order); the others
    calibrate the whole block in one pass, then prune it (the Wanda reference).
+   With reconstruction on (:class:`pruneplug.ReconstructSettings`, ``steps > 0``), the dense
+   block's outputs on the same inputs are kept first (from the statistics pass; one extra dense
+   pass for sequential Hessian criteria, whose statistics passes stop early), and after pruning
+   the block's pruned weights are re-fitted to them (:mod:`pruneplug.torch.reconstruct`).
 3. **Next inputs.** ``sequential=True``: the pruned block runs on its inputs to make the next
    block's (the papers); ``sequential=False`` ("one-pass"): the dense block's outputs, captured
    during the statistics pass before anything is pruned.
@@ -28,6 +32,7 @@ weights before it and write and free them after it: the stream does that; in mem
 from __future__ import annotations
 
 import inspect
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -38,6 +43,8 @@ import torch
 from pruneplug.calibration import ActivationStats, CalibrationContext
 from pruneplug.errors import CalibrationError
 from pruneplug.torch.layers import Layer
+from pruneplug.reconstruction.block import ReconstructSettings
+from pruneplug.torch.reconstruct import reconstruct_block
 
 #: Keyword arguments through which a block receives a KV cache (transformers 4.x; ``cache`` in 5.x;
 #: GPT-2's ``layer_past``).
@@ -97,6 +104,13 @@ class Activations:
             return self._held[index]
         dtype, device = self._spilled[index]
         return load_tensor(self.directory / f"{index:06d}.npy", dtype).to(device)
+
+    def clear(self) -> None:
+        """Forget every batch (a spill directory is removed)."""
+        self._held.clear()
+        self._spilled.clear()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._held.values())
@@ -330,35 +344,65 @@ PruneGroup = Callable[[Sequence[Layer], CalibrationContext], None]
 def calibrate_and_prune_block(block: Any, layers: Sequence[Layer], calls: Sequence[BlockCall],
                               activations: Activations, outputs: Activations, prune: PruneGroup, *,
                               hessian: bool, sequential: bool, dtype: torch.dtype, source: str,
-                              step: Callable[[str], None] = lambda s: None) -> None:
+                              step: Callable[[str], None] = lambda s: None,
+                              reconstruct: ReconstructSettings | None = None, index: int = 0,
+                              rewrite: Callable[[Sequence[Layer]], None] | None = None) -> dict | None:
     """Steps 1-3 of the module docstring for one block: ``prune(layers, ctx)`` is called once per
     group (Hessian criteria) or once for the block, and ``outputs`` receives the next block's
-    inputs."""
+    inputs.
+
+    ``reconstruct`` (enabled: ``steps > 0``): after pruning, the block's pruned weights are
+    re-fitted to the dense block's outputs on the same inputs (:mod:`pruneplug.torch.reconstruct`;
+    ``index`` seeds it), then ``rewrite(layers)`` is called (the stream writes and rounds them
+    there) before the next block's inputs are made. Returns the reconstruction's losses, or None.
+    """
     if not layers:
         step("forward")
         forward_all(block, calls, activations, outputs)
-        return
+        return None
+    refit = reconstruct is not None and reconstruct.enabled
+    # the dense block's outputs on these inputs, the teacher; in one-pass mode they are the outputs
+    targets = (outputs if not sequential else Activations(_beside(outputs.directory, "targets"))) if refit else None
     groups = input_groups(block, layers, calls[0], activations.get(0))
     step("calibrating")
     if hessian and sequential:
+        if refit:
+            forward_all(block, calls, activations, targets)  # the stats pass stops early: one dense pass
         for group in groups:
             acc = collect(block, [group], calls, activations, hessian=True, dtype=dtype, stop=True)
             step("pruning")
             prune(group, context_of([group], acc, source))
             del acc
-        step("forward")
-        forward_all(block, calls, activations, outputs)
-        return
-    accumulators = collect(block, groups, calls, activations, hessian=hessian, dtype=dtype,
-                           outputs=None if sequential else outputs)
-    ctx = context_of(groups, accumulators, source)
-    del accumulators
-    step("pruning")
-    prune([layer for group in groups for layer in group], ctx)
-    del ctx
+    else:
+        accumulators = collect(block, groups, calls, activations, hessian=hessian, dtype=dtype,
+                               outputs=outputs if not sequential else targets)
+        ctx = context_of(groups, accumulators, source)
+        del accumulators
+        step("pruning")
+        prune([layer for group in groups for layer in group], ctx)
+        del ctx
+    losses = None
+    if refit:
+        losses = reconstruct_block(block, [layer.module.weight for layer in layers],
+                                   lambda i: block_output(calls[i].run(block, activations.get(i))), targets,
+                                   [call.token_mask for call in calls], reconstruct, index, step)
+        if targets is not outputs:
+            targets.clear()
+        if rewrite is not None:
+            rewrite(layers)
     if sequential:
         step("forward")
         forward_all(block, calls, activations, outputs)
+    return losses
+
+
+def _beside(directory: Path | None, suffix: str) -> Path | None:
+    """A spill directory next to ``directory`` (None: in memory)."""
+    if directory is None:
+        return None
+    path = directory.with_name(f"{directory.name}-{suffix}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 class _Replay(torch.nn.Module):

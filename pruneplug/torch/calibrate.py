@@ -26,6 +26,7 @@ import torch
 
 from pruneplug.calibration import ActivationStats, CalibrationContext
 from pruneplug.errors import CalibrationError, InvalidArgumentError, PrunePlugError
+from pruneplug.reconstruction.block import ReconstructSettings
 from pruneplug.torch.layers import Layer, linear_layers, selected_parameters
 
 
@@ -165,7 +166,8 @@ def find_blocks(model: Any, layers: Sequence[Layer]) -> tuple[str, list[Any]]:
 def calibrate_blockwise(model: Any, batches: Iterable[Any], prune_block: Callable[[CalibrationContext], None], *,
                         include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
                         layers: Sequence[Layer] | None = None, hessian: bool = False, sequential: bool = True,
-                        stats_dtype: str = "float32") -> CalibrationContext:
+                        stats_dtype: str = "float32", reconstruct: ReconstructSettings | None = None,
+                        losses: dict | None = None) -> CalibrationContext:
     """Calibration interleaved with pruning, block by block (:mod:`pruneplug.torch.blockwise`, the
     engine the checkpoint stream runs too): for each block in forward order, collect the
     statistics of its layers (once per distinct input), then call ``prune_block(ctx)`` with them (it
@@ -175,6 +177,10 @@ def calibrate_blockwise(model: Any, batches: Iterable[Any], prune_block: Callabl
     forward pass stops at the first block: no output head runs. Layers outside the blocks (a
     pooler) come last, from the final hidden states. Falls back to one pass through the model (one
     ``prune_block`` call) when it has no repeated blocks.
+
+    ``reconstruct`` (``steps > 0``): each pruned block's weights are re-fitted to the dense block's
+    outputs (:mod:`pruneplug.torch.reconstruct`); ``losses`` (a dict) receives each block's losses
+    under its name (``"model.layers.0"``). Needs the repeated blocks.
 
     Returns the statistics used (norms and counts; Hessians are not kept).
     """
@@ -201,6 +207,9 @@ def calibrate_blockwise(model: Any, batches: Iterable[Any], prune_block: Callabl
     started = time.perf_counter()
     with torch.no_grad(), _eval(model):
         if not blocks:
+            if reconstruct is not None and reconstruct.enabled:
+                raise CalibrationError("reconstruct: the model has no repeated blocks (no ModuleList of layers holding "
+                                       "the selected weights) to re-fit one at a time")
             groups = [[layer] for layer in layers] if hessian and sequential else [layers]
             for group in groups:  # one layer at a time with Hessians, each on the pruned layers' outputs
                 prune_and_keep(calibrate(model, batches, layers=group, hessian=hessian))
@@ -212,9 +221,12 @@ def calibrate_blockwise(model: Any, batches: Iterable[Any], prune_block: Callabl
         for index, (block, block_layers) in enumerate(zip(blocks, by_block)):
             outputs = Activations()
             try:
-                calibrate_and_prune_block(block, block_layers, calls, current, outputs,
+                block_losses = calibrate_and_prune_block(block, block_layers, calls, current, outputs,
                                           lambda group, ctx: prune_and_keep(ctx), hessian=hessian,
-                                          sequential=sequential, dtype=dtype, source=total.source)
+                                          sequential=sequential, dtype=dtype, source=total.source,
+                                          reconstruct=reconstruct, index=index)
+                if block_losses is not None and losses is not None:
+                    losses[f"{prefix}{index}"] = block_losses
             except Exception as exc:
                 if index == 0 and not total:
                     raise

@@ -22,6 +22,7 @@ from pruneplug.torch.layers import linear_layers, selected_parameters
 from pruneplug.layer_ratios import (DEFAULT_LAMBDA, DEFAULT_M, block_units, capped_counts, layer_caps,
                                     unit_outlier_ratios)
 from pruneplug.plan import PruneSettings
+from pruneplug.reconstruction.block import ReconstructSettings
 from pruneplug.criteria.wanda import WandaImportance
 from pruneplug.reconstruction.hessian import check_hessian
 from pruneplug.validation import count_to_prune, shown
@@ -35,7 +36,8 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
                 exclude: Sequence[str] | None = None, backend: str | None = None,
                 axis: int | None = None, statistics: CalibrationContext | None = None,
                 layer_ratios: str | None = None, owl_m: float = DEFAULT_M, owl_lambda: float = DEFAULT_LAMBDA,
-                max_layer_sparsity: float | None = None, stats_dtype: str = "float32") -> PruneReport:
+                max_layer_sparsity: float | None = None, stats_dtype: str = "float32",
+                reconstruct: ReconstructSettings | None = None) -> PruneReport:
     """Prune the selected weights of ``model`` in place and return the report the CLI prints.
 
     * Which weights: the CLI's rule (:data:`pruneplug.selection_rule.SELECTION_RULE`) applied
@@ -61,6 +63,11 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
       in total (water-filling: :func:`pruneplug.layer_ratios.capped_counts`).
     * ``stats_dtype``: accumulation dtype of the statistics collected from batches (``"float32"``,
       as the references; ``"float64"``; docs/calibration.md gives the measured difference).
+    * ``reconstruct``: a :class:`pruneplug.ReconstructSettings` with ``steps > 0`` re-fits each
+      pruned block's surviving weights (masks fixed) to the dense block's outputs on the
+      calibration batches, with Adam (docs/reconstruction.md). Needs ``calibration`` batches and
+      ``scope="layer"``; works with every criterion and pattern (magnitude too: it is then
+      pruned block by block). ``settings["reconstruction_losses"]``: each block's losses.
     * CPU tensors are pruned through NumPy views, CUDA tensors through DLPack on the ``cuda``
       backend: no host copies.
 
@@ -80,6 +87,7 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
                          max_layer_sparsity=max_layer_sparsity)
     calibration_mode = plan.calibration_mode(calibration_mode)
     criterion, owl, cap = plan.criterion, plan.owl, plan.cap()
+    refit = _check_reconstruct(reconstruct, calibration, scope)
     if owl and calibration is not None and not isinstance(calibration, (CalibrationContext, str, os.PathLike)):
         calibration = list(calibration)  # read twice: OWL's pass over the dense model, then the pruning
     if owl:
@@ -102,6 +110,7 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
                        "outlier_ratios": outlier_ratios}
 
     metrics: dict[str, dict] = {}
+    block_losses: dict[str, dict] = {}
 
     def prune_some(ctx: CalibrationContext | None, names: Iterable[str]) -> None:
         names = list(names)
@@ -119,10 +128,11 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
     if scope == "global":
         ratios_info = {"max_layer_sparsity": cap}
         _prune_global(params, sparsity, criterion, backend, cap)
-    elif criterion.requires_calibration():
+    elif criterion.requires_calibration() or refit:
         if calibration is None:
             raise CalibrationRequiredError(criterion.name)
-        _calibrated(model, params, calibration, calibration_mode, prune_some, hessian, stats_dtype)
+        _calibrated(model, params, calibration, calibration_mode, prune_some, hessian, stats_dtype,
+                    reconstruct if refit else None, block_losses)
     else:
         prune_some(None, params)
 
@@ -137,6 +147,9 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
         settings["layer_ratios"] = ratios_info
     if metrics:
         settings["reconstruction"] = metrics
+    if refit:
+        settings["reconstruct"] = reconstruct.describe()
+        settings["reconstruction_losses"] = block_losses
     if criterion.requires_calibration():
         settings["calibration"] = calibration_mode if not isinstance(calibration, (CalibrationContext, str,
                                                                                    os.PathLike)) else str(
@@ -304,8 +317,28 @@ def _owl_ratios(model: Any, params: dict[str, torch.Tensor], calibration: Any, m
         raise CalibrationError(f"OWL: no statistics for tensor {missing[0]!r} ({len(missing)} selected weight(s))")
     return unit_outlier_ratios(_WandaScores(params, ctx), block_units(list(params)), m)
 
+def _check_reconstruct(reconstruct: Any, calibration: Any, scope: str) -> bool:
+    """Whether blocks are re-fitted; a typed error when ``reconstruct`` cannot apply."""
+    if reconstruct is None:
+        return False
+    if not isinstance(reconstruct, ReconstructSettings):
+        raise InvalidArgumentError(f"reconstruct={shown(reconstruct)} ({type(reconstruct).__name__}): expected a "
+                                   "pruneplug.ReconstructSettings or None")
+    if not reconstruct.enabled:
+        return False
+    if calibration is None or isinstance(calibration, (CalibrationContext, str, os.PathLike)):
+        raise InvalidArgumentError(f"reconstruct (steps={reconstruct.steps}) needs calibration batches (the dense "
+                                   "block's outputs are its targets), not "
+                                   f"{'no calibration' if calibration is None else 'a statistics context or file'}")
+    if scope != "layer":
+        raise InvalidArgumentError(f"reconstruct (steps={reconstruct.steps}) works block by block: scope={scope!r} "
+                                   "is not supported (use scope='layer')")
+    return True
+
+
 def _calibrated(model: Any, params: dict[str, torch.Tensor], calibration: Any, mode: str, prune_some: Any,
-                hessian: bool = False, stats_dtype: str = "float32") -> None:
+                hessian: bool = False, stats_dtype: str = "float32", reconstruct: ReconstructSettings | None = None,
+                losses: dict | None = None) -> None:
     """Criteria with statistics: from a context or file (every selected weight must have its
     statistics), or from batches run through the model (sequential or one pass)."""
     if isinstance(calibration, (str, os.PathLike)):
@@ -327,4 +360,5 @@ def _calibrated(model: Any, params: dict[str, torch.Tensor], calibration: Any, m
         raise CalibrationError(f"tensor {without[0]!r} is not the weight of an nn.Linear or Conv1D: calibration cannot "
                                "collect its statistics (exclude it with exclude=[...])")
     calibrate_blockwise(model, calibration, lambda ctx: prune_some(ctx, list(ctx)), layers=layers, hessian=hessian,
-                        sequential=mode == "sequential", stats_dtype=stats_dtype)
+                        sequential=mode == "sequential", stats_dtype=stats_dtype, reconstruct=reconstruct,
+                        losses=losses)

@@ -1,0 +1,86 @@
+"""The settings of block reconstruction: after a block is pruned, its surviving weights are
+re-fitted with Adam so the pruned block reproduces the dense block's outputs on the calibration
+tokens (docs/reconstruction.md). The work itself is :mod:`pruneplug.torch.reconstruct`; this
+module imports no torch, so the CLI and the stream's options can hold the settings.
+
+Example::
+
+    >>> import pruneplug as pp
+    >>> s = pp.ReconstructSettings(steps=20, lr=1e-4)
+    >>> s.enabled, s.describe()["loss"], s.split(8)
+    (True, 'mse', ([0, 1, 2, 3, 4, 5, 6], [7]))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from pruneplug.errors import InvalidArgumentError
+
+LOSSES = ("mse", "nmse")
+
+
+@dataclass(frozen=True)
+class ReconstructSettings:
+    """How each pruned block is re-fitted (``steps=0``: not at all, the default).
+
+    * ``steps``: Adam steps per block (0 = off).
+    * ``lr``: Adam's learning rate.
+    * ``batches``: calibration batches per Adam step (a calibration batch holds ``batch_size``
+      texts of the stream or of the batches given to ``prune_model``); the training batches are
+      visited in a seeded random order.
+    * ``loss``: ``"mse"`` (mean squared error per hidden feature over the real tokens) or
+      ``"nmse"`` (the squared error divided by the squared dense output: scale-free across blocks).
+    * ``holdout``: fraction of the calibration batches kept out of training (the last ones, at least
+      one when > 0); the held-out loss is measured every ``max(1, steps // 10)`` steps and the
+      weights with the lowest held-out loss are kept (those right after pruning when no step
+      helped): early stopping. 0: no held-out split, the weights after the last step are kept.
+    * ``seed``: block ``i`` shuffles its batches with seed ``seed + i``: a rerun, or a resumed
+      stream, computes the same bits on the same device and thread count.
+
+    >>> ReconstructSettings(steps=-1).check()
+    Traceback (most recent call last):
+    ...
+    pruneplug.errors.InvalidArgumentError: reconstruct steps=-1: must be an integer >= 0
+    """
+
+    steps: int = 0
+    lr: float = 1e-4
+    batches: int = 1
+    loss: str = "mse"
+    holdout: float = 0.125
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """A typed error naming the first bad field and its value."""
+        for name, low in (("steps", 0), ("batches", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InvalidArgumentError(f"reconstruct {name}={value!r}: must be an integer >= {low}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (
+                math.isfinite(self.lr) and self.lr > 0):
+            raise InvalidArgumentError(f"reconstruct lr={self.lr!r}: must be a finite number > 0")
+        if self.loss not in LOSSES:
+            raise InvalidArgumentError(f"reconstruct loss={self.loss!r}: expected one of {', '.join(LOSSES)}")
+        if isinstance(self.holdout, bool) or not isinstance(self.holdout, (int, float)) or not (
+                0 <= self.holdout < 1):
+            raise InvalidArgumentError(f"reconstruct holdout={self.holdout!r}: must be a number in [0, 1)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.steps > 0
+
+    def describe(self) -> dict:
+        """The settings as the report and the stream's journal record them."""
+        return asdict(self)
+
+    def split(self, batches: int) -> tuple[list[int], list[int]]:
+        """(training, held-out) batch indices: the last ``ceil(holdout * batches)`` are held out;
+        one batch alone is never split (it trains and nothing is held out)."""
+        held = math.ceil(self.holdout * batches) if self.holdout > 0 and batches > 1 else 0
+        held = min(held, batches - 1)
+        return list(range(batches - held)), list(range(batches - held, batches))
