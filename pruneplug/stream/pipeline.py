@@ -641,8 +641,6 @@ def _zeros(weight: Any) -> int:
 def _prune_layers(m: _Model, journal: journals.Journal, layers: Sequence[Any], ctx: CalibrationContext,
                   settings: PruneSettings, plans: dict[str, TensorPlan], zeros_before: dict[str, int]) -> None:
     """Prune each layer with its plan, round it to the checkpoint's dtype, write it, record its row."""
-    import torch
-
     names = m.skel.names
     for layer in layers:
         weight = layer.module.weight
