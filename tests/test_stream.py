@@ -535,3 +535,14 @@ def test_offloaded_activations_give_the_same_bytes_and_leave_nothing(zoo, tmp_pa
     with pytest.raises(CheckpointError, match="--offload-activations .* not a directory"):
         prune_model_dir(zoo("llama"), tmp_path / "x", settings, zoo.texts,
                         options=StreamOptions(**OPTS, offload_activations=tmp_path / "missing"))
+
+
+def test_an_error_after_the_model_is_built_is_the_one_line_the_user_sees(zoo, tmp_path, capfd):
+    """The stream never calls from_pretrained for the weights: no loading bar or warning precedes
+    an error found once the skeleton and tokenizer are built (here: a pattern no tensor fits)."""
+    model_dir = zoo("llama")
+    capfd.readouterr()  # building the test model prints transformers' own bars
+    code = main(["prune", str(model_dir), "-o", str(tmp_path / "o"), "--method", "wanda", "--calibration",
+                 str(zoo.texts), "--pattern", "1:3", "--progress", "always"])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("pruneplug prune: error:") and "M=3" in err[0], err
