@@ -173,7 +173,7 @@ def test_steps_0_gives_the_output_without_reconstruction(llama, tmp_path):
     """steps=0 (the default) takes no new path: no reconstruct key in the file's metadata or the
     run's fingerprint, and the bytes of a run that never heard of reconstruction."""
     model_dir, texts = llama
-    options = StreamOptions(**OPTS)
+    options = StreamOptions(**OPTS, calibration_mode="sequential")
     prune_model_dir(model_dir, tmp_path / "a", pp.PruneSettings("wanda", sparsity=0.5), texts, options=options)
     result = _stream(model_dir, tmp_path / "b", texts, "wanda", reconstruct=pp.ReconstructSettings(steps=0),
                      sparsity=0.5)
