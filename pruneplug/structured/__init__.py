@@ -11,8 +11,17 @@ model that runs faster on any runtime (docs/structured.md).
   config changes).
 """
 
-from pruneplug.structured.directory import shrink_model_dir
-from pruneplug.structured.plan import ShrinkRequest
-from pruneplug.structured.report import ShrinkReport
-
 __all__ = ["ShrinkReport", "ShrinkRequest", "shrink_model_dir"]
+
+# The names are imported on first use: the `pruneplug` command imports this package to add
+# `shrink`, and every other command (prune, inspect) must not pay for torch (1 s, 180 MB).
+_HOMES = {"ShrinkReport": "pruneplug.structured.report", "ShrinkRequest": "pruneplug.structured.plan",
+          "shrink_model_dir": "pruneplug.structured.directory"}
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        import importlib
+
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'pruneplug.structured' has no attribute {name!r}")
