@@ -55,3 +55,15 @@ def test_user_error_is_one_line_and_nonzero(capsys):
     assert main(["example", "--backend", "nope"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("pruneplug example: error: backend='nope' is not registered") and "Traceback" not in err
+
+
+def test_the_command_line_imports_neither_torch_nor_transformers_to_start():
+    """Every command builds the whole parser; commands that need no torch (prune by magnitude,
+    inspect) must not pay ~1 s and 180 MB for it (issue 22 measured exactly that regression)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pruneplug.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'ml_dtypes') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out
