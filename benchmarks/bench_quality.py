@@ -66,6 +66,26 @@ class PeakRSS:
         self.mib = (self.peak - self.base) / 2**20
 
 
+def pydoc_passages(part: str, count: int, words: int = 100) -> list[str]:
+    """``count`` passages of ``words`` words from the standard library's ``pydoc_data.topics``
+    (about 1 MB of English documentation, on every machine): a larger calibration set than
+    ``data/calibration.txt`` (128 short sentences, ~2k tokens). ``part``: ``"calibration"`` takes
+    passages from four topics in five (sorted by name), ``"evaluation"`` from the fifth, so the two
+    never share a passage."""
+    from pydoc_data.topics import topics
+
+    passages = []
+    for i, name in enumerate(sorted(topics)):
+        if (i % 5 == 4) != (part == "evaluation"):
+            continue
+        tokens = topics[name].split()
+        passages += [" ".join(tokens[j:j + words]) for j in range(0, len(tokens) - words + 1, words)]
+    if len(passages) < count:
+        raise SystemExit(f"pydoc_data has {len(passages)} {part} passages of {words} words, {count} asked")
+    step = len(passages) / count  # spread over every topic, deterministically
+    return [passages[int(k * step)] for k in range(count)]
+
+
 def timed(fn):
     """(result, wall seconds, peak MiB); the process CPU seconds are printed too (the machine is
     shared: wall time includes waiting for a core)."""

@@ -34,7 +34,7 @@ import pruneplug as pp
 from pruneplug.torch.hf import load_texts, text_batches
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality import DATA, dequantize_smollm, embed, perplexity, quality  # noqa: E402
+from bench_quality import DATA, dequantize_smollm, embed, perplexity, pydoc_passages, quality  # noqa: E402
 
 PATTERNS = (("50%", {"sparsity": 0.5}), ("70%", {"sparsity": 0.7}), ("2:4", {"pattern": "2:4"}))
 METHODS = ("wanda", "sparsegpt")
@@ -90,6 +90,14 @@ def run_cell(dense, batches, method, kw, recon, mode, evaluate):
     return plain, refit, s0, s1, summary(report.settings["reconstruction_losses"])
 
 
+def calibration_texts(args):
+    """``--samples`` texts: the short sentences of data/calibration.txt, or passages of pydoc_data
+    (``--texts pydoc``: ~130 tokens each, the evaluation texts stay disjoint)."""
+    if args.texts == "pydoc":
+        return pydoc_passages("calibration", args.samples)
+    return load_texts(DATA / "calibration.txt", args.samples)
+
+
 def run_minilm(model_dir, args, recon, out):
     from transformers import AutoModel, AutoTokenizer
 
@@ -97,7 +105,7 @@ def run_minilm(model_dir, args, recon, out):
     dense = AutoModel.from_pretrained(model_dir).eval()
     sentences = load_texts(DATA / "eval_sentences.txt")
     ref = embed(dense, tok, sentences)
-    batches = text_batches(tok, load_texts(DATA / "calibration.txt", args.samples), args.seq_len, args.batch_size)
+    batches = text_batches(tok, calibration_texts(args), args.seq_len, args.batch_size)
     for name, method, kw in cells(args.cells):
         plain, refit, s0, s1, losses = run_cell(dense, batches, method, kw, recon, args.mode,
                                                 lambda m: quality(ref, embed(m, tok, sentences))[0])
@@ -117,25 +125,33 @@ def run_smollm(gguf, args, recon, out):
         tok = AutoTokenizer.from_pretrained(d)
         dense = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
     paragraphs = load_texts(DATA / "eval_paragraphs.txt")
-    calib = load_texts(DATA / "calibration.txt", args.samples)
+    calib = calibration_texts(args)
+    # over-fitting: the training texts themselves (the held-out batches are the last ones)
     calib_eval = calib[: args.calib_eval]
+    # in-domain held-out text when calibrating on pydoc (passages of topics never calibrated on)
+    pydoc_eval = pydoc_passages("evaluation", args.pydoc_eval) if args.pydoc_eval else []
     evaluate = lambda m: (perplexity(m, tok, paragraphs),  # noqa: E731
-                          perplexity(m, tok, calib_eval) if calib_eval else None)
-    dense_ppl, dense_calib = evaluate(dense)
-    out.append({"model": "SmolLM2-135M", "cell": "dense", "perplexity": dense_ppl, "calibration_perplexity": dense_calib})
-    print(f"SmolLM2 dense perplexity {dense_ppl:.1f}" + (f" (calibration texts {dense_calib:.1f})" if calib_eval else ""),
-          flush=True)
+                          perplexity(m, tok, calib_eval) if calib_eval else None,
+                          perplexity(m, tok, pydoc_eval) if pydoc_eval else None)
+    dense_ppl, dense_calib, dense_pydoc = evaluate(dense)
+    out.append({"model": "SmolLM2-135M", "cell": "dense", "perplexity": dense_ppl, "calibration_perplexity": dense_calib,
+                "pydoc_perplexity": dense_pydoc})
+    print(f"SmolLM2 dense perplexity {dense_ppl:.1f}" + (f" (calibration texts {dense_calib:.1f})" if calib_eval else "")
+          + (f" (pydoc evaluation passages {dense_pydoc:.2f})" if pydoc_eval else ""), flush=True)
     batches = text_batches(tok, calib, args.seq_len, args.batch_size)
     for name, method, kw in cells(args.cells):
-        (plain, plain_c), (refit, refit_c), s0, s1, losses = run_cell(dense, batches, method, kw, recon, args.mode,
-                                                                      evaluate)
+        (plain, plain_c, plain_p), (refit, refit_c, refit_p), s0, s1, losses = run_cell(
+            dense, batches, method, kw, recon, args.mode, evaluate)
         gap_cut = 1 - (refit - dense_ppl) / (plain - dense_ppl)
+        pydoc_cut = 1 - (refit_p - dense_pydoc) / (plain_p - dense_pydoc) if pydoc_eval else None
         row = {"model": "SmolLM2-135M", "cell": name, "metric": "perplexity", "dense": dense_ppl, "without": plain,
                "with": refit, "gap_cut": gap_cut, "calibration_without": plain_c, "calibration_with": refit_c,
+               "pydoc_without": plain_p, "pydoc_with": refit_p, "pydoc_gap_cut": pydoc_cut,
                "seconds_without": s0, "seconds_with": s1, "losses": losses}
         out.append(row)
         print(f"SmolLM2 {name:15s} perplexity {plain:7.1f} -> {refit:7.1f} (gap to dense cut {gap_cut:.0%})"
               + (f", calibration texts {plain_c:.1f} -> {refit_c:.1f}" if calib_eval else "")
+              + (f", pydoc evaluation {plain_p:.2f} -> {refit_p:.2f} (cut {pydoc_cut:.0%})" if pydoc_eval else "")
               + f"   {s0:6.1f} s -> {s1:6.1f} s   block loss {losses['before']:.3g} -> {losses['after']:.3g}, "
               f"held-out {losses.get('held_out_before', 0):.3g} -> {losses.get('held_out_after', 0):.3g}", flush=True)
 
@@ -146,6 +162,8 @@ def main(argv=None):
     ap.add_argument("--smollm", help="SmolLM2-135M-Instruct.Q4_1.gguf")
     ap.add_argument("--cells", help="regex over 'METHOD PATTERN' cells (default: all six)")
     ap.add_argument("--samples", type=int, default=32, help="calibration texts (default 32)")
+    ap.add_argument("--texts", choices=("short", "pydoc"), default="short", help="calibration texts: the 128 short "
+                    "sentences of data/calibration.txt (~16 tokens each) or passages of pydoc_data (~130 tokens)")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=4, help="texts per calibration batch (default 4)")
     ap.add_argument("--mode", choices=("sequential", "one-pass"), default="sequential")
@@ -156,6 +174,8 @@ def main(argv=None):
     ap.add_argument("--holdout", type=float, default=0.125)
     ap.add_argument("--calib-eval", type=int, default=0, help="SmolLM2: also perplexity on the first N training "
                     "calibration texts (over-fitting)")
+    ap.add_argument("--pydoc-eval", type=int, default=0, help="SmolLM2: also perplexity on N pydoc evaluation passages "
+                    "(topics never calibrated on)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args(argv)

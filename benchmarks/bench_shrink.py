@@ -130,9 +130,13 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", help="where the temporary model directories go (default: the system's)")
     parser.add_argument("--only", help="run only the configurations whose label matches this regex")
     parser.add_argument("--samples", type=int, default=128, help="calibration texts (default: 128)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own). On a shared machine 1 thread "
+                        "avoids OpenMP spin-waiting between processes, which distorts wall times many-fold")
     parser.add_argument("--no-speed", action="store_true", help="skip the generation-speed measurements (quality "
                         "rows only: a second process can run them beside a first that measures speed)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
 
     calib = load_texts(DATA / "calibration.txt", args.samples)
