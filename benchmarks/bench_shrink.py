@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality import DATA, dequantize_smollm, perplexity, timed  # noqa: E402
+from bench_quality import DATA, dequantize_smollm, perplexity, pydoc_passages, timed  # noqa: E402
 
 from pruneplug.structured import ShrinkRequest, shrink_model_dir  # noqa: E402
 from pruneplug.torch import count_parameters  # noqa: E402
@@ -130,6 +130,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", help="where the temporary model directories go (default: the system's)")
     parser.add_argument("--only", help="run only the configurations whose label matches this regex")
     parser.add_argument("--samples", type=int, default=128, help="calibration texts (default: 128)")
+    parser.add_argument("--texts", choices=("short", "pydoc"), default="short", help="calibration texts: the 128 short "
+                        "sentences of data/calibration.txt (~16 tokens each, ~2k tokens in all) or passages of "
+                        "pydoc_data (~130 tokens each, truncated to 128)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own). On a shared machine 1 thread "
                         "avoids OpenMP spin-waiting between processes, which distorts wall times many-fold")
     parser.add_argument("--no-speed", action="store_true", help="skip the generation-speed measurements (quality "
@@ -139,11 +142,12 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
 
-    calib = load_texts(DATA / "calibration.txt", args.samples)
+    calib = (pydoc_passages("calibration", args.samples) if args.texts == "pydoc"
+             else load_texts(DATA / "calibration.txt", args.samples))
     paragraphs = [p for p in (DATA / "eval_paragraphs.txt").read_text().splitlines() if p.strip()]
     rows = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load_average():.1f}, "
-          f"{len(calib)} calibration texts, {len(paragraphs)} evaluation paragraphs", flush=True)
+          f"{len(calib)} calibration texts ({args.texts}), {len(paragraphs)} evaluation paragraphs", flush=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as root:
         dense_dir = Path(root) / "dense"
         dense_dir.mkdir()
@@ -164,7 +168,8 @@ def main(argv=None) -> int:
                 continue
             speed = speed and not args.no_speed
             out = Path(root) / "out"
-            report, seconds, mib = timed(lambda: shrink_model_dir(dense_dir, out, ShrinkRequest(**kw), calib))
+            report, seconds, mib = timed(lambda: shrink_model_dir(dense_dir, out, ShrinkRequest(**kw), calib,
+                                                                  samples=len(calib)))
             row = {"config": label, **kw, "shrink_seconds": seconds, "shrink_peak_mib": mib,
                    "load_during_shrink": load_average(), "dropped_blocks": report.dropped_blocks,
                    **evaluate(out, tok, paragraphs, speed)}

@@ -9,11 +9,14 @@ from dataclasses import dataclass
 
 
 class ProgressLike:
-    """What :func:`prune_checkpoint` reports progress to: one ``start`` per phase, ``update`` per
-    tensor (items) and bytes, ``close`` at the end of the phase."""
+    """What long runs report progress to (:func:`prune_checkpoint`, the block stream, ``shrink``):
+    one ``start`` per phase, ``update`` per item (a tensor with its bytes, or a block), ``set_step``
+    for what the current item is doing, ``close`` at the end of the phase. ``unit`` is
+    ``"tensors"`` (``amount``: bytes) or ``"blocks"`` (``amount``: the block count)."""
 
-    def start(self, label: str, items: int, amount: int) -> None: ...
+    def start(self, label: str, items: int, amount: int, unit: str = "tensors") -> None: ...
     def update(self, items: int = 0, amount: int = 0) -> None: ...
+    def set_step(self, step: str) -> None: ...
     def close(self) -> None: ...
 
 

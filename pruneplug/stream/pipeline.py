@@ -242,15 +242,10 @@ class _Progress:
 
     def __init__(self, progress: Any, label: str, blocks: int) -> None:
         self.progress, self.label, self.blocks = progress or NullProgress(), label, blocks
-        try:
-            self.progress.start(label, blocks, blocks, unit="blocks")
-        except TypeError:  # a ProgressLike without units
-            self.progress.start(label, blocks, blocks)
+        self.progress.start(label, blocks, blocks, unit="blocks")
 
     def step(self, what: str) -> None:
-        setter = getattr(self.progress, "set_step", None)
-        if setter is not None:
-            setter(what)
+        self.progress.set_step(what)
 
     def advance(self) -> None:
         self.progress.update(1, 1)
