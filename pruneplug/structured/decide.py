@@ -32,12 +32,16 @@ COMPENSATIONS = ("none", "bias", "refit")
 @dataclass
 class BlockDecision:
     """The kept neurons and query heads of one block (None: that unit untouched), the cuts they
-    make, and the compensated tensors (relative parameter name -> the new, already cut, tensor)."""
+    make, the compensated tensors (relative parameter name -> the new, already cut, tensor) and,
+    before a dropped run of blocks with ``compensate="refit"``, the map folded into its MLP."""
 
     keep_neurons: np.ndarray | None = None
     keep_heads: np.ndarray | None = None
     cuts: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
     replaced: dict[str, torch.Tensor] = field(default_factory=dict)
+    # the block before a dropped run: the [hidden, hidden] map folded into its down projection
+    # (pruneplug.structured.depth_refit)
+    fold: torch.Tensor | None = None
 
 
 def decide_block(block: Any, criterion: UnitCriterion | None, *, mlp: MlpLayout | None, mlp_count: int,

@@ -81,7 +81,9 @@ def shrink_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, reque
                            load=lambda i: skel.load_where(_in_block(container, i), torch_device, torch.float32),
                            unload=lambda i: skel.unload_where(_in_block(container, i)),
                            capture=lambda acts: _capture(skel, container, blocks, batches, acts, torch_device),
-                           keep=lambda i, d: _stash(pending, i, d, dry_run), step=lambda i: progress.update(1))
+                           keep=lambda i, d: _stash(pending, i, d, dry_run),
+                           keep_fold=lambda i, t: _stash_fold(pending, i, t, dry_run),
+                           step=lambda i: progress.update(1))
         progress.close()
         changes = config_changes(plan, skel.config, decisions.dropped)
         before, after = _parameter_counts(skel, container, plan, decisions)
@@ -100,7 +102,7 @@ def shrink_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, reque
         dropped_blocks=decisions.dropped,
         neurons_removed={i: v for i, v in decisions.neurons_removed.items() if i not in decisions.dropped},
         heads_removed={i: v for i, v in decisions.heads_removed.items() if i not in decisions.dropped},
-        block_scores=block_scores(plan, decisions.depth),
+        block_scores=block_scores(plan, decisions.depth), folded=decisions.folded,
         config_changes={json_key(skel.config, k): v for k, v in changes.items()},
         seconds=time.perf_counter() - start)
     if report is not None:
@@ -161,6 +163,15 @@ def _stash(pending: Path, i: int, decision: BlockDecision, dry_run: bool) -> Blo
         stashed[name] = path
     decision.replaced = stashed
     return decision
+
+
+def _stash_fold(pending: Path, i: int, fold: torch.Tensor, dry_run: bool) -> Path | None:
+    """Move a block's fold map ([hidden, hidden]) to the staging area."""
+    if dry_run:
+        return None
+    path = pending / f"{i}.fold.pt"
+    torch.save(fold, path)
+    return path
 
 
 def _block_of(checkpoint_name: str, last: str) -> tuple[int, str, str] | None:
@@ -238,8 +249,9 @@ def _write(skel: Any, container: str, plan: Plan, decisions: Any, changes: dict,
         stored = {rel: to_torch(skel.checkpoint.tensors[name].array()) for name, _, rel in members}
         decision = decisions.blocks[i]
         replaced = {rel: torch.load(path) for rel, path in decision.replaced.items()}
+        fold = torch.load(decision.fold) if decision.fold is not None else None
         tensors = new_tensors(stored, BlockDecision(decision.keep_neurons, decision.keep_heads, decision.cuts,
-                                                    replaced), plan)
+                                                    replaced, fold), plan)
         prefix = members[0][1] if members else f"{container}"
         out: dict[str, torch.Tensor] = {}
         dtype = next(iter(stored.values())).dtype if stored else torch.float32

@@ -20,6 +20,7 @@ from pruneplug.errors import CalibrationRequiredError, InvalidArgumentError
 from pruneplug.structured.criteria import BlockChoice, UnitCriterion, get_unit_criterion
 from pruneplug.structured.criteria.block_influence import BlockInfluence
 from pruneplug.structured.decide import BlockDecision, check_compensate, decide_block
+from pruneplug.structured.depth_refit import fold_bias, fold_into, measure_folds, runs
 from pruneplug.structured.measure import BlockMeasure, Wants, measure_blocks
 from pruneplug.structured.units import (AttentionLayout, MlpLayout, attention_layout, heads_per_group, mlp_layout,
                                         removal_count)
@@ -57,6 +58,7 @@ class Plan:
     unit_criterion: UnitCriterion | None
     block_criterion: UnitCriterion | None
     config_changes: dict = field(default_factory=dict)
+    depth_mlp: MlpLayout | None = None  # where dropped blocks' refit folds (compensate="refit")
 
     @property
     def needs_calibration(self) -> bool:
@@ -106,9 +108,15 @@ def make_plan(request: ShrinkRequest, first_block: Any, n_blocks: int, config: A
         if r.drop_blocks > len(allowed):
             raise InvalidArgumentError(f"drop_blocks={r.drop_blocks}: the model has {n_blocks} blocks, of which "
                                        f"{len(allowed)} may go (the first and last are kept)")
-    if r.compensate != "none" and not (mlp_count or head_count):
-        raise InvalidArgumentError(f"compensate={r.compensate!r} compensates removed neurons or heads; "
-                                   "dropped blocks have nothing to fold into")
+    if r.compensate == "bias" and not (mlp_count or head_count):
+        raise InvalidArgumentError("compensate='bias' compensates removed neurons or heads; for dropped blocks "
+                                   "use compensate='refit' (a least-squares map folded into the block before)")
+    if r.compensate == "refit" and r.drop_blocks:
+        plan.depth_mlp = mlp_layout(first_block, "block 0 (compensate='refit' folds into its MLP)")
+        if plan.depth_mlp.rows == ("intermediate.dense",):
+            raise InvalidArgumentError(f"compensate='refit' with drop_blocks: {type(first_block).__name__} is a "
+                                       "post-norm block (its residual sum goes through a LayerNorm), so no map can "
+                                       "be folded into its MLP; use compensate='none'")
     return plan
 
 
@@ -121,14 +129,17 @@ class Decisions:
     depth: BlockChoice | None
     neurons_removed: dict[int, list[int]] = field(default_factory=dict)
     heads_removed: dict[int, list[int]] = field(default_factory=dict)
+    folded: dict[int, list[int]] = field(default_factory=dict)  # block -> the dropped run folded into it
 
 
 def decide(plan: Plan, model: Any, blocks: Sequence[Any], batches: Sequence[Any] | None, *,
            load: Callable[[int], None] = lambda i: None, unload: Callable[[int], None] = lambda i: None,
            capture: Callable[[Any], list] | None = None, device: Any = None,
            keep: Callable[[int, BlockDecision], BlockDecision] = lambda i, d: d,
+           keep_fold: Callable[[int, torch.Tensor], Any] = lambda i, t: t,
            step: Callable[[int], None] = lambda i: None) -> Decisions:
-    """Every block's decision (one calibration pass when the plan needs one). ``keep(i, d)`` may
+    """Every block's decision (one calibration pass when the plan needs one; a second, up to the
+    last dropped block, for the dropped blocks' refit). ``keep(i, d)`` / ``keep_fold(i, t)`` may
     move a decision's compensated tensors elsewhere (the stream writes them to its staging area)."""
     r = plan.request
     decisions: list[BlockDecision | None] = [None] * len(blocks)
@@ -160,6 +171,12 @@ def decide(plan: Plan, model: Any, blocks: Sequence[Any], batches: Sequence[Any]
         raise InvalidArgumentError(f"drop_blocks={r.drop_blocks}: {plan.block_criterion.name} found no run of that "
                                    "many blocks to drop among the allowed ones")
     result = Decisions([d for d in decisions], sorted(dropped), depth)
+    if dropped and plan.depth_mlp is not None:
+        folds = measure_folds(model, blocks, batches, dropped, plan.depth_mlp.down, r.damping, load=load,
+                              unload=unload, capture=capture, device=device)
+        for i, fold in folds.items():
+            result.blocks[i].fold = keep_fold(i, fold)
+            result.folded[i] = next([s, e] for s, e in runs(dropped) if s == i + 1)
     for i, d in enumerate(result.blocks):
         if d.keep_neurons is not None:
             result.neurons_removed[i] = np.setdiff1d(np.arange(plan.mlp.width), d.keep_neurons).tolist()
@@ -274,6 +291,13 @@ def new_tensors(params: dict[str, torch.Tensor], decision: BlockDecision, plan: 
             idx = torch.from_numpy(np.ascontiguousarray(index)).to(params[name].device)
             out[name] = params[name].detach().index_select(axis, idx).contiguous()
     out.update(decision.replaced)
+    if decision.fold is not None:  # after the cut: the fold acts on the outputs, the cut on the inputs
+        down = plan.depth_mlp
+        name = f"{down.down}.weight"
+        out[name] = fold_into(out.get(name, params[name]), decision.fold, down.conv1d)
+        bias = f"{down.down}.bias"
+        if bias in out or bias in params:
+            out[bias] = fold_bias(out.get(bias, params.get(bias)), decision.fold)
     for name in list(out):  # a bias switched on by the config: the modules beside it get zero ones
         if name.endswith(".bias") and name not in params:
             for sibling in zero_bias_siblings(name, plan):

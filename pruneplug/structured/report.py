@@ -14,7 +14,9 @@ class ShrinkReport:
     ``neurons_removed`` / ``heads_removed``: original block index -> removed neuron / query-head
     indices (of the original numbering); ``dropped_blocks``: original indices; ``block_scores``:
     what the block criterion measured per block (BI, or the angular distance of the run starting
-    there), when it ran; ``config_changes``: the config.json keys and their new values."""
+    there), when it ran; ``folded``: with ``compensate="refit"``, block -> the dropped run (first,
+    last) whose least-squares map was folded into its MLP; ``config_changes``: the config.json keys
+    and their new values."""
 
     method: str | None
     block_method: str | None
@@ -25,6 +27,7 @@ class ShrinkReport:
     neurons_removed: dict[int, list[int]] = field(default_factory=dict)
     heads_removed: dict[int, list[int]] = field(default_factory=dict)
     block_scores: list[float] | None = None
+    folded: dict[int, list[int]] = field(default_factory=dict)
     config_changes: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -47,6 +50,7 @@ class ShrinkReport:
         data = asdict(self)
         data["neurons_removed"] = {str(k): v for k, v in self.neurons_removed.items()}
         data["heads_removed"] = {str(k): v for k, v in self.heads_removed.items()}
+        data["folded"] = {str(k): v for k, v in self.folded.items()}
         return data
 
     def to_json(self) -> str:

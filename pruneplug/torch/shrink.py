@@ -75,7 +75,7 @@ def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, drop_block
         dropped_blocks=decisions.dropped,
         neurons_removed={i: v for i, v in decisions.neurons_removed.items() if i not in decisions.dropped},
         heads_removed={i: v for i, v in decisions.heads_removed.items() if i not in decisions.dropped},
-        block_scores=block_scores(plan, decisions.depth), config_changes=changes,
+        block_scores=block_scores(plan, decisions.depth), folded=decisions.folded, config_changes=changes,
         seconds=time.perf_counter() - start)
 
 
