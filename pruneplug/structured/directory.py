@@ -3,11 +3,12 @@ block on the stream's machinery (:mod:`pruneplug.stream`), never loading the who
 
 1. The skeleton (the model's classes on the meta device, the name map) and the checks of the
    request against its first block and config: every request error is raised before any work.
-2. The decisions: one calibration pass (when a criterion or the compensation needs one), each
+2. The decisions (neurons, heads, routed experts, blocks): one calibration pass (when a criterion or the compensation needs one), each
    block's weights materialised from the checkpoint while it runs and freed after; the
    compensated tensors of a block go to the staging area at once.
 3. The output, in a staging directory beside OUT: one safetensors shard per kept block (its
-   tensors cut, renumbered, in the checkpoint's dtype) plus one for everything outside the blocks
+   tensors cut, renumbered, removed experts' tensors left out and kept ones renumbered, in the
+   checkpoint's dtype) plus one for everything outside the blocks
    (copied as is), the shard index, config.json with the new widths and depth, every other file
    (tokenizer, generation config) copied. Then one rename: a failure leaves nothing at OUT and
    removes the staging directory.

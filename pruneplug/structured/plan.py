@@ -128,7 +128,11 @@ def make_plan(request: ShrinkRequest, blocks: Sequence[Any], config: Any) -> Pla
 
 def _expert_request(fraction: float | None, blocks: Sequence[Any], config: Any) -> tuple[dict[int, MoeLayout], int]:
     """The MoE layouts and the experts removed from each MoE block (({}, 0) when none are asked)."""
-    if fraction is None or (not isinstance(fraction, bool) and fraction == 0):
+    if fraction is None:
+        return {}, 0
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise InvalidArgumentError(f"experts={fraction!r}: expected a fraction in [0, 1)")
+    if fraction == 0:
         return {}, 0
     layouts = moe_layouts(blocks, config)
     if not layouts:
