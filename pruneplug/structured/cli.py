@@ -8,21 +8,26 @@ import argparse
 SHRINK_EPILOG = """\
 units: --mlp removes that fraction of every block's MLP neurons; --heads that fraction of the query
 heads of every KV group (GQA; of all heads for multi-head attention); --drop-blocks N whole blocks
-(never the first or last). Every block keeps the same widths, so config.json describes the result.
-criteria (--method for neurons/heads, --block-method for blocks): magnitude (weights only),
-activation (Minitron), flap (FLAP fluctuation); block_influence (ShortGPT), angular (Gromov et al.).
+(never the first or last); --experts that fraction of every MoE block's routed experts (Mixtral,
+Qwen2-MoE, Qwen3-MoE: router rows and expert weights, the rest renumbered; shared experts stay).
+Every block keeps the same widths, so config.json describes the result.
+criteria (--method for neurons/heads, --block-method for blocks, --expert-method for experts):
+magnitude (weights only), activation (Minitron), flap (FLAP fluctuation); block_influence
+(ShortGPT), angular (Gromov et al.); reap (REAP: router weight x expert output norm), frequency.
 examples:
   pruneplug shrink SmolLM2-135M -o smol-small --mlp 0.25 --calibration texts.txt
   pruneplug shrink SmolLM2-135M -o smol-22 --drop-blocks 8 --calibration texts.txt --report r.json
   pruneplug shrink SmolLM2-135M -o smol-h --heads 0.3333 --method magnitude
+  pruneplug shrink Qwen1.5-MoE-A2.7B -o qwen-moe-45 --experts 0.25 --calibration texts.txt
 """
 
 
 def add_command(subparsers) -> None:
     p = subparsers.add_parser(
-        "shrink", help="structured pruning: remove MLP neurons, attention heads and blocks, write a smaller model",
-        description="Write a smaller Hugging Face model directory: MLP neurons, attention heads and whole blocks "
-        "removed, config.json updated, block by block (the model is never loaded whole), atomically.",
+        "shrink", help="structured pruning: remove MLP neurons, attention heads, MoE experts and blocks, write a "
+        "smaller model",
+        description="Write a smaller Hugging Face model directory: MLP neurons, attention heads, routed MoE experts "
+        "and whole blocks removed, config.json updated, block by block (the model is never loaded whole), atomically.",
         epilog=SHRINK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", metavar="MODEL_DIR", help="a Hugging Face model directory (config.json, safetensors)")
     p.add_argument("-o", "--output", metavar="OUT_DIR", help="the new, smaller model directory (must not exist)")
@@ -31,9 +36,11 @@ def add_command(subparsers) -> None:
                    help="fraction of query heads to remove from every KV group")
     p.add_argument("--drop-blocks", type=int, default=0, metavar="N", help="whole blocks to remove")
     p.add_argument("--experts", type=float, default=None, metavar="FRACTION",
-                   help="fraction of MoE experts to remove (not implemented yet: refused)")
+                   help="fraction of the routed experts to remove from every MoE block (at least "
+                   "num_experts_per_tok must stay)")
     p.add_argument("--method", default="activation", help="criterion of neurons and heads (default: activation)")
     p.add_argument("--block-method", default="block_influence", help="criterion of blocks (default: block_influence)")
+    p.add_argument("--expert-method", default="reap", help="criterion of MoE experts (default: reap)")
     p.add_argument("--calibration", metavar="TEXTS", help="calibration texts (one per line, or blank-line paragraphs)")
     p.add_argument("--compensate", choices=("none", "bias", "refit"), default="none",
                    help="fold the removed units' mean into a bias (FLAP) or refit the next layer (least squares)")
@@ -58,7 +65,8 @@ def run_shrink(args: argparse.Namespace) -> int:
         error("shrink", "give -o OUT_DIR")
         return EXIT_USAGE
     request = ShrinkRequest(mlp=args.mlp, heads=args.heads, drop_blocks=args.drop_blocks, experts=args.experts,
-                            method=args.method, block_method=args.block_method, compensate=args.compensate,
+                            method=args.method, block_method=args.block_method, expert_method=args.expert_method,
+                            compensate=args.compensate,
                             damping=args.damping)
     report = shrink_model_dir(args.input, args.output, request, args.calibration, samples=args.samples,
                               seq_len=args.seq_len, batch_size=args.batch_size, device=args.device,

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from pruneplug.errors import CalibrationRequiredError, InvalidArgumentError
-from pruneplug.structured.criteria.base import UnitCriterion, UnitStats
+from pruneplug.structured.criteria.base import ExpertStats, UnitCriterion, UnitStats
+from pruneplug.structured.experts import MoeLayout, expert_cuts, expert_weights
 from pruneplug.structured.units import (AttentionLayout, MlpLayout, head_cuts, head_weights, keep_heads,
                                         keep_lowest_removed, mlp_cuts, neuron_weights)
 
@@ -31,9 +32,11 @@ COMPENSATIONS = ("none", "bias", "refit")
 
 @dataclass
 class BlockDecision:
-    """The kept neurons and query heads of one block (None: that unit untouched), the cuts they
-    make, the compensated tensors (relative parameter name -> the new, already cut, tensor) and,
-    before a dropped run of blocks with ``compensate="refit"``, the map folded into its MLP."""
+    """The kept neurons, query heads and routed experts of one block (None: that unit untouched),
+    the cuts they make, the compensated tensors (relative parameter name -> the new, already cut,
+    tensor) and, before a dropped run of blocks with ``compensate="refit"``, the map folded into its
+    MLP. Per-expert tensors of kept experts are renamed, not cut
+    (:func:`~pruneplug.structured.experts.renumber_expert`)."""
 
     keep_neurons: np.ndarray | None = None
     keep_heads: np.ndarray | None = None
@@ -42,14 +45,25 @@ class BlockDecision:
     # the block before a dropped run: the [hidden, hidden] map folded into its down projection
     # (pruneplug.structured.depth_refit)
     fold: torch.Tensor | None = None
+    keep_experts: np.ndarray | None = None
+    moe: MoeLayout | None = None  # the MoE layout the experts were removed from
 
 
 def decide_block(block: Any, criterion: UnitCriterion | None, *, mlp: MlpLayout | None, mlp_count: int,
                  attention: AttentionLayout | None, head_count: int, neuron_stats: UnitStats | None,
                  head_stats: UnitStats | None, compensate: str = "none", damping: float = 0.01,
-                 neuron_hessian: torch.Tensor | None = None, head_hessian: torch.Tensor | None = None) -> BlockDecision:
+                 neuron_hessian: torch.Tensor | None = None, head_hessian: torch.Tensor | None = None,
+                 moe: MoeLayout | None = None, expert_count: int = 0, expert_criterion: UnitCriterion | None = None,
+                 expert_stats: ExpertStats | None = None) -> BlockDecision:
     """The decision for one block whose weights are loaded (see the module docstring)."""
     decision = BlockDecision()
+    if moe is not None and expert_count:
+        scores = np.asarray(expert_criterion.expert_scores(expert_weights(block, moe), expert_stats), dtype=np.float64)
+        if scores.shape != (moe.num_experts,):
+            raise InvalidArgumentError(f"method={expert_criterion.name!r} returned {scores.shape} expert scores, "
+                                       f"expected ({moe.num_experts},)")
+        decision.keep_experts, decision.moe = keep_lowest_removed(scores, expert_count), moe
+        decision.cuts.update(expert_cuts(moe, decision.keep_experts))
     modules = dict(block.named_modules())
     if mlp is not None and mlp_count:
         scores = np.asarray(criterion.neuron_scores(neuron_weights(block, mlp), neuron_stats), dtype=np.float64)

@@ -3,11 +3,12 @@ block on the stream's machinery (:mod:`pruneplug.stream`), never loading the who
 
 1. The skeleton (the model's classes on the meta device, the name map) and the checks of the
    request against its first block and config: every request error is raised before any work.
-2. The decisions: one calibration pass (when a criterion or the compensation needs one), each
+2. The decisions (neurons, heads, routed experts, blocks): one calibration pass (when a criterion or the compensation needs one), each
    block's weights materialised from the checkpoint while it runs and freed after; the
    compensated tensors of a block go to the staging area at once.
 3. The output, in a staging directory beside OUT: one safetensors shard per kept block (its
-   tensors cut, renumbered, in the checkpoint's dtype) plus one for everything outside the blocks
+   tensors cut, renumbered, removed experts' tensors left out and kept ones renumbered, in the
+   checkpoint's dtype) plus one for everything outside the blocks
    (copied as is), the shard index, config.json with the new widths and depth, every other file
    (tokenizer, generation config) copied. Then one rename: a failure leaves nothing at OUT and
    removes the staging directory.
@@ -20,6 +21,7 @@ import os
 import re
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,6 +33,7 @@ from pruneplug.errors import CheckpointError
 from pruneplug.structured.decide import BlockDecision
 from pruneplug.structured.plan import (Plan, ShrinkRequest, block_scores, config_changes, decide, find_block_list,
                                        json_key, make_plan, needs_what, new_tensors, renumbering, zero_bias_siblings)
+from pruneplug.structured.experts import renumber_expert
 from pruneplug.structured.report import ShrinkReport
 from pruneplug.structured.units import head_cuts, mlp_cuts
 
@@ -67,7 +70,7 @@ def shrink_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, reque
         raise CheckpointError(f"-o {out}: exists; shrink writes a new directory (remove it or choose another)")
     skel = build_skeleton(model_dir)
     container, blocks = find_block_list(skel.model)
-    plan = make_plan(request, blocks[0], len(blocks), skel.config)
+    plan = make_plan(request, list(blocks), skel.config)
     batches = _batches(model_dir, texts, plan, samples, seq_len, batch_size)
     progress = progress or _Quiet()
     torch_device = torch.device(device)
@@ -102,6 +105,8 @@ def shrink_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, reque
         dropped_blocks=decisions.dropped,
         neurons_removed={i: v for i, v in decisions.neurons_removed.items() if i not in decisions.dropped},
         heads_removed={i: v for i, v in decisions.heads_removed.items() if i not in decisions.dropped},
+        experts_removed={i: v for i, v in decisions.experts_removed.items() if i not in decisions.dropped},
+        expert_method=plan.expert_criterion.name if plan.expert_criterion else None,
         block_scores=block_scores(plan, decisions.depth), folded=decisions.folded,
         config_changes={json_key(skel.config, k): v for k, v in changes.items()},
         seconds=time.perf_counter() - start)
@@ -196,6 +201,24 @@ def _grouped(skel: Any, container: str) -> tuple[dict[int, list[tuple[str, str, 
     return blocks, outside
 
 
+def _checkpoint_cuts(skel: Any, container: str, i: int, cuts: dict) -> dict[str, tuple[int, np.ndarray]]:
+    """A decision's cuts (keyed by the skeleton's parameter names) keyed by the checkpoint's names,
+    relative to the block: transformers 5 renames some modules on loading (Mixtral's
+    ``block_sparse_moe`` is ``mlp`` in the model)."""
+    last = container.rsplit(".", 1)[-1]
+    out = {}
+    for rel, cut in cuts.items():
+        stored = skel.names.get(f"{container}.{i}.{rel}")
+        found = _block_of(stored, last) if stored else None
+        out[found[2] if found else rel] = cut
+    return out
+
+
+def _new_name(rel: str, decision: BlockDecision) -> str | None:
+    """A block tensor's new relative name: a kept expert's renumbered, a removed expert's None."""
+    return rel if decision.keep_experts is None else renumber_expert(rel, decision.keep_experts)
+
+
 def _cut_shape(shape: Sequence[int], cut: tuple[int, np.ndarray] | None) -> list[int]:
     shape = list(shape)
     if cut is not None:
@@ -212,10 +235,11 @@ def _parameter_counts(skel: Any, container: str, plan: Plan, decisions: Any) -> 
     for i, members in grouped.items():
         if i in decisions.dropped:
             continue
-        cuts = decisions.blocks[i].cuts
+        cuts = _checkpoint_cuts(skel, container, i, decisions.blocks[i].cuts)
         present = {rel for _, _, rel in members}
         for name, _, rel in members:
-            after += int(np.prod(_cut_shape(tensors[name].shape, cuts.get(rel))))
+            if _new_name(rel, decisions.blocks[i]) is not None:
+                after += int(np.prod(_cut_shape(tensors[name].shape, cuts.get(rel))))
         for rel in decisions.blocks[i].replaced:  # a bias the compensation adds
             if rel not in present:
                 after += _added_bias_size(rel, plan, cuts, tensors, members)
@@ -250,16 +274,19 @@ def _write(skel: Any, container: str, plan: Plan, decisions: Any, changes: dict,
         decision = decisions.blocks[i]
         replaced = {rel: torch.load(path) for rel, path in decision.replaced.items()}
         fold = torch.load(decision.fold) if decision.fold is not None else None
-        tensors = new_tensors(stored, BlockDecision(decision.keep_neurons, decision.keep_heads, decision.cuts,
-                                                    replaced, fold), plan)
+        cuts = _checkpoint_cuts(skel, container, i, decision.cuts)
+        tensors = new_tensors(stored, replace(decision, cuts=cuts, replaced=replaced, fold=fold), plan)
         prefix = members[0][1] if members else f"{container}"
         out: dict[str, torch.Tensor] = {}
         dtype = next(iter(stored.values())).dtype if stored else torch.float32
         for rel in sorted(set(stored) | set(tensors)):
+            new_rel = _new_name(rel, decision)
+            if new_rel is None:  # a removed expert's tensor
+                continue
             tensor = tensors.get(rel, stored.get(rel))
             if tensor.is_floating_point():
                 tensor = tensor.to(stored[rel].dtype if rel in stored else dtype)
-            out[f"{prefix}.{renumber[i]}.{rel}"] = tensor.contiguous()
+            out[f"{prefix}.{renumber[i]}.{new_rel}"] = tensor.contiguous()
         total += _save_shard(save_file, out, staging, k + 1, shards, weight_map)
         progress.update(1)
     rest = {name: to_torch(skel.checkpoint.tensors[name].array()) for name in outside}

@@ -8,6 +8,9 @@ batch's attention mask):
 * the moments of down_proj's input (one feature per neuron) and of o_proj's input (``head_dim``
   features per query head): :class:`~pruneplug.structured.criteria.UnitStats`;
 * with ``hessian=True``, ``X^T X`` of those inputs (float64), for the least-squares refit;
+* in MoE blocks (``experts``), per routed expert: the tokens routed to it, the sum of its routing
+  weights and of routing weight x ``||f_j(x)||_2`` (:class:`~pruneplug.structured.experts.ExpertAccumulator`,
+  from the MoE module's input, the router's and the experts' weights);
 * the mean cosine and mean angular distance between the hidden states entering block ``l`` and
   those leaving block ``l+n-1``, for n up to ``depth``, for the depth criteria.
 
@@ -25,7 +28,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from pruneplug.structured.criteria.base import BlockChoice, UnitStats
+from pruneplug.structured.criteria.base import BlockChoice, ExpertStats, UnitStats
+from pruneplug.structured.experts import ExpertAccumulator, MoeLayout
 
 
 class _Moments:
@@ -60,10 +64,11 @@ class _Moments:
 @dataclass
 class BlockMeasure:
     """What the pass measured in one block: the statistics of the neurons and heads (None when not
-    asked for) and, with ``hessian``, the ``X^T X`` of their inputs."""
+    asked for), with ``hessian`` the ``X^T X`` of their inputs, and its experts' statistics."""
 
     neurons: UnitStats | None = None
     heads: UnitStats | None = None
+    experts: ExpertStats | None = None
     neuron_hessian: torch.Tensor | None = None
     head_hessian: torch.Tensor | None = None
 
@@ -71,12 +76,14 @@ class BlockMeasure:
 @dataclass
 class Wants:
     """What to measure: the module names (relative to a block) whose inputs are the neurons and the
-    heads, whether ``X^T X`` too, and how many consecutive blocks the depth measure spans (0: none)."""
+    heads, whether ``X^T X`` too, how many consecutive blocks the depth measure spans (0: none), and
+    the MoE layouts of the blocks whose experts are measured (block index -> layout)."""
 
     neuron_input: str | None = None
     head_input: str | None = None
     hessian: bool = False
     depth: int = 0
+    experts: dict[int, MoeLayout] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
 
@@ -116,6 +123,13 @@ def measure_blocks(model: Any, blocks: Sequence[Any], batches: Sequence[Any], wa
             handles = [modules[name].register_forward_pre_hook(
                 lambda mod, args, acc=moments[key]: acc.add(args[0].detach(), mask_now[0]))
                 for key, name in (("neurons", wants.neuron_input), ("heads", wants.head_input)) if name]
+            experts = None
+            if i in wants.experts:
+                experts = ExpertAccumulator(block, wants.experts[i])
+                handles.append(modules[wants.experts[i].moe].register_forward_pre_hook(
+                    lambda mod, args, kwargs, acc=experts: acc.add(
+                        (args[0] if args else kwargs["hidden_states"]).detach(), mask_now[0]),
+                    with_kwargs=True))
             outputs = Activations()
             try:
                 with torch.no_grad():
@@ -138,8 +152,9 @@ def measure_blocks(model: Any, blocks: Sequence[Any], batches: Sequence[Any], wa
                 neurons=moments["neurons"].stats() if "neurons" in moments else None,
                 heads=moments["heads"].stats() if "heads" in moments else None,
                 neuron_hessian=moments["neurons"].hessian if "neurons" in moments else None,
-                head_hessian=moments["heads"].hessian if "heads" in moments else None)
-            del moments
+                head_hessian=moments["heads"].hessian if "heads" in moments else None,
+                experts=experts.stats() if experts is not None else None)
+            del moments, experts
             on_block(i, block, measured)
         finally:
             unload(i)

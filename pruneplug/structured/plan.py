@@ -3,8 +3,9 @@ its blocks: shared by :func:`pruneplug.torch.shrink_model` (in memory) and
 :func:`pruneplug.structured.shrink_model_dir` (block by block from a model directory).
 
 Widths are uniform: every block loses the same number of neurons and of query heads per KV group,
-so the Hugging Face config (one ``intermediate_size``, one ``num_attention_heads``) describes the
-result. (Non-uniform widths need per-layer sizes that only a few configs can carry, such as
+so the Hugging Face config (one ``intermediate_size``, one ``num_attention_heads``, one
+``num_local_experts`` / ``num_experts``) describes the result; every MoE block loses the same number
+of routed experts. (Non-uniform widths need per-layer sizes that only a few configs can carry, such as
 OpenELM's or DeciLM's ``block_configs``; this version does not make them.)
 """
 
@@ -21,6 +22,7 @@ from pruneplug.structured.criteria import BlockChoice, UnitCriterion, get_unit_c
 from pruneplug.structured.criteria.block_influence import BlockInfluence
 from pruneplug.structured.decide import BlockDecision, check_compensate, decide_block
 from pruneplug.structured.depth_refit import fold_bias, fold_into, measure_folds, runs
+from pruneplug.structured.experts import MoeLayout, expert_count_key, expert_removal_count, moe_layouts
 from pruneplug.structured.measure import BlockMeasure, Wants, measure_blocks
 from pruneplug.structured.units import (AttentionLayout, MlpLayout, attention_layout, heads_per_group, mlp_layout,
                                         removal_count)
@@ -30,8 +32,9 @@ from pruneplug.structured.units import (AttentionLayout, MlpLayout, attention_la
 class ShrinkRequest:
     """What to remove: ``mlp`` (fraction of every block's MLP neurons), ``heads`` (fraction of the
     query heads of every KV group; of all heads for multi-head attention), ``drop_blocks`` (whole
-    blocks), ``experts`` (not supported yet: must be None); ``method`` scores neurons and heads,
-    ``block_method`` blocks; ``compensate`` is ``"none"``, ``"bias"`` or ``"refit"``;
+    blocks), ``experts`` (fraction of every MoE block's routed experts); ``method`` scores neurons
+    and heads, ``block_method`` blocks, ``expert_method`` experts; ``compensate`` is ``"none"``,
+    ``"bias"`` or ``"refit"``;
     ``keep_ends``: never drop the first and last block."""
 
     mlp: float = 0.0
@@ -40,6 +43,7 @@ class ShrinkRequest:
     experts: float | None = None
     method: str | UnitCriterion = "activation"
     block_method: str | UnitCriterion = "block_influence"
+    expert_method: str | UnitCriterion = "reap"
     compensate: str = "none"
     damping: float = 0.01
     keep_ends: bool = True
@@ -59,29 +63,33 @@ class Plan:
     block_criterion: UnitCriterion | None
     config_changes: dict = field(default_factory=dict)
     depth_mlp: MlpLayout | None = None  # where dropped blocks' refit folds (compensate="refit")
+    moe: dict[int, MoeLayout] = field(default_factory=dict)  # block index -> layout, when experts go
+    expert_count: int = 0  # removed from every MoE block
+    expert_criterion: UnitCriterion | None = None
 
     @property
     def needs_calibration(self) -> bool:
         return ((self.unit_criterion is not None and self.unit_criterion.requires_calibration())
+                or (self.expert_criterion is not None and self.expert_criterion.requires_calibration())
                 or (self.block_criterion is not None and self.request.drop_blocks > 0)
                 or self.request.compensate != "none")
 
     def wants(self) -> Wants:
         return Wants(neuron_input=self.mlp.down if self.mlp is not None and self.mlp_count else None,
                      head_input=self.attention.out if self.attention is not None and self.head_count else None,
-                     hessian=self.request.compensate == "refit", depth=self.request.drop_blocks)
+                     hessian=self.request.compensate == "refit", depth=self.request.drop_blocks,
+                     experts=self.moe if self.expert_count and self.expert_criterion.requires_calibration() else {})
 
     def allowed_blocks(self) -> list[int]:
         ends = {0, self.n_blocks - 1} if self.request.keep_ends else set()
         return [i for i in range(self.n_blocks) if i not in ends]
 
 
-def make_plan(request: ShrinkRequest, first_block: Any, n_blocks: int, config: Any) -> Plan:
-    """Check ``request`` against the model (its first block's layout, its config); every error a
-    request can cause is raised here, before any work."""
+def make_plan(request: ShrinkRequest, blocks: Sequence[Any], config: Any) -> Plan:
+    """Check ``request`` against the model (its blocks' layouts, on any device, and its config);
+    every error a request can cause is raised here, before any work."""
     r = request
-    if r.experts not in (None, 0, 0.0):
-        raise InvalidArgumentError(f"experts={r.experts!r}: removing MoE experts is not implemented in this version")
+    first_block, n_blocks = blocks[0], len(blocks)
     check_compensate(r.compensate, r.damping)
     if isinstance(r.drop_blocks, bool) or not isinstance(r.drop_blocks, int) or r.drop_blocks < 0:
         raise InvalidArgumentError(f"drop_blocks={r.drop_blocks!r}: expected an integer >= 0")
@@ -90,18 +98,25 @@ def make_plan(request: ShrinkRequest, first_block: Any, n_blocks: int, config: A
     if r.mlp:
         mlp = mlp_layout(first_block, "block 0")
         mlp_count = removal_count(r.mlp, mlp.width, "MLP neurons of each block", "mlp")
+        for i, block in enumerate(blocks):  # every block, not just the first (MoE models mix dense blocks in)
+            if mlp_layout(block, f"block {i}").width != mlp.width:
+                raise InvalidArgumentError(f"mlp: block {i}'s MLP is not {mlp.width} neurons wide like block 0's")
     if r.heads:
         attention = attention_layout(first_block, config, "block 0")
         head_count = heads_per_group(r.heads, attention)
-    if not (mlp_count or head_count or r.drop_blocks):
-        raise InvalidArgumentError("nothing to remove: give mlp, heads or drop_blocks (a fraction that rounds to "
-                                   "0 units removes nothing)")
+    moe, expert_count = _expert_request(r.experts, blocks, config)
+    if not (mlp_count or head_count or r.drop_blocks or expert_count):
+        raise InvalidArgumentError("nothing to remove: give mlp, heads, experts or drop_blocks (a fraction that "
+                                   "rounds to 0 units removes nothing)")
     unit_criterion = block_criterion = None
     if mlp_count:
         unit_criterion = get_unit_criterion(r.method, "neuron")
     if head_count:
         unit_criterion = get_unit_criterion(r.method, "head")
-    plan = Plan(r, n_blocks, mlp, mlp_count, attention, head_count, unit_criterion, None)
+    plan = Plan(r, n_blocks, mlp, mlp_count, attention, head_count, unit_criterion, None, moe=moe,
+                expert_count=expert_count)
+    if expert_count:
+        plan.expert_criterion = get_unit_criterion(r.expert_method, "expert")
     if r.drop_blocks:
         plan.block_criterion = get_unit_criterion(r.block_method, "block")
         allowed = plan.allowed_blocks()
@@ -110,7 +125,11 @@ def make_plan(request: ShrinkRequest, first_block: Any, n_blocks: int, config: A
                                        f"{len(allowed)} may go (the first and last are kept)")
     if r.compensate == "bias" and not (mlp_count or head_count):
         raise InvalidArgumentError("compensate='bias' compensates removed neurons or heads; for dropped blocks "
-                                   "use compensate='refit' (a least-squares map folded into the block before)")
+                                   "use compensate='refit' (a least-squares map folded into the block before); "
+                                   "removed experts have nothing to fold into")
+    if r.compensate == "refit" and not (mlp_count or head_count or r.drop_blocks):
+        raise InvalidArgumentError("compensate='refit' compensates removed neurons, heads or dropped blocks; "
+                                   "removed experts have nothing to fold into")
     if r.compensate == "refit" and r.drop_blocks:
         plan.depth_mlp = mlp_layout(first_block, "block 0 (compensate='refit' folds into its MLP)")
         if plan.depth_mlp.rows == ("intermediate.dense",):
@@ -118,6 +137,26 @@ def make_plan(request: ShrinkRequest, first_block: Any, n_blocks: int, config: A
                                        "post-norm block (its residual sum goes through a LayerNorm), so no map can "
                                        "be folded into its MLP; use compensate='none'")
     return plan
+
+
+def _expert_request(fraction: float | None, blocks: Sequence[Any], config: Any) -> tuple[dict[int, MoeLayout], int]:
+    """The MoE layouts and the experts removed from each MoE block (({}, 0) when none are asked)."""
+    if fraction is None:
+        return {}, 0
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise InvalidArgumentError(f"experts={fraction!r}: expected a fraction in [0, 1)")
+    if fraction == 0:
+        return {}, 0
+    layouts = moe_layouts(blocks, config)
+    if not layouts:
+        raise InvalidArgumentError(f"experts={fraction!r}: the model has no MoE blocks (no block has a router "
+                                   "'gate' and routed 'experts')")
+    counts = {layout.num_experts for layout in layouts.values()}
+    if len(counts) != 1:
+        raise InvalidArgumentError(f"experts: the MoE blocks have different expert counts ({sorted(counts)}); "
+                                   "one config value cannot describe them after a uniform removal")
+    expert_count_key(config)  # a config that cannot say how many experts are left is refused now
+    return layouts, expert_removal_count(fraction, next(iter(layouts.values())))
 
 
 @dataclass
@@ -130,6 +169,7 @@ class Decisions:
     neurons_removed: dict[int, list[int]] = field(default_factory=dict)
     heads_removed: dict[int, list[int]] = field(default_factory=dict)
     folded: dict[int, list[int]] = field(default_factory=dict)  # block -> the dropped run folded into it
+    experts_removed: dict[int, list[int]] = field(default_factory=dict)
 
 
 def decide(plan: Plan, model: Any, blocks: Sequence[Any], batches: Sequence[Any] | None, *,
@@ -150,7 +190,9 @@ def decide(plan: Plan, model: Any, blocks: Sequence[Any], batches: Sequence[Any]
                                             neuron_stats=measured.neurons, head_stats=measured.heads,
                                             compensate=r.compensate, damping=r.damping,
                                             neuron_hessian=measured.neuron_hessian,
-                                            head_hessian=measured.head_hessian))
+                                            head_hessian=measured.head_hessian, moe=plan.moe.get(i),
+                                            expert_count=plan.expert_count, expert_criterion=plan.expert_criterion,
+                                            expert_stats=measured.experts))
 
     depth = None
     if plan.needs_calibration:
@@ -182,6 +224,8 @@ def decide(plan: Plan, model: Any, blocks: Sequence[Any], batches: Sequence[Any]
             result.neurons_removed[i] = np.setdiff1d(np.arange(plan.mlp.width), d.keep_neurons).tolist()
         if d.keep_heads is not None:
             result.heads_removed[i] = np.setdiff1d(np.arange(plan.attention.heads), d.keep_heads).tolist()
+        if d.keep_experts is not None:
+            result.experts_removed[i] = np.setdiff1d(np.arange(plan.moe[i].num_experts), d.keep_experts).tolist()
     return result
 
 
@@ -189,6 +233,8 @@ def needs_what(plan: Plan) -> str:
     """What makes ``plan`` need calibration (for the error saying it is missing)."""
     if plan.unit_criterion is not None and plan.unit_criterion.requires_calibration():
         return plan.unit_criterion.name
+    if plan.expert_criterion is not None and plan.expert_criterion.requires_calibration():
+        return plan.expert_criterion.name
     if plan.request.drop_blocks:
         return plan.block_criterion.name
     return f"compensate={plan.request.compensate}"
@@ -214,6 +260,8 @@ def config_changes(plan: Plan, config: Any, dropped: Sequence[int]) -> dict[str,
         changes["head_dim"] = a.head_dim  # explicit: hidden_size / heads no longer gives it
         if r.compensate == "bias" and not _has_bias(a.out, config, "attention"):
             changes["attention_bias"] = True
+    if plan.expert_count:
+        changes[expert_count_key(config)] = next(iter(plan.moe.values())).num_experts - plan.expert_count
     if dropped:
         n = plan.n_blocks - len(dropped)
         changes["num_hidden_layers"] = n

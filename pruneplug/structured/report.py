@@ -11,8 +11,9 @@ from typing import Any
 class ShrinkReport:
     """The report of :func:`pruneplug.torch.shrink_model` and ``pruneplug shrink``.
 
-    ``neurons_removed`` / ``heads_removed``: original block index -> removed neuron / query-head
-    indices (of the original numbering); ``dropped_blocks``: original indices; ``block_scores``:
+    ``neurons_removed`` / ``heads_removed`` / ``experts_removed``: original block index -> removed
+    neuron / query-head / routed-expert indices (of the original numbering; kept experts are
+    renumbered 0.. in their original order); ``expert_method``: the criterion that scored experts; ``dropped_blocks``: original indices; ``block_scores``:
     what the block criterion measured per block (BI, or the angular distance of the run starting
     there), when it ran; ``folded``: with ``compensate="refit"``, block -> the dropped run (first,
     last) whose least-squares map was folded into its MLP; ``config_changes``: the config.json keys
@@ -26,6 +27,8 @@ class ShrinkReport:
     dropped_blocks: list[int] = field(default_factory=list)
     neurons_removed: dict[int, list[int]] = field(default_factory=dict)
     heads_removed: dict[int, list[int]] = field(default_factory=dict)
+    experts_removed: dict[int, list[int]] = field(default_factory=dict)
+    expert_method: str | None = None
     block_scores: list[float] | None = None
     folded: dict[int, list[int]] = field(default_factory=dict)
     config_changes: dict[str, Any] = field(default_factory=dict)
@@ -40,10 +43,14 @@ class ShrinkReport:
         if self.heads_removed:
             per = len(next(iter(self.heads_removed.values())))
             parts.append(f"{per} attention heads from each of {len(self.heads_removed)} blocks")
+        if self.experts_removed:
+            per = len(next(iter(self.experts_removed.values())))
+            parts.append(f"{per} routed experts from each of {len(self.experts_removed)} MoE blocks")
         if self.dropped_blocks:
             parts.append(f"blocks {', '.join(map(str, self.dropped_blocks))}")
         ratio = self.params_after / self.params_before if self.params_before else 1.0
-        return (f"removed {'; '.join(parts) or 'nothing'} ({self.method or self.block_method}, compensate "
+        methods = ", ".join(m for m in (self.method, self.expert_method, self.block_method) if m)
+        return (f"removed {'; '.join(parts) or 'nothing'} ({methods}, compensate "
                 f"{self.compensate}); parameters {self.params_before:,} -> {self.params_after:,} ({ratio:.1%})")
 
     def to_dict(self) -> dict[str, Any]:
@@ -51,6 +58,7 @@ class ShrinkReport:
         data["neurons_removed"] = {str(k): v for k, v in self.neurons_removed.items()}
         data["heads_removed"] = {str(k): v for k, v in self.heads_removed.items()}
         data["folded"] = {str(k): v for k, v in self.folded.items()}
+        data["experts_removed"] = {str(k): v for k, v in self.experts_removed.items()}
         return data
 
     def to_json(self) -> str:

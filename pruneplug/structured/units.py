@@ -82,7 +82,7 @@ def mlp_layout(block: Any, where: str = "block") -> MlpLayout:
             return MlpLayout(rows, down, conv1d, fused, width)
     raise InvalidArgumentError(f"{where} ({type(block).__name__}) has no dense MLP this version can shrink "
                                "(gate/up/down, gate_up/down, c_fc/c_proj or intermediate/output); an MoE block's "
-                               "experts are not MLP neurons")
+                               "experts are not MLP neurons (remove experts with experts= / --experts)")
 
 
 def attention_layout(block: Any, config: Any, where: str = "block") -> AttentionLayout:

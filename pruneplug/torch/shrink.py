@@ -1,6 +1,7 @@
 """Structured pruning of a model in memory: :func:`shrink_model` removes MLP neurons, attention
-heads and whole blocks, replacing Linear modules by smaller ones and updating ``model.config``
-(the decisions: :mod:`pruneplug.structured`)."""
+heads, routed MoE experts and whole blocks, replacing Linear modules by smaller ones (and cutting
+transformers 5's fused expert parameters) and updating ``model.config`` (the decisions:
+:mod:`pruneplug.structured`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from pruneplug.errors import InvalidArgumentError
 from pruneplug.structured.decide import BlockDecision
+from pruneplug.structured.experts import update_expert_attributes
 from pruneplug.structured.plan import (Plan, ShrinkRequest, block_scores, config_changes, decide, find_block_list,
                                        make_plan, new_tensors, renumbering)
 from pruneplug.structured.report import ShrinkReport
@@ -23,13 +25,15 @@ def count_parameters(model: Any) -> int:
 
 def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, drop_blocks: int = 0,
                  experts: float | None = None, method: str = "activation", block_method: str = "block_influence",
-                 calibration: Iterable[Any] | None = None, compensate: str = "none", damping: float = 0.01,
-                 keep_ends: bool = True) -> ShrinkReport:
+                 expert_method: str = "reap", calibration: Iterable[Any] | None = None, compensate: str = "none",
+                 damping: float = 0.01, keep_ends: bool = True) -> ShrinkReport:
     """Make ``model`` (a Hugging Face transformers model, in place) smaller: remove the fraction
     ``mlp`` of every block's MLP neurons, ``heads`` of the query heads of every KV group (of all
-    heads for multi-head attention), and ``drop_blocks`` whole blocks (never the first or last
-    with ``keep_ends``). Neurons and heads are scored by the unit criterion ``method``, blocks by
-    ``block_method`` (:mod:`pruneplug.structured.criteria`); calibrated ones need ``calibration``
+    heads for multi-head attention), ``experts`` of every MoE block's routed experts (Mixtral,
+    Qwen2-MoE, Qwen3-MoE; shared experts stay), and ``drop_blocks`` whole blocks (never the first
+    or last with ``keep_ends``). Neurons and heads are scored by the unit criterion ``method``,
+    experts by ``expert_method`` (default ``"reap"``), blocks by ``block_method``
+    (:mod:`pruneplug.structured.criteria`); calibrated ones need ``calibration``
     (batches, as for ``prune_model``). ``compensate``: ``"none"``, ``"bias"`` or ``"refit"``
     (:mod:`pruneplug.structured.decide`). Every check runs before the first change: a failed call
     leaves the model as it was.
@@ -38,17 +42,20 @@ def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, drop_block
 
         report = pp.torch.shrink_model(model, mlp=0.25, drop_blocks=2, calibration=batches)
         model.config.intermediate_size, model.config.num_hidden_layers   # the smaller widths and depth
+        report = pp.torch.shrink_model(mixtral, experts=0.25, calibration=batches)   # REAP
+        report.experts_removed   # {block: [expert indices]}; config.num_local_experts updated
         print(report.summary())
     """
     start = time.perf_counter()
     request = ShrinkRequest(mlp=mlp, heads=heads, drop_blocks=drop_blocks, experts=experts, method=method,
-                            block_method=block_method, compensate=compensate, damping=damping, keep_ends=keep_ends)
+                            block_method=block_method, expert_method=expert_method, compensate=compensate,
+                            damping=damping, keep_ends=keep_ends)
     container, blocks = find_block_list(model)
     config = getattr(model, "config", None)
     if config is None:
         raise InvalidArgumentError(f"model: a {type(model).__name__} without a config; shrink_model edits a "
                                    "Hugging Face model and its config")
-    plan = make_plan(request, blocks[0], len(blocks), config)
+    plan = make_plan(request, list(blocks), config)
     meta = next((n for n, p in model.named_parameters() if p.device.type == "meta"), None)
     if meta is not None:
         raise InvalidArgumentError(f"model: parameter {meta!r} is on the meta device (no weights to shrink)")
@@ -75,12 +82,16 @@ def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, drop_block
         dropped_blocks=decisions.dropped,
         neurons_removed={i: v for i, v in decisions.neurons_removed.items() if i not in decisions.dropped},
         heads_removed={i: v for i, v in decisions.heads_removed.items() if i not in decisions.dropped},
+        experts_removed={i: v for i, v in decisions.experts_removed.items() if i not in decisions.dropped},
+        expert_method=plan.expert_criterion.name if plan.expert_criterion else None,
         block_scores=block_scores(plan, decisions.depth), folded=decisions.folded, config_changes=changes,
         seconds=time.perf_counter() - start)
 
 
 def apply_to_block(block: Any, decision: BlockDecision, plan: Plan) -> None:
-    """Replace the block's changed Linear modules by smaller ones (Conv1D: resized in place)."""
+    """Replace the block's changed Linear modules by smaller ones (Conv1D and other modules, such
+    as transformers 5's routers and fused experts: their parameters replaced in place), and keep
+    only the kept experts of an unfused expert list."""
     tensors = new_tensors(dict(block.named_parameters()), decision, plan)
     by_module: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():
@@ -88,6 +99,11 @@ def apply_to_block(block: Any, decision: BlockDecision, plan: Plan) -> None:
         by_module.setdefault(module, {})[leaf] = tensor
     for module_name, parts in by_module.items():
         old = block.get_submodule(module_name)
+        if not isinstance(old, torch.nn.Linear) and type(old).__name__ != "Conv1D":
+            # a router holding a weight Parameter, fused 3-D experts: same module, smaller tensors
+            for leaf, tensor in parts.items():
+                old._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad=old._parameters[leaf].requires_grad)
+            continue
         weight = parts.get("weight", old.weight.detach())
         bias = parts.get("bias", old.bias.detach() if getattr(old, "bias", None) is not None else None)
         if isinstance(old, torch.nn.Linear):
@@ -105,7 +121,20 @@ def apply_to_block(block: Any, decision: BlockDecision, plan: Plan) -> None:
             if bias is not None:
                 old.bias = torch.nn.Parameter(bias, requires_grad=old.weight.requires_grad)
             old.nf = int(weight.shape[1])
+    if decision.keep_experts is not None:
+        _keep_experts(block, decision)
     _update_attributes(block, plan)
+
+
+def _keep_experts(block: Any, decision: BlockDecision) -> None:
+    """Per-expert modules (unfused): the kept ones, in order, renumbered by their list position."""
+    layout = decision.moe
+    experts = block.get_submodule(layout.experts)
+    if not layout.fused:
+        kept = torch.nn.ModuleList([experts[int(j)] for j in decision.keep_experts])
+        parent, _, leaf = layout.experts.rpartition(".")
+        setattr(block.get_submodule(parent) if parent else block, leaf, kept)
+    update_expert_attributes(block, layout, len(decision.keep_experts))
 
 
 def _update_attributes(block: Any, plan: Plan) -> None:

@@ -25,6 +25,11 @@ Built-ins, each in its own module, with its source:
   between a block's input and output hidden states; the lowest go.
 * ``angular`` (:mod:`.angular`): Gromov et al. (2024): the run of n consecutive blocks whose input
   and output hidden states have the smallest mean angular distance ``arccos(cos)/pi``.
+* ``reap`` (:mod:`.reap`): REAP (Lasby et al., 2025): a routed MoE expert's mean, over the tokens
+  routed to it, of its routing weight times the L2 norm of its output.
+* ``frequency`` (:mod:`.frequency`): how many calibration tokens route to an expert.
+
+``magnitude`` also scores experts (the norm of their weights).
 
 Example::
 
@@ -35,7 +40,8 @@ Example::
 
 from __future__ import annotations
 
-from pruneplug.structured.criteria.base import BlockChoice, UnitCriterion, UnitStats
+from pruneplug.structured.criteria.base import BlockChoice, ExpertStats, ExpertWeights, UnitCriterion, UnitStats
 from pruneplug.structured.criteria.registry import ENTRY_POINT_GROUP, get_unit_criterion, unit_criteria
 
-__all__ = ["BlockChoice", "ENTRY_POINT_GROUP", "UnitCriterion", "UnitStats", "get_unit_criterion", "unit_criteria"]
+__all__ = ["BlockChoice", "ENTRY_POINT_GROUP", "ExpertStats", "ExpertWeights", "UnitCriterion", "UnitStats",
+           "get_unit_criterion", "unit_criteria"]

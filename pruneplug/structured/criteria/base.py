@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -44,9 +44,35 @@ class BlockChoice:
     angle: np.ndarray
 
 
+@dataclass
+class ExpertStats:
+    """What the calibration tokens entering one MoE block did, per routed expert j (real tokens
+    only): ``tokens[j]`` (how many had j in their top-k), ``gate_sum[j]`` (the sum of j's routing
+    weight over those tokens, as the forward uses it: after the model's top-k renormalisation),
+    ``reap_sum[j]`` (the sum of ``weight_j(x) * ||f_j(x)||_2``, f_j the expert's output), and
+    ``total`` (tokens seen by the block)."""
+
+    tokens: np.ndarray
+    gate_sum: np.ndarray
+    reap_sum: np.ndarray
+    total: int
+
+
+@dataclass
+class ExpertWeights:
+    """The weights an expert criterion reads: ``router`` ([experts, hidden], the gate's rows),
+    ``count`` (experts) and ``load_expert(j)``: expert j's ``{"gate": [I, H], "up": [I, H],
+    "down": [H, I]}`` float32 copies, one expert at a time (a block's experts together can be
+    as large as the rest of the model)."""
+
+    router: np.ndarray
+    count: int
+    load_expert: Callable[[int], dict[str, np.ndarray]]
+
+
 class UnitCriterion:
     """A structured importance criterion. Subclasses set ``name``, ``units`` (a subset of
-    ``{"neuron", "head", "block"}``) and ``needs_calibration``, and implement the methods of the
+    ``{"neuron", "head", "block", "expert"}``) and ``needs_calibration``, and implement the methods of the
     units they support. Higher scores are more important: the lowest go.
 
     Example::
@@ -74,6 +100,12 @@ class UnitCriterion:
     def head_scores(self, weights: dict[str, np.ndarray], stats: UnitStats | None, head_dim: int) -> np.ndarray:
         """One score per query head. ``weights``: ``"rows"`` ([heads, head_dim * in], the head's
         q rows) and ``"out"`` ([hidden, heads * head_dim], o_proj); ``stats``: o_proj's input."""
+        raise NotImplementedError
+
+    def expert_scores(self, weights: ExpertWeights, stats: ExpertStats | None) -> np.ndarray:
+        """One score per routed expert of an MoE block. ``weights``: the router rows and each
+        expert's matrices on request; ``stats``: what the calibration tokens did (None without
+        calibration)."""
         raise NotImplementedError
 
     def choose_blocks(self, measured: BlockChoice, count: int, allowed: Sequence[int]) -> list[int]:

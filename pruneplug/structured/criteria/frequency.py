@@ -1,0 +1,23 @@
+"""``frequency``: how many calibration tokens route to a routed expert (it is in their top-k); the
+least used experts go. The common baseline of expert pruning: it ignores how much an expert's
+output weighs, which is what REAP (:mod:`.reap`) adds."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pruneplug.errors import CalibrationRequiredError
+from pruneplug.structured.criteria.base import UnitCriterion
+
+
+class Frequency(UnitCriterion):
+    """Tokens routed to the expert."""
+
+    name = "frequency"
+    units = frozenset({"expert"})
+    needs_calibration = True
+
+    def expert_scores(self, weights, stats):
+        if stats is None:
+            raise CalibrationRequiredError(self.name)
+        return np.asarray(stats.tokens, dtype=np.float64)
