@@ -5,9 +5,10 @@ Compensation (optional, never by default):
 
 * ``"bias"`` (FLAP): the mean contribution of the removed channels over the calibration tokens,
   ``W[:, removed] @ mean(x[removed])``, is added to the bias of the layer that read them
-  (down_proj for neurons, o_proj for heads). Llama-style down_proj/o_proj have no bias: the
-  config's ``mlp_bias`` / ``attention_bias`` switch them on (with zero biases for gate/up or
-  q/k/v); an architecture without such a switch is refused.
+  (down_proj for neurons, o_proj for heads and KV groups: a group's removed channels are those of
+  its query heads). Llama-style down_proj/o_proj have no bias: the config's ``mlp_bias`` /
+  ``attention_bias`` switch them on (with zero biases for gate/up or q/k/v); an architecture
+  without such a switch is refused.
 * ``"refit"`` (SlimGPT / ZipLM's structured OBS, as least squares): the kept columns of that layer
   are refitted so that its output on the calibration tokens changes least,
   ``W' = W H[:, K] (H[K, K] + damping * mean(diag H[K, K]) I)^-1`` with ``H = X^T X``.
@@ -24,27 +25,32 @@ import torch
 from pruneplug.errors import CalibrationRequiredError, InvalidArgumentError
 from pruneplug.structured.criteria.base import UnitCriterion, UnitStats
 from pruneplug.structured.units import (AttentionLayout, MlpLayout, head_cuts, head_weights, keep_heads,
-                                        keep_lowest_removed, mlp_cuts, neuron_weights)
+                                        keep_kv_groups, keep_lowest_removed, mlp_cuts, neuron_weights)
 
 COMPENSATIONS = ("none", "bias", "refit")
 
 
 @dataclass
 class BlockDecision:
-    """The kept neurons and query heads of one block (None: that unit untouched), the cuts they
-    make, and the compensated tensors (relative parameter name -> the new, already cut, tensor)."""
+    """The kept neurons, query heads and KV groups of one block (None: that unit untouched), the
+    cuts they make, and the compensated tensors (relative parameter name -> the new, already cut,
+    tensor)."""
 
     keep_neurons: np.ndarray | None = None
     keep_heads: np.ndarray | None = None
     cuts: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
     replaced: dict[str, torch.Tensor] = field(default_factory=dict)
+    keep_kv_heads: np.ndarray | None = None
 
 
 def decide_block(block: Any, criterion: UnitCriterion | None, *, mlp: MlpLayout | None, mlp_count: int,
                  attention: AttentionLayout | None, head_count: int, neuron_stats: UnitStats | None,
                  head_stats: UnitStats | None, compensate: str = "none", damping: float = 0.01,
-                 neuron_hessian: torch.Tensor | None = None, head_hessian: torch.Tensor | None = None) -> BlockDecision:
-    """The decision for one block whose weights are loaded (see the module docstring)."""
+                 neuron_hessian: torch.Tensor | None = None, head_hessian: torch.Tensor | None = None,
+                 kv_count: int = 0) -> BlockDecision:
+    """The decision for one block whose weights are loaded (see the module docstring). Heads:
+    ``kv_count`` whole KV groups go first (lowest group scores: the sum of their query heads'),
+    then ``head_count`` query heads from each remaining group."""
     decision = BlockDecision()
     modules = dict(block.named_modules())
     if mlp is not None and mlp_count:
@@ -54,12 +60,14 @@ def decide_block(block: Any, criterion: UnitCriterion | None, *, mlp: MlpLayout 
         decision.cuts.update(mlp_cuts(mlp, keep))
         decision.replaced.update(_compensate(modules[mlp.down], mlp.down, keep, 1, mlp.width, mlp.conv1d,
                                              neuron_stats, neuron_hessian, compensate, damping))
-    if attention is not None and head_count:
+    if attention is not None and (head_count or kv_count):
         scores = np.asarray(criterion.head_scores(head_weights(block, attention), head_stats, attention.head_dim),
                             dtype=np.float64)
-        keep = keep_heads(scores, attention, head_count)
+        groups = keep_kv_groups(scores, attention, kv_count) if kv_count else None
+        keep = keep_heads(scores, attention, head_count, groups)
         decision.keep_heads = keep
-        decision.cuts.update(head_cuts(attention, keep))
+        decision.keep_kv_heads = groups
+        decision.cuts.update(head_cuts(attention, keep, groups))
         decision.replaced.update(_compensate(modules[attention.out], attention.out, keep, attention.head_dim,
                                              attention.heads * attention.head_dim, False, head_stats, head_hessian,
                                              compensate, damping))

@@ -100,6 +100,7 @@ def shrink_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, reque
         dropped_blocks=decisions.dropped,
         neurons_removed={i: v for i, v in decisions.neurons_removed.items() if i not in decisions.dropped},
         heads_removed={i: v for i, v in decisions.heads_removed.items() if i not in decisions.dropped},
+        kv_heads_removed={i: v for i, v in decisions.kv_heads_removed.items() if i not in decisions.dropped},
         block_scores=block_scores(plan, decisions.depth),
         config_changes={json_key(skel.config, k): v for k, v in changes.items()},
         seconds=time.perf_counter() - start)

@@ -2,8 +2,8 @@
 its blocks: shared by :func:`pruneplug.torch.shrink_model` (in memory) and
 :func:`pruneplug.structured.shrink_model_dir` (block by block from a model directory).
 
-Widths are uniform: every block loses the same number of neurons and of query heads per KV group,
-so the Hugging Face config (one ``intermediate_size``, one ``num_attention_heads``) describes the
+Widths are uniform: every block loses the same number of neurons, of KV groups and of query heads
+per KV group, so the Hugging Face config (one ``intermediate_size``, one ``num_attention_heads``) describes the
 result. (Non-uniform widths need per-layer sizes that only a few configs can carry, such as
 OpenELM's or DeciLM's ``block_configs``; this version does not make them.)
 """
@@ -21,17 +21,25 @@ from pruneplug.structured.criteria import BlockChoice, UnitCriterion, get_unit_c
 from pruneplug.structured.criteria.block_influence import BlockInfluence
 from pruneplug.structured.decide import BlockDecision, check_compensate, decide_block
 from pruneplug.structured.measure import BlockMeasure, Wants, measure_blocks
-from pruneplug.structured.units import (AttentionLayout, MlpLayout, attention_layout, heads_per_group, mlp_layout,
-                                        removal_count)
+from pruneplug.structured.units import (AttentionLayout, MlpLayout, attention_layout, heads_per_group,
+                                        kv_groups_removed, mlp_layout, removal_count)
 
 
 @dataclass
 class ShrinkRequest:
     """What to remove: ``mlp`` (fraction of every block's MLP neurons), ``heads`` (fraction of the
-    query heads of every KV group; of all heads for multi-head attention), ``drop_blocks`` (whole
-    blocks), ``experts`` (not supported yet: must be None); ``method`` scores neurons and heads,
-    ``block_method`` blocks; ``compensate`` is ``"none"``, ``"bias"`` or ``"refit"``;
-    ``keep_ends``: never drop the first and last block."""
+    query heads of every KV group; of all heads for multi-head attention), ``kv_heads`` (fraction
+    of the KV groups of every block, GQA only: each with its k/v rows and all its query heads;
+    combines with ``heads``, which then applies to the groups that stay), ``drop_blocks`` (whole
+    blocks), ``experts`` (not supported yet: must be None); ``method`` scores neurons and heads
+    (a KV group: the sum of its query heads' scores), ``block_method`` blocks; ``compensate`` is
+    ``"none"``, ``"bias"`` or ``"refit"``; ``keep_ends``: never drop the first and last block.
+
+    Example::
+
+        >>> ShrinkRequest(kv_heads=0.5, heads=0.5).kv_heads
+        0.5
+    """
 
     mlp: float = 0.0
     heads: float = 0.0
@@ -42,6 +50,7 @@ class ShrinkRequest:
     compensate: str = "none"
     damping: float = 0.01
     keep_ends: bool = True
+    kv_heads: float = 0.0
 
 
 @dataclass
@@ -57,6 +66,7 @@ class Plan:
     unit_criterion: UnitCriterion | None
     block_criterion: UnitCriterion | None
     config_changes: dict = field(default_factory=dict)
+    kv_count: int = 0  # whole KV groups removed from every block (GQA)
 
     @property
     def needs_calibration(self) -> bool:
@@ -66,8 +76,21 @@ class Plan:
 
     def wants(self) -> Wants:
         return Wants(neuron_input=self.mlp.down if self.mlp is not None and self.mlp_count else None,
-                     head_input=self.attention.out if self.attention is not None and self.head_count else None,
+                     head_input=self.attention.out if self.attention is not None and self.removes_heads else None,
                      hessian=self.request.compensate == "refit", depth=self.request.drop_blocks)
+
+    @property
+    def removes_heads(self) -> bool:
+        """Whether query heads go (on their own or with their KV groups)."""
+        return bool(self.head_count or self.kv_count)
+
+    def kept_head_counts(self) -> tuple[int, int]:
+        """(query heads, KV heads) that every block keeps."""
+        a = self.attention
+        if a.kv_heads == a.heads:  # multi-head attention: a head is its own KV group
+            return a.heads - self.head_count, a.heads - self.head_count
+        kv = a.kv_heads - self.kv_count
+        return kv * (a.group - self.head_count), kv
 
     def allowed_blocks(self) -> list[int]:
         ends = {0, self.n_blocks - 1} if self.request.keep_ends else set()
@@ -84,29 +107,32 @@ def make_plan(request: ShrinkRequest, first_block: Any, n_blocks: int, config: A
     if isinstance(r.drop_blocks, bool) or not isinstance(r.drop_blocks, int) or r.drop_blocks < 0:
         raise InvalidArgumentError(f"drop_blocks={r.drop_blocks!r}: expected an integer >= 0")
     mlp = attention = None
-    mlp_count = head_count = 0
+    mlp_count = head_count = kv_count = 0
     if r.mlp:
         mlp = mlp_layout(first_block, "block 0")
         mlp_count = removal_count(r.mlp, mlp.width, "MLP neurons of each block", "mlp")
+    if r.kv_heads:
+        attention = attention_layout(first_block, config, "block 0", "kv_heads")
+        kv_count = kv_groups_removed(r.kv_heads, attention)
     if r.heads:
         attention = attention_layout(first_block, config, "block 0")
         head_count = heads_per_group(r.heads, attention)
-    if not (mlp_count or head_count or r.drop_blocks):
-        raise InvalidArgumentError("nothing to remove: give mlp, heads or drop_blocks (a fraction that rounds to "
-                                   "0 units removes nothing)")
+    if not (mlp_count or head_count or kv_count or r.drop_blocks):
+        raise InvalidArgumentError("nothing to remove: give mlp, heads, kv_heads or drop_blocks (a fraction that "
+                                   "rounds to 0 units removes nothing)")
     unit_criterion = block_criterion = None
     if mlp_count:
         unit_criterion = get_unit_criterion(r.method, "neuron")
-    if head_count:
+    if head_count or kv_count:
         unit_criterion = get_unit_criterion(r.method, "head")
-    plan = Plan(r, n_blocks, mlp, mlp_count, attention, head_count, unit_criterion, None)
+    plan = Plan(r, n_blocks, mlp, mlp_count, attention, head_count, unit_criterion, None, kv_count=kv_count)
     if r.drop_blocks:
         plan.block_criterion = get_unit_criterion(r.block_method, "block")
         allowed = plan.allowed_blocks()
         if r.drop_blocks > len(allowed):
             raise InvalidArgumentError(f"drop_blocks={r.drop_blocks}: the model has {n_blocks} blocks, of which "
                                        f"{len(allowed)} may go (the first and last are kept)")
-    if r.compensate != "none" and not (mlp_count or head_count):
+    if r.compensate != "none" and not (mlp_count or plan.removes_heads):
         raise InvalidArgumentError(f"compensate={r.compensate!r} compensates removed neurons or heads; "
                                    "dropped blocks have nothing to fold into")
     return plan
@@ -121,6 +147,7 @@ class Decisions:
     depth: BlockChoice | None
     neurons_removed: dict[int, list[int]] = field(default_factory=dict)
     heads_removed: dict[int, list[int]] = field(default_factory=dict)
+    kv_heads_removed: dict[int, list[int]] = field(default_factory=dict)
 
 
 def decide(plan: Plan, model: Any, blocks: Sequence[Any], batches: Sequence[Any] | None, *,
@@ -139,7 +166,7 @@ def decide(plan: Plan, model: Any, blocks: Sequence[Any], batches: Sequence[Any]
                                             neuron_stats=measured.neurons, head_stats=measured.heads,
                                             compensate=r.compensate, damping=r.damping,
                                             neuron_hessian=measured.neuron_hessian,
-                                            head_hessian=measured.head_hessian))
+                                            head_hessian=measured.head_hessian, kv_count=plan.kv_count))
 
     depth = None
     if plan.needs_calibration:
@@ -165,6 +192,8 @@ def decide(plan: Plan, model: Any, blocks: Sequence[Any], batches: Sequence[Any]
             result.neurons_removed[i] = np.setdiff1d(np.arange(plan.mlp.width), d.keep_neurons).tolist()
         if d.keep_heads is not None:
             result.heads_removed[i] = np.setdiff1d(np.arange(plan.attention.heads), d.keep_heads).tolist()
+        if d.keep_kv_heads is not None:
+            result.kv_heads_removed[i] = np.setdiff1d(np.arange(plan.attention.kv_heads), d.keep_kv_heads).tolist()
     return result
 
 
@@ -187,13 +216,9 @@ def config_changes(plan: Plan, config: Any, dropped: Sequence[int]) -> dict[str,
         changes[key] = plan.mlp.width - plan.mlp_count
         if r.compensate == "bias" and not _has_bias(plan.mlp.down, config, "mlp"):
             changes["mlp_bias"] = True
-    if plan.head_count:
+    if plan.removes_heads:
         a = plan.attention
-        if a.kv_heads == a.heads:
-            changes["num_attention_heads"] = changes["num_key_value_heads"] = a.heads - plan.head_count
-        else:
-            changes["num_attention_heads"] = a.heads - plan.head_count * a.kv_heads
-            changes["num_key_value_heads"] = a.kv_heads
+        changes["num_attention_heads"], changes["num_key_value_heads"] = plan.kept_head_counts()
         changes["head_dim"] = a.head_dim  # explicit: hidden_size / heads no longer gives it
         if r.compensate == "bias" and not _has_bias(a.out, config, "attention"):
             changes["attention_bias"] = True

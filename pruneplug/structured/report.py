@@ -12,7 +12,9 @@ class ShrinkReport:
     """The report of :func:`pruneplug.torch.shrink_model` and ``pruneplug shrink``.
 
     ``neurons_removed`` / ``heads_removed``: original block index -> removed neuron / query-head
-    indices (of the original numbering); ``dropped_blocks``: original indices; ``block_scores``:
+    indices (of the original numbering; the query heads of a removed KV group included);
+    ``kv_heads_removed``: original block index -> removed KV groups (``kv_heads``);
+    ``dropped_blocks``: original indices; ``block_scores``:
     what the block criterion measured per block (BI, or the angular distance of the run starting
     there), when it ran; ``config_changes``: the config.json keys and their new values."""
 
@@ -27,6 +29,7 @@ class ShrinkReport:
     block_scores: list[float] | None = None
     config_changes: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    kv_heads_removed: dict[int, list[int]] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One paragraph for the terminal."""
@@ -36,7 +39,9 @@ class ShrinkReport:
             parts.append(f"{per} MLP neurons from each of {len(self.neurons_removed)} blocks")
         if self.heads_removed:
             per = len(next(iter(self.heads_removed.values())))
-            parts.append(f"{per} attention heads from each of {len(self.heads_removed)} blocks")
+            groups = len(next(iter(self.kv_heads_removed.values()))) if self.kv_heads_removed else 0
+            whole = f" ({groups} whole KV group{'s' if groups > 1 else ''})" if groups else ""
+            parts.append(f"{per} attention heads{whole} from each of {len(self.heads_removed)} blocks")
         if self.dropped_blocks:
             parts.append(f"blocks {', '.join(map(str, self.dropped_blocks))}")
         ratio = self.params_after / self.params_before if self.params_before else 1.0
@@ -47,6 +52,7 @@ class ShrinkReport:
         data = asdict(self)
         data["neurons_removed"] = {str(k): v for k, v in self.neurons_removed.items()}
         data["heads_removed"] = {str(k): v for k, v in self.heads_removed.items()}
+        data["kv_heads_removed"] = {str(k): v for k, v in self.kv_heads_removed.items()}
         return data
 
     def to_json(self) -> str:
