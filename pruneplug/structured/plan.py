@@ -3,9 +3,10 @@ its blocks: shared by :func:`pruneplug.torch.shrink_model` (in memory) and
 :func:`pruneplug.structured.shrink_model_dir` (block by block from a model directory).
 
 Widths are uniform: every block loses the same number of neurons, of KV groups and of query heads
-per KV group, so the Hugging Face config (one ``intermediate_size``, one ``num_attention_heads``) describes the
-result. (Non-uniform widths need per-layer sizes that only a few configs can carry, such as
-OpenELM's or DeciLM's ``block_configs``; this version does not make them.)
+per KV group, so the Hugging Face config (one ``intermediate_size``, one ``num_attention_heads``,
+one ``num_key_value_heads``) describes the result. (Non-uniform widths need per-layer sizes that
+only a few configs can carry, such as OpenELM's or DeciLM's ``block_configs``; this version does
+not make them.)
 """
 
 from __future__ import annotations
