@@ -54,6 +54,9 @@ CONFIGS = [  # in order of importance: a run cut short keeps the first rows
     ("mlp -25% flap +bias", dict(mlp=0.25, method="flap", compensate="bias"), False),
     ("mlp -25% flap +refit", dict(mlp=0.25, method="flap", compensate="refit"), False),
     ("heads -1/3 flap", dict(heads=1 / 3, method="flap"), False),
+    ("kv groups -1/3 activation", dict(kv_heads=1 / 3, method="activation"), False),
+    ("kv groups -1/3 activation +refit", dict(kv_heads=1 / 3, method="activation", compensate="refit"), False),
+    ("kv groups -1/3 magnitude", dict(kv_heads=1 / 3, method="magnitude"), False),
 ]
 
 

@@ -7,18 +7,24 @@ import argparse
 
 SHRINK_EPILOG = """\
 units: --mlp removes that fraction of every block's MLP neurons; --heads that fraction of the query
-heads of every KV group (GQA; of all heads for multi-head attention); --drop-blocks N whole blocks
-(never the first or last); --experts that fraction of every MoE block's routed experts (Mixtral,
-Qwen2-MoE, Qwen3-MoE: router rows and expert weights, the rest renumbered; shared experts stay).
-Every block keeps the same widths, so config.json describes the result.
+heads of every KV group (GQA; of all heads for multi-head attention); --kv-heads that fraction of
+the KV groups of every block (GQA only: each group with its k/v rows and all its query heads; a
+group's score is the sum of its query heads'; with --heads too, --heads applies to the groups that
+stay); --drop-blocks N whole blocks (never the first or last); --experts that fraction of every MoE
+block's routed experts (Mixtral, Qwen2-MoE, Qwen3-MoE: router rows and expert weights, the rest
+renumbered; shared experts stay). Every block keeps the same widths, so config.json describes the
+result.
 criteria (--method for neurons/heads, --block-method for blocks, --expert-method for experts):
 magnitude (weights only), activation (Minitron), flap (FLAP fluctuation); block_influence
 (ShortGPT), angular (Gromov et al.); reap (REAP: router weight x expert output norm), frequency.
+compensation (--compensate): bias (FLAP: the removed channels' mean into a bias), refit (least
+squares of the next projection; for dropped blocks a linear map folded into the block before).
 examples:
   pruneplug shrink SmolLM2-135M -o smol-small --mlp 0.25 --calibration texts.txt
   pruneplug shrink SmolLM2-135M -o smol-22 --drop-blocks 8 --calibration texts.txt --report r.json
   pruneplug shrink SmolLM2-135M -o smol-h --heads 0.3333 --method magnitude
   pruneplug shrink Qwen1.5-MoE-A2.7B -o qwen-moe-45 --experts 0.25 --calibration texts.txt
+  pruneplug shrink Llama-3.2-1B -o llama-kv --kv-heads 0.25 --calibration texts.txt
 """
 
 
@@ -34,6 +40,8 @@ def add_command(subparsers) -> None:
     p.add_argument("--mlp", type=float, default=0.0, metavar="FRACTION", help="fraction of MLP neurons to remove")
     p.add_argument("--heads", type=float, default=0.0, metavar="FRACTION",
                    help="fraction of query heads to remove from every KV group")
+    p.add_argument("--kv-heads", type=float, default=0.0, metavar="FRACTION",
+                   help="fraction of KV groups (k/v heads with all their query heads) to remove from every block")
     p.add_argument("--drop-blocks", type=int, default=0, metavar="N", help="whole blocks to remove")
     p.add_argument("--experts", type=float, default=None, metavar="FRACTION",
                    help="fraction of the routed experts to remove from every MoE block (at least "
@@ -64,10 +72,9 @@ def run_shrink(args: argparse.Namespace) -> int:
     if args.output is None:
         error("shrink", "give -o OUT_DIR")
         return EXIT_USAGE
-    request = ShrinkRequest(mlp=args.mlp, heads=args.heads, drop_blocks=args.drop_blocks, experts=args.experts,
-                            method=args.method, block_method=args.block_method, expert_method=args.expert_method,
-                            compensate=args.compensate,
-                            damping=args.damping)
+    request = ShrinkRequest(mlp=args.mlp, heads=args.heads, kv_heads=args.kv_heads, drop_blocks=args.drop_blocks,
+                            experts=args.experts, method=args.method, block_method=args.block_method,
+                            expert_method=args.expert_method, compensate=args.compensate, damping=args.damping)
     report = shrink_model_dir(args.input, args.output, request, args.calibration, samples=args.samples,
                               seq_len=args.seq_len, batch_size=args.batch_size, device=args.device,
                               report=args.report, dry_run=args.dry_run, progress=progress_for(args))

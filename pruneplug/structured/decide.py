@@ -5,9 +5,10 @@ Compensation (optional, never by default):
 
 * ``"bias"`` (FLAP): the mean contribution of the removed channels over the calibration tokens,
   ``W[:, removed] @ mean(x[removed])``, is added to the bias of the layer that read them
-  (down_proj for neurons, o_proj for heads). Llama-style down_proj/o_proj have no bias: the
-  config's ``mlp_bias`` / ``attention_bias`` switch them on (with zero biases for gate/up or
-  q/k/v); an architecture without such a switch is refused.
+  (down_proj for neurons, o_proj for heads and KV groups: a group's removed channels are those of
+  its query heads). Llama-style down_proj/o_proj have no bias: the config's ``mlp_bias`` /
+  ``attention_bias`` switch them on (with zero biases for gate/up or q/k/v); an architecture
+  without such a switch is refused.
 * ``"refit"`` (SlimGPT / ZipLM's structured OBS, as least squares): the kept columns of that layer
   are refitted so that its output on the calibration tokens changes least,
   ``W' = W H[:, K] (H[K, K] + damping * mean(diag H[K, K]) I)^-1`` with ``H = X^T X``.
@@ -25,17 +26,17 @@ from pruneplug.errors import CalibrationRequiredError, InvalidArgumentError
 from pruneplug.structured.criteria.base import ExpertStats, UnitCriterion, UnitStats
 from pruneplug.structured.experts import MoeLayout, expert_cuts, expert_weights
 from pruneplug.structured.units import (AttentionLayout, MlpLayout, head_cuts, head_weights, keep_heads,
-                                        keep_lowest_removed, mlp_cuts, neuron_weights)
+                                        keep_kv_groups, keep_lowest_removed, mlp_cuts, neuron_weights)
 
 COMPENSATIONS = ("none", "bias", "refit")
 
 
 @dataclass
 class BlockDecision:
-    """The kept neurons, query heads and routed experts of one block (None: that unit untouched),
-    the cuts they make, the compensated tensors (relative parameter name -> the new, already cut,
-    tensor) and, before a dropped run of blocks with ``compensate="refit"``, the map folded into its
-    MLP. Per-expert tensors of kept experts are renamed, not cut
+    """The kept neurons, query heads, KV groups and routed experts of one block (None: that unit
+    untouched), the cuts they make, the compensated tensors (relative parameter name -> the new,
+    already cut, tensor) and, before a dropped run of blocks with ``compensate="refit"``, the map
+    folded into its MLP. Per-expert tensors of kept experts are renamed, not cut
     (:func:`~pruneplug.structured.experts.renumber_expert`)."""
 
     keep_neurons: np.ndarray | None = None
@@ -47,6 +48,7 @@ class BlockDecision:
     fold: torch.Tensor | None = None
     keep_experts: np.ndarray | None = None
     moe: MoeLayout | None = None  # the MoE layout the experts were removed from
+    keep_kv_heads: np.ndarray | None = None
 
 
 def decide_block(block: Any, criterion: UnitCriterion | None, *, mlp: MlpLayout | None, mlp_count: int,
@@ -54,8 +56,10 @@ def decide_block(block: Any, criterion: UnitCriterion | None, *, mlp: MlpLayout 
                  head_stats: UnitStats | None, compensate: str = "none", damping: float = 0.01,
                  neuron_hessian: torch.Tensor | None = None, head_hessian: torch.Tensor | None = None,
                  moe: MoeLayout | None = None, expert_count: int = 0, expert_criterion: UnitCriterion | None = None,
-                 expert_stats: ExpertStats | None = None) -> BlockDecision:
-    """The decision for one block whose weights are loaded (see the module docstring)."""
+                 expert_stats: ExpertStats | None = None, kv_count: int = 0) -> BlockDecision:
+    """The decision for one block whose weights are loaded (see the module docstring). Heads:
+    ``kv_count`` whole KV groups go first (lowest group scores: the sum of their query heads'),
+    then ``head_count`` query heads from each remaining group."""
     decision = BlockDecision()
     if moe is not None and expert_count:
         scores = np.asarray(expert_criterion.expert_scores(expert_weights(block, moe), expert_stats), dtype=np.float64)
@@ -72,12 +76,14 @@ def decide_block(block: Any, criterion: UnitCriterion | None, *, mlp: MlpLayout 
         decision.cuts.update(mlp_cuts(mlp, keep))
         decision.replaced.update(_compensate(modules[mlp.down], mlp.down, keep, 1, mlp.width, mlp.conv1d,
                                              neuron_stats, neuron_hessian, compensate, damping))
-    if attention is not None and head_count:
+    if attention is not None and (head_count or kv_count):
         scores = np.asarray(criterion.head_scores(head_weights(block, attention), head_stats, attention.head_dim),
                             dtype=np.float64)
-        keep = keep_heads(scores, attention, head_count)
+        groups = keep_kv_groups(scores, attention, kv_count) if kv_count else None
+        keep = keep_heads(scores, attention, head_count, groups)
         decision.keep_heads = keep
-        decision.cuts.update(head_cuts(attention, keep))
+        decision.keep_kv_heads = groups
+        decision.cuts.update(head_cuts(attention, keep, groups))
         decision.replaced.update(_compensate(modules[attention.out], attention.out, keep, attention.head_dim,
                                              attention.heads * attention.head_dim, False, head_stats, head_hessian,
                                              compensate, damping))

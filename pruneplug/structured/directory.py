@@ -105,6 +105,7 @@ def shrink_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, reque
         dropped_blocks=decisions.dropped,
         neurons_removed={i: v for i, v in decisions.neurons_removed.items() if i not in decisions.dropped},
         heads_removed={i: v for i, v in decisions.heads_removed.items() if i not in decisions.dropped},
+        kv_heads_removed={i: v for i, v in decisions.kv_heads_removed.items() if i not in decisions.dropped},
         experts_removed={i: v for i, v in decisions.experts_removed.items() if i not in decisions.dropped},
         expert_method=plan.expert_criterion.name if plan.expert_criterion else None,
         block_scores=block_scores(plan, decisions.depth), folded=decisions.folded,

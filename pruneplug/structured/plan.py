@@ -2,11 +2,12 @@
 its blocks: shared by :func:`pruneplug.torch.shrink_model` (in memory) and
 :func:`pruneplug.structured.shrink_model_dir` (block by block from a model directory).
 
-Widths are uniform: every block loses the same number of neurons and of query heads per KV group,
-so the Hugging Face config (one ``intermediate_size``, one ``num_attention_heads``, one
-``num_local_experts`` / ``num_experts``) describes the result; every MoE block loses the same number
-of routed experts. (Non-uniform widths need per-layer sizes that only a few configs can carry, such as
-OpenELM's or DeciLM's ``block_configs``; this version does not make them.)
+Widths are uniform: every block loses the same number of neurons, of KV groups and of query heads
+per KV group, and every MoE block the same number of routed experts, so the Hugging Face config
+(one ``intermediate_size``, one ``num_attention_heads``, one ``num_key_value_heads``, one
+``num_local_experts`` / ``num_experts``) describes the result. (Non-uniform widths need per-layer
+sizes that only a few configs can carry, such as OpenELM's or DeciLM's ``block_configs``; this
+version does not make them.)
 """
 
 from __future__ import annotations
@@ -24,18 +25,26 @@ from pruneplug.structured.decide import BlockDecision, check_compensate, decide_
 from pruneplug.structured.depth_refit import fold_bias, fold_into, measure_folds, runs
 from pruneplug.structured.experts import MoeLayout, expert_count_key, expert_removal_count, moe_layouts
 from pruneplug.structured.measure import BlockMeasure, Wants, measure_blocks
-from pruneplug.structured.units import (AttentionLayout, MlpLayout, attention_layout, heads_per_group, mlp_layout,
-                                        removal_count)
+from pruneplug.structured.units import (AttentionLayout, MlpLayout, attention_layout, heads_per_group,
+                                        kv_groups_removed, mlp_layout, removal_count)
 
 
 @dataclass
 class ShrinkRequest:
     """What to remove: ``mlp`` (fraction of every block's MLP neurons), ``heads`` (fraction of the
-    query heads of every KV group; of all heads for multi-head attention), ``drop_blocks`` (whole
+    query heads of every KV group; of all heads for multi-head attention), ``kv_heads`` (fraction
+    of the KV groups of every block, GQA only: each with its k/v rows and all its query heads;
+    combines with ``heads``, which then applies to the groups that stay), ``drop_blocks`` (whole
     blocks), ``experts`` (fraction of every MoE block's routed experts); ``method`` scores neurons
-    and heads, ``block_method`` blocks, ``expert_method`` experts; ``compensate`` is ``"none"``,
-    ``"bias"`` or ``"refit"``;
-    ``keep_ends``: never drop the first and last block."""
+    and heads (a KV group: the sum of its query heads' scores), ``block_method`` blocks,
+    ``expert_method`` experts; ``compensate`` is ``"none"``, ``"bias"`` or ``"refit"``;
+    ``keep_ends``: never drop the first and last block.
+
+    Example::
+
+        >>> ShrinkRequest(kv_heads=0.5, heads=0.5).kv_heads
+        0.5
+    """
 
     mlp: float = 0.0
     heads: float = 0.0
@@ -47,6 +56,7 @@ class ShrinkRequest:
     compensate: str = "none"
     damping: float = 0.01
     keep_ends: bool = True
+    kv_heads: float = 0.0
 
 
 @dataclass
@@ -66,6 +76,7 @@ class Plan:
     moe: dict[int, MoeLayout] = field(default_factory=dict)  # block index -> layout, when experts go
     expert_count: int = 0  # removed from every MoE block
     expert_criterion: UnitCriterion | None = None
+    kv_count: int = 0  # whole KV groups removed from every block (GQA)
 
     @property
     def needs_calibration(self) -> bool:
@@ -76,9 +87,22 @@ class Plan:
 
     def wants(self) -> Wants:
         return Wants(neuron_input=self.mlp.down if self.mlp is not None and self.mlp_count else None,
-                     head_input=self.attention.out if self.attention is not None and self.head_count else None,
+                     head_input=self.attention.out if self.attention is not None and self.removes_heads else None,
                      hessian=self.request.compensate == "refit", depth=self.request.drop_blocks,
                      experts=self.moe if self.expert_count and self.expert_criterion.requires_calibration() else {})
+
+    @property
+    def removes_heads(self) -> bool:
+        """Whether query heads go (on their own or with their KV groups)."""
+        return bool(self.head_count or self.kv_count)
+
+    def kept_head_counts(self) -> tuple[int, int]:
+        """(query heads, KV heads) that every block keeps."""
+        a = self.attention
+        if a.kv_heads == a.heads:  # multi-head attention: a head is its own KV group
+            return a.heads - self.head_count, a.heads - self.head_count
+        kv = a.kv_heads - self.kv_count
+        return kv * (a.group - self.head_count), kv
 
     def allowed_blocks(self) -> list[int]:
         ends = {0, self.n_blocks - 1} if self.request.keep_ends else set()
@@ -94,27 +118,30 @@ def make_plan(request: ShrinkRequest, blocks: Sequence[Any], config: Any) -> Pla
     if isinstance(r.drop_blocks, bool) or not isinstance(r.drop_blocks, int) or r.drop_blocks < 0:
         raise InvalidArgumentError(f"drop_blocks={r.drop_blocks!r}: expected an integer >= 0")
     mlp = attention = None
-    mlp_count = head_count = 0
+    mlp_count = head_count = kv_count = 0
     if r.mlp:
         mlp = mlp_layout(first_block, "block 0")
         mlp_count = removal_count(r.mlp, mlp.width, "MLP neurons of each block", "mlp")
         for i, block in enumerate(blocks):  # every block, not just the first (MoE models mix dense blocks in)
             if mlp_layout(block, f"block {i}").width != mlp.width:
                 raise InvalidArgumentError(f"mlp: block {i}'s MLP is not {mlp.width} neurons wide like block 0's")
+    if r.kv_heads:
+        attention = attention_layout(first_block, config, "block 0", "kv_heads")
+        kv_count = kv_groups_removed(r.kv_heads, attention)
     if r.heads:
         attention = attention_layout(first_block, config, "block 0")
         head_count = heads_per_group(r.heads, attention)
     moe, expert_count = _expert_request(r.experts, blocks, config)
-    if not (mlp_count or head_count or r.drop_blocks or expert_count):
-        raise InvalidArgumentError("nothing to remove: give mlp, heads, experts or drop_blocks (a fraction that "
-                                   "rounds to 0 units removes nothing)")
+    if not (mlp_count or head_count or kv_count or r.drop_blocks or expert_count):
+        raise InvalidArgumentError("nothing to remove: give mlp, heads, kv_heads, experts or drop_blocks (a "
+                                   "fraction that rounds to 0 units removes nothing)")
     unit_criterion = block_criterion = None
     if mlp_count:
         unit_criterion = get_unit_criterion(r.method, "neuron")
-    if head_count:
+    if head_count or kv_count:
         unit_criterion = get_unit_criterion(r.method, "head")
     plan = Plan(r, n_blocks, mlp, mlp_count, attention, head_count, unit_criterion, None, moe=moe,
-                expert_count=expert_count)
+                expert_count=expert_count, kv_count=kv_count)
     if expert_count:
         plan.expert_criterion = get_unit_criterion(r.expert_method, "expert")
     if r.drop_blocks:
@@ -123,11 +150,11 @@ def make_plan(request: ShrinkRequest, blocks: Sequence[Any], config: Any) -> Pla
         if r.drop_blocks > len(allowed):
             raise InvalidArgumentError(f"drop_blocks={r.drop_blocks}: the model has {n_blocks} blocks, of which "
                                        f"{len(allowed)} may go (the first and last are kept)")
-    if r.compensate == "bias" and not (mlp_count or head_count):
+    if r.compensate == "bias" and not (mlp_count or plan.removes_heads):
         raise InvalidArgumentError("compensate='bias' compensates removed neurons or heads; for dropped blocks "
                                    "use compensate='refit' (a least-squares map folded into the block before); "
                                    "removed experts have nothing to fold into")
-    if r.compensate == "refit" and not (mlp_count or head_count or r.drop_blocks):
+    if r.compensate == "refit" and not (mlp_count or plan.removes_heads or r.drop_blocks):
         raise InvalidArgumentError("compensate='refit' compensates removed neurons, heads or dropped blocks; "
                                    "removed experts have nothing to fold into")
     if r.compensate == "refit" and r.drop_blocks:
@@ -170,6 +197,7 @@ class Decisions:
     heads_removed: dict[int, list[int]] = field(default_factory=dict)
     folded: dict[int, list[int]] = field(default_factory=dict)  # block -> the dropped run folded into it
     experts_removed: dict[int, list[int]] = field(default_factory=dict)
+    kv_heads_removed: dict[int, list[int]] = field(default_factory=dict)
 
 
 def decide(plan: Plan, model: Any, blocks: Sequence[Any], batches: Sequence[Any] | None, *,
@@ -192,7 +220,7 @@ def decide(plan: Plan, model: Any, blocks: Sequence[Any], batches: Sequence[Any]
                                             neuron_hessian=measured.neuron_hessian,
                                             head_hessian=measured.head_hessian, moe=plan.moe.get(i),
                                             expert_count=plan.expert_count, expert_criterion=plan.expert_criterion,
-                                            expert_stats=measured.experts))
+                                            expert_stats=measured.experts, kv_count=plan.kv_count))
 
     depth = None
     if plan.needs_calibration:
@@ -226,6 +254,8 @@ def decide(plan: Plan, model: Any, blocks: Sequence[Any], batches: Sequence[Any]
             result.heads_removed[i] = np.setdiff1d(np.arange(plan.attention.heads), d.keep_heads).tolist()
         if d.keep_experts is not None:
             result.experts_removed[i] = np.setdiff1d(np.arange(plan.moe[i].num_experts), d.keep_experts).tolist()
+        if d.keep_kv_heads is not None:
+            result.kv_heads_removed[i] = np.setdiff1d(np.arange(plan.attention.kv_heads), d.keep_kv_heads).tolist()
     return result
 
 
@@ -250,13 +280,9 @@ def config_changes(plan: Plan, config: Any, dropped: Sequence[int]) -> dict[str,
         changes[key] = plan.mlp.width - plan.mlp_count
         if r.compensate == "bias" and not _has_bias(plan.mlp.down, config, "mlp"):
             changes["mlp_bias"] = True
-    if plan.head_count:
+    if plan.removes_heads:
         a = plan.attention
-        if a.kv_heads == a.heads:
-            changes["num_attention_heads"] = changes["num_key_value_heads"] = a.heads - plan.head_count
-        else:
-            changes["num_attention_heads"] = a.heads - plan.head_count * a.kv_heads
-            changes["num_key_value_heads"] = a.kv_heads
+        changes["num_attention_heads"], changes["num_key_value_heads"] = plan.kept_head_counts()
         changes["head_dim"] = a.head_dim  # explicit: hidden_size / heads no longer gives it
         if r.compensate == "bias" and not _has_bias(a.out, config, "attention"):
             changes["attention_bias"] = True

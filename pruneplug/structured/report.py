@@ -12,8 +12,11 @@ class ShrinkReport:
     """The report of :func:`pruneplug.torch.shrink_model` and ``pruneplug shrink``.
 
     ``neurons_removed`` / ``heads_removed`` / ``experts_removed``: original block index -> removed
-    neuron / query-head / routed-expert indices (of the original numbering; kept experts are
-    renumbered 0.. in their original order); ``expert_method``: the criterion that scored experts; ``dropped_blocks``: original indices; ``block_scores``:
+    neuron / query-head / routed-expert indices (of the original numbering; the query heads of a
+    removed KV group included; kept experts are renumbered 0.. in their original order);
+    ``kv_heads_removed``: original block index -> removed KV groups (``kv_heads``);
+    ``expert_method``: the criterion that scored experts; ``dropped_blocks``: original indices;
+    ``block_scores``:
     what the block criterion measured per block (BI, or the angular distance of the run starting
     there), when it ran; ``folded``: with ``compensate="refit"``, block -> the dropped run (first,
     last) whose least-squares map was folded into its MLP; ``config_changes``: the config.json keys
@@ -33,6 +36,7 @@ class ShrinkReport:
     folded: dict[int, list[int]] = field(default_factory=dict)
     config_changes: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    kv_heads_removed: dict[int, list[int]] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One paragraph for the terminal."""
@@ -42,7 +46,9 @@ class ShrinkReport:
             parts.append(f"{per} MLP neurons from each of {len(self.neurons_removed)} blocks")
         if self.heads_removed:
             per = len(next(iter(self.heads_removed.values())))
-            parts.append(f"{per} attention heads from each of {len(self.heads_removed)} blocks")
+            groups = len(next(iter(self.kv_heads_removed.values()))) if self.kv_heads_removed else 0
+            whole = f" ({groups} whole KV group{'s' if groups > 1 else ''})" if groups else ""
+            parts.append(f"{per} attention heads{whole} from each of {len(self.heads_removed)} blocks")
         if self.experts_removed:
             per = len(next(iter(self.experts_removed.values())))
             parts.append(f"{per} routed experts from each of {len(self.experts_removed)} MoE blocks")
@@ -59,6 +65,7 @@ class ShrinkReport:
         data["heads_removed"] = {str(k): v for k, v in self.heads_removed.items()}
         data["folded"] = {str(k): v for k, v in self.folded.items()}
         data["experts_removed"] = {str(k): v for k, v in self.experts_removed.items()}
+        data["kv_heads_removed"] = {str(k): v for k, v in self.kv_heads_removed.items()}
         return data
 
     def to_json(self) -> str:

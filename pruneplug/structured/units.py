@@ -7,6 +7,9 @@ One table per unit kind, keyed by the module names transformers gives them (rela
 * attention heads: rows of q (and, for multi-head attention, of k and v: a head is its own KV
   group there), columns of o; Phi-3's fused ``qkv_proj`` holds q, k, v rows in that order. Biases
   follow their rows. Qwen3's ``q_norm``/``k_norm`` act per ``head_dim`` and stay as they are.
+* whole KV groups (GQA): the group's k and v rows, the q rows of all its query heads and their
+  o columns. Query head ``j`` reads KV head ``j // group``; keeping whole groups in order keeps
+  that mapping for the smaller counts.
 
 A cut is ``{parameter name relative to the block: (axis, kept indices)}``; the same cuts serve a
 module in memory (:mod:`pruneplug.torch.shrink`) and a checkpoint's tensors (the directory
@@ -85,14 +88,15 @@ def mlp_layout(block: Any, where: str = "block") -> MlpLayout:
                                "experts are not MLP neurons (remove experts with experts= / --experts)")
 
 
-def attention_layout(block: Any, config: Any, where: str = "block") -> AttentionLayout:
-    """The attention of ``block``, with head counts from ``config``."""
+def attention_layout(block: Any, config: Any, where: str = "block", argument: str = "heads") -> AttentionLayout:
+    """The attention of ``block``, with head counts from ``config`` (``argument``: the request's
+    argument that asked for it, named in the errors)."""
     modules = dict(block.named_modules())
     for mlp_name, what in _HEADS_NOT_EXPRESSIBLE.items():
         if mlp_name in modules:
-            raise InvalidArgumentError(f"heads: {what} computes head_dim as hidden_size / num_heads, so no config "
-                                       "can describe fewer heads of the same size; heads cannot be removed from "
-                                       f"{type(block).__name__}")
+            raise InvalidArgumentError(f"{argument}: {what} computes head_dim as hidden_size / num_heads, so no "
+                                       "config can describe fewer heads of the same size; heads cannot be removed "
+                                       f"from {type(block).__name__}")
     for rows, out in _ATTENTION_LAYOUTS:
         if _has(modules, rows + (out,)):
             heads = int(config.num_attention_heads)
@@ -119,25 +123,32 @@ def mlp_cuts(layout: MlpLayout, keep: np.ndarray) -> dict[str, tuple[int, np.nda
     return cuts
 
 
-def head_cuts(layout: AttentionLayout, keep: np.ndarray) -> dict[str, tuple[int, np.ndarray]]:
+def head_cuts(layout: AttentionLayout, keep: np.ndarray,
+              keep_groups: np.ndarray | None = None) -> dict[str, tuple[int, np.ndarray]]:
     """Every cut that keeping query heads ``keep`` (sorted) makes. With multi-head attention
-    (one query head per KV head) a head takes its k and v rows along."""
+    (one query head per KV head) a head takes its k and v rows along; with ``keep_groups`` (the
+    kept KV groups, sorted, when whole groups go) k and v keep only those groups' rows."""
     d = layout.head_dim
     q = _expand(keep, d)
-    mha = layout.kv_heads == layout.heads
+    if layout.kv_heads == layout.heads:
+        kv = q
+    elif keep_groups is not None:
+        kv = _expand(np.asarray(keep_groups), d)
+    else:
+        kv = None  # GQA, query heads only: k and v unchanged
     cuts: dict[str, tuple[int, np.ndarray]] = {}
     if len(layout.rows) == 1:  # fused q, k, v rows
         q_size, kv_size = layout.heads * d, layout.kv_heads * d
-        if mha:
-            index = np.concatenate([q, q_size + q, q_size + kv_size + q])
-        else:
-            index = np.concatenate([q, q_size + np.arange(2 * kv_size)])
+        kv_rows = np.arange(kv_size) if kv is None else kv
+        index = np.concatenate([q, q_size + kv_rows, q_size + kv_size + kv_rows])
         cuts[f"{layout.rows[0]}.weight"] = (0, index)
         cuts[f"{layout.rows[0]}.bias"] = (0, index)
     else:
-        for name in layout.rows[:1] + (layout.rows[1:] if mha else ()):
-            cuts[f"{name}.weight"] = (0, q)
-            cuts[f"{name}.bias"] = (0, q)
+        cuts[f"{layout.rows[0]}.weight"] = (0, q)
+        cuts[f"{layout.rows[0]}.bias"] = (0, q)
+        for name in (layout.rows[1:] if kv is not None else ()):
+            cuts[f"{name}.weight"] = (0, kv)
+            cuts[f"{name}.bias"] = (0, kv)
     cuts[f"{layout.out}.weight"] = (1, q)
     return cuts
 
@@ -199,11 +210,43 @@ def keep_lowest_removed(scores: np.ndarray, count: int) -> np.ndarray:
     return np.sort(order[count:])
 
 
-def keep_heads(scores: np.ndarray, layout: AttentionLayout, count: int) -> np.ndarray:
-    """Kept query heads: ``count`` removed per KV group (GQA) or overall (multi-head)."""
+def kv_groups_removed(fraction: float, layout: AttentionLayout) -> int:
+    """KV groups removed from every block by ``kv_heads=fraction`` (``round``, as for neurons);
+    refuses multi-head attention, where a KV group is one head (``heads`` removes those)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise InvalidArgumentError(f"kv_heads={fraction!r}: expected a fraction in [0, 1)")
+    if layout.kv_heads == layout.heads:
+        raise InvalidArgumentError(
+            f"kv_heads={fraction!r}: the model has multi-head attention ({layout.heads} query heads over "
+            f"{layout.kv_heads} KV heads), so a KV group is a single head; use heads={fraction!r} to remove heads")
+    return removal_count(fraction, layout.kv_heads, "KV groups of each block", "kv_heads")
+
+
+def group_scores(head_scores: np.ndarray, layout: AttentionLayout) -> np.ndarray:
+    """A KV group's score: the sum of its query heads' scores (all of them, before any query head
+    is removed from the groups that stay)."""
+    return np.asarray(head_scores, dtype=np.float64).reshape(layout.kv_heads, layout.group).sum(axis=1)
+
+
+def keep_kv_groups(head_scores: np.ndarray, layout: AttentionLayout, count: int) -> np.ndarray:
+    """Kept KV groups (sorted) when the ``count`` of lowest :func:`group_scores` go.
+
+    Example::
+
+        >>> layout = AttentionLayout(("q", "k", "v"), "o", heads=4, kv_heads=2, head_dim=8)
+        >>> keep_kv_groups(np.array([5.0, 1.0, 2.0, 2.0]), layout, 1).tolist()   # group sums 6 and 4
+        [0]
+    """
+    return keep_lowest_removed(group_scores(head_scores, layout), count)
+
+
+def keep_heads(scores: np.ndarray, layout: AttentionLayout, count: int,
+               groups: np.ndarray | None = None) -> np.ndarray:
+    """Kept query heads: ``count`` removed per KV group (GQA) or overall (multi-head); with
+    ``groups`` (kept KV groups, GQA) the heads of the other groups all go."""
     if layout.kv_heads == layout.heads:
         return keep_lowest_removed(scores, count)
     g = layout.group
     kept = [group * g + keep_lowest_removed(scores[group * g:(group + 1) * g], count)
-            for group in range(layout.kv_heads)]
+            for group in (range(layout.kv_heads) if groups is None else groups)]
     return np.concatenate(kept)

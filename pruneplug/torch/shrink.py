@@ -1,7 +1,7 @@
 """Structured pruning of a model in memory: :func:`shrink_model` removes MLP neurons, attention
-heads, routed MoE experts and whole blocks, replacing Linear modules by smaller ones (and cutting
-transformers 5's fused expert parameters) and updating ``model.config`` (the decisions:
-:mod:`pruneplug.structured`)."""
+heads (or whole KV groups), routed MoE experts and whole blocks, replacing Linear modules by
+smaller ones (and cutting transformers 5's fused expert parameters) and updating ``model.config``
+(the decisions: :mod:`pruneplug.structured`)."""
 
 from __future__ import annotations
 
@@ -23,17 +23,19 @@ def count_parameters(model: Any) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, drop_blocks: int = 0,
+def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, kv_heads: float = 0.0, drop_blocks: int = 0,
                  experts: float | None = None, method: str = "activation", block_method: str = "block_influence",
                  expert_method: str = "reap", calibration: Iterable[Any] | None = None, compensate: str = "none",
                  damping: float = 0.01, keep_ends: bool = True) -> ShrinkReport:
     """Make ``model`` (a Hugging Face transformers model, in place) smaller: remove the fraction
     ``mlp`` of every block's MLP neurons, ``heads`` of the query heads of every KV group (of all
-    heads for multi-head attention), ``experts`` of every MoE block's routed experts (Mixtral,
-    Qwen2-MoE, Qwen3-MoE; shared experts stay), and ``drop_blocks`` whole blocks (never the first
-    or last with ``keep_ends``). Neurons and heads are scored by the unit criterion ``method``,
-    experts by ``expert_method`` (default ``"reap"``), blocks by ``block_method``
-    (:mod:`pruneplug.structured.criteria`); calibrated ones need ``calibration``
+    heads for multi-head attention), ``kv_heads`` of the KV groups of every block (GQA: a group
+    goes with its k/v rows and all its query heads; ``heads`` then applies to the groups that
+    stay), ``experts`` of every MoE block's routed experts (Mixtral, Qwen2-MoE, Qwen3-MoE; shared
+    experts stay), and ``drop_blocks`` whole blocks (never the first or last with ``keep_ends``).
+    Neurons and heads are scored by the unit criterion ``method`` (a KV group by the sum of its
+    query heads' scores), experts by ``expert_method`` (default ``"reap"``), blocks by
+    ``block_method`` (:mod:`pruneplug.structured.criteria`); calibrated ones need ``calibration``
     (batches, as for ``prune_model``). ``compensate``: ``"none"``, ``"bias"`` or ``"refit"``
     (:mod:`pruneplug.structured.decide`). Every check runs before the first change: a failed call
     leaves the model as it was.
@@ -44,12 +46,13 @@ def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, drop_block
         model.config.intermediate_size, model.config.num_hidden_layers   # the smaller widths and depth
         report = pp.torch.shrink_model(mixtral, experts=0.25, calibration=batches)   # REAP
         report.experts_removed   # {block: [expert indices]}; config.num_local_experts updated
+        pp.torch.shrink_model(model, kv_heads=0.5, method="magnitude")   # half the KV groups
         print(report.summary())
     """
     start = time.perf_counter()
-    request = ShrinkRequest(mlp=mlp, heads=heads, drop_blocks=drop_blocks, experts=experts, method=method,
-                            block_method=block_method, expert_method=expert_method, compensate=compensate,
-                            damping=damping, keep_ends=keep_ends)
+    request = ShrinkRequest(mlp=mlp, heads=heads, kv_heads=kv_heads, drop_blocks=drop_blocks, experts=experts,
+                            method=method, block_method=block_method, expert_method=expert_method,
+                            compensate=compensate, damping=damping, keep_ends=keep_ends)
     container, blocks = find_block_list(model)
     config = getattr(model, "config", None)
     if config is None:
@@ -82,6 +85,7 @@ def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, drop_block
         dropped_blocks=decisions.dropped,
         neurons_removed={i: v for i, v in decisions.neurons_removed.items() if i not in decisions.dropped},
         heads_removed={i: v for i, v in decisions.heads_removed.items() if i not in decisions.dropped},
+        kv_heads_removed={i: v for i, v in decisions.kv_heads_removed.items() if i not in decisions.dropped},
         experts_removed={i: v for i, v in decisions.experts_removed.items() if i not in decisions.dropped},
         expert_method=plan.expert_criterion.name if plan.expert_criterion else None,
         block_scores=block_scores(plan, decisions.depth), folded=decisions.folded, config_changes=changes,
@@ -139,11 +143,9 @@ def _keep_experts(block: Any, decision: BlockDecision) -> None:
 
 def _update_attributes(block: Any, plan: Plan) -> None:
     """Module attributes the forward code reads instead of the config (head counts, MLP width)."""
-    if plan.attention is not None and plan.head_count:
-        a = plan.attention
-        attention = block.get_submodule(a.out.rpartition(".")[0])
-        heads = a.heads - plan.head_count * (1 if a.kv_heads == a.heads else a.kv_heads)
-        kv = heads if a.kv_heads == a.heads else a.kv_heads
+    if plan.attention is not None and plan.removes_heads:
+        attention = block.get_submodule(plan.attention.out.rpartition(".")[0])
+        heads, kv = plan.kept_head_counts()
         for attr, value in (("num_heads", heads), ("num_attention_heads", heads), ("num_key_value_heads", kv),
                             ("num_key_value_groups", heads // kv)):
             if isinstance(getattr(attention, attr, None), int):
