@@ -57,6 +57,16 @@ CONFIGS = [  # in order of importance: a run cut short keeps the first rows
     ("kv groups -1/3 activation", dict(kv_heads=1 / 3, method="activation"), False),
     ("kv groups -1/3 activation +refit", dict(kv_heads=1 / 3, method="activation", compensate="refit"), False),
     ("kv groups -1/3 magnitude", dict(kv_heads=1 / 3, method="magnitude"), False),
+    ("heads -1/3 flap +bias", dict(heads=1 / 3, method="flap", compensate="bias"), False),
+    ("heads -1/3 flap +refit", dict(heads=1 / 3, method="flap", compensate="refit"), False),
+    ("heads -1/3 magnitude +refit", dict(heads=1 / 3, method="magnitude", compensate="refit"), False),
+    ("mlp -25% magnitude +refit", dict(mlp=0.25, method="magnitude", compensate="refit"), False),
+    ("2 blocks block_influence +refit", dict(drop_blocks=2, block_method="block_influence", compensate="refit"), False),
+    ("4 blocks block_influence +refit", dict(drop_blocks=4, block_method="block_influence", compensate="refit"), False),
+    ("2 blocks angular +refit", dict(drop_blocks=2, block_method="angular", compensate="refit"), False),
+    ("4 blocks angular +refit", dict(drop_blocks=4, block_method="angular", compensate="refit"), False),
+    ("kv groups -1/3 flap", dict(kv_heads=1 / 3, method="flap"), False),
+    ("kv groups -1/3 flap +refit", dict(kv_heads=1 / 3, method="flap", compensate="refit"), False),
 ]
 
 
