@@ -10,9 +10,11 @@ from typing import Any, Iterable
 import torch
 
 from pruneplug.errors import InvalidArgumentError
+from pruneplug.reconstruction.block import ReconstructSettings
 from pruneplug.structured.decide import BlockDecision
 from pruneplug.structured.plan import (Plan, ShrinkRequest, block_scores, config_changes, decide, find_block_list,
                                        make_plan, new_tensors, renumbering)
+from pruneplug.structured.reconstruct import check_reconstruct, shrink_and_reconstruct
 from pruneplug.structured.report import ShrinkReport
 
 
@@ -24,21 +26,27 @@ def count_parameters(model: Any) -> int:
 def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, drop_blocks: int = 0,
                  experts: float | None = None, method: str = "activation", block_method: str = "block_influence",
                  calibration: Iterable[Any] | None = None, compensate: str = "none", damping: float = 0.01,
-                 keep_ends: bool = True) -> ShrinkReport:
+                 keep_ends: bool = True, reconstruct: ReconstructSettings | None = None) -> ShrinkReport:
     """Make ``model`` (a Hugging Face transformers model, in place) smaller: remove the fraction
     ``mlp`` of every block's MLP neurons, ``heads`` of the query heads of every KV group (of all
     heads for multi-head attention), and ``drop_blocks`` whole blocks (never the first or last
     with ``keep_ends``). Neurons and heads are scored by the unit criterion ``method``, blocks by
     ``block_method`` (:mod:`pruneplug.structured.criteria`); calibrated ones need ``calibration``
     (batches, as for ``prune_model``). ``compensate``: ``"none"``, ``"bias"`` or ``"refit"``
-    (:mod:`pruneplug.structured.decide`). Every check runs before the first change: a failed call
-    leaves the model as it was.
+    (:mod:`pruneplug.structured.decide`). ``reconstruct``: a :class:`pruneplug.ReconstructSettings`
+    with ``steps > 0`` re-fits each shrunk block's Linear weights to the dense block's outputs, block
+    by block in forward order (:mod:`pruneplug.structured.reconstruct`; needs ``calibration``);
+    ``report.reconstruction_losses``: each block's losses. Every check runs before the first
+    change: a failed call leaves the model as it was.
 
     Example::
 
         report = pp.torch.shrink_model(model, mlp=0.25, drop_blocks=2, calibration=batches)
         model.config.intermediate_size, model.config.num_hidden_layers   # the smaller widths and depth
         print(report.summary())
+        report = pp.torch.shrink_model(model, mlp=0.25, calibration=batches,
+                                       reconstruct=pp.ReconstructSettings(steps=20, lr=5e-4))
+        report.reconstruction_losses[1]   # {'before': ..., 'after': ..., 'held_out_before': ..., ...}
     """
     start = time.perf_counter()
     request = ShrinkRequest(mlp=mlp, heads=heads, drop_blocks=drop_blocks, experts=experts, method=method,
@@ -53,16 +61,23 @@ def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, drop_block
     if meta is not None:
         raise InvalidArgumentError(f"model: parameter {meta!r} is on the meta device (no weights to shrink)")
     batches = list(calibration) if calibration is not None else None
+    refit = check_reconstruct(reconstruct, plan, batches is not None)
     before = count_parameters(model)
     was_training = model.training
     model.eval()
+    losses: dict[int, dict] = {}
     try:
-        decisions = decide(plan, model, list(blocks), batches, device=next(model.parameters()).device)
+        if refit:
+            decisions, losses = shrink_and_reconstruct(plan, model, list(blocks), batches, reconstruct,
+                                                       cut=lambda block, d: apply_to_block(block, d, plan),
+                                                       device=next(model.parameters()).device)
+        else:
+            decisions = decide(plan, model, list(blocks), batches, device=next(model.parameters()).device)
     finally:
         model.train(was_training)
     changes = config_changes(plan, config, decisions.dropped)
     for i, block in enumerate(blocks):
-        if i not in decisions.dropped:
+        if i not in decisions.dropped and not refit:  # the re-fitting pass cut them already
             apply_to_block(block, decisions.blocks[i], plan)
     if decisions.dropped:
         _drop_blocks(model, container, decisions.dropped)
@@ -76,6 +91,7 @@ def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, drop_block
         neurons_removed={i: v for i, v in decisions.neurons_removed.items() if i not in decisions.dropped},
         heads_removed={i: v for i, v in decisions.heads_removed.items() if i not in decisions.dropped},
         block_scores=block_scores(plan, decisions.depth), config_changes=changes,
+        reconstruct=reconstruct.describe() if refit else None, reconstruction_losses=losses,
         seconds=time.perf_counter() - start)
 
 
