@@ -84,12 +84,15 @@ def add_stream_options(p: argparse.ArgumentParser, prune: bool = True) -> None:
     add_reconstruct_options(p)
 
 
-def add_reconstruct_options(p: argparse.ArgumentParser) -> None:
-    """``--reconstruct STEPS`` and its settings (pruneplug.ReconstructSettings; docs/reconstruction.md)."""
+RECONSTRUCT_HELP = ("one-step form: after pruning each block, re-fit its remaining weights (masks fixed) to the dense "
+                    "block's outputs with STEPS Adam steps (default 0: off)")
+
+
+def add_reconstruct_options(p: argparse.ArgumentParser, steps_help: str = RECONSTRUCT_HELP) -> None:
+    """``--reconstruct STEPS`` and its settings (pruneplug.ReconstructSettings; docs/reconstruction.md),
+    for ``prune`` and ``shrink`` (``steps_help``: what STEPS does in that command)."""
     d = ReconstructSettings()
-    p.add_argument("--reconstruct", type=int, metavar="STEPS", default=None,
-                   help="one-step form: after pruning each block, re-fit its remaining weights (masks fixed) to the "
-                   "dense block's outputs with STEPS Adam steps (default 0: off)")
+    p.add_argument("--reconstruct", type=int, metavar="STEPS", default=None, help=steps_help)
     p.add_argument("--reconstruct-lr", type=float, default=None, help=f"Adam's learning rate (default {d.lr})")
     p.add_argument("--reconstruct-batches", type=int, default=None,
                    help=f"calibration batches (of --batch-size texts) per Adam step (default {d.batches})")

@@ -25,6 +25,7 @@ examples:
   pruneplug shrink SmolLM2-135M -o smol-h --heads 0.3333 --method magnitude
   pruneplug shrink Qwen1.5-MoE-A2.7B -o qwen-moe-45 --experts 0.25 --calibration texts.txt
   pruneplug shrink Llama-3.2-1B -o llama-kv --kv-heads 0.25 --calibration texts.txt
+  pruneplug shrink SmolLM2-135M -o smol-r --mlp 0.25 --calibration texts.txt --reconstruct 20 --reconstruct-lr 5e-4
 """
 
 
@@ -61,10 +62,14 @@ def add_command(subparsers) -> None:
     from pruneplug import calibration_cli
 
     calibration_cli.add_calibration_options(p)  # --samples, --seq-len, --batch-size
+    calibration_cli.add_reconstruct_options(p, steps_help=(  # --reconstruct STEPS, --reconstruct-lr, ... as prune's
+        "after cutting each block, re-fit its remaining Linear weights to the dense block's outputs with STEPS Adam "
+        "steps, before the next block is measured (default 0: off; needs --calibration)"))
     p.set_defaults(handler=run_shrink)
 
 
 def run_shrink(args: argparse.Namespace) -> int:
+    from pruneplug.calibration_cli import reconstruct_settings
     from pruneplug.console import EXIT_USAGE, error, progress_for
     from pruneplug.structured.directory import shrink_model_dir
     from pruneplug.structured.plan import ShrinkRequest
@@ -77,10 +82,14 @@ def run_shrink(args: argparse.Namespace) -> int:
                             expert_method=args.expert_method, compensate=args.compensate, damping=args.damping)
     report = shrink_model_dir(args.input, args.output, request, args.calibration, samples=args.samples,
                               seq_len=args.seq_len, batch_size=args.batch_size, device=args.device,
-                              report=args.report, dry_run=args.dry_run, progress=progress_for(args))
+                              report=args.report, dry_run=args.dry_run, progress=progress_for(args),
+                              reconstruct=reconstruct_settings(args))
     print(report.summary())
     if report.block_scores is not None:
         print(f"{report.block_method} per block: " + ", ".join(f"{v:.3f}" for v in report.block_scores))
+    if report.reconstruction_losses:
+        print("re-fit per block (loss before -> after): " + ", ".join(
+            f"{i}: {v['before']:.4g} -> {v['after']:.4g}" for i, v in report.reconstruction_losses.items()))
     where = "dry run: nothing written" if args.dry_run else f"wrote {args.output}"
     print(f"{where}{' (report ' + args.report + ')' if args.report else ''} in {report.seconds:.1f} s")
     return 0

@@ -34,8 +34,10 @@ from pruneplug.structured.decide import BlockDecision
 from pruneplug.structured.plan import (Plan, ShrinkRequest, block_scores, config_changes, decide, find_block_list,
                                        json_key, make_plan, needs_what, new_tensors, renumbering, zero_bias_siblings)
 from pruneplug.structured.experts import renumber_expert
+from pruneplug.reconstruction.block import ReconstructSettings
+from pruneplug.structured.reconstruct import check_reconstruct, shrink_and_reconstruct, trained_weights
 from pruneplug.structured.report import ShrinkReport
-from pruneplug.structured.units import head_cuts, mlp_cuts
+from pruneplug.torch.shrink import apply_to_block
 
 #: Weight files of other formats that would describe the unshrunk model: not copied.
 _STALE = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
@@ -45,16 +47,23 @@ _SKIP = {"config.json", "model.safetensors.index.json", "pytorch_model.bin.index
 def shrink_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, request: ShrinkRequest,
                      texts: Any = None, *, samples: int = 128, seq_len: int = 128, batch_size: int = 16,
                      device: str = "cpu", report: str | os.PathLike | None = None, dry_run: bool = False,
-                     progress: Any = None) -> ShrinkReport:
+                     progress: Any = None, reconstruct: ReconstructSettings | None = None) -> ShrinkReport:
     """Write a smaller copy of the Hugging Face model directory ``model_dir`` to the new directory
     ``out`` (the module docstring); ``texts``: calibration texts (a file or a list of strings),
-    needed by calibrated criteria and compensation. ``dry_run``: decide and report, write nothing.
+    needed by calibrated criteria, compensation and ``reconstruct``. ``dry_run``: decide and report,
+    write nothing. ``reconstruct``: a :class:`pruneplug.ReconstructSettings` with ``steps > 0``
+    re-fits each shrunk block to the dense block's outputs before the next block is measured
+    (:mod:`pruneplug.structured.reconstruct`); the re-fitted weights are written in the checkpoint's
+    dtype and the next block's inputs are computed with those rounded values.
 
     Example::
 
         report = shrink_model_dir("SmolLM2-135M", "SmolLM2-small", ShrinkRequest(mlp=0.25, drop_blocks=2),
                                   "calibration.txt")
         report.params_after / report.params_before
+        report = shrink_model_dir("SmolLM2-135M", "SmolLM2-refit", ShrinkRequest(mlp=0.25), "calibration.txt",
+                                  reconstruct=pp.ReconstructSettings(steps=20, lr=5e-4))
+        report.reconstruction_losses   # block -> {'before': ..., 'after': ..., ...}
     """
     from pruneplug.stream.skeleton import build_skeleton
 
@@ -71,7 +80,8 @@ def shrink_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, reque
     skel = build_skeleton(model_dir)
     container, blocks = find_block_list(skel.model)
     plan = make_plan(request, list(blocks), skel.config)
-    batches = _batches(model_dir, texts, plan, samples, seq_len, batch_size)
+    refit = check_reconstruct(reconstruct, plan, texts is not None)
+    batches = _batches(model_dir, texts, plan, samples, seq_len, batch_size, needed=refit)
     progress = progress or _Quiet()
     torch_device = torch.device(device)
     staging = out.parent / f".{out.name}.shrink-{os.getpid()}"
@@ -79,15 +89,29 @@ def shrink_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, reque
     try:
         if not dry_run:
             pending.mkdir(parents=True)
-        progress.start("deciding", len(blocks), len(blocks), unit="blocks")
-        decisions = decide(plan, skel.model, list(blocks), batches,
-                           load=lambda i: skel.load_where(_in_block(container, i), torch_device, torch.float32),
-                           unload=lambda i: skel.unload_where(_in_block(container, i)),
-                           capture=lambda acts: _capture(skel, container, blocks, batches, acts, torch_device),
-                           keep=lambda i, d: _stash(pending, i, d, dry_run),
-                           keep_fold=lambda i, t: _stash_fold(pending, i, t, dry_run),
-                           step=lambda i: progress.update(1))
-        progress.close()
+        def load(i: int) -> None:
+            skel.load_where(_in_block(container, i), torch_device, torch.float32)
+
+        def unload(i: int) -> None:
+            skel.unload_where(_in_block(container, i))
+
+        def capture(acts: Any) -> list:
+            return _capture(skel, container, blocks, batches, acts, torch_device)
+
+        losses: dict[int, dict] = {}
+        if refit:
+            decisions, losses = shrink_and_reconstruct(
+                plan, skel.model, list(blocks), batches, reconstruct,
+                cut=lambda block, d: apply_to_block(block, d, plan),
+                keep=lambda i, d, block: _stash(pending, i, _refitted(skel, container, i, d, block), dry_run),
+                load=load, unload=unload, capture=capture, device=torch_device, progress=progress)
+        else:
+            progress.start("deciding", len(blocks), len(blocks), unit="blocks")
+            decisions = decide(plan, skel.model, list(blocks), batches, load=load, unload=unload, capture=capture,
+                               keep=lambda i, d: _stash(pending, i, d, dry_run),
+                               keep_fold=lambda i, t: _stash_fold(pending, i, t, dry_run),
+                               step=lambda i: progress.update(1))
+            progress.close()
         changes = config_changes(plan, skel.config, decisions.dropped)
         before, after = _parameter_counts(skel, container, plan, decisions)
         if not dry_run:
@@ -110,6 +134,7 @@ def shrink_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, reque
         expert_method=plan.expert_criterion.name if plan.expert_criterion else None,
         block_scores=block_scores(plan, decisions.depth), folded=decisions.folded,
         config_changes={json_key(skel.config, k): v for k, v in changes.items()},
+        reconstruct=reconstruct.describe() if refit else None, reconstruction_losses=losses,
         seconds=time.perf_counter() - start)
     if report is not None:
         tmp = Path(str(report) + ".tmp")
@@ -124,10 +149,12 @@ class _Quiet:
     def start(self, label: str, items: int, amount: int, unit: str = "tensors") -> None: ...
     def update(self, items: int = 0, amount: int = 0) -> None: ...
     def close(self) -> None: ...
+    def set_step(self, step: str) -> None: ...
 
 
-def _batches(model_dir: Path, texts: Any, plan: Plan, samples: int, seq_len: int, batch_size: int) -> list | None:
-    if not plan.needs_calibration:
+def _batches(model_dir: Path, texts: Any, plan: Plan, samples: int, seq_len: int, batch_size: int,
+             needed: bool = False) -> list | None:
+    if not (needed or plan.needs_calibration):
         return None
     from pruneplug.errors import CalibrationRequiredError
     from pruneplug.torch.hf import load_texts, load_tokenizer, text_batches
@@ -178,6 +205,20 @@ def _stash_fold(pending: Path, i: int, fold: torch.Tensor, dry_run: bool) -> Pat
     path = pending / f"{i}.fold.pt"
     torch.save(fold, path)
     return path
+
+
+def _refitted(skel: Any, container: str, i: int, decision: BlockDecision, block: Any) -> BlockDecision:
+    """Block ``i`` after its re-fit: every trained weight rounded, in place, to the checkpoint's
+    dtype (the next block's inputs come from what is written) and added to the decision's
+    replaced tensors, for the writer."""
+    for rel, weight in trained_weights(block).items():
+        stored = skel.names.get(f"{container}.{i}.{rel}")
+        dtype = getattr(torch, skel.checkpoint.tensors[stored].float_dtype or "", None) if stored else None
+        with torch.no_grad():
+            if dtype is not None and dtype != weight.dtype:
+                weight.copy_(weight.to(dtype))
+        decision.replaced[rel] = weight.detach()
+    return decision
 
 
 def _block_of(checkpoint_name: str, last: str) -> tuple[int, str, str] | None:

@@ -94,6 +94,45 @@ def _token_cos(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> t
     return cos.reshape(-1).clamp(-1.0, 1.0)
 
 
+def measure_block(block: Any, calls: Sequence[Any], activations: Any, wants: Wants,
+                  index: int = -1) -> tuple[BlockMeasure, Any]:
+    """Block ``index`` of the pass, its weights loaded: what ``wants`` asks for (``wants.depth`` is
+    not read here) over every calibration batch (``calls[b]`` with hidden states
+    ``activations.get(b)``), and the block's outputs (an ``Activations``)."""
+    from pruneplug.torch.blockwise import Activations
+
+    moments = {key: _Moments(wants.hessian) for key, name in
+               (("neurons", wants.neuron_input), ("heads", wants.head_input)) if name}
+    modules = dict(block.named_modules())
+    mask_now: list[Any] = [None]
+    handles = [modules[name].register_forward_pre_hook(
+        lambda mod, args, acc=moments[key]: acc.add(args[0].detach(), mask_now[0]))
+        for key, name in (("neurons", wants.neuron_input), ("heads", wants.head_input)) if name]
+    experts = None
+    if index in wants.experts:
+        experts = ExpertAccumulator(block, wants.experts[index])
+        handles.append(modules[wants.experts[index].moe].register_forward_pre_hook(
+            lambda mod, args, kwargs, acc=experts: acc.add(
+                (args[0] if args else kwargs["hidden_states"]).detach(), mask_now[0]),
+            with_kwargs=True))
+    outputs = Activations()
+    try:
+        with torch.no_grad():
+            for b, call in enumerate(calls):
+                mask_now[0] = call.token_mask
+                outputs.put_output(b, call.run(block, activations.get(b)))
+    finally:
+        for h in handles:
+            h.remove()
+    measured = BlockMeasure(
+        neurons=moments["neurons"].stats() if "neurons" in moments else None,
+        heads=moments["heads"].stats() if "heads" in moments else None,
+        neuron_hessian=moments["neurons"].hessian if "neurons" in moments else None,
+        head_hessian=moments["heads"].hessian if "heads" in moments else None,
+        experts=experts.stats() if experts is not None else None)
+    return measured, outputs
+
+
 def measure_blocks(model: Any, blocks: Sequence[Any], batches: Sequence[Any], wants: Wants,
                    on_block: Callable[[int, Any, BlockMeasure], None], *,
                    load: Callable[[int], None] = lambda i: None, unload: Callable[[int], None] = lambda i: None,
@@ -116,29 +155,7 @@ def measure_blocks(model: Any, blocks: Sequence[Any], batches: Sequence[Any], wa
     for i, block in enumerate(blocks):
         load(i)
         try:
-            moments = {key: _Moments(wants.hessian) for key, name in
-                       (("neurons", wants.neuron_input), ("heads", wants.head_input)) if name}
-            modules = dict(block.named_modules())
-            mask_now: list[Any] = [None]
-            handles = [modules[name].register_forward_pre_hook(
-                lambda mod, args, acc=moments[key]: acc.add(args[0].detach(), mask_now[0]))
-                for key, name in (("neurons", wants.neuron_input), ("heads", wants.head_input)) if name]
-            experts = None
-            if i in wants.experts:
-                experts = ExpertAccumulator(block, wants.experts[i])
-                handles.append(modules[wants.experts[i].moe].register_forward_pre_hook(
-                    lambda mod, args, kwargs, acc=experts: acc.add(
-                        (args[0] if args else kwargs["hidden_states"]).detach(), mask_now[0]),
-                    with_kwargs=True))
-            outputs = Activations()
-            try:
-                with torch.no_grad():
-                    for b, call in enumerate(calls):
-                        mask_now[0] = call.token_mask
-                        outputs.put_output(b, call.run(block, activations.get(b)))
-            finally:
-                for h in handles:
-                    h.remove()
+            measured, outputs = measure_block(block, calls, activations, wants, i)
             if depth:
                 window.append((i, activations))
                 for start, inputs in window:
@@ -148,13 +165,6 @@ def measure_blocks(model: Any, blocks: Sequence[Any], batches: Sequence[Any], wa
                         cos_sum[start, n - 1] += float(cos.sum())
                         ang_sum[start, n - 1] += float((torch.arccos(cos) / np.pi).sum())
                         counts[start, n - 1] += cos.numel()
-            measured = BlockMeasure(
-                neurons=moments["neurons"].stats() if "neurons" in moments else None,
-                heads=moments["heads"].stats() if "heads" in moments else None,
-                neuron_hessian=moments["neurons"].hessian if "neurons" in moments else None,
-                head_hessian=moments["heads"].hessian if "heads" in moments else None,
-                experts=experts.stats() if experts is not None else None)
-            del moments, experts
             on_block(i, block, measured)
         finally:
             unload(i)

@@ -135,7 +135,7 @@ def make_plan(request: ShrinkRequest, blocks: Sequence[Any], config: Any) -> Pla
     if not (mlp_count or head_count or kv_count or r.drop_blocks or expert_count):
         raise InvalidArgumentError("nothing to remove: give mlp, heads, kv_heads, experts or drop_blocks (a "
                                    "fraction that rounds to 0 units removes nothing)")
-    unit_criterion = block_criterion = None
+    unit_criterion = None
     if mlp_count:
         unit_criterion = get_unit_criterion(r.method, "neuron")
     if head_count or kv_count:
@@ -213,14 +213,7 @@ def decide(plan: Plan, model: Any, blocks: Sequence[Any], batches: Sequence[Any]
     decisions: list[BlockDecision | None] = [None] * len(blocks)
 
     def on_block(i: int, block: Any, measured: BlockMeasure) -> None:
-        decisions[i] = keep(i, decide_block(block, plan.unit_criterion, mlp=plan.mlp, mlp_count=plan.mlp_count,
-                                            attention=plan.attention, head_count=plan.head_count,
-                                            neuron_stats=measured.neurons, head_stats=measured.heads,
-                                            compensate=r.compensate, damping=r.damping,
-                                            neuron_hessian=measured.neuron_hessian,
-                                            head_hessian=measured.head_hessian, moe=plan.moe.get(i),
-                                            expert_count=plan.expert_count, expert_criterion=plan.expert_criterion,
-                                            expert_stats=measured.experts, kv_count=plan.kv_count))
+        decisions[i] = keep(i, decide_one(plan, i, block, measured))
 
     depth = None
     if plan.needs_calibration:
@@ -240,13 +233,31 @@ def decide(plan: Plan, model: Any, blocks: Sequence[Any], batches: Sequence[Any]
     if len(dropped) != r.drop_blocks:
         raise InvalidArgumentError(f"drop_blocks={r.drop_blocks}: {plan.block_criterion.name} found no run of that "
                                    "many blocks to drop among the allowed ones")
-    result = Decisions([d for d in decisions], sorted(dropped), depth)
+    result = collect_decisions(plan, decisions, dropped, depth)
     if dropped and plan.depth_mlp is not None:
         folds = measure_folds(model, blocks, batches, dropped, plan.depth_mlp.down, r.damping, load=load,
                               unload=unload, capture=capture, device=device)
         for i, fold in folds.items():
             result.blocks[i].fold = keep_fold(i, fold)
             result.folded[i] = next([s, e] for s, e in runs(dropped) if s == i + 1)
+    return result
+
+
+def decide_one(plan: Plan, i: int, block: Any, measured: BlockMeasure) -> BlockDecision:
+    """Block ``i``'s decision (its weights loaded) from what the pass measured in it."""
+    r = plan.request
+    return decide_block(block, plan.unit_criterion, mlp=plan.mlp, mlp_count=plan.mlp_count,
+                        attention=plan.attention, head_count=plan.head_count, neuron_stats=measured.neurons,
+                        head_stats=measured.heads, compensate=r.compensate, damping=r.damping,
+                        neuron_hessian=measured.neuron_hessian, head_hessian=measured.head_hessian,
+                        moe=plan.moe.get(i), expert_count=plan.expert_count, expert_criterion=plan.expert_criterion,
+                        expert_stats=measured.experts, kv_count=plan.kv_count)
+
+
+def collect_decisions(plan: Plan, decisions: Sequence[BlockDecision], dropped: Sequence[int],
+                      depth: BlockChoice | None) -> Decisions:
+    """Every block's decision with the lists of what went from each (original numbering)."""
+    result = Decisions(list(decisions), sorted(dropped), depth)
     for i, d in enumerate(result.blocks):
         if d.keep_neurons is not None:
             result.neurons_removed[i] = np.setdiff1d(np.arange(plan.mlp.width), d.keep_neurons).tolist()

@@ -20,7 +20,10 @@ class ShrinkReport:
     what the block criterion measured per block (BI, or the angular distance of the run starting
     there), when it ran; ``folded``: with ``compensate="refit"``, block -> the dropped run (first,
     last) whose least-squares map was folded into its MLP; ``config_changes``: the config.json keys
-    and their new values."""
+    and their new values;
+    ``reconstruct``: the re-fit's settings (None: no re-fit) and ``reconstruction_losses``: original
+    block index -> that block's losses (``before``/``after`` on the training batches,
+    ``held_out_before``/``held_out_after``, ``best_step``, ``steps``, ``seconds``)."""
 
     method: str | None
     block_method: str | None
@@ -37,6 +40,8 @@ class ShrinkReport:
     config_changes: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     kv_heads_removed: dict[int, list[int]] = field(default_factory=dict)
+    reconstruct: dict[str, Any] | None = None
+    reconstruction_losses: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One paragraph for the terminal."""
@@ -57,7 +62,21 @@ class ShrinkReport:
         ratio = self.params_after / self.params_before if self.params_before else 1.0
         methods = ", ".join(m for m in (self.method, self.expert_method, self.block_method) if m)
         return (f"removed {'; '.join(parts) or 'nothing'} ({methods}, compensate "
-                f"{self.compensate}); parameters {self.params_before:,} -> {self.params_after:,} ({ratio:.1%})")
+                f"{self.compensate}); parameters {self.params_before:,} -> {self.params_after:,} ({ratio:.1%})"
+                + self._refit_summary())
+
+    def _refit_summary(self) -> str:
+        losses = list(self.reconstruction_losses.values())
+        if not losses:
+            return ""
+
+        def mean(key: str) -> float:
+            return sum(v[key] for v in losses) / len(losses)
+
+        held = (f", held-out {mean('held_out_before'):.4g} -> {mean('held_out_after'):.4g}"
+                if all(v["held_out_before"] is not None for v in losses) else "")
+        return (f"; re-fitted {len(losses)} blocks ({self.reconstruct['steps']} steps): mean block loss "
+                f"{mean('before'):.4g} -> {mean('after'):.4g}{held}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -66,6 +85,10 @@ class ShrinkReport:
         data["folded"] = {str(k): v for k, v in self.folded.items()}
         data["experts_removed"] = {str(k): v for k, v in self.experts_removed.items()}
         data["kv_heads_removed"] = {str(k): v for k, v in self.kv_heads_removed.items()}
+        if self.reconstruct is None:  # without a re-fit the report is what it was before re-fits existed
+            del data["reconstruct"], data["reconstruction_losses"]
+        else:
+            data["reconstruction_losses"] = {str(k): v for k, v in self.reconstruction_losses.items()}
         return data
 
     def to_json(self) -> str:

@@ -64,16 +64,17 @@ def _training(block: Any, weights: Sequence[torch.Tensor]) -> Iterator[None]:
 
 def reconstruct_block(block: Any, weights: Sequence[torch.Tensor], run: Callable[[int], torch.Tensor],
                       targets: Any, token_masks: Sequence[torch.Tensor | None], settings: ReconstructSettings,
-                      index: int = 0, step: Callable[[str], None] = lambda s: None) -> dict:
+                      index: int = 0, step: Callable[[str], None] = lambda s: None, *, masked: bool = True) -> dict:
     """Re-fit ``weights`` (the block's pruned weights, in place) so that ``run(i)``, the block's
     hidden-state output on calibration batch ``i``, gives ``targets.get(i)`` (the dense block's;
     ``token_masks[i]``: the batch's real tokens, or None). Returns the losses:
     ``before`` / ``after`` on the training batches, ``held_out_before`` / ``held_out_after`` (None
     without a held-out split), ``best_step`` (the step whose weights were kept, 0 = none),
-    ``steps`` and ``seconds``."""
+    ``steps`` and ``seconds``. ``masked=False``: no mask, every entry of ``weights`` is trained
+    (a structurally shrunk block, whose removed units are gone rather than zero)."""
     started = time.perf_counter()
     train, held = settings.split(len(token_masks))
-    masks = [w.detach() != 0 for w in weights]
+    masks = [w.detach() != 0 for w in weights] if masked else []
     generator = torch.Generator().manual_seed(settings.seed + index)
 
     def loss_of(i: int) -> torch.Tensor:

@@ -11,10 +11,12 @@ from typing import Any, Iterable
 import torch
 
 from pruneplug.errors import InvalidArgumentError
+from pruneplug.reconstruction.block import ReconstructSettings
 from pruneplug.structured.decide import BlockDecision
 from pruneplug.structured.experts import update_expert_attributes
 from pruneplug.structured.plan import (Plan, ShrinkRequest, block_scores, config_changes, decide, find_block_list,
                                        make_plan, new_tensors, renumbering)
+from pruneplug.structured.reconstruct import check_reconstruct, shrink_and_reconstruct
 from pruneplug.structured.report import ShrinkReport
 
 
@@ -26,7 +28,8 @@ def count_parameters(model: Any) -> int:
 def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, kv_heads: float = 0.0, drop_blocks: int = 0,
                  experts: float | None = None, method: str = "activation", block_method: str = "block_influence",
                  expert_method: str = "reap", calibration: Iterable[Any] | None = None, compensate: str = "none",
-                 damping: float = 0.01, keep_ends: bool = True) -> ShrinkReport:
+                 damping: float = 0.01, keep_ends: bool = True,
+                 reconstruct: ReconstructSettings | None = None) -> ShrinkReport:
     """Make ``model`` (a Hugging Face transformers model, in place) smaller: remove the fraction
     ``mlp`` of every block's MLP neurons, ``heads`` of the query heads of every KV group (of all
     heads for multi-head attention), ``kv_heads`` of the KV groups of every block (GQA: a group
@@ -37,8 +40,11 @@ def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, kv_heads: 
     query heads' scores), experts by ``expert_method`` (default ``"reap"``), blocks by
     ``block_method`` (:mod:`pruneplug.structured.criteria`); calibrated ones need ``calibration``
     (batches, as for ``prune_model``). ``compensate``: ``"none"``, ``"bias"`` or ``"refit"``
-    (:mod:`pruneplug.structured.decide`). Every check runs before the first change: a failed call
-    leaves the model as it was.
+    (:mod:`pruneplug.structured.decide`). ``reconstruct``: a :class:`pruneplug.ReconstructSettings`
+    with ``steps > 0`` re-fits each shrunk block's Linear weights to the dense block's outputs, block
+    by block in forward order (:mod:`pruneplug.structured.reconstruct`; needs ``calibration``);
+    ``report.reconstruction_losses``: each block's losses. Every check runs before the first
+    change: a failed call leaves the model as it was.
 
     Example::
 
@@ -48,6 +54,9 @@ def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, kv_heads: 
         report.experts_removed   # {block: [expert indices]}; config.num_local_experts updated
         pp.torch.shrink_model(model, kv_heads=0.5, method="magnitude")   # half the KV groups
         print(report.summary())
+        report = pp.torch.shrink_model(model, mlp=0.25, calibration=batches,
+                                       reconstruct=pp.ReconstructSettings(steps=20, lr=5e-4))
+        report.reconstruction_losses[1]   # {'before': ..., 'after': ..., 'held_out_before': ..., ...}
     """
     start = time.perf_counter()
     request = ShrinkRequest(mlp=mlp, heads=heads, kv_heads=kv_heads, drop_blocks=drop_blocks, experts=experts,
@@ -63,16 +72,23 @@ def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, kv_heads: 
     if meta is not None:
         raise InvalidArgumentError(f"model: parameter {meta!r} is on the meta device (no weights to shrink)")
     batches = list(calibration) if calibration is not None else None
+    refit = check_reconstruct(reconstruct, plan, batches is not None)
     before = count_parameters(model)
     was_training = model.training
     model.eval()
+    losses: dict[int, dict] = {}
     try:
-        decisions = decide(plan, model, list(blocks), batches, device=next(model.parameters()).device)
+        if refit:
+            decisions, losses = shrink_and_reconstruct(plan, model, list(blocks), batches, reconstruct,
+                                                       cut=lambda block, d: apply_to_block(block, d, plan),
+                                                       device=next(model.parameters()).device)
+        else:
+            decisions = decide(plan, model, list(blocks), batches, device=next(model.parameters()).device)
     finally:
         model.train(was_training)
     changes = config_changes(plan, config, decisions.dropped)
     for i, block in enumerate(blocks):
-        if i not in decisions.dropped:
+        if i not in decisions.dropped and not refit:  # the re-fitting pass cut them already
             apply_to_block(block, decisions.blocks[i], plan)
     if decisions.dropped:
         _drop_blocks(model, container, decisions.dropped)
@@ -89,6 +105,7 @@ def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, kv_heads: 
         experts_removed={i: v for i, v in decisions.experts_removed.items() if i not in decisions.dropped},
         expert_method=plan.expert_criterion.name if plan.expert_criterion else None,
         block_scores=block_scores(plan, decisions.depth), folded=decisions.folded, config_changes=changes,
+        reconstruct=reconstruct.describe() if refit else None, reconstruction_losses=losses,
         seconds=time.perf_counter() - start)
 
 
