@@ -21,13 +21,14 @@ from typing import Any
 
 from pruneplug.console import one_line, progress_for
 from pruneplug.errors import CheckpointError, InvalidArgumentError
-from pruneplug.reconstruction.block import LOSSES, ReconstructSettings
+from pruneplug.reconstruction.block import LOSSES, TARGETS, TRAINS, ReconstructSettings
 
 #: Options that only the one-step form reads (their defaults mean "not given").
 STREAM_ONLY = {"calibration_mode": None, "device": None, "dtype": None, "stats_dtype": None,
                "offload_activations": None, "resume": False, "reconstruct": None, "reconstruct_lr": None,
                "reconstruct_batches": None, "reconstruct_loss": None, "reconstruct_holdout": None,
-               "reconstruct_seed": None}
+               "reconstruct_seed": None, "reconstruct_train": None, "reconstruct_rank": None,
+               "reconstruct_target": None}
 
 
 def add_commands(subparsers: Any) -> None:
@@ -100,12 +101,24 @@ def add_reconstruct_options(p: argparse.ArgumentParser, steps_help: str = RECONS
                    help=f"mse, or nmse (normalised by the dense output's square) (default {d.loss})")
     p.add_argument("--reconstruct-holdout", type=float, default=None,
                    help=f"fraction of the calibration batches held out for early stopping (default {d.holdout})")
-    p.add_argument("--reconstruct-seed", type=int, default=None, help=f"seed of the batch order (default {d.seed})")
+    p.add_argument("--reconstruct-seed", type=int, default=None,
+                   help=f"seed of the batch order and of the low-rank adapters (default {d.seed})")
+    p.add_argument("--reconstruct-train", choices=TRAINS, default=None,
+                   help="what is re-fitted: weights (the pruned weights), norms (only the norms and the linear "
+                   "layers' biases) or lowrank (a low-rank adapter per pruned layer, masked, merged back) "
+                   f"(default {d.train})")
+    p.add_argument("--reconstruct-rank", type=int, metavar="R", default=None,
+                   help=f"rank of the adapters of --reconstruct-train lowrank (default {d.rank})")
+    p.add_argument("--reconstruct-target", choices=TARGETS, default=None,
+                   help="the teacher: local (the dense block on the pruned model's inputs) or dense (the dense "
+                   "block on the dense model's hidden states, carried through the blocks: a block also learns "
+                   f"to undo earlier blocks' error) (default {d.target})")
 
 
 def reconstruct_settings(args: argparse.Namespace) -> ReconstructSettings:
     """The :class:`ReconstructSettings` of the command line (defaults for options not given)."""
-    given = {field: getattr(args, f"reconstruct_{field}", None) for field in ("lr", "batches", "loss", "holdout", "seed")}
+    fields = ("lr", "batches", "loss", "holdout", "seed", "train", "rank", "target")
+    given = {field: getattr(args, f"reconstruct_{field}", None) for field in fields}
     given["steps"] = getattr(args, "reconstruct", None)
     return ReconstructSettings(**{k: v for k, v in given.items() if v is not None})
 

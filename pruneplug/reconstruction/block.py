@@ -19,6 +19,10 @@ from dataclasses import asdict, dataclass
 from pruneplug.errors import InvalidArgumentError
 
 LOSSES = ("mse", "nmse")
+#: What the re-fit trains: the pruned weights, the norms and biases, or low-rank adapters merged back.
+TRAINS = ("weights", "norms", "lowrank")
+#: The teacher: the dense block on the student's own inputs, or on the dense model's hidden states.
+TARGETS = ("local", "dense")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,16 @@ class ReconstructSettings:
       helped): early stopping. 0: no held-out split, the weights after the last step are kept.
     * ``seed``: block ``i`` shuffles its batches with seed ``seed + i``: a rerun, or a resumed
       stream, computes the same bits on the same device and thread count.
+    * ``train``: what the optimiser moves. ``"weights"``: the block's pruned Linear/Conv1D weights
+      (their pruned entries held at +0.0). ``"norms"``: only the block's normalisation weights
+      (RMSNorm/LayerNorm, their biases too) and the biases of its linear layers; every linear
+      weight keeps its pruned value. ``"lowrank"``: a rank-``rank`` adapter per pruned layer,
+      ``W + (B @ A) * mask`` (``B`` starts at zero, ``A`` seeded), merged into ``W`` at the end.
+    * ``rank``: the adapters' rank (``train="lowrank"`` only).
+    * ``target``: the teacher. ``"local"``: the dense block on the student's own inputs.
+      ``"dense"``: the dense block on the dense model's hidden states, carried as a second stream
+      through the blocks in sequential mode, so a block also learns to undo the error of the
+      blocks before it; in one-pass mode both are the dense model's inputs and the two are equal.
 
     >>> ReconstructSettings(steps=-1).check()
     Traceback (most recent call last):
@@ -51,13 +65,16 @@ class ReconstructSettings:
     loss: str = "mse"
     holdout: float = 0.125
     seed: int = 0
+    train: str = "weights"
+    rank: int = 8
+    target: str = "local"
 
     def __post_init__(self) -> None:
         self.check()
 
     def check(self) -> None:
         """A typed error naming the first bad field and its value."""
-        for name, low in (("steps", 0), ("batches", 1), ("seed", 0)):
+        for name, low in (("steps", 0), ("batches", 1), ("seed", 0), ("rank", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InvalidArgumentError(f"reconstruct {name}={value!r}: must be an integer >= {low}")
@@ -69,14 +86,32 @@ class ReconstructSettings:
         if isinstance(self.holdout, bool) or not isinstance(self.holdout, (int, float)) or not (
                 0 <= self.holdout < 1):
             raise InvalidArgumentError(f"reconstruct holdout={self.holdout!r}: must be a number in [0, 1)")
+        if self.train not in TRAINS:
+            raise InvalidArgumentError(f"reconstruct train={self.train!r}: expected one of {', '.join(TRAINS)}")
+        if self.target not in TARGETS:
+            raise InvalidArgumentError(f"reconstruct target={self.target!r}: expected one of {', '.join(TARGETS)}")
 
     @property
     def enabled(self) -> bool:
         return self.steps > 0
 
     def describe(self) -> dict:
-        """The settings as the report and the stream's journal record them."""
-        return asdict(self)
+        """The settings as the report and the stream's journal record them. ``train`` and ``target``
+        appear only when they are not the defaults, ``rank`` only with ``train="lowrank"``: a run
+        with the defaults records (and writes into the output's metadata) what it did before these
+        options existed, byte for byte."""
+        described = asdict(self)
+        for name, default in (("train", "weights"), ("target", "local")):
+            if described[name] == default:
+                del described[name]
+        if self.train != "lowrank":
+            del described["rank"]
+        return described
+
+    def dense_stream(self, sequential: bool) -> bool:
+        """Whether a second stream of dense hidden states must be carried through the blocks:
+        only for the dense target in sequential mode (in one-pass mode the inputs are dense)."""
+        return self.enabled and self.target == "dense" and sequential
 
     def split(self, batches: int) -> tuple[list[int], list[int]]:
         """(training, held-out) batch indices: the last ``ceil(holdout * batches)`` are held out;

@@ -5,7 +5,8 @@ Beside the output ``OUT_DIR`` a run keeps ``.OUT_DIR.pruneplug-stream/``:
 * ``out/``: the output directory being built (the input's safetensors files with their headers and
   untouched tensors copied at the start, each pruned block written into its slots);
 * ``hidden-K/``: the hidden states entering block ``K`` (one ``.npy`` per calibration batch), for
-  the last finished block only;
+  the last finished block only; ``dense-K/`` beside it the dense model's hidden states entering
+  block ``K`` when reconstruction's ``target="dense"`` carries them (sequential mode);
 * ``journal.json``: the run's fingerprint (arguments and input identity), the number of finished
   blocks, the OWL counts and the report rows so far. It is replaced atomically after each block,
   once that block's tensors are durable and its ``hidden-K`` directory complete.
@@ -64,6 +65,7 @@ class Journal:
     seconds: float = 0.0  # wall time spent so far, by this run and earlier (interrupted) ones
     tuple_outputs: bool | None = None  # whether the blocks return tuples (the tail pass must too)
     reconstruction_losses: dict = field(default_factory=dict)  # block prefix -> losses of its re-fit
+    refitted: list = field(default_factory=list)  # unselected tensors a re-fit rewrote (train="norms")
 
     @property
     def path(self) -> Path:
@@ -76,12 +78,15 @@ class Journal:
     def hidden(self, block: int) -> Path:
         return self.directory / f"hidden-{block}"
 
+    def dense_hidden(self, block: int) -> Path:
+        return self.directory / f"dense-{block}"
+
     def save(self) -> None:
         """Replace the journal atomically (written, synced, renamed)."""
         data = {"version": JOURNAL_VERSION, "fingerprint": self.fingerprint, "arguments": self.arguments,
                 "done": self.done, "owl_counts": self.owl_counts, "rows": self.rows, "metrics": self.metrics,
                 "seconds": self.seconds, "tuple_outputs": self.tuple_outputs,
-                "reconstruction_losses": self.reconstruction_losses}
+                "reconstruction_losses": self.reconstruction_losses, "refitted": self.refitted}
         tmp = self.path.with_name("journal.json.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, default=str)
@@ -91,8 +96,8 @@ class Journal:
         _fsync_dir(self.directory)
 
     def drop_hidden_except(self, keep: int) -> None:
-        for path in self.directory.glob("hidden-*"):
-            if path.name != f"hidden-{keep}":
+        for path in [*self.directory.glob("hidden-*"), *self.directory.glob("dense-*")]:
+            if path.name not in (f"hidden-{keep}", f"dense-{keep}"):
                 shutil.rmtree(path, ignore_errors=True)
 
     def remove(self) -> None:
@@ -140,7 +145,7 @@ def open_journal(out: Path, fp: str, arguments: dict, resume: bool) -> Journal:
                               "with its arguments, or remove that directory to start over")
     return Journal(directory, fp, arguments, int(data["done"]), data.get("owl_counts"), data.get("rows", {}),
                    data.get("metrics", {}), float(data.get("seconds", 0.0)), data.get("tuple_outputs"),
-                   data.get("reconstruction_losses", {}))
+                   data.get("reconstruction_losses", {}), data.get("refitted", []))
 
 
 def describe(arguments: dict[str, Any]) -> dict:

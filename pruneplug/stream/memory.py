@@ -54,7 +54,8 @@ class MemoryEstimate:
 def estimate(*, outside: int, block: int, largest_in: int, largest_out: int, distinct_inputs: list[int],
              hidden: int, tokens: int, compute_bytes: int, stats_bytes: int, hessian: bool, sequential: bool,
              offload: bool, batch_tokens: int, extra_per_token: int = 0, reconstruct: bool = False,
-             block_out: int = 0) -> MemoryEstimate:
+             block_out: int = 0, reconstruct_train: str = "weights", adapter: int = 0,
+             dense_stream: bool = False) -> MemoryEstimate:
     """The estimate from the model's shapes: ``outside``/``block`` parameter counts, the largest
     layer's ``largest_in``/``largest_out``, one entry per distinct input of the largest block
     (``distinct_inputs``: its feature counts), ``hidden`` size, calibration ``tokens`` (samples x
@@ -62,7 +63,12 @@ def estimate(*, outside: int, block: int, largest_in: int, largest_out: int, dis
     re-fit's extra (docs/reconstruction.md): the dense outputs (one more set of hidden states),
     the gradients, Adam's two moments and the kept copy of the block's weights (4 copies in
     float32), and the autograd intermediates of one batch (``block_out``: the summed output
-    features of the block's layers, per token, float32)."""
+    features of the block's layers, per token, float32). ``reconstruct_train``: ``"weights"``
+    holds those 4 copies; ``"norms"`` none (its parameters are vectors); ``"lowrank"`` 2 (the masked
+    update ``(B @ A) * mask`` of every layer, kept for the backward pass, and its gradient) plus
+    Adam's state, the gradient and the kept copy of the ``adapter`` parameters (4 float32 copies
+    of ``rank x (in + out)`` per layer). ``dense_stream``: ``target="dense"`` in sequential mode
+    carries the dense model's hidden states too, one more set."""
     weights = max(outside, block) * compute_bytes
     norms = sum(distinct_inputs) * stats_bytes
     if hessian:
@@ -75,8 +81,10 @@ def estimate(*, outside: int, block: int, largest_in: int, largest_out: int, dis
     workspace = (largest_in * largest_in + 3 * largest_in * largest_out) * 4 if hessian else \
         2 * largest_in * largest_out * 4
     if reconstruct:
-        activations += held_tokens * hidden * compute_bytes
-        workspace += 4 * block * 4 + batch_tokens * (block_out + 4 * hidden) * 4
+        activations += held_tokens * hidden * compute_bytes * (2 if dense_stream else 1)
+        copies = {"weights": 4, "norms": 0, "lowrank": 2}[reconstruct_train]
+        adapter_bytes = 4 * adapter * 4 if reconstruct_train == "lowrank" else 0
+        workspace += copies * block * 4 + adapter_bytes + batch_tokens * (block_out + 4 * hidden) * 4
     return MemoryEstimate(weights, statistics, activations, workspace)
 
 

@@ -209,7 +209,10 @@ def _estimate(m: _Model, statistics: frozenset, options: StreamOptions) -> Memor
                     hessian="hessian" in statistics, sequential=options.calibration_mode == "sequential",
                     offload=options.offload_activations is not None, batch_tokens=batch_tokens,
                     extra_per_token=call_bytes_per_token(options.seq_len, _head_dim(m.skel.config, hidden)),
-                    reconstruct=options.reconstruct.enabled, block_out=sum(outs))
+                    reconstruct=options.reconstruct.enabled, block_out=sum(outs),
+                    reconstruct_train=options.reconstruct.train,
+                    adapter=options.reconstruct.rank * (sum(ins) + sum(outs)),
+                    dense_stream=options.reconstruct.dense_stream(options.calibration_mode == "sequential"))
 
 
 def _head_dim(config: Any, hidden: int) -> int:
@@ -537,15 +540,17 @@ def _run_blocks(m: _Model, journal: journals.Journal, settings: PruneSettings, o
         journal.owl_counts = {n: p.count for n, p in plan.items() if p.count is not None}
         journal.save()
     plans = _plans(settings, m.selected, journal.owl_counts)
-    if journal.done:
-        first.discard()
-        current = Activations(spill("resume"))
-        for i in range(len(calls)):
-            current.put(i, _load_hidden(journal.hidden(journal.done), i, m.compute_dtype).to(m.device))
-    else:
-        current = first
     hessian = "hessian" in settings.statistics
     sequential = options.calibration_mode == "sequential"
+    with_dense = options.reconstruct.dense_stream(sequential)  # target="dense": the dense hidden states too
+    if journal.done:
+        first.discard()
+        current = _reload(journal.hidden(journal.done), Activations(spill("resume")), len(calls), m)
+        dense = _reload(journal.dense_hidden(journal.done), Activations(spill("resume-dense")), len(calls),
+                        m) if with_dense else None
+    else:
+        current = first
+        dense = first if with_dense else None  # the same hidden states at the first block
     block_seconds: list[float] = []
     for _ in range(journal.done):
         bar.advance()
@@ -555,6 +560,7 @@ def _run_blocks(m: _Model, journal: journals.Journal, settings: PruneSettings, o
         prefix = f"{m.container}.{index}."
         m.skel.load_where(lambda n, p=prefix: n.startswith(p), m.device, m.compute_dtype)
         outputs = Activations(spill(index + 1))
+        dense_outputs = Activations(spill(f"dense-{index + 1}")) if with_dense else None
         rows_before = {l.name: _zeros(l.module.weight) for l in m.block_layers[index]}
         try:
             with torch.no_grad():
@@ -563,7 +569,8 @@ def _run_blocks(m: _Model, journal: journals.Journal, settings: PruneSettings, o
                     lambda layers, ctx: _prune_layers(m, journal, layers, ctx, settings, plans, rows_before),
                     hessian=hessian, sequential=sequential, dtype=m.stats_dtype, source="calibration",
                     step=bar.step, reconstruct=options.reconstruct, index=index,
-                    rewrite=lambda layers: [_store(m, journal, layer, rows_before) for layer in layers])
+                    rewrite=lambda layers, params: _rewrite(m, journal, layers, params, prefix, rows_before),
+                    dense=dense, dense_outputs=dense_outputs)
             if losses is not None:
                 journal.reconstruction_losses[f"{m.container}.{index}"] = losses
             bar.step("writing")
@@ -574,14 +581,18 @@ def _run_blocks(m: _Model, journal: journals.Journal, settings: PruneSettings, o
             m.skel.unload(block)
         _sync_output(journal.out)
         _save_hidden(journal.hidden(index + 1), outputs, len(calls))
+        if with_dense:
+            _save_hidden(journal.dense_hidden(index + 1), dense_outputs, len(calls))
         journal.done = index + 1
         journal.seconds = seconds_before + time.perf_counter() - run_started
         if outputs.from_tuples is not None:
             journal.tuple_outputs = outputs.from_tuples
         journal.save()
         journal.drop_hidden_except(index + 1)
+        if dense is not None and dense is not current:
+            dense.discard()
         current.discard()
-        current = outputs
+        current, dense = outputs, dense_outputs
         block_seconds.append(time.perf_counter() - t0)
         bar.advance()
     if m.tail_layers:
@@ -633,6 +644,13 @@ def _zeros(weight: Any) -> int:
     return int((weight.detach() == 0).sum())
 
 
+def _reload(directory: Path, activations: Any, count: int, m: _Model) -> Any:
+    """The hidden states a resumed run continues from (one ``.npy`` per batch in ``directory``)."""
+    for i in range(count):
+        activations.put(i, _load_hidden(directory, i, m.compute_dtype).to(m.device))
+    return activations
+
+
 def _prune_layers(m: _Model, journal: journals.Journal, layers: Sequence[Any], ctx: CalibrationContext,
                   settings: PruneSettings, plans: dict[str, TensorPlan], zeros_before: dict[str, int]) -> None:
     """Prune each layer with its plan, round it to the checkpoint's dtype, write it, record its row."""
@@ -679,6 +697,26 @@ def _store(m: _Model, journal: journals.Journal, layer: Any, zeros_before: dict[
     journal.rows[ckpt_name] = row.to_dict()
 
 
+def _rewrite(m: _Model, journal: journals.Journal, layers: Sequence[Any], params: Sequence[tuple[str, Any]],
+             prefix: str, zeros_before: dict[str, int]) -> None:
+    """Write what a block's re-fit changed: its pruned layers (with their report rows), or the
+    norms and biases (``(name inside the block, parameter)``, recorded as re-fitted), each rounded
+    to the checkpoint's dtype in memory too."""
+    import torch
+
+    for layer in layers:
+        _store(m, journal, layer, zeros_before)
+    for name, param in params:
+        ckpt_name = m.skel.names.get(prefix + name) or m.skel.names.get(m.skel.tied.get(prefix + name, ""))
+        if ckpt_name is None:
+            raise CheckpointError(f"internal error: the re-fitted parameter {prefix + name!r} has no checkpoint tensor")
+        stored = _write_tensor(m, journal.out, ckpt_name, param)
+        with torch.no_grad():
+            param.copy_(_from_stored(stored, param))
+        if ckpt_name not in journal.refitted:
+            journal.refitted.append(ckpt_name)
+
+
 def _from_stored(stored: np.ndarray, like: Any) -> Any:
     from pruneplug.stream.skeleton import to_torch
 
@@ -710,6 +748,8 @@ def _report(m: _Model, journal: journals.Journal, settings: PruneSettings, optio
         if name not in rows:
             zeros = array_zeros(ref.array()) if ref.prunable else None
             status, why = ("skipped", m.misfits[name]) if name in m.misfits else ("kept", "not selected")
+            if name in journal.refitted:
+                why = f"not selected; re-fitted by reconstruction (train={options.reconstruct.train!r})"
             rows[name] = TensorReport(name, list(ref.shape), ref.dtype, ref.numel, status, why, zeros, zeros)
     settings_dict = {**settings.describe(), "calibration": options.calibration_mode, "samples": m.texts,
                      "seq_len": options.seq_len, "tokens": m.tokens, "device": str(m.device),

@@ -35,7 +35,7 @@ from pruneplug.structured.plan import (Plan, ShrinkRequest, block_scores, config
                                        json_key, make_plan, needs_what, new_tensors, renumbering, zero_bias_siblings)
 from pruneplug.structured.experts import renumber_expert
 from pruneplug.reconstruction.block import ReconstructSettings
-from pruneplug.structured.reconstruct import check_reconstruct, shrink_and_reconstruct, trained_weights
+from pruneplug.structured.reconstruct import check_reconstruct, shrink_and_reconstruct
 from pruneplug.structured.report import ShrinkReport
 from pruneplug.torch.shrink import apply_to_block
 
@@ -208,11 +208,16 @@ def _stash_fold(pending: Path, i: int, fold: torch.Tensor, dry_run: bool) -> Pat
 
 
 def _refitted(skel: Any, container: str, i: int, decision: BlockDecision, block: Any) -> BlockDecision:
-    """Block ``i`` after its re-fit: every trained weight rounded, in place, to the checkpoint's
-    dtype (the next block's inputs come from what is written) and added to the decision's
-    replaced tensors, for the writer."""
-    for rel, weight in trained_weights(block).items():
+    """Block ``i`` after its re-fit: every floating-point parameter (the re-fit may have moved
+    Linear weights, or norms and biases with ``train="norms"``) rounded, in place, to the
+    checkpoint's dtype (the next block's inputs come from what is written) and added to the
+    decision's replaced tensors, for the writer."""
+    for rel, weight in dict(block.named_parameters()).items():
+        if not weight.is_floating_point():
+            continue
         stored = skel.names.get(f"{container}.{i}.{rel}")
+        if stored is None and rel not in decision.replaced:
+            continue  # no checkpoint tensor of that name (transformers 5's fused experts): not trained
         dtype = getattr(torch, skel.checkpoint.tensors[stored].float_dtype or "", None) if stored else None
         with torch.no_grad():
             if dtype is not None and dtype != weight.dtype:

@@ -65,19 +65,24 @@ def check_reconstruct(reconstruct: Any, plan: Plan, have_calibration: bool) -> b
             f"reconstruct (steps={reconstruct.steps}) with compensate='refit' and drop_blocks: the re-fit's target "
             "is each block's dense output, which would undo the map folded into the block before a dropped run; "
             "use one or the other")
+    if reconstruct.target != "local":
+        raise InvalidArgumentError(f"reconstruct target={reconstruct.target!r}: shrink re-fits each block to the dense "
+                                   "block's outputs on the same inputs (target='local'); a dense-stream target is "
+                                   "built for pruning only")
     if not have_calibration:
         raise CalibrationRequiredError(f"reconstruct (steps={reconstruct.steps})",
                                        "the re-fit needs calibration batches (texts for the CLI)")
     return True
 
 
-def trained_weights(block: Any) -> dict[str, torch.nn.Parameter]:
-    """Relative name -> weight of every ``nn.Linear`` and Hugging Face ``Conv1D`` of ``block``: what
-    the re-fit trains (norms and biases keep their values)."""
-    from pruneplug.torch.layers import is_conv1d
+def shrunk_layers(block: Any) -> list[Any]:
+    """Every ``nn.Linear`` and Hugging Face ``Conv1D`` of ``block``, as the re-fit's layers (with
+    ``train="weights"`` their weights are trained; ``"lowrank"`` adapts them; ``"norms"`` trains
+    the norms and biases instead)."""
+    from pruneplug.torch.layers import Layer, is_conv1d
 
-    return {f"{name}.weight": module.weight for name, module in block.named_modules()
-            if isinstance(module, torch.nn.Linear) or is_conv1d(module)}
+    return [Layer(f"{name}.weight", module, 0 if is_conv1d(module) else 1) for name, module in block.named_modules()
+            if isinstance(module, torch.nn.Linear) or is_conv1d(module)]
 
 
 def depth_only(plan: Plan) -> Plan:
@@ -165,7 +170,7 @@ class _Pass:
         cut(block, decision)
         _point_config(block, self.config, self.shrunk_config)
         losses = reconstruct_block(
-            block, list(trained_weights(block).values()),
+            block, shrunk_layers(block),
             lambda b: block_output(self.calls[b].run(block, inputs.get(b))), teacher,
             [call.token_mask for call in self.calls], self.settings, i,
             lambda text: self.progress.set_step(f"block {i}: {text}"), masked=False)

@@ -18,7 +18,9 @@ block and no output head runs). Then, for each block in forward order:
    With reconstruction on (:class:`pruneplug.ReconstructSettings`, ``steps > 0``), the dense
    block's outputs on the same inputs are kept first (from the statistics pass; one extra dense
    pass for sequential Hessian criteria, whose statistics passes stop early), and after pruning
-   the block's pruned weights are re-fitted to them (:mod:`pruneplug.torch.reconstruct`).
+   the block is re-fitted to them (:mod:`pruneplug.torch.reconstruct`). With ``target="dense"``
+   in sequential mode the caller carries a second stream, the dense model's hidden states: the
+   dense block runs on it first (its outputs are the teacher and the next block's dense inputs).
 3. **Next inputs.** ``sequential=True``: the pruned block runs on its inputs to make the next
    block's (the papers); ``sequential=False`` ("one-pass"): the dense block's outputs, captured
    during the statistics pass before anything is pruned.
@@ -44,7 +46,7 @@ from pruneplug.calibration import ActivationStats, CalibrationContext
 from pruneplug.errors import CalibrationError
 from pruneplug.torch.layers import Layer
 from pruneplug.reconstruction.block import ReconstructSettings
-from pruneplug.torch.reconstruct import reconstruct_block
+from pruneplug.torch.reconstruct import norm_and_bias_parameters, reconstruct_block
 
 #: Keyword arguments through which a block receives a KV cache (transformers 4.x; ``cache`` in 5.x;
 #: GPT-2's ``layer_past``).
@@ -346,28 +348,46 @@ def calibrate_and_prune_block(block: Any, layers: Sequence[Layer], calls: Sequen
                               hessian: bool, sequential: bool, dtype: torch.dtype, source: str,
                               step: Callable[[str], None] = lambda s: None,
                               reconstruct: ReconstructSettings | None = None, index: int = 0,
-                              rewrite: Callable[[Sequence[Layer]], None] | None = None) -> dict | None:
+                              rewrite: Callable[[Sequence[Layer], Sequence[tuple[str, Any]]], None] | None = None,
+                              dense: Activations | None = None,
+                              dense_outputs: Activations | None = None) -> dict | None:
     """Steps 1-3 of the module docstring for one block: ``prune(layers, ctx)`` is called once per
     group (Hessian criteria) or once for the block, and ``outputs`` receives the next block's
     inputs.
 
-    ``reconstruct`` (enabled: ``steps > 0``): after pruning, the block's pruned weights are
-    re-fitted to the dense block's outputs on the same inputs (:mod:`pruneplug.torch.reconstruct`;
-    ``index`` seeds it), then ``rewrite(layers)`` is called (the stream writes and rounds them
-    there) before the next block's inputs are made. Returns the reconstruction's losses, or None.
+    ``reconstruct`` (enabled: ``steps > 0``): after pruning, the block is re-fitted to the teacher's
+    outputs (:mod:`pruneplug.torch.reconstruct`; ``index`` seeds it), then ``rewrite(layers,
+    params)`` is called with what changed (the stream writes and rounds it there: the pruned layers
+    for ``train="weights"``/``"lowrank"``, or ``(name inside the block, parameter)`` pairs for
+    ``"norms"``) before the next block's inputs are made. The teacher is the dense block's output
+    on the same inputs (``target="local"``), or with ``dense`` (the dense model's hidden states
+    entering this block: ``target="dense"`` in sequential mode,
+    :meth:`~pruneplug.ReconstructSettings.dense_stream`) its output on those, which goes into
+    ``dense_outputs`` (the next block's dense inputs) before anything is pruned. Returns the
+    reconstruction's losses, or None.
     """
+    if dense is not None and dense_outputs is None:
+        raise CalibrationError("internal error: a dense stream without dense_outputs")
     if not layers:
         step("forward")
         forward_all(block, calls, activations, outputs)
+        if dense is not None:
+            forward_all(block, calls, dense, dense_outputs)
         return None
     refit = reconstruct is not None and reconstruct.enabled
-    # the dense block's outputs on these inputs, the teacher; in one-pass mode they are the outputs
-    targets = (outputs if not sequential else Activations(_beside(outputs.directory, "targets"))) if refit else None
+    if dense is not None:
+        step("dense forward")
+        forward_all(block, calls, dense, dense_outputs)  # the dense block on the dense stream: the teacher
+        targets = dense_outputs
+    else:
+        # the dense block's outputs on these inputs, the teacher; in one-pass mode they are the outputs
+        targets = (outputs if not sequential else Activations(_beside(outputs.directory, "targets"))) if refit else None
+    local_targets = targets if dense is None else None
     groups = input_groups(block, layers, calls[0], activations.get(0))
     step("calibrating")
     if hessian and sequential:
-        if refit:
-            forward_all(block, calls, activations, targets)  # the stats pass stops early: one dense pass
+        if local_targets is not None:
+            forward_all(block, calls, activations, local_targets)  # the stats pass stops early: one dense pass
         for group in groups:
             acc = collect(block, [group], calls, activations, hessian=True, dtype=dtype, stop=True)
             step("pruning")
@@ -375,7 +395,7 @@ def calibrate_and_prune_block(block: Any, layers: Sequence[Layer], calls: Sequen
             del acc
     else:
         accumulators = collect(block, groups, calls, activations, hessian=hessian, dtype=dtype,
-                               outputs=outputs if not sequential else targets)
+                               outputs=outputs if not sequential else local_targets)
         ctx = context_of(groups, accumulators, source)
         del accumulators
         step("pruning")
@@ -383,13 +403,15 @@ def calibrate_and_prune_block(block: Any, layers: Sequence[Layer], calls: Sequen
         del ctx
     losses = None
     if refit:
-        losses = reconstruct_block(block, [layer.module.weight for layer in layers],
-                                   lambda i: block_output(calls[i].run(block, activations.get(i))), targets,
-                                   [call.token_mask for call in calls], reconstruct, index, step)
-        if targets is not outputs:
-            targets.clear()
+        losses = reconstruct_block(block, layers, lambda i: block_output(calls[i].run(block, activations.get(i))),
+                                   targets, [call.token_mask for call in calls], reconstruct, index, step)
+        if local_targets is not None and local_targets is not outputs:
+            local_targets.clear()
         if rewrite is not None:
-            rewrite(layers)
+            if reconstruct.train == "norms":
+                rewrite([], norm_and_bias_parameters(block))
+            else:
+                rewrite(layers, [])
     if sequential:
         step("forward")
         forward_all(block, calls, activations, outputs)

@@ -218,20 +218,24 @@ def calibrate_blockwise(model: Any, batches: Iterable[Any], prune_block: Callabl
         by_block, rest = split_by_block(layers, container, len(blocks))
         current = Activations()
         calls = capture_block_inputs(model, blocks[0], batches, current)
+        # target="dense": the dense model's hidden states, a second stream (the same at the first block)
+        dense = current if reconstruct is not None and reconstruct.dense_stream(sequential) else None
         for index, (block, block_layers) in enumerate(zip(blocks, by_block)):
             outputs = Activations()
+            dense_outputs = Activations() if dense is not None else None
             try:
                 block_losses = calibrate_and_prune_block(block, block_layers, calls, current, outputs,
                                           lambda group, ctx: prune_and_keep(ctx), hessian=hessian,
                                           sequential=sequential, dtype=dtype, source=total.source,
-                                          reconstruct=reconstruct, index=index)
+                                          reconstruct=reconstruct, index=index, dense=dense,
+                                          dense_outputs=dense_outputs)
                 if block_losses is not None and losses is not None:
                     losses[f"{prefix}{index}"] = block_losses
             except Exception as exc:
                 if index == 0 and not total:
                     raise
                 _half_pruned(exc, f"{prefix}{index}", len(total))
-            current = outputs
+            current, dense = outputs, dense_outputs
         if rest:
             acc = tail_pass(model, model.get_submodule(container), current, batches, rest, hessian=hessian,
                             dtype=dtype, tuple_outputs=bool(current.from_tuples))
