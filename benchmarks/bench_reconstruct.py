@@ -95,6 +95,8 @@ def calibration_texts(args):
     (``--texts pydoc``: ~130 tokens each, the evaluation texts stay disjoint)."""
     if args.texts == "pydoc":
         return pydoc_passages("calibration", args.samples)
+    if args.texts == "generated":
+        return load_texts(DATA / "calibration_generated.txt", args.samples)
     return load_texts(DATA / "calibration.txt", args.samples)
 
 
@@ -162,8 +164,10 @@ def main(argv=None):
     ap.add_argument("--smollm", help="SmolLM2-135M-Instruct.Q4_1.gguf")
     ap.add_argument("--cells", help="regex over 'METHOD PATTERN' cells (default: all six)")
     ap.add_argument("--samples", type=int, default=32, help="calibration texts (default 32)")
-    ap.add_argument("--texts", choices=("short", "pydoc"), default="short", help="calibration texts: the 128 short "
-                    "sentences of data/calibration.txt (~16 tokens each) or passages of pydoc_data (~130 tokens)")
+    ap.add_argument("--texts", choices=("short", "generated", "pydoc"), default="short", help="calibration texts: "
+                    "the 128 short sentences of data/calibration.txt (~16 tokens each), the 256 texts SmolLM2 wrote "
+                    "from them (data/calibration_generated.txt, ~130 tokens; make_calibration.py) or passages of "
+                    "pydoc_data (~130 tokens, technical)")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=4, help="texts per calibration batch (default 4)")
     ap.add_argument("--mode", choices=("sequential", "one-pass"), default="sequential")
@@ -172,6 +176,9 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, default=1)
     ap.add_argument("--loss", default="mse")
     ap.add_argument("--holdout", type=float, default=0.125)
+    ap.add_argument("--train", choices=("weights", "norms", "lowrank"), default="weights")
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--target", choices=("local", "dense"), default="local")
     ap.add_argument("--calib-eval", type=int, default=0, help="SmolLM2: also perplexity on the first N training "
                     "calibration texts (over-fitting)")
     ap.add_argument("--pydoc-eval", type=int, default=0, help="SmolLM2: also perplexity on N pydoc evaluation passages "
@@ -182,7 +189,7 @@ def main(argv=None):
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     recon = pp.ReconstructSettings(steps=args.steps, lr=args.lr, batches=args.batches, loss=args.loss,
-                                   holdout=args.holdout)
+                                   holdout=args.holdout, train=args.train, rank=args.rank, target=args.target)
     print(f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()}; {args.samples} "
           f"calibration texts x {args.seq_len} tokens in batches of {args.batch_size}, {args.mode}; {recon}", flush=True)
     out = Results(args.json, {**vars(args), "reconstruct": recon.describe()})

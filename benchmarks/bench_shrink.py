@@ -143,9 +143,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", help="where the temporary model directories go (default: the system's)")
     parser.add_argument("--only", help="run only the configurations whose label matches this regex")
     parser.add_argument("--samples", type=int, default=128, help="calibration texts (default: 128)")
-    parser.add_argument("--texts", choices=("short", "pydoc"), default="short", help="calibration texts: the 128 short "
-                        "sentences of data/calibration.txt (~16 tokens each, ~2k tokens in all) or passages of "
-                        "pydoc_data (~130 tokens each, truncated to 128)")
+    parser.add_argument("--texts", choices=("short", "generated", "pydoc"), default="short", help="calibration texts: the 128 short "
+                        "sentences of data/calibration.txt (~16 tokens each, ~2k tokens in all), the 256 texts "
+                        "SmolLM2 wrote from them (data/calibration_generated.txt) or passages of pydoc_data")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own). On a shared machine 1 thread "
                         "avoids OpenMP spin-waiting between processes, which distorts wall times many-fold")
     parser.add_argument("--no-speed", action="store_true", help="skip the generation-speed measurements (quality "
@@ -156,7 +156,8 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     calib = (pydoc_passages("calibration", args.samples) if args.texts == "pydoc"
-             else load_texts(DATA / "calibration.txt", args.samples))
+             else load_texts(DATA / ("calibration_generated.txt" if args.texts == "generated" else "calibration.txt"),
+                             args.samples))
     paragraphs = [p for p in (DATA / "eval_paragraphs.txt").read_text().splitlines() if p.strip()]
     rows = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load_average():.1f}, "
