@@ -120,6 +120,9 @@ def test_refit_of_blocks_refusals(tmp_path, llama):
     bert = build_model_dir("bert", tmp_path / "bert", num_hidden_layers=4)
     with pytest.raises(InvalidArgumentError, match="post-norm"):
         shrink_model_dir(bert, tmp_path / "never", ShrinkRequest(drop_blocks=1, compensate="refit"), sample_texts(4))
+    with pytest.raises(InvalidArgumentError, match="would undo the map"):
+        shrink_model_dir(llama, tmp_path / "never", ShrinkRequest(mlp=0.25, drop_blocks=1, compensate="refit"),
+                         sample_texts(4), reconstruct=pp.ReconstructSettings(steps=2))
     with pytest.raises(InvalidArgumentError, match="use compensate='refit'"):
         shrink_model_dir(llama, tmp_path / "never", ShrinkRequest(drop_blocks=1, compensate="bias"), sample_texts(4))
     assert not (tmp_path / "never").exists()
