@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from pruneplug.errors import CalibrationRequiredError
 from pruneplug.structured.criteria.base import UnitCriterion, per_head
 
 
@@ -19,11 +18,9 @@ class Activation(UnitCriterion):
     needs_calibration = True
 
     def neuron_scores(self, weights, stats):
-        if stats is None:
-            raise CalibrationRequiredError(self.name)
+        stats = self.require_stats(stats)
         return stats.mean_abs
 
     def head_scores(self, weights, stats, head_dim):
-        if stats is None:
-            raise CalibrationRequiredError(self.name)
+        stats = self.require_stats(stats)
         return np.sqrt(per_head(stats.sq_sum, head_dim))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from pruneplug.errors import CalibrationRequiredError
 
 
 @dataclass
@@ -89,6 +91,12 @@ class UnitCriterion:
 
     def requires_calibration(self) -> bool:
         return self.needs_calibration
+
+    def require_stats(self, stats: Any) -> Any:
+        """``stats``, or the error saying this criterion needs calibration when there are none."""
+        if stats is None:
+            raise CalibrationRequiredError(self.name)
+        return stats
 
     def neuron_scores(self, weights: dict[str, np.ndarray], stats: UnitStats | None) -> np.ndarray:
         """One score per MLP neuron. ``weights``: ``"rows"`` ([neurons, in] stacked rows of every

@@ -6,7 +6,6 @@ replaced by its mean, which is what ``compensate="bias"`` does."""
 
 from __future__ import annotations
 
-from pruneplug.errors import CalibrationRequiredError
 from pruneplug.structured.criteria.base import UnitCriterion, column_sq_norms, per_head
 
 
@@ -18,11 +17,9 @@ class Flap(UnitCriterion):
     needs_calibration = True
 
     def neuron_scores(self, weights, stats):
-        if stats is None:
-            raise CalibrationRequiredError(self.name)
+        stats = self.require_stats(stats)
         return stats.variance * column_sq_norms(weights["down"])
 
     def head_scores(self, weights, stats, head_dim):
-        if stats is None:
-            raise CalibrationRequiredError(self.name)
+        stats = self.require_stats(stats)
         return per_head(stats.variance * column_sq_norms(weights["out"]), head_dim)

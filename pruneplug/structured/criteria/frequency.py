@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from pruneplug.errors import CalibrationRequiredError
 from pruneplug.structured.criteria.base import UnitCriterion
 
 
@@ -18,6 +17,5 @@ class Frequency(UnitCriterion):
     needs_calibration = True
 
     def expert_scores(self, weights, stats):
-        if stats is None:
-            raise CalibrationRequiredError(self.name)
+        stats = self.require_stats(stats)
         return np.asarray(stats.tokens, dtype=np.float64)

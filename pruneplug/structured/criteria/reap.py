@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from pruneplug.errors import CalibrationRequiredError
 from pruneplug.structured.criteria.base import UnitCriterion
 
 
@@ -26,7 +25,6 @@ class Reap(UnitCriterion):
     needs_calibration = True
 
     def expert_scores(self, weights, stats):
-        if stats is None:
-            raise CalibrationRequiredError(self.name)
+        stats = self.require_stats(stats)
         tokens = np.asarray(stats.tokens, dtype=np.float64)
         return np.where(tokens > 0, stats.reap_sum / np.maximum(tokens, 1.0), 0.0)
