@@ -36,6 +36,7 @@ from pruneplug.structured.plan import (Plan, ShrinkRequest, block_scores, config
 from pruneplug.structured.experts import renumber_expert
 from pruneplug.reconstruction.block import ReconstructSettings
 from pruneplug.structured.reconstruct import check_reconstruct, shrink_and_reconstruct
+from pruneplug.report import NullProgress
 from pruneplug.structured.report import ShrinkReport
 from pruneplug.torch.shrink import apply_to_block
 
@@ -82,7 +83,7 @@ def shrink_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, reque
     plan = make_plan(request, list(blocks), skel.config)
     refit = check_reconstruct(reconstruct, plan, texts is not None)
     batches = _batches(model_dir, texts, plan, samples, seq_len, batch_size, needed=refit)
-    progress = progress or _Quiet()
+    progress = progress or NullProgress()
     torch_device = torch.device(device)
     staging = out.parent / f".{out.name}.shrink-{os.getpid()}"
     pending = staging / ".pending"
@@ -110,7 +111,7 @@ def shrink_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, reque
             decisions = decide(plan, skel.model, list(blocks), batches, load=load, unload=unload, capture=capture,
                                keep=lambda i, d: _stash(pending, i, d, dry_run),
                                keep_fold=lambda i, t: _stash_fold(pending, i, t, dry_run),
-                               step=lambda i: progress.update(1))
+                               step=lambda i: progress.update(1, 1))
             progress.close()
         changes = config_changes(plan, skel.config, decisions.dropped)
         before, after = _parameter_counts(skel, container, plan, decisions)
@@ -141,15 +142,6 @@ def shrink_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, reque
         tmp.write_text(result.to_json(), encoding="utf-8")
         os.replace(tmp, report)
     return result
-
-
-class _Quiet:
-    """No progress display (the library default; the CLI passes its bar)."""
-
-    def start(self, label: str, items: int, amount: int, unit: str = "tensors") -> None: ...
-    def update(self, items: int = 0, amount: int = 0) -> None: ...
-    def close(self) -> None: ...
-    def set_step(self, step: str) -> None: ...
 
 
 def _batches(model_dir: Path, texts: Any, plan: Plan, samples: int, seq_len: int, batch_size: int,
@@ -335,10 +327,10 @@ def _write(skel: Any, container: str, plan: Plan, decisions: Any, changes: dict,
                 tensor = tensor.to(stored[rel].dtype if rel in stored else dtype)
             out[f"{prefix}.{renumber[i]}.{new_rel}"] = tensor.contiguous()
         total += _save_shard(save_file, out, staging, k + 1, shards, weight_map)
-        progress.update(1)
+        progress.update(1, 1)
     rest = {name: to_torch(skel.checkpoint.tensors[name].array()) for name in outside}
     total += _save_shard(save_file, rest, staging, shards, shards, weight_map)
-    progress.update(1)
+    progress.update(1, 1)
     progress.close()
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
