@@ -141,3 +141,24 @@ def sample_texts(count: int = 8, words: int = 16, seed: int = 0) -> list[str]:
     """``count`` seeded calibration texts of ``words`` vocabulary words each."""
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(words)) for _ in range(count)]
+
+
+class ZooCache:
+    """Tiny model directories built on first use under ``root``, ``layers`` blocks each (GPT-2's
+    config calls it ``n_layer``), one per kind and set of config overrides: a module-scoped
+    fixture returns ``ZooCache(tmp_path_factory.mktemp(...), LAYERS).get``."""
+
+    def __init__(self, root: Path, layers: int) -> None:
+        self.root, self.layers, self.made = Path(root), layers, {}
+
+    def get(self, kind: str, **overrides) -> Path:
+        key = repr((kind, sorted(overrides.items())))
+        if key not in self.made:
+            depth = {"n_layer": self.layers} if kind == "gpt2" else {"num_hidden_layers": self.layers}
+            self.made[key] = build_model_dir(kind, self.root / f"{kind}-{len(self.made)}", **{**depth, **overrides})
+        return self.made[key]
+
+
+def load(directory: Path, kind: str = "llama"):
+    """The model saved in ``directory``, in eval mode, by the kind's auto class."""
+    return AUTO_CLASS[kind].from_pretrained(str(directory)).eval()

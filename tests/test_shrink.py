@@ -24,7 +24,7 @@ from pruneplug.structured.criteria import BlockChoice, UnitStats, get_unit_crite
 from pruneplug.torch.hf import text_batches  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hf_zoo import AUTO_CLASS, build_model_dir, sample_texts  # noqa: E402
+from hf_zoo import build_model_dir, load as _load, sample_texts, ZooCache  # noqa: E402
 
 pytestmark = pytest.mark.hf
 
@@ -34,19 +34,7 @@ LAYERS = 5
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shrink-zoo")
-    made = {}
-
-    def get(kind: str) -> Path:
-        if kind not in made:
-            layers = {"n_layer": LAYERS} if kind == "gpt2" else {"num_hidden_layers": LAYERS}
-            made[kind] = build_model_dir(kind, root / kind, **layers)
-        return made[kind]
-    return get
-
-
-def _load(directory: Path, kind: str):
-    return AUTO_CLASS[kind].from_pretrained(str(directory)).eval()
+    return ZooCache(tmp_path_factory.mktemp("shrink-zoo"), LAYERS).get
 
 
 def _ids() -> torch.Tensor:

@@ -23,7 +23,7 @@ from pruneplug.structured.plan import find_block_list  # noqa: E402
 from pruneplug.torch.hf import text_batches  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hf_zoo import AUTO_CLASS, build_model_dir, sample_texts  # noqa: E402
+from hf_zoo import build_model_dir, load as _load, sample_texts  # noqa: E402
 
 pytestmark = pytest.mark.hf
 
@@ -33,10 +33,6 @@ LAYERS = 6
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     return build_model_dir("llama", tmp_path_factory.mktemp("depth") / "llama", num_hidden_layers=LAYERS)
-
-
-def _load(directory, kind="llama"):
-    return AUTO_CLASS[kind].from_pretrained(str(directory)).eval()
 
 
 def _calibration(directory):

@@ -28,7 +28,7 @@ from pruneplug.structured.experts import renumber_expert  # noqa: E402
 from pruneplug.torch.hf import text_batches  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hf_zoo import build_model_dir, sample_texts  # noqa: E402
+from hf_zoo import ZooCache, build_model_dir, sample_texts  # noqa: E402
 
 pytestmark = pytest.mark.hf
 
@@ -38,15 +38,7 @@ COUNT_KEY = {"mixtral": "num_local_experts", "qwen2_moe": "num_experts"}  # 4 ex
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("experts-zoo")
-    made = {}
-
-    def get(kind: str, **overrides) -> Path:
-        key = repr((kind, sorted(overrides.items())))
-        if key not in made:
-            made[key] = build_model_dir(kind, root / f"{kind}-{len(made)}", num_hidden_layers=LAYERS, **overrides)
-        return made[key]
-    return get
+    return ZooCache(tmp_path_factory.mktemp("experts-zoo"), LAYERS).get
 
 
 def _load(directory: Path):

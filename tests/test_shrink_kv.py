@@ -27,7 +27,7 @@ from pruneplug.structured.units import (AttentionLayout, group_scores, head_cuts
 from pruneplug.torch.hf import text_batches  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hf_zoo import AUTO_CLASS, build_model_dir, sample_texts  # noqa: E402
+from hf_zoo import build_model_dir, load as _load, sample_texts, ZooCache  # noqa: E402
 
 pytestmark = pytest.mark.hf
 
@@ -38,18 +38,7 @@ HEAD_DIM = 8
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shrink-kv-zoo")
-    made = {}
-
-    def get(kind: str) -> Path:
-        if kind not in made:
-            made[kind] = build_model_dir(kind, root / kind, num_hidden_layers=LAYERS)
-        return made[kind]
-    return get
-
-
-def _load(directory: Path, kind: str):
-    return AUTO_CLASS[kind].from_pretrained(str(directory)).eval()
+    return ZooCache(tmp_path_factory.mktemp("shrink-kv-zoo"), LAYERS).get
 
 
 def _ids() -> torch.Tensor:

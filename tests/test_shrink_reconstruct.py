@@ -22,7 +22,7 @@ from pruneplug.structured import ShrinkRequest, shrink_model_dir  # noqa: E402
 from pruneplug.torch.hf import text_batches  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hf_zoo import AUTO_CLASS, build_model_dir, sample_texts  # noqa: E402
+from hf_zoo import load as _load, sample_texts, ZooCache  # noqa: E402
 
 pytestmark = pytest.mark.hf
 
@@ -34,19 +34,7 @@ CALIBRATION = dict(samples=12, seq_len=16, batch_size=4)
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shrink-refit-zoo")
-    made = {}
-
-    def get(kind: str) -> Path:
-        if kind not in made:
-            layers = {"n_layer": LAYERS} if kind == "gpt2" else {"num_hidden_layers": LAYERS}
-            made[kind] = build_model_dir(kind, root / kind, **layers)
-        return made[kind]
-    return get
-
-
-def _load(directory: Path, kind: str):
-    return AUTO_CLASS[kind].from_pretrained(str(directory)).eval()
+    return ZooCache(tmp_path_factory.mktemp("shrink-refit-zoo"), LAYERS).get
 
 
 def _batches(directory: Path) -> list:
