@@ -264,6 +264,14 @@ def test_cli_shrink_report_and_dry_run(zoo, tmp_path, capsys):
     assert not (tmp_path / "dry").exists()
     assert main(["shrink", str(zoo("mistral")), "-o", str(tmp_path / "bad"), "--mlp", "1.5"]) != 0
     assert "expected a fraction" in capsys.readouterr().err
+    stats = tmp_path / "stats.safetensors"  # a statistics file is refused, by content, naming the file
+    from safetensors.numpy import save_file
+    save_file({"x": np.zeros(2, dtype=np.float32)}, str(stats))
+    assert main(["shrink", str(zoo("mistral")), "-o", str(tmp_path / "bad"), "--mlp", "0.25", "--calibration",
+                 str(stats), "--progress", "never"]) != 0
+    err = capsys.readouterr().err
+    assert "stats.safetensors" in err and "is a statistics file" in err and "needs calibration texts" in err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_unit_criteria_on_numbers():

@@ -50,7 +50,8 @@ def add_command(subparsers) -> None:
     p.add_argument("--method", default="activation", help="criterion of neurons and heads (default: activation)")
     p.add_argument("--block-method", default="block_influence", help="criterion of blocks (default: block_influence)")
     p.add_argument("--expert-method", default="reap", help="criterion of MoE experts (default: reap)")
-    p.add_argument("--calibration", metavar="TEXTS", help="calibration texts (one per line, or blank-line paragraphs)")
+    p.add_argument("--calibration", metavar="TEXTS", help="calibration texts (one per line, or .jsonl); not a "
+                   "statistics file: shrink measures its own statistics in one pass over the texts")
     p.add_argument("--compensate", choices=("none", "bias", "refit"), default="none",
                    help="fold the removed units' mean into a bias (FLAP) or refit the next layer (least squares)")
     p.add_argument("--damping", type=float, default=0.01, help="refit: damping, relative to the mean diagonal")

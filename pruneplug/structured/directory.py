@@ -148,11 +148,18 @@ def _batches(model_dir: Path, texts: Any, plan: Plan, samples: int, seq_len: int
              needed: bool = False) -> list | None:
     if not (needed or plan.needs_calibration):
         return None
-    from pruneplug.errors import CalibrationRequiredError
+    from pruneplug.calibration import is_safetensors_file
+    from pruneplug.errors import CalibrationError, CalibrationRequiredError
     from pruneplug.torch.hf import load_texts, load_tokenizer, text_batches
 
     if texts is None:
         raise CalibrationRequiredError(needs_what(plan), "give --calibration TEXTS")
+    if isinstance(texts, (str, os.PathLike)) and is_safetensors_file(Path(texts)):
+        raise CalibrationError(
+            f"--calibration {str(texts)!r} is a statistics file (pruneplug calibrate); shrink needs calibration "
+            "texts: its criteria read what such a file does not hold (mean |activation| and variance per channel, "
+            "X^T X of o_proj/down_proj inputs, the hidden states around each block, the routing of each expert), "
+            "measured in its own pass over the texts")
     texts_list = list(texts)[:samples] if isinstance(texts, list) else load_texts(texts, samples)
     return text_batches(load_tokenizer(model_dir), texts_list, seq_len, batch_size, where=str(texts))
 
