@@ -356,20 +356,13 @@ def test_dense_stream_spilled_to_disk_gives_the_same_bytes_and_leaves_nothing(zo
     assert not list(spill.iterdir())
 
 
+from killer_progress import KILLER_PROGRESS  # noqa: E402
+
 _KILLER = textwrap.dedent("""
     import os, signal, sys
     import pruneplug as pp
     from pruneplug.stream import StreamOptions, prune_model_dir
 
-    class Killer:
-        def start(self, *a, **k): pass
-        def set_step(self, step):
-            if step.startswith(sys.argv[4]) and self.done == int(sys.argv[5]):
-                os.kill(os.getpid(), signal.SIGKILL)
-        def update(self, items=0, amount=0):
-            self.done += items
-        def close(self): pass
-        done = 0
 
     prune_model_dir(sys.argv[1], sys.argv[2], pp.PruneSettings("wanda", sparsity=0.5), sys.argv[3],
                     options=StreamOptions(samples=16, seq_len=16, batch_size=4, calibration_mode="sequential",
@@ -377,7 +370,7 @@ _KILLER = textwrap.dedent("""
                                           reconstruct=pp.ReconstructSettings(steps=6, lr=1e-3, train="lowrank",
                                                                              target="dense")),
                     progress=Killer())
-""")
+""").replace("\n\n\n", "\n" + KILLER_PROGRESS + "\n", 1)
 
 
 @pytest.mark.hf

@@ -231,15 +231,18 @@ def test_bad_requests_are_refused_and_change_nothing(zoo, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
-def test_directory_failure_leaves_nothing(zoo, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind, request_", [("llama", ShrinkRequest(mlp=0.25, method="magnitude")),
+                                            ("qwen2_moe", ShrinkRequest(experts=0.25, expert_method="magnitude"))])
+def test_directory_failure_leaves_nothing(zoo, tmp_path, monkeypatch, kind, request_):
     import pruneplug.structured.directory as directory
 
     def broken(*args, **kwargs):
         raise OSError("disk full (simulated)")
     monkeypatch.setattr(directory, "_save_shard", broken)
     with pytest.raises(OSError, match="simulated"):
-        shrink_model_dir(zoo("llama"), tmp_path / "out", ShrinkRequest(mlp=0.25, method="magnitude"))
+        shrink_model_dir(zoo(kind), tmp_path / "out", request_)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.undo()
     (tmp_path / "exists").mkdir()
     with pytest.raises(CheckpointError, match="exists"):
         shrink_model_dir(zoo("llama"), tmp_path / "exists", ShrinkRequest(mlp=0.25, method="magnitude"))

@@ -292,17 +292,6 @@ def test_bad_expert_requests_are_refused_and_change_nothing(zoo, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
-def test_directory_failure_leaves_nothing(zoo, tmp_path, monkeypatch):
-    import pruneplug.structured.directory as directory
-
-    def broken(*args, **kwargs):
-        raise OSError("disk full (simulated)")
-    monkeypatch.setattr(directory, "_save_shard", broken)
-    with pytest.raises(OSError, match="simulated"):
-        shrink_model_dir(zoo("qwen2_moe"), tmp_path / "out", ShrinkRequest(experts=0.25, expert_method="magnitude"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
-
-
 def test_cli_experts_report(zoo, tmp_path, capsys):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(_texts()) + "\n")
