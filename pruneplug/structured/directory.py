@@ -31,8 +31,9 @@ import torch
 from pruneplug.checkpoint.paths import Place, check_distinct
 from pruneplug.errors import CheckpointError
 from pruneplug.structured.decide import BlockDecision
-from pruneplug.structured.plan import (Plan, ShrinkRequest, block_scores, config_changes, decide, find_block_list,
-                                       json_key, make_plan, needs_what, new_tensors, renumbering, zero_bias_siblings)
+from pruneplug.structured.plan import (Plan, ShrinkRequest, config_changes, decide, find_block_list,
+                                       json_key, make_plan, needs_what, new_tensors, renumbering, shrink_report,
+                                       zero_bias_siblings)
 from pruneplug.structured.experts import renumber_expert
 from pruneplug.reconstruction.block import ReconstructSettings
 from pruneplug.structured.reconstruct import check_reconstruct, shrink_and_reconstruct
@@ -123,20 +124,10 @@ def shrink_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, reque
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    result = ShrinkReport(
-        method=plan.unit_criterion.name if plan.unit_criterion else None,
-        block_method=plan.block_criterion.name if plan.block_criterion else None,
-        compensate=request.compensate, params_before=before, params_after=after,
-        dropped_blocks=decisions.dropped,
-        neurons_removed={i: v for i, v in decisions.neurons_removed.items() if i not in decisions.dropped},
-        heads_removed={i: v for i, v in decisions.heads_removed.items() if i not in decisions.dropped},
-        kv_heads_removed={i: v for i, v in decisions.kv_heads_removed.items() if i not in decisions.dropped},
-        experts_removed={i: v for i, v in decisions.experts_removed.items() if i not in decisions.dropped},
-        expert_method=plan.expert_criterion.name if plan.expert_criterion else None,
-        block_scores=block_scores(plan, decisions.depth), folded=decisions.folded,
-        config_changes={json_key(skel.config, k): v for k, v in changes.items()},
-        reconstruct=reconstruct.describe() if refit else None, reconstruction_losses=losses,
-        seconds=time.perf_counter() - start)
+    result = shrink_report(plan, decisions, params_before=before, params_after=after,
+                           config_changes={json_key(skel.config, k): v for k, v in changes.items()},
+                           reconstruct=reconstruct if refit else None, losses=losses,
+                           seconds=time.perf_counter() - start)
     if report is not None:
         tmp = Path(str(report) + ".tmp")
         tmp.write_text(result.to_json(), encoding="utf-8")

@@ -25,6 +25,7 @@ from pruneplug.structured.decide import BlockDecision, check_compensate, decide_
 from pruneplug.structured.depth_refit import fold_bias, fold_into, measure_folds, runs
 from pruneplug.structured.experts import MoeLayout, expert_count_key, expert_removal_count, moe_layouts
 from pruneplug.structured.measure import BlockMeasure, Wants, measure_blocks
+from pruneplug.structured.report import ShrinkReport
 from pruneplug.structured.units import (AttentionLayout, MlpLayout, attention_layout, heads_per_group,
                                         kv_groups_removed, mlp_layout, removal_count)
 
@@ -364,6 +365,27 @@ def block_scores(plan: Plan, depth: Any) -> list[float] | None:
     if isinstance(plan.block_criterion, BlockInfluence):
         return [float(v) for v in BlockInfluence.influence(depth)]
     return [float(v) for v in depth.angle[:, plan.request.drop_blocks - 1]]
+
+
+def shrink_report(plan: Plan, decisions: Decisions, *, params_before: int, params_after: int,
+                  config_changes: dict[str, Any], reconstruct: Any, losses: dict[int, dict],
+                  seconds: float) -> ShrinkReport:
+    """The report of one shrink (both front ends): what went from each kept block, the dropped
+    blocks, the criteria, the counts. ``reconstruct``: the re-fit's settings, or None."""
+    def kept(removed: dict[int, list[int]]) -> dict[int, list[int]]:
+        return {i: v for i, v in removed.items() if i not in decisions.dropped}
+
+    return ShrinkReport(
+        method=plan.unit_criterion.name if plan.unit_criterion else None,
+        block_method=plan.block_criterion.name if plan.block_criterion else None,
+        compensate=plan.request.compensate, params_before=params_before, params_after=params_after,
+        dropped_blocks=decisions.dropped, neurons_removed=kept(decisions.neurons_removed),
+        heads_removed=kept(decisions.heads_removed), kv_heads_removed=kept(decisions.kv_heads_removed),
+        experts_removed=kept(decisions.experts_removed),
+        expert_method=plan.expert_criterion.name if plan.expert_criterion else None,
+        block_scores=block_scores(plan, decisions.depth), folded=decisions.folded, config_changes=config_changes,
+        reconstruct=reconstruct.describe() if reconstruct is not None else None, reconstruction_losses=losses,
+        seconds=seconds)
 
 
 def new_tensors(params: dict[str, torch.Tensor], decision: BlockDecision, plan: Plan) -> dict[str, torch.Tensor]:

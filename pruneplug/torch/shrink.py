@@ -14,8 +14,8 @@ from pruneplug.errors import InvalidArgumentError
 from pruneplug.reconstruction.block import ReconstructSettings
 from pruneplug.structured.decide import BlockDecision
 from pruneplug.structured.experts import update_expert_attributes
-from pruneplug.structured.plan import (Plan, ShrinkRequest, block_scores, config_changes, decide, find_block_list,
-                                       make_plan, new_tensors, renumbering)
+from pruneplug.structured.plan import (Plan, ShrinkRequest, config_changes, decide, find_block_list,
+                                       make_plan, new_tensors, renumbering, shrink_report)
 from pruneplug.structured.reconstruct import check_reconstruct, shrink_and_reconstruct
 from pruneplug.structured.report import ShrinkReport
 
@@ -94,19 +94,9 @@ def shrink_model(model: Any, *, mlp: float = 0.0, heads: float = 0.0, kv_heads: 
         _drop_blocks(model, container, decisions.dropped)
     for key, value in changes.items():
         setattr(config, key, value)
-    return ShrinkReport(
-        method=plan.unit_criterion.name if plan.unit_criterion else None,
-        block_method=plan.block_criterion.name if plan.block_criterion else None,
-        compensate=compensate, params_before=before, params_after=count_parameters(model),
-        dropped_blocks=decisions.dropped,
-        neurons_removed={i: v for i, v in decisions.neurons_removed.items() if i not in decisions.dropped},
-        heads_removed={i: v for i, v in decisions.heads_removed.items() if i not in decisions.dropped},
-        kv_heads_removed={i: v for i, v in decisions.kv_heads_removed.items() if i not in decisions.dropped},
-        experts_removed={i: v for i, v in decisions.experts_removed.items() if i not in decisions.dropped},
-        expert_method=plan.expert_criterion.name if plan.expert_criterion else None,
-        block_scores=block_scores(plan, decisions.depth), folded=decisions.folded, config_changes=changes,
-        reconstruct=reconstruct.describe() if refit else None, reconstruction_losses=losses,
-        seconds=time.perf_counter() - start)
+    return shrink_report(plan, decisions, params_before=before, params_after=count_parameters(model),
+                         config_changes=changes, reconstruct=reconstruct if refit else None, losses=losses,
+                         seconds=time.perf_counter() - start)
 
 
 def apply_to_block(block: Any, decision: BlockDecision, plan: Plan) -> None:
