@@ -249,6 +249,7 @@ def test_the_held_out_split_takes_the_last_batches():
 
 
 def test_prune_model_refuses_what_reconstruction_cannot_use():
+    torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
     weights = [p.detach().clone() for p in model.parameters()]
     batches = [torch.randn(4, 8)]
