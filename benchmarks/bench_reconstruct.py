@@ -179,6 +179,7 @@ def main(argv=None):
     ap.add_argument("--train", choices=("weights", "norms", "lowrank"), default="weights")
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--target", choices=("local", "dense"), default="local")
+    ap.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
     ap.add_argument("--calib-eval", type=int, default=0, help="SmolLM2: also perplexity on the first N training "
                     "calibration texts (over-fitting)")
     ap.add_argument("--pydoc-eval", type=int, default=0, help="SmolLM2: also perplexity on N pydoc evaluation passages "
@@ -189,7 +190,8 @@ def main(argv=None):
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     recon = pp.ReconstructSettings(steps=args.steps, lr=args.lr, batches=args.batches, loss=args.loss,
-                                   holdout=args.holdout, train=args.train, rank=args.rank, target=args.target)
+                                   holdout=args.holdout, train=args.train, rank=args.rank, target=args.target,
+                                   schedule=args.schedule)
     print(f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()}; {args.samples} "
           f"calibration texts x {args.seq_len} tokens in batches of {args.batch_size}, {args.mode}; {recon}", flush=True)
     out = Results(args.json, {**vars(args), "reconstruct": recon.describe()})

@@ -21,14 +21,14 @@ from typing import Any
 
 from pruneplug.console import one_line, progress_for
 from pruneplug.errors import CheckpointError, InvalidArgumentError
-from pruneplug.reconstruction.block import LOSSES, TARGETS, TRAINS, ReconstructSettings
+from pruneplug.reconstruction.block import LOSSES, SCHEDULES, TARGETS, TRAINS, ReconstructSettings
 
 #: Options that only the one-step form reads (their defaults mean "not given").
 STREAM_ONLY = {"calibration_mode": None, "device": None, "dtype": None, "stats_dtype": None,
                "offload_activations": None, "resume": False, "reconstruct": None, "reconstruct_lr": None,
                "reconstruct_batches": None, "reconstruct_loss": None, "reconstruct_holdout": None,
                "reconstruct_seed": None, "reconstruct_train": None, "reconstruct_rank": None,
-               "reconstruct_target": None}
+               "reconstruct_target": None, "reconstruct_schedule": None}
 
 
 def add_commands(subparsers: Any) -> None:
@@ -112,12 +112,15 @@ def add_reconstruct_options(p: argparse.ArgumentParser, steps_help: str = RECONS
     p.add_argument("--reconstruct-target", choices=TARGETS, default=None,
                    help="the teacher: local (the dense block on the pruned model's inputs) or dense (the dense "
                    "block on the dense model's hidden states, carried through the blocks: a block also learns "
-                   f"to undo earlier blocks' error) (default {d.target})")
+                   f"to undo earlier blocks' error; needs --calibration-mode sequential) (default {d.target})")
+    p.add_argument("--reconstruct-schedule", choices=SCHEDULES, default=None,
+                   help=f"Adam's learning rate over the steps: constant, or cosine (decays from --reconstruct-lr to 0) "
+                   f"(default {d.schedule})")
 
 
 def reconstruct_settings(args: argparse.Namespace) -> ReconstructSettings:
     """The :class:`ReconstructSettings` of the command line (defaults for options not given)."""
-    fields = ("lr", "batches", "loss", "holdout", "seed", "train", "rank", "target")
+    fields = ("lr", "batches", "loss", "holdout", "seed", "train", "rank", "target", "schedule")
     given = {field: getattr(args, f"reconstruct_{field}", None) for field in fields}
     given["steps"] = getattr(args, "reconstruct", None)
     return ReconstructSettings(**{k: v for k, v in given.items() if v is not None})

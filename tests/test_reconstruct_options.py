@@ -1,8 +1,9 @@
-"""Block reconstruction's options (issue 21): what is trained (``train="weights"|"norms"|"lowrank"``)
-and which teacher (``target="local"|"dense"``). For each: pruned weights stay +0.0 and the counts
-exact, a fixed seed gives the same bits, early stopping works, the dense target equals the local one
-in one-pass mode and carries the dense model's hidden states in sequential mode (in memory, on the
-stream, spilled to disk, across kill -9 and --resume). Tiny models only (tests/hf_zoo.py and toy
+"""Block reconstruction's options (issue 21): what is trained (``train="weights"|"norms"|"lowrank"``),
+which teacher (``target="local"|"dense"``) and the learning-rate schedule. For each: pruned weights
+stay +0.0 and the counts exact, a fixed seed gives the same bits, early stopping works, the dense
+target is refused in one-pass mode (where it would equal the local one) and carries the dense
+model's hidden states in sequential mode (in memory, on the stream, spilled to disk, across kill -9
+and --resume). Tiny models only (tests/hf_zoo.py and toy
 modules); nothing is downloaded."""
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def recon(**kwargs) -> "pp.ReconstructSettings":
 # -- settings -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, message", [
     ({"train": "all"}, "train='all'"), ({"train": None}, "train=None"), ({"target": "global"}, "target='global'"),
-    ({"rank": 0}, "rank=0"), ({"rank": 2.0}, "rank=2.0"), ({"rank": True}, "rank=True")])
+    ({"rank": 0}, "rank=0"), ({"rank": 2.0}, "rank=2.0"), ({"rank": True}, "rank=True"),
+    ({"schedule": "linear"}, "schedule='linear'"), ({"schedule": None}, "schedule=None")])
 def test_bad_option_values_are_typed_errors_naming_field_and_value(kwargs, message):
     with pytest.raises(InvalidArgumentError, match=f"reconstruct {message}"):
         pp.ReconstructSettings(steps=1, **kwargs)
@@ -56,6 +58,23 @@ def test_describe_names_new_options_only_when_they_are_not_the_defaults():
     assert not recon(target="dense").dense_stream(sequential=False)
     assert not recon(steps=0, target="dense").dense_stream(sequential=True)
     assert not recon().dense_stream(sequential=True)
+    assert recon(schedule="cosine").describe() == {**recon().describe(), "schedule": "cosine"}
+
+
+def test_the_cosine_schedule_decays_from_lr_towards_zero_and_constant_stays():
+    cosine, constant = recon(steps=10, lr=0.5, schedule="cosine"), recon(steps=10, lr=0.5)
+    rates = [cosine.learning_rate(n) for n in range(1, 11)]
+    assert rates[0] == 0.5 and all(a > b > 0 for a, b in zip(rates, rates[1:]))
+    assert rates[-1] == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.9)) / 2)
+    assert {constant.learning_rate(n) for n in range(1, 11)} == {0.5}
+
+
+def test_dense_target_is_refused_in_one_pass_mode_only_when_it_would_act():
+    with pytest.raises(InvalidArgumentError, match="target='dense' needs calibration mode 'sequential'.*'one-pass'"):
+        recon(target="dense").check_mode("one-pass")
+    recon(target="dense").check_mode("sequential")
+    recon(steps=0, target="dense").check_mode("one-pass")  # off: nothing to refuse
+    recon().check_mode("one-pass")
 
 
 # -- the three kinds of training on a toy block (no transformers) ---------------------------------------------
@@ -122,6 +141,30 @@ def test_each_kind_gives_the_same_bits_for_the_same_seed(train):
     b, _, lb = _refit(train, seed=3)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert {k: v for k, v in la.items() if k != "seconds"} == {k: v for k, v in lb.items() if k != "seconds"}
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_each_adam_step_runs_at_the_schedules_learning_rate(monkeypatch, schedule):
+    """The rate Adam actually uses at each step is ``settings.learning_rate(step)``."""
+    used: list[float] = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    _, _, losses = _refit("weights", schedule=schedule)
+    settings = pp.ReconstructSettings(steps=10, lr=1e-2, schedule=schedule)
+    assert used == [settings.learning_rate(n) for n in range(1, 11)]
+    assert losses["after"] < losses["before"]
+
+
+def test_the_cosine_schedule_changes_the_result_and_repeats_bit_for_bit():
+    cosine, _, _ = _refit("weights", schedule="cosine", holdout=0)
+    again, _, _ = _refit("weights", schedule="cosine", holdout=0)
+    constant, _, _ = _refit("weights", holdout=0)
+    assert all(torch.equal(p, q) for p, q in zip(cosine.parameters(), again.parameters()))
+    assert not torch.equal(cosine.up.weight, constant.up.weight)
 
 
 def test_the_lowrank_seed_draws_the_adapters():
@@ -276,15 +319,20 @@ def test_every_new_option_gives_the_same_bits_twice_and_the_stream_equals_prune_
 
 @pytest.mark.hf
 @needs_hf
-@pytest.mark.parametrize("train", TRAINS)
-def test_dense_target_equals_local_target_bit_for_bit_in_one_pass_mode(zoo, tmp_path, train):
-    """In one-pass mode the student's inputs are the dense model's: both teachers are the same."""
+def test_dense_target_in_one_pass_mode_is_refused_before_anything_is_written_or_changed(zoo, tmp_path):
+    """In one-pass mode the student's inputs are the dense model's: the dense target would silently
+    equal the local one, so both front ends refuse it, and the failed call leaves nothing."""
     model_dir, (_, texts) = _model_dir(zoo, "llama"), zoo
-    local = _stream(model_dir, tmp_path / "local", texts, recon(train=train), mode="one-pass")
-    dense = _stream(model_dir, tmp_path / "dense", texts, recon(train=train, target="dense"), mode="one-pass")
-    a, b = _weights(tmp_path / "local"), _weights(tmp_path / "dense")
-    assert all(torch.equal(a[n], b[n]) for n in a)
-    assert _losses(local.report) == _losses(dense.report)
+    with pytest.raises(InvalidArgumentError, match="target='dense' needs calibration mode 'sequential'"):
+        _stream(model_dir, tmp_path / "out", texts, recon(target="dense"), mode="one-pass")
+    assert sorted(tmp_path.iterdir()) == []
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    batches = text_batches(tokenizer, load_texts(texts, OPTS["samples"]), OPTS["seq_len"], OPTS["batch_size"])
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    with pytest.raises(InvalidArgumentError, match="mode 'one-pass'"):
+        pp.torch.prune_model(model, 0.5, method="wanda", calibration=batches, reconstruct=recon(target="dense"))
+    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
 
 
 @pytest.mark.hf
@@ -400,7 +448,7 @@ def test_kill_9_in_the_second_block_then_resume_gives_the_same_bytes_with_the_de
 
 @pytest.mark.hf
 @needs_hf
-def test_cli_train_rank_and_target_options(zoo, tmp_path, capsys):
+def test_cli_train_rank_target_and_schedule_options(zoo, tmp_path, capsys):
     model_dir, (_, texts) = _model_dir(zoo, "llama"), zoo
     base = ["prune", str(model_dir), "-o", str(tmp_path / "o"), "--method", "wanda", "--sparsity", "0.5",
             "--calibration", str(texts), "--samples", "16", "--seq-len", "16", "--batch-size", "4", "--quiet",
@@ -411,11 +459,16 @@ def test_cli_train_rank_and_target_options(zoo, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(base + ["--reconstruct-target", "global"])
     assert "global" in capsys.readouterr().err
+    assert main(base + ["--reconstruct-target", "dense"]) != 0  # wanda's default mode is one-pass
+    assert "--calibration-mode sequential" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / ".o.pruneplug-stream").exists()
     assert main(base + ["--reconstruct-train", "lowrank", "--reconstruct-rank", "2", "--reconstruct-target", "dense",
-                        "--calibration-mode", "sequential", "--report", str(tmp_path / "r.json")]) == 0
+                        "--reconstruct-schedule", "cosine", "--calibration-mode", "sequential",
+                        "--report", str(tmp_path / "r.json")]) == 0
     settings = json.loads((tmp_path / "r.json").read_text())["settings"]
     assert settings["reconstruct"] == {"steps": 3, "lr": 1e-4, "batches": 1, "loss": "mse", "holdout": 0.125,
-                                       "seed": 0, "train": "lowrank", "rank": 2, "target": "dense"}
+                                       "seed": 0, "train": "lowrank", "rank": 2, "target": "dense",
+                                       "schedule": "cosine"}
     assert len(settings["reconstruction_losses"]) == 2
 
 

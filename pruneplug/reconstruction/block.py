@@ -23,6 +23,8 @@ LOSSES = ("mse", "nmse")
 TRAINS = ("weights", "norms", "lowrank")
 #: The teacher: the dense block on the student's own inputs, or on the dense model's hidden states.
 TARGETS = ("local", "dense")
+#: Adam's learning rate over the steps: constant, or a cosine decay from ``lr`` to 0.
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,11 @@ class ReconstructSettings:
     * ``target``: the teacher. ``"local"``: the dense block on the student's own inputs.
       ``"dense"``: the dense block on the dense model's hidden states, carried as a second stream
       through the blocks in sequential mode, so a block also learns to undo the error of the
-      blocks before it; in one-pass mode both are the dense model's inputs and the two are equal.
+      blocks before it. One-pass mode refuses it (:meth:`check_mode`): there every block's inputs
+      are already the dense model's, so it would silently equal ``"local"``.
+    * ``schedule``: Adam's learning rate over the steps: ``"constant"`` (``lr`` throughout) or
+      ``"cosine"`` (``lr * (1 + cos(pi * (n - 1) / steps)) / 2`` at step ``n``: large steps first,
+      small ones to settle).
 
     >>> ReconstructSettings(steps=-1).check()
     Traceback (most recent call last):
@@ -68,6 +74,7 @@ class ReconstructSettings:
     train: str = "weights"
     rank: int = 8
     target: str = "local"
+    schedule: str = "constant"
 
     def __post_init__(self) -> None:
         self.check()
@@ -90,18 +97,47 @@ class ReconstructSettings:
             raise InvalidArgumentError(f"reconstruct train={self.train!r}: expected one of {', '.join(TRAINS)}")
         if self.target not in TARGETS:
             raise InvalidArgumentError(f"reconstruct target={self.target!r}: expected one of {', '.join(TARGETS)}")
+        if self.schedule not in SCHEDULES:
+            raise InvalidArgumentError(f"reconstruct schedule={self.schedule!r}: expected one of "
+                                       f"{', '.join(SCHEDULES)}")
+
+    def check_mode(self, mode: str) -> None:
+        """A typed error when ``target="dense"`` meets the one-pass calibration ``mode``, where it
+        would do nothing: every block's inputs are the dense model's hidden states already.
+
+        >>> ReconstructSettings(steps=5, target="dense").check_mode("one-pass")
+        Traceback (most recent call last):
+        ...
+        pruneplug.errors.InvalidArgumentError: reconstruct target='dense' needs calibration mode 'sequential': in mode 'one-pass' every block's inputs are the dense model's hidden states already, so it would equal target='local' (give --calibration-mode sequential, or target 'local')
+        """
+        if self.enabled and self.target == "dense" and mode != "sequential":
+            raise InvalidArgumentError(
+                f"reconstruct target='dense' needs calibration mode 'sequential': in mode {mode!r} every block's "
+                "inputs are the dense model's hidden states already, so it would equal target='local' (give "
+                "--calibration-mode sequential, or target 'local')")
+
+    def learning_rate(self, step: int) -> float:
+        """Adam's learning rate at ``step`` (1 to ``steps``) under ``schedule``.
+
+        >>> s = ReconstructSettings(steps=4, lr=1.0, schedule="cosine")
+        >>> [round(s.learning_rate(n), 3) for n in range(1, 5)]
+        [1.0, 0.854, 0.5, 0.146]
+        """
+        if self.schedule == "cosine":
+            return self.lr * (1 + math.cos(math.pi * (step - 1) / self.steps)) / 2
+        return self.lr
 
     @property
     def enabled(self) -> bool:
         return self.steps > 0
 
     def describe(self) -> dict:
-        """The settings as the report and the stream's journal record them. ``train`` and ``target``
-        appear only when they are not the defaults, ``rank`` only with ``train="lowrank"``: a run
+        """The settings as the report and the stream's journal record them. ``train``, ``target`` and
+        ``schedule`` appear only when they are not the defaults, ``rank`` only with ``train="lowrank"``: a run
         with the defaults records (and writes into the output's metadata) what it did before these
         options existed, byte for byte."""
         described = asdict(self)
-        for name, default in (("train", "weights"), ("target", "local")):
+        for name, default in (("train", "weights"), ("target", "local"), ("schedule", "constant")):
             if described[name] == default:
                 del described[name]
         if self.train != "lowrank":

@@ -448,6 +448,7 @@ def prune_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike, settin
     check_paths(model_dir, out, texts, Path(report) if report else None, options.offload_activations)
     settings.check_calibration(True)
     options = dataclasses.replace(options, calibration_mode=settings.calibration_mode(options.calibration_mode))
+    options.reconstruct.check_mode(options.calibration_mode)
     m = open_model(model_dir, texts, options, settings.statistics, settings.pattern)
     if on_estimate is not None:
         on_estimate(m.estimate)

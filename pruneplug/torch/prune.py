@@ -87,7 +87,7 @@ def prune_model(model: Any, sparsity: float | None = None, *, pattern: str = "un
                          max_layer_sparsity=max_layer_sparsity)
     calibration_mode = plan.calibration_mode(calibration_mode)
     criterion, owl, cap = plan.criterion, plan.owl, plan.cap()
-    refit = _check_reconstruct(reconstruct, calibration, scope)
+    refit = _check_reconstruct(reconstruct, calibration, scope, calibration_mode)
     if owl and calibration is not None and not isinstance(calibration, (CalibrationContext, str, os.PathLike)):
         calibration = list(calibration)  # read twice: OWL's pass over the dense model, then the pruning
     if owl:
@@ -317,7 +317,7 @@ def _owl_ratios(model: Any, params: dict[str, torch.Tensor], calibration: Any, m
         raise CalibrationError(f"OWL: no statistics for tensor {missing[0]!r} ({len(missing)} selected weight(s))")
     return unit_outlier_ratios(_WandaScores(params, ctx), block_units(list(params)), m)
 
-def _check_reconstruct(reconstruct: Any, calibration: Any, scope: str) -> bool:
+def _check_reconstruct(reconstruct: Any, calibration: Any, scope: str, mode: str) -> bool:
     """Whether blocks are re-fitted; a typed error when ``reconstruct`` cannot apply."""
     if reconstruct is None:
         return False
@@ -333,6 +333,7 @@ def _check_reconstruct(reconstruct: Any, calibration: Any, scope: str) -> bool:
     if scope != "layer":
         raise InvalidArgumentError(f"reconstruct (steps={reconstruct.steps}) works block by block: scope={scope!r} "
                                    "is not supported (use scope='layer')")
+    reconstruct.check_mode(mode)
     return True
 
 

@@ -289,6 +289,8 @@ def _descend(parts: Any, loss_of: Callable[[int], torch.Tensor], mean_loss: Call
             (loss_of(i) / len(chosen)).backward()
         with torch.no_grad():
             parts.before_step()
+            for group in optimiser.param_groups:
+                group["lr"] = settings.learning_rate(n)
             optimiser.step()
             parts.after_step()
         if held and (n % every == 0 or n == steps):
