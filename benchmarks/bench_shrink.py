@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import DATA, dequantize_smollm, perplexity, pydoc_passages, timed  # noqa: E402
 
+import pruneplug as pp  # noqa: E402
 from pruneplug.structured import ShrinkRequest, shrink_model_dir  # noqa: E402
 from pruneplug.torch import count_parameters  # noqa: E402
 from pruneplug.torch.hf import load_texts  # noqa: E402
@@ -123,6 +124,17 @@ def speed_table(dense_dir: Path, root: Path, tok, calib, runs: int) -> list[dict
     return rows
 
 
+def _loss_note(row: dict) -> str:
+    """Mean block loss before -> after the re-fit (training batches, then held out), or nothing."""
+    losses = list(row.get("reconstruction_losses", {}).values())
+    if not losses:
+        return ""
+    mean = lambda key: statistics.mean(loss[key] for loss in losses)  # noqa: E731
+    held = (f", held-out {mean('held_out_before'):.3g} -> {mean('held_out_after'):.3g}"
+            if losses[0].get("held_out_before") is not None else "")
+    return f"  block loss {mean('before'):.3g} -> {mean('after'):.3g}{held}"
+
+
 def evaluate(directory: Path, tok, paragraphs, speed: bool) -> dict:
     from transformers import AutoModelForCausalLM
 
@@ -148,6 +160,12 @@ def main(argv=None) -> int:
                         "SmolLM2 wrote from them (data/calibration_generated.txt) or passages of pydoc_data")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own). On a shared machine 1 thread "
                         "avoids OpenMP spin-waiting between processes, which distorts wall times many-fold")
+    parser.add_argument("--reconstruct", type=int, metavar="STEPS", default=0, help="also run every selected "
+                        "configuration with block reconstruction (STEPS Adam steps per block, target local), beside "
+                        "the run without it")
+    parser.add_argument("--reconstruct-lr", type=float, default=5e-4, help="reconstruction learning rate (default 5e-4)")
+    parser.add_argument("--batch-size", type=int, default=16, help="calibration texts per batch (default 16; "
+                        "reconstruction takes one batch per Adam step)")
     parser.add_argument("--no-speed", action="store_true", help="skip the generation-speed measurements (quality "
                         "rows only: a second process can run them beside a first that measures speed)")
     args = parser.parse_args(argv)
@@ -177,16 +195,25 @@ def main(argv=None) -> int:
         speed_note = "" if args.no_speed else (f"  {dense['tokens_per_s']:.1f} tok/s (load "
                                                f"{dense['load_before_speed']:.1f})")
         print(f"{'dense':32s} ppl {dense['perplexity']:9.2f}  params {dense['parameters']:,}{speed_note}", flush=True)
-        for label, kw, speed in CONFIGS:
-            if args.only and not re.search(args.only, label):
+        recon = pp.ReconstructSettings(steps=args.reconstruct, lr=args.reconstruct_lr) if args.reconstruct else None
+        runs = [(label, kw, speed, None) for label, kw, speed in CONFIGS]
+        if recon is not None:  # each configuration without, then with, reconstruction
+            runs = [run for label, kw, speed, _ in runs
+                    for run in ((label, kw, speed, None), (f"{label} +reconstruct {recon.steps}", kw, False, recon))]
+        for label, kw, speed, refit in runs:
+            if args.only and not re.search(args.only, label.split(" +reconstruct")[0]):
                 continue
             speed = speed and not args.no_speed
             out = Path(root) / "out"
             report, seconds, mib = timed(lambda: shrink_model_dir(dense_dir, out, ShrinkRequest(**kw), calib,
-                                                                  samples=len(calib)))
+                                                                  samples=len(calib), batch_size=args.batch_size,
+                                                                  reconstruct=refit))
             row = {"config": label, **kw, "shrink_seconds": seconds, "shrink_peak_mib": mib,
                    "load_during_shrink": load_average(), "dropped_blocks": report.dropped_blocks,
-                   **evaluate(out, tok, paragraphs, speed)}
+                   "batch_size": args.batch_size, **evaluate(out, tok, paragraphs, speed)}
+            if refit is not None:
+                row["reconstruct"] = refit.describe()
+                row["reconstruction_losses"] = report.reconstruction_losses
             row["ppl_vs_dense"] = row["perplexity"] / dense["perplexity"]
             if speed:
                 row["speedup"] = row["tokens_per_s"] / dense["tokens_per_s"]
@@ -196,7 +223,8 @@ def main(argv=None) -> int:
                      if speed else "")
             print(f"{label:32s} ppl {row['perplexity']:9.2f} ({row['ppl_vs_dense']:.2f}x)  params "
                   f"{row['parameters']:,} ({row['parameters'] / dense['parameters']:.1%})  shrink {seconds:.1f} s "
-                  f"+{mib:.0f} MiB{extra}{'  dropped ' + str(report.dropped_blocks) if report.dropped_blocks else ''}",
+                  f"+{mib:.0f} MiB{extra}{'  dropped ' + str(report.dropped_blocks) if report.dropped_blocks else ''}"
+                  f"{_loss_note(row)}",
                   flush=True)
             if args.json:  # written as it goes: a long run interrupted keeps its rows
                 Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
