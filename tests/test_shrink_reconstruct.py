@@ -211,5 +211,5 @@ def test_shrink_and_prune_share_the_reconstruct_options():
                for name, sub in parser._subparsers._group_actions[0].choices.items() if name in ("prune", "shrink")}
     assert set(actions["shrink"]) == {"reconstruct", "reconstruct_lr", "reconstruct_batches", "reconstruct_loss",
                                       "reconstruct_holdout", "reconstruct_seed", "reconstruct_train",
-                                      "reconstruct_rank", "reconstruct_target"}
+                                      "reconstruct_rank", "reconstruct_target", "reconstruct_schedule"}
     assert actions["shrink"] == actions["prune"]
