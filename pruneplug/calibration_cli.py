@@ -105,7 +105,8 @@ def add_reconstruct_options(p: argparse.ArgumentParser, steps_help: str = RECONS
                    help=f"seed of the batch order and of the low-rank adapters (default {d.seed})")
     p.add_argument("--reconstruct-train", choices=TRAINS, default=None,
                    help="what is re-fitted: weights (the pruned weights), norms (only the norms and the linear "
-                   "layers' biases) or lowrank (a low-rank adapter per pruned layer, masked, merged back) "
+                   "layers' biases), lowrank (a low-rank adapter per pruned layer, masked, merged back) or all "
+                   "(weights and norms) "
                    f"(default {d.train})")
     p.add_argument("--reconstruct-rank", type=int, metavar="R", default=None,
                    help=f"rank of the adapters of --reconstruct-train lowrank (default {d.rank})")

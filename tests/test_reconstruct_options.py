@@ -1,4 +1,4 @@
-"""Block reconstruction's options (issue 21): what is trained (``train="weights"|"norms"|"lowrank"``),
+"""Block reconstruction's options (issue 21): what is trained (``train="weights"|"norms"|"lowrank"|"all"``),
 which teacher (``target="local"|"dense"``) and the learning-rate schedule. For each: pruned weights
 stay +0.0 and the counts exact, a fixed seed gives the same bits, early stopping works, the dense
 target is refused in one-pass mode (where it would equal the local one) and carries the dense
@@ -30,7 +30,7 @@ from pruneplug.torch.reconstruct import block_loss, norm_and_bias_parameters, re
 
 WORDS = "the a cat dog sat on mat ran fast slow big small red blue".split()
 OPTS = dict(samples=16, seq_len=16, batch_size=4)  # 4 calibration batches: 3 train, 1 held out
-TRAINS = ("weights", "norms", "lowrank")
+TRAINS = ("weights", "norms", "lowrank", "all")
 
 
 def recon(**kwargs) -> "pp.ReconstructSettings":
@@ -39,7 +39,7 @@ def recon(**kwargs) -> "pp.ReconstructSettings":
 
 # -- settings -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, message", [
-    ({"train": "all"}, "train='all'"), ({"train": None}, "train=None"), ({"target": "global"}, "target='global'"),
+    ({"train": "every"}, "train='every'"), ({"train": None}, "train=None"), ({"target": "global"}, "target='global'"),
     ({"rank": 0}, "rank=0"), ({"rank": 2.0}, "rank=2.0"), ({"rank": True}, "rank=True"),
     ({"schedule": "linear"}, "schedule='linear'"), ({"schedule": None}, "schedule=None")])
 def test_bad_option_values_are_typed_errors_naming_field_and_value(kwargs, message):
@@ -127,7 +127,8 @@ def test_each_kind_keeps_pruned_weights_at_plus_zero_and_lowers_the_loss(train):
     changed = {n for n, p in block.named_parameters() if not torch.equal(p, before[n])}
     expected = {"weights": {"up.weight", "down.weight"},
                 "norms": {"norm.weight", "norm.bias", "up.bias", "down.bias"},
-                "lowrank": {"up.weight", "down.weight"}}[train]
+                "lowrank": {"up.weight", "down.weight"},
+                "all": {"up.weight", "down.weight", "norm.weight", "norm.bias", "up.bias", "down.bias"}}[train]
     assert changed == expected
     assert losses["after"] < losses["before"] and losses["held_out_after"] < losses["held_out_before"], losses
     assert all(p.requires_grad for p in block.parameters())  # restored (all were True)
@@ -263,7 +264,7 @@ def _losses(report) -> dict:
 @pytest.mark.hf
 @needs_hf
 @pytest.mark.parametrize("kind, train", [("llama", "norms"), ("qwen2", "norms"), ("gpt2", "lowrank"),
-                                         ("llama", "lowrank")])
+                                         ("llama", "lowrank"), ("qwen2", "all"), ("gpt2", "all")])
 def test_one_pass_stream_keeps_the_masks_and_counts_for_norms_and_lowrank(zoo, tmp_path, kind, train):
     """One-pass mode: the masks (and with norms every linear weight) are those of the run without
     reconstruction; pruned weights +0.0; the counts the same; the loss falls in every block. qwen2:
@@ -287,6 +288,9 @@ def test_one_pass_stream_keeps_the_masks_and_counts_for_norms_and_lowrank(zoo, t
         assert all(b[n].dim() == 1 for n in refitted)  # norms and biases only
         if kind == "qwen2":
             assert "model.layers.0.self_attn.q_proj.bias" in refitted
+    elif train == "all":  # the pruned weights and the norms and biases
+        assert refitted and changed == set(pruned) | refitted, (refitted, changed)
+        assert all(b[n].dim() == 1 for n in refitted)
     else:
         assert not refitted and changed == set(pruned)
     for block, loss in refit.report.settings["reconstruction_losses"].items():
@@ -297,7 +301,7 @@ def test_one_pass_stream_keeps_the_masks_and_counts_for_norms_and_lowrank(zoo, t
 
 @pytest.mark.hf
 @needs_hf
-@pytest.mark.parametrize("train, target", [("weights", "dense"), ("norms", "local"), ("norms", "dense"),
+@pytest.mark.parametrize("train, target", [("weights", "dense"), ("norms", "local"), ("norms", "dense"), ("all", "dense"),
                                            ("lowrank", "local"), ("lowrank", "dense")])
 def test_every_new_option_gives_the_same_bits_twice_and_the_stream_equals_prune_model(zoo, tmp_path, train, target):
     """Sequential mode, in memory twice (the same bits) and on the stream (the same bits too: one

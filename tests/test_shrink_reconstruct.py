@@ -160,6 +160,31 @@ def test_memory_and_directory_give_the_same_weights(zoo, tmp_path, kind, kw):
     assert out.shape == (1, 7)
 
 
+@pytest.mark.parametrize("train", ["norms", "lowrank", "all"])
+def test_each_train_kind_moves_what_it_names_the_same_in_memory_and_on_disk(zoo, tmp_path, train):
+    """qwen2 (q/k/v biases). The first block is cut the same with and without the re-fit (its
+    inputs are the embeddings either way), so what the re-fit moved there shows against the run
+    without it: norms and biases only (``norms``), 2-D weights only (``lowrank``), both (``all``)."""
+    kw = dict(mlp=0.25, heads=0.5)
+    settings = pp.ReconstructSettings(steps=3, lr=1e-3, train=train, rank=2)
+    src = zoo("qwen2")
+    plain = _load(src, "qwen2")
+    pp.torch.shrink_model(plain, calibration=_batches(src), **kw)
+    model = _load(src, "qwen2")
+    report = pp.torch.shrink_model(model, calibration=_batches(src), reconstruct=settings, **kw)
+    shrink_model_dir(src, tmp_path / "out", ShrinkRequest(**kw), TEXTS, reconstruct=settings, **CALIBRATION)
+    assert _same_bits(model, transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval())
+    before, after = plain.state_dict(), model.state_dict()
+    moved = {n for n in after if n.startswith("model.layers.0.") and not torch.equal(after[n], before[n])}
+    vectors = {n for n in moved if after[n].dim() == 1}
+    expected = {"norms": (True, False), "lowrank": (False, True), "all": (True, True)}[train]
+    assert (bool(vectors), bool(moved - vectors)) == expected, moved
+    if train != "lowrank":
+        assert "model.layers.0.self_attn.q_proj.bias" in vectors and "model.layers.0.input_layernorm.weight" in vectors
+    for loss in report.reconstruction_losses.values():
+        assert loss["after"] <= loss["before"], loss
+
+
 def test_refusals_come_before_any_change(zoo, tmp_path, capsys):
     src = zoo("llama")
     model = _load(src, "llama")

@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass
 from pruneplug.errors import InvalidArgumentError
 
 LOSSES = ("mse", "nmse")
-#: What the re-fit trains: the pruned weights, the norms and biases, or low-rank adapters merged back.
-TRAINS = ("weights", "norms", "lowrank")
+#: What the re-fit trains: the pruned weights, the norms and biases, low-rank adapters merged back,
+#: or the pruned weights and the norms and biases together.
+TRAINS = ("weights", "norms", "lowrank", "all")
 #: The teacher: the dense block on the student's own inputs, or on the dense model's hidden states.
 TARGETS = ("local", "dense")
 #: Adam's learning rate over the steps: constant, or a cosine decay from ``lr`` to 0.
@@ -49,6 +50,8 @@ class ReconstructSettings:
       (RMSNorm/LayerNorm, their biases too) and the biases of its linear layers; every linear
       weight keeps its pruned value. ``"lowrank"``: a rank-``rank`` adapter per pruned layer,
       ``W + (B @ A) * mask`` (``B`` starts at zero, ``A`` seeded), merged into ``W`` at the end.
+      ``"all"``: ``"weights"`` and ``"norms"`` together (the pruned weights under their mask, and
+      the norms and biases).
     * ``rank``: the adapters' rank (``train="lowrank"`` only).
     * ``target``: the teacher. ``"local"``: the dense block on the student's own inputs.
       ``"dense"``: the dense block on the dense model's hidden states, carried as a second stream

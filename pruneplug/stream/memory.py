@@ -64,7 +64,7 @@ def estimate(*, outside: int, block: int, largest_in: int, largest_out: int, dis
     the gradients, Adam's two moments and the kept copy of the block's weights (4 copies in
     float32), and the autograd intermediates of one batch (``block_out``: the summed output
     features of the block's layers, per token, float32). ``reconstruct_train``: ``"weights"``
-    holds those 4 copies; ``"norms"`` none (its parameters are vectors); ``"lowrank"`` 2 (the masked
+    and ``"all"`` hold those 4 copies; ``"norms"`` none (its parameters are vectors); ``"lowrank"`` 2 (the masked
     update ``(B @ A) * mask`` of every layer, kept for the backward pass, and its gradient) plus
     Adam's state, the gradient and the kept copy of the ``adapter`` parameters (4 float32 copies
     of ``rank x (in + out)`` per layer). ``dense_stream``: ``target="dense"`` in sequential mode
@@ -82,7 +82,7 @@ def estimate(*, outside: int, block: int, largest_in: int, largest_out: int, dis
         2 * largest_in * largest_out * 4
     if reconstruct:
         activations += held_tokens * hidden * compute_bytes * (2 if dense_stream else 1)
-        copies = {"weights": 4, "norms": 0, "lowrank": 2}[reconstruct_train]
+        copies = {"weights": 4, "norms": 0, "lowrank": 2, "all": 4}[reconstruct_train]
         adapter_bytes = 4 * adapter * 4 if reconstruct_train == "lowrank" else 0
         workspace += copies * block * 4 + adapter_bytes + batch_tokens * (block_out + 4 * hidden) * 4
     return MemoryEstimate(weights, statistics, activations, workspace)

@@ -358,8 +358,8 @@ def calibrate_and_prune_block(block: Any, layers: Sequence[Layer], calls: Sequen
     ``reconstruct`` (enabled: ``steps > 0``): after pruning, the block is re-fitted to the teacher's
     outputs (:mod:`pruneplug.torch.reconstruct`; ``index`` seeds it), then ``rewrite(layers,
     params)`` is called with what changed (the stream writes and rounds it there: the pruned layers
-    for ``train="weights"``/``"lowrank"``, or ``(name inside the block, parameter)`` pairs for
-    ``"norms"``) before the next block's inputs are made. The teacher is the dense block's output
+    for ``train="weights"``/``"lowrank"``, ``(name inside the block, parameter)`` pairs for
+    ``"norms"``, both for ``"all"``) before the next block's inputs are made. The teacher is the dense block's output
     on the same inputs (``target="local"``), or with ``dense`` (the dense model's hidden states
     entering this block: ``target="dense"`` in sequential mode,
     :meth:`~pruneplug.ReconstructSettings.dense_stream`) its output on those, which goes into
@@ -410,6 +410,8 @@ def calibrate_and_prune_block(block: Any, layers: Sequence[Layer], calls: Sequen
         if rewrite is not None:
             if reconstruct.train == "norms":
                 rewrite([], norm_and_bias_parameters(block))
+            elif reconstruct.train == "all":
+                rewrite(layers, norm_and_bias_parameters(block))
             else:
                 rewrite(layers, [])
     if sequential:

@@ -17,6 +17,8 @@ What is trained (``ReconstructSettings.train``), one small class each:
   linear layers' biases; no linear weight is touched.
 * ``"lowrank"`` (:class:`LowRankAdapters`): per pruned layer ``W + (B @ A) * mask``, with ``B``
   zero and ``A`` seeded at the start, merged into ``W`` at the end (pruned entries ``+0.0``).
+* ``"all"`` (:class:`PrunedWeights` with the block): both ``"weights"`` and ``"norms"``: every
+  parameter of the block that pruning left meaningful (EBFT trains the whole block under its mask).
 
 The settings: :class:`pruneplug.ReconstructSettings` (:mod:`pruneplug.reconstruction.block`).
 """
@@ -83,24 +85,28 @@ def norm_and_bias_parameters(block: Any) -> list[tuple[str, torch.nn.Parameter]]
 
 class PrunedWeights:
     """``train="weights"``: Adam moves the pruned layers' weights; masked gradients and a re-mask
-    after each step keep the pruned entries at exactly ``+0.0``."""
+    after each step keep the pruned entries at exactly ``+0.0``. With ``block`` (``train="all"``)
+    the block's norms and biases (:func:`norm_and_bias_parameters`) move too, unmasked."""
 
-    def __init__(self, layers: Sequence[Layer], masked: bool = True) -> None:
-        self.parameters = [layer.module.weight for layer in layers]
+    def __init__(self, layers: Sequence[Layer], masked: bool = True, block: Any = None) -> None:
+        self.weights = [layer.module.weight for layer in layers]
+        self.masks = [w.detach() != 0 for w in self.weights] if masked else []
+        ids = {id(w) for w in self.weights}
+        extra = [p for _, p in norm_and_bias_parameters(block) if id(p) not in ids] if block is not None else []
+        self.parameters = self.weights + extra
         self.in_block = self.parameters  # the block's own parameters that need gradients
-        self.masks = [w.detach() != 0 for w in self.parameters] if masked else []
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[None]:
         yield
 
     def before_step(self) -> None:
-        for w, mask in zip(self.parameters, self.masks):
+        for w, mask in zip(self.weights, self.masks):
             if w.grad is not None:
                 w.grad.masked_fill_(~mask, 0.0)
 
     def after_step(self) -> None:
-        for w, mask in zip(self.parameters, self.masks):
+        for w, mask in zip(self.weights, self.masks):
             w.masked_fill_(~mask, 0.0)  # +0.0 exactly, whatever Adam's rounding did
 
     def finish(self) -> None:
@@ -199,7 +205,7 @@ def trained_parts(block: Any, layers: Sequence[Layer], settings: ReconstructSett
         return NormsAndBiases(block)
     if settings.train == "lowrank":
         return LowRankAdapters(layers, settings.rank, torch.Generator().manual_seed(settings.seed + index), masked)
-    return PrunedWeights(layers, masked)
+    return PrunedWeights(layers, masked, block if settings.train == "all" else None)
 
 
 @contextlib.contextmanager
