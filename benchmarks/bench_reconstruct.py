@@ -32,6 +32,7 @@ import torch
 
 import pruneplug as pp
 from pruneplug.torch.hf import load_texts, text_batches
+from pruneplug.reconstruction.block import SCHEDULES, TARGETS, TRAINS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import DATA, dequantize_smollm, embed, perplexity, pydoc_passages, quality  # noqa: E402
@@ -176,10 +177,10 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, default=1)
     ap.add_argument("--loss", default="mse")
     ap.add_argument("--holdout", type=float, default=0.125)
-    ap.add_argument("--train", choices=("weights", "norms", "lowrank"), default="weights")
+    ap.add_argument("--train", choices=TRAINS, default="weights")
     ap.add_argument("--rank", type=int, default=8)
-    ap.add_argument("--target", choices=("local", "dense"), default="local")
-    ap.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    ap.add_argument("--target", choices=TARGETS, default="local")
+    ap.add_argument("--schedule", choices=SCHEDULES, default="constant")
     ap.add_argument("--calib-eval", type=int, default=0, help="SmolLM2: also perplexity on the first N training "
                     "calibration texts (over-fitting)")
     ap.add_argument("--pydoc-eval", type=int, default=0, help="SmolLM2: also perplexity on N pydoc evaluation passages "
