@@ -13,6 +13,11 @@ are never seen. Self-generated calibration data for pruning and quantization is 
 Williams et al., "Self-calibration for Language Model Quantization and Pruning" (2025).
 
     python benchmarks/make_calibration.py --smollm SmolLM2-135M-Instruct.Q4_1.gguf
+    python benchmarks/make_calibration.py --smollm SmolLM2-135M-Instruct.Q4_1.gguf --seed 1 --per-prompt 4 --append
+
+The first command wrote lines 1-256 of the file, the second lines 257-768 (more calibration text for
+the block re-fit at high sparsity; the first 256 lines are unchanged, so runs with ``--samples``
+up to 256 read what they read before).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(DATA / "calibration_generated.txt"))
+    ap.add_argument("--append", action="store_true", help="add the texts at the end of --out (the texts already "
+                    "there keep their lines, so runs with fewer --samples read the same texts)")
     args = ap.parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -59,7 +66,8 @@ def main(argv=None) -> int:
         for row in tok.batch_decode(out, skip_special_tokens=True):
             texts.append(" ".join(row.split()))  # one line each
         print(f"{len(texts)}/{len(prompts)} texts, {time.perf_counter() - t0:.0f} s", flush=True)
-    Path(args.out).write_text("\n".join(texts) + "\n", encoding="utf-8")
+    before = Path(args.out).read_text(encoding="utf-8") if args.append else ""
+    Path(args.out).write_text(before + "\n".join(texts) + "\n", encoding="utf-8")
     print(f"wrote {args.out}: {len(texts)} texts, {sum(len(t.split()) for t in texts)} words")
     return 0
 
