@@ -166,7 +166,7 @@ def main(argv=None):
     ap.add_argument("--cells", help="regex over 'METHOD PATTERN' cells (default: all six)")
     ap.add_argument("--samples", type=int, default=32, help="calibration texts (default 32)")
     ap.add_argument("--texts", choices=("short", "generated", "pydoc"), default="short", help="calibration texts: "
-                    "the 128 short sentences of data/calibration.txt (~16 tokens each), the 256 texts SmolLM2 wrote "
+                    "the 128 short sentences of data/calibration.txt (~16 tokens each), the 768 texts SmolLM2 wrote "
                     "from them (data/calibration_generated.txt, ~130 tokens; make_calibration.py) or passages of "
                     "pydoc_data (~130 tokens, technical)")
     ap.add_argument("--seq-len", type=int, default=128)

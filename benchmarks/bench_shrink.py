@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", help="run only the configurations whose label matches this regex")
     parser.add_argument("--samples", type=int, default=128, help="calibration texts (default: 128)")
     parser.add_argument("--texts", choices=("short", "generated", "pydoc"), default="short", help="calibration texts: the 128 short "
-                        "sentences of data/calibration.txt (~16 tokens each, ~2k tokens in all), the 256 texts "
+                        "sentences of data/calibration.txt (~16 tokens each, ~2k tokens in all), the 768 texts "
                         "SmolLM2 wrote from them (data/calibration_generated.txt) or passages of pydoc_data")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own). On a shared machine 1 thread "
                         "avoids OpenMP spin-waiting between processes, which distorts wall times many-fold")
