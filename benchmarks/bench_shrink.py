@@ -124,6 +124,12 @@ def speed_table(dense_dir: Path, root: Path, tok, calib, runs: int) -> list[dict
     return rows
 
 
+def _cuts_units(kw: dict) -> bool:
+    """Whether a configuration removes units inside kept blocks: reconstruction re-fits only those
+    (dropping blocks alone changes no kept block, and shrink refuses the combination)."""
+    return any(kw.get(unit) for unit in ("mlp", "heads", "kv_heads", "experts"))
+
+
 def _loss_note(row: dict) -> str:
     """Mean block loss before -> after the re-fit (training batches, then held out), or nothing."""
     losses = list(row.get("reconstruction_losses", {}).values())
@@ -199,7 +205,8 @@ def main(argv=None) -> int:
         runs = [(label, kw, speed, None) for label, kw, speed in CONFIGS]
         if recon is not None:  # each configuration without, then with, reconstruction
             runs = [run for label, kw, speed, _ in runs
-                    for run in ((label, kw, speed, None), (f"{label} +reconstruct {recon.steps}", kw, False, recon))]
+                    for run in ((label, kw, speed, None), (f"{label} +reconstruct {recon.steps}", kw, False, recon))
+                    if run[3] is None or _cuts_units(kw)]
         for label, kw, speed, refit in runs:
             if args.only and not re.search(args.only, label.split(" +reconstruct")[0]):
                 continue
