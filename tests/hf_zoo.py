@@ -162,4 +162,3 @@ class ZooCache:
 def load(directory: Path, kind: str = "llama"):
     """The model saved in ``directory``, in eval mode, by the kind's auto class."""
     return AUTO_CLASS[kind].from_pretrained(str(directory)).eval()
-

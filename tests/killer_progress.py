@@ -1,8 +1,11 @@
 """Shared by the kill -9 + resume tests (no heavy imports: the toy tests load it without transformers)."""
-# The progress object of the kill -9 + resume tests, as source for their ``python -c`` scripts: it
-# kills its own process with SIGKILL when the stream enters a step starting with sys.argv[4] after
-# sys.argv[5] blocks ("never": runs to the end).
+# The start of the kill -9 + resume tests' ``python -c`` scripts (each appends its own run): the
+# imports and a progress object that kills its own process with SIGKILL when the stream enters a
+# step starting with sys.argv[4] after sys.argv[5] blocks ("never": runs to the end).
 KILLER_PROGRESS = """
+import os, signal, sys
+
+
 class Killer:
     def start(self, *a, **k): pass
     def set_step(self, step):

@@ -192,17 +192,15 @@ def test_steps_0_gives_the_output_without_reconstruction(llama, tmp_path):
 
 from killer_progress import KILLER_PROGRESS  # noqa: E402
 
-_KILLER = textwrap.dedent("""
-    import os, signal, sys
+_KILLER = KILLER_PROGRESS + textwrap.dedent("""
     import pruneplug as pp
     from pruneplug.stream import StreamOptions, prune_model_dir
-
 
     prune_model_dir(sys.argv[1], sys.argv[2], pp.PruneSettings("sparsegpt", sparsity=0.5), sys.argv[3],
                     options=StreamOptions(samples=16, seq_len=16, batch_size=4, resume=sys.argv[6] == "resume",
                                           reconstruct=pp.ReconstructSettings(steps=12, lr=1e-3)),
                     progress=Killer())
-""").replace("\n\n\n", "\n" + KILLER_PROGRESS + "\n", 1)
+""")
 
 
 @pytest.mark.hf

@@ -410,11 +410,9 @@ def test_dense_stream_spilled_to_disk_gives_the_same_bytes_and_leaves_nothing(zo
 
 from killer_progress import KILLER_PROGRESS  # noqa: E402
 
-_KILLER = textwrap.dedent("""
-    import os, signal, sys
+_KILLER = KILLER_PROGRESS + textwrap.dedent("""
     import pruneplug as pp
     from pruneplug.stream import StreamOptions, prune_model_dir
-
 
     prune_model_dir(sys.argv[1], sys.argv[2], pp.PruneSettings("wanda", sparsity=0.5), sys.argv[3],
                     options=StreamOptions(samples=16, seq_len=16, batch_size=4, calibration_mode="sequential",
@@ -422,7 +420,7 @@ _KILLER = textwrap.dedent("""
                                           reconstruct=pp.ReconstructSettings(steps=6, lr=1e-3, train="lowrank",
                                                                              target="dense")),
                     progress=Killer())
-""").replace("\n\n\n", "\n" + KILLER_PROGRESS + "\n", 1)
+""")
 
 
 @pytest.mark.hf

@@ -227,17 +227,15 @@ def test_owl_counts_come_from_one_dense_pass_over_the_blocks(zoo, tmp_path):
 # to the end); a sixth argument resumes.
 from killer_progress import KILLER_PROGRESS  # noqa: E402
 
-_KILLER = textwrap.dedent("""
-    import os, signal, sys
+_KILLER = KILLER_PROGRESS + textwrap.dedent("""
     import pruneplug as pp
     from pruneplug.stream import StreamOptions, prune_model_dir
-
 
     result = prune_model_dir(sys.argv[1], sys.argv[2], pp.PruneSettings("sparsegpt", sparsity=0.5), sys.argv[3],
                              options=StreamOptions(samples=12, seq_len=16, batch_size=4, resume=len(sys.argv) > 6),
                              progress=Killer())
     print("resumed from", result.resumed_from)
-""").replace("\n\n\n", "\n" + KILLER_PROGRESS + "\n", 1)
+""")
 
 
 @pytest.mark.parametrize("step, blocks_done", [("capturing inputs", 0), ("pruning", 0), ("writing", 1),
