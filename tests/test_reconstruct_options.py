@@ -59,6 +59,8 @@ def test_describe_names_new_options_only_when_they_are_not_the_defaults():
     assert not recon(steps=0, target="dense").dense_stream(sequential=True)
     assert not recon().dense_stream(sequential=True)
     assert recon(schedule="cosine").describe() == {**recon().describe(), "schedule": "cosine"}
+    moves = {train: (recon(train=train).trains_weights, recon(train=train).trains_norms) for train in TRAINS}
+    assert moves == {"weights": (True, False), "norms": (False, True), "lowrank": (True, False), "all": (True, True)}
 
 
 def test_the_cosine_schedule_decays_from_lr_towards_zero_and_constant_stays():

@@ -134,6 +134,16 @@ class ReconstructSettings:
     def enabled(self) -> bool:
         return self.steps > 0
 
+    @property
+    def trains_weights(self) -> bool:
+        """Whether the pruned layers' weights change (directly, or by merged adapters)."""
+        return self.train in ("weights", "lowrank", "all")
+
+    @property
+    def trains_norms(self) -> bool:
+        """Whether the block's norms and biases change."""
+        return self.train in ("norms", "all")
+
     def describe(self) -> dict:
         """The settings as the report and the stream's journal record them. ``train``, ``target`` and
         ``schedule`` appear only when they are not the defaults, ``rank`` only with ``train="lowrank"``: a run

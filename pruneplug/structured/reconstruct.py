@@ -78,7 +78,7 @@ def check_reconstruct(reconstruct: Any, plan: Plan, have_calibration: bool) -> b
 def shrunk_layers(block: Any) -> list[Any]:
     """Every ``nn.Linear`` and Hugging Face ``Conv1D`` of ``block``, as the re-fit's layers (with
     ``train="weights"`` their weights are trained; ``"lowrank"`` adapts them; ``"norms"`` trains
-    the norms and biases instead)."""
+    the norms and biases instead; ``"all"`` both)."""
     from pruneplug.torch.layers import Layer, is_conv1d
 
     return [Layer(f"{name}.weight", module, 0 if is_conv1d(module) else 1) for name, module in block.named_modules()

@@ -408,12 +408,8 @@ def calibrate_and_prune_block(block: Any, layers: Sequence[Layer], calls: Sequen
         if local_targets is not None and local_targets is not outputs:
             local_targets.clear()
         if rewrite is not None:
-            if reconstruct.train == "norms":
-                rewrite([], norm_and_bias_parameters(block))
-            elif reconstruct.train == "all":
-                rewrite(layers, norm_and_bias_parameters(block))
-            else:
-                rewrite(layers, [])
+            rewrite(layers if reconstruct.trains_weights else [],
+                    norm_and_bias_parameters(block) if reconstruct.trains_norms else [])
     if sequential:
         step("forward")
         forward_all(block, calls, activations, outputs)

@@ -91,9 +91,8 @@ class PrunedWeights:
     def __init__(self, layers: Sequence[Layer], masked: bool = True, block: Any = None) -> None:
         self.weights = [layer.module.weight for layer in layers]
         self.masks = [w.detach() != 0 for w in self.weights] if masked else []
-        ids = {id(w) for w in self.weights}
-        extra = [p for _, p in norm_and_bias_parameters(block) if id(p) not in ids] if block is not None else []
-        self.parameters = self.weights + extra
+        # norms and linear biases only: never one of the weights above
+        self.parameters = self.weights + ([p for _, p in norm_and_bias_parameters(block)] if block is not None else [])
         self.in_block = self.parameters  # the block's own parameters that need gradients
 
     @contextlib.contextmanager
@@ -205,7 +204,7 @@ def trained_parts(block: Any, layers: Sequence[Layer], settings: ReconstructSett
         return NormsAndBiases(block)
     if settings.train == "lowrank":
         return LowRankAdapters(layers, settings.rank, torch.Generator().manual_seed(settings.seed + index), masked)
-    return PrunedWeights(layers, masked, block if settings.train == "all" else None)
+    return PrunedWeights(layers, masked, block if settings.trains_norms else None)
 
 
 @contextlib.contextmanager
